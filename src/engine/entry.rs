@@ -1,0 +1,212 @@
+//! One stored value and the deadlines that decide how it may be used.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long a loaded value may be used, as the loader (or an HTTP response) says.
+///
+/// ```text
+/// stored ── fresh for `ttl` ── stale, served while ONE refresh runs, for `stale_while_revalidate`
+///        ── then a miss; still served if the loader fails, up to `ttl + stale_if_error`
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Freshness {
+    /// How long the value is fresh: served without calling the loader.
+    pub ttl: Duration,
+    /// How long after `ttl` the value is served at once while one background refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// How long after `ttl` the value may stand in for a failing loader.
+    pub stale_if_error: Duration,
+}
+
+impl Freshness {
+    /// Fresh for `ttl`, with no stale windows.
+    #[must_use]
+    pub const fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        }
+    }
+
+    /// Sets the stale-while-revalidate window.
+    #[must_use]
+    pub const fn with_stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self
+    }
+
+    /// Sets the stale-if-error window.
+    #[must_use]
+    pub const fn with_stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
+    }
+}
+
+/// What a loader returns: the value and how long it may be used.
+#[derive(Debug, Clone)]
+pub struct Loaded<V> {
+    /// The value to cache.
+    pub value: V,
+    /// Its freshness, counted from when it was produced.
+    pub freshness: Freshness,
+    /// How old the value already is when stored (an HTTP response's `Age`); zero for new values.
+    pub initial_age: Duration,
+}
+
+impl<V> Loaded<V> {
+    /// A brand-new value with the given freshness.
+    pub fn new(value: V, freshness: Freshness) -> Self {
+        Self {
+            value,
+            freshness,
+            initial_age: Duration::ZERO,
+        }
+    }
+
+    /// Marks the value as already `age` old (freshness is counted from its birth).
+    #[must_use]
+    pub fn with_initial_age(mut self, age: Duration) -> Self {
+        self.initial_age = age;
+        self
+    }
+}
+
+/// Where an entry stands at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serve it; call nothing.
+    Fresh,
+    /// Serve it and refresh it in the background.
+    Stale,
+    /// A miss, but it may still stand in for a failing origin.
+    Expired,
+    /// Past every deadline: useless.
+    Dead,
+}
+
+/// A stored value with its deadlines, computed once at store time.
+#[derive(Debug)]
+pub struct Entry<V> {
+    value: V,
+    stored_at: Instant,
+    initial_age: Duration,
+    fresh_until: Instant,
+    stale_until: Instant,
+    error_until: Instant,
+    pub(crate) weight: u64,
+}
+
+/// Far enough to mean "never" without overflowing `Instant`.
+const FOREVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
+fn deadline(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after.min(FOREVER))
+        .unwrap_or_else(|| from + Duration::from_secs(60 * 60 * 24 * 365))
+}
+
+impl<V> Entry<V> {
+    pub(crate) fn new(loaded: Loaded<V>, stored_at: Instant, weight: u64) -> Self {
+        let Loaded {
+            value,
+            freshness,
+            initial_age,
+        } = loaded;
+        let fresh_until = deadline(stored_at, freshness.ttl.saturating_sub(initial_age));
+        Self {
+            value,
+            stored_at,
+            initial_age,
+            fresh_until,
+            stale_until: deadline(fresh_until, freshness.stale_while_revalidate),
+            error_until: deadline(fresh_until, freshness.stale_if_error),
+            weight,
+        }
+    }
+
+    /// A copy of this entry whose fresh lifetime is over (a soft purge); its stale windows are
+    /// kept, counted from now.
+    pub(crate) fn expired_copy(&self, now: Instant) -> Self
+    where
+        V: Clone,
+    {
+        let swr = self.stale_until.saturating_duration_since(self.fresh_until);
+        let sie = self.error_until.saturating_duration_since(self.fresh_until);
+        Self {
+            value: self.value.clone(),
+            stored_at: self.stored_at,
+            initial_age: self.initial_age,
+            fresh_until: now,
+            stale_until: deadline(now, swr),
+            error_until: deadline(now, sie),
+            weight: self.weight,
+        }
+    }
+
+    /// The cached value.
+    pub fn value(&self) -> &V {
+        &self.value
+    }
+
+    /// When the value was stored.
+    pub fn stored_at(&self) -> Instant {
+        self.stored_at
+    }
+
+    /// Until when the value is fresh.
+    pub fn fresh_until(&self) -> Instant {
+        self.fresh_until
+    }
+
+    /// Until when the value is served stale while a refresh runs.
+    pub fn stale_until(&self) -> Instant {
+        self.stale_until
+    }
+
+    /// Until when the value may stand in for a failing loader.
+    pub fn error_until(&self) -> Instant {
+        self.error_until
+    }
+
+    /// The value's age at `now`: its age when stored plus the time since.
+    pub fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    /// Seconds of freshness left at `now`; negative once stale (RFC 9211 `ttl`).
+    pub fn ttl_secs(&self, now: Instant) -> i64 {
+        if now < self.fresh_until {
+            i64::try_from((self.fresh_until - now).as_secs()).unwrap_or(i64::MAX)
+        } else {
+            // Round up so a just-stale entry reports -1, not -0.
+            let past = now - self.fresh_until;
+            let secs = past.as_secs() + u64::from(past.subsec_nanos() > 0);
+            -i64::try_from(secs).unwrap_or(i64::MAX)
+        }
+    }
+
+    /// Whether the value may stand in for a failing loader at `now`.
+    pub fn usable_on_error(&self, now: Instant) -> bool {
+        now < self.error_until || now < self.stale_until
+    }
+
+    /// The last instant at which the entry is of any use.
+    pub(crate) fn last_deadline(&self) -> Instant {
+        self.stale_until.max(self.error_until)
+    }
+
+    pub(crate) fn phase(&self, now: Instant) -> Phase {
+        if now < self.fresh_until {
+            Phase::Fresh
+        } else if now < self.stale_until {
+            Phase::Stale
+        } else if now < self.last_deadline() {
+            Phase::Expired
+        } else {
+            Phase::Dead
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Who is talking to the origin for a key right now.
+//!
+//! Two sets, because two kinds of work happen (PEERS: "two dedup paths"):
+//! - [`Refreshes`]: background refreshes of stale entries. Nobody waits on them; a claim only
+//!   stops a second refresh from starting. A failed refresh pushes the next attempt out
+//!   (backoff), so a failing origin is not hit by every stale request.
+//! - [`Flights`]: foreground loads on a miss. The first caller leads; the others wait for its
+//!   result. A leader that is dropped (its client went away, or it panicked) wakes its waiters,
+//!   who then compete again: a dropped leader never wedges a key.
+//!
+//! Both release their claim in `Drop`, so every way a task can end releases it.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::entry::Entry;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps inconsistent (each critical
+    // section is a single insert/remove), so poisoning is ignored.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How long to wait before refreshing a key again after `failures` consecutive failures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(20);
+        self.base.saturating_mul(1u32 << exp).min(self.max)
+    }
+}
+
+#[derive(Debug, Default)]
+struct RefreshState {
+    running: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The shared in-flight set of background refreshes.
+#[derive(Debug)]
+pub(crate) struct Refreshes<K> {
+    states: Mutex<HashMap<K, RefreshState>>,
+    backoff: Backoff,
+}
+
+impl<K: Hash + Eq + Clone> Refreshes<K> {
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        Self {
+            states: Mutex::new(HashMap::new()),
+            backoff,
+        }
+    }
+
+    /// Claims the refresh of `key`, unless one is running or the key is backing off.
+    pub(crate) fn try_claim(self: &Arc<Self>, key: &K, now: Instant) -> Option<RefreshGuard<K>> {
+        let mut states = lock(&self.states);
+        let state = states.entry(key.clone()).or_default();
+        if state.running || state.retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        state.running = true;
+        Some(RefreshGuard {
+            refreshes: Arc::clone(self),
+            key: Some(key.clone()),
+        })
+    }
+
+    pub(crate) fn is_running<Q>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        lock(&self.states).get(key).is_some_and(|s| s.running)
+    }
+
+    /// Forgets a key's failures (its origin just answered well on another path).
+    pub(crate) fn reset(&self, key: &K) {
+        let mut states = lock(&self.states);
+        if states.get(key).is_some_and(|s| !s.running) {
+            states.remove(key);
+        }
+    }
+
+    /// Number of keys with a refresh running.
+    pub(crate) fn running(&self) -> usize {
+        lock(&self.states).values().filter(|s| s.running).count()
+    }
+
+    fn release(&self, key: &K, failed: bool) {
+        let mut states = lock(&self.states);
+        if failed {
+            if let Some(state) = states.get_mut(key) {
+                state.running = false;
+                state.failures = state.failures.saturating_add(1);
+                state.retry_at = Some(Instant::now() + self.backoff.delay(state.failures));
+            }
+        } else {
+            states.remove(key);
+        }
+    }
+}
+
+/// The claim on one background refresh; dropping it releases the key.
+#[derive(Debug)]
+pub(crate) struct RefreshGuard<K: Hash + Eq + Clone> {
+    refreshes: Arc<Refreshes<K>>,
+    key: Option<K>,
+}
+
+impl<K: Hash + Eq + Clone> RefreshGuard<K> {
+    /// Releases the key, recording whether the refresh failed (which starts a backoff).
+    pub(crate) fn finish(mut self, failed: bool) {
+        if let Some(key) = self.key.take() {
+            self.refreshes.release(&key, failed);
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for RefreshGuard<K> {
+    fn drop(&mut self) {
+        // Reached without `finish` only when the task died (panic, runtime shutdown): a failure.
+        if let Some(key) = self.key.take() {
+            self.refreshes.release(&key, true);
+        }
+    }
+}
+
+/// How a foreground load ended, as its waiters see it.
+#[derive(Debug)]
+pub(crate) enum Landing<V> {
+    /// Still running.
+    Pending,
+    /// Stored: waiters answer from this entry.
+    Stored(Arc<Entry<V>>),
+    /// The origin answered, but nothing was stored: each waiter asks the origin itself.
+    NotStored,
+    /// The origin failed: waiters serve stale-if-error if they can, else compete again.
+    Failed,
+}
+
+/// The shared set of foreground loads (request coalescing).
+#[derive(Debug)]
+pub(crate) struct Flights<K, V> {
+    map: Mutex<HashMap<K, watch::Sender<Landing<V>>>>,
+}
+
+/// The outcome of joining a flight.
+pub(crate) enum Join<K: Hash + Eq + Clone, V> {
+    /// The caller loads; waiters hear from its guard.
+    Leader(FlightLeader<K, V>),
+    /// Someone else loads; wait on this.
+    Waiter(watch::Receiver<Landing<V>>),
+}
+
+/// What a waiter learned.
+#[derive(Debug)]
+pub(crate) enum Waited<V> {
+    Stored(Arc<Entry<V>>),
+    NotStored,
+    Failed,
+    /// The leader went away without an answer: compete again.
+    Abandoned,
+    /// The lock timeout passed: go to the origin alone.
+    TimedOut,
+}
+
+impl<K: Hash + Eq + Clone, V> Flights<K, V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn join(self: &Arc<Self>, key: &K) -> Join<K, V> {
+        let mut map = lock(&self.map);
+        if let Some(tx) = map.get(key) {
+            return Join::Waiter(tx.subscribe());
+        }
+        let (tx, _) = watch::channel(Landing::Pending);
+        map.insert(key.clone(), tx.clone());
+        Join::Leader(FlightLeader {
+            flights: Arc::clone(self),
+            key: Some(key.clone()),
+            tx,
+        })
+    }
+
+    /// Number of loads under way.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    fn land(&self, key: &K, tx: &watch::Sender<Landing<V>>, landing: Landing<V>) {
+        let mut map = lock(&self.map);
+        // Only remove our own flight: a timed-out waiter never registers one, but be exact.
+        if map.get(key).is_some_and(|current| current.same_channel(tx)) {
+            map.remove(key);
+        }
+        tx.send_replace(landing);
+    }
+}
+
+/// Waits for a flight's landing, at most `timeout`.
+pub(crate) async fn wait<V>(mut rx: watch::Receiver<Landing<V>>, timeout: Duration) -> Waited<V> {
+    let landed = tokio::time::timeout(
+        timeout,
+        rx.wait_for(|landing| !matches!(landing, Landing::Pending)),
+    )
+    .await;
+    match landed {
+        Err(_) => Waited::TimedOut,
+        Ok(Err(_)) => Waited::Abandoned,
+        Ok(Ok(landing)) => match &*landing {
+            Landing::Stored(entry) => Waited::Stored(Arc::clone(entry)),
+            Landing::NotStored => Waited::NotStored,
+            Landing::Failed => Waited::Failed,
+            Landing::Pending => Waited::Abandoned,
+        },
+    }
+}
+
+/// The leader's claim on a foreground load; dropping it without landing wakes the waiters.
+pub(crate) struct FlightLeader<K: Hash + Eq + Clone, V> {
+    flights: Arc<Flights<K, V>>,
+    key: Option<K>,
+    tx: watch::Sender<Landing<V>>,
+}
+
+impl<K: Hash + Eq + Clone, V> FlightLeader<K, V> {
+    pub(crate) fn land(mut self, landing: Landing<V>) {
+        if let Some(key) = self.key.take() {
+            self.flights.land(&key, &self.tx, landing);
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Drop for FlightLeader<K, V> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut map = lock(&self.flights.map);
+            if map
+                .get(&key)
+                .is_some_and(|current| current.same_channel(&self.tx))
+            {
+                map.remove(&key);
+            }
+            // Dropping the map's sender and ours closes the channel: waiters see `Abandoned`.
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> std::fmt::Debug for FlightLeader<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlightLeader").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,679 @@
+//! A generic async stale-while-revalidate cache, with no HTTP in it.
+//!
+//! [`SwrCache`] keeps values with their own [`Freshness`] and answers lookups in three ways:
+//!
+//! - **fresh**: the stored value, at once; the loader is not called;
+//! - **stale** (inside the stale-while-revalidate window): the stored value, at once, while ONE
+//!   background refresh per key runs (a shared in-flight set makes sure of "one"); a failed
+//!   refresh keeps the old value and backs off before the next attempt;
+//! - **miss** (nothing, or past the window): concurrent callers for one key make ONE loader call
+//!   and share its result. If the loader fails and the old value is inside its stale-if-error
+//!   window, the old value is served and a warning logged; otherwise the loader's error is
+//!   returned as it is: a cold start never invents a value.
+//!
+//! Stale values are never deleted because they are stale: only once past their last deadline,
+//! or when the byte budget needs the room.
+//!
+//! # Example: configuration from a database
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), String> {
+//! let cache: SwrCache<String, String> = SwrCache::builder()
+//!     .capacity_bytes(1 << 20)
+//!     .build();
+//!
+//! let load = || async {
+//!     // e.g. SELECT model FROM judges WHERE language = 'en'
+//!     Ok::<_, String>(Loaded::new(
+//!         "qwen3".to_string(),
+//!         Freshness::new(Duration::from_secs(300)).with_stale_if_error(Duration::from_secs(3600)),
+//!     ))
+//! };
+//! let first = cache.get_or_load("judges:en".to_string(), load).await?;
+//! assert_eq!(first.status, Status::Miss);
+//!
+//! let second = cache.get_or_load("judges:en".to_string(), load).await?;
+//! assert_eq!(second.status, Status::Fresh);
+//! assert_eq!(second.value, "qwen3");
+//! # Ok(())
+//! # }
+//! ```
+
+mod entry;
+mod inflight;
+mod stats;
+mod store;
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use quick_cache::Equivalent;
+use tokio::time::Instant;
+
+pub use self::entry::{Entry, Freshness, Loaded};
+pub use self::stats::Stats;
+
+pub(crate) use self::entry::Phase;
+pub(crate) use self::inflight::{wait, Join, Landing, RefreshGuard, Waited};
+use self::inflight::{Backoff, Flights, Refreshes};
+use self::stats::Counters;
+use self::store::{CountEvictions, Store};
+
+/// How a lookup was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// From a fresh entry.
+    Fresh,
+    /// From a stale entry inside its stale-while-revalidate window; a refresh runs.
+    Stale,
+    /// From an entry past its stale-while-revalidate window (only returned by
+    /// [`SwrCache::get`], which loads nothing).
+    Expired,
+    /// From a stale entry because the loader failed (stale-if-error).
+    StaleIfError,
+    /// Loaded now by this caller.
+    Miss,
+    /// Loaded now by another caller this one waited for (request coalescing).
+    Coalesced,
+}
+
+/// A value with what the cache knows about it (seed: `{ data, isStale, age }`).
+#[derive(Debug, Clone)]
+pub struct Lookup<V> {
+    /// The value.
+    pub value: V,
+    /// How it was answered.
+    pub status: Status,
+    /// Its age now.
+    pub age: Duration,
+    /// When it was stored.
+    pub stored_at: Instant,
+    /// Whether a background refresh of its key is running.
+    pub refreshing: bool,
+}
+
+impl<V> Lookup<V> {
+    /// Whether the value is past its fresh lifetime.
+    pub fn is_stale(&self) -> bool {
+        matches!(
+            self.status,
+            Status::Stale | Status::Expired | Status::StaleIfError
+        )
+    }
+}
+
+type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
+
+/// Builder of a [`SwrCache`]; see [`SwrCache::builder`].
+#[must_use]
+pub struct SwrCacheBuilder<K, V> {
+    capacity_bytes: u64,
+    largest_entry_bytes: u64,
+    weigher: Option<Weigher<K, V>>,
+    lock_timeout: Duration,
+    refresh_timeout: Duration,
+    backoff: Backoff,
+}
+
+impl<K, V> fmt::Debug for SwrCacheBuilder<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwrCacheBuilder")
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("largest_entry_bytes", &self.largest_entry_bytes)
+            .field(
+                "weigher",
+                &self.weigher.as_ref().map(|_| "Fn(&K, &V) -> u64"),
+            )
+            .field("lock_timeout", &self.lock_timeout)
+            .field("refresh_timeout", &self.refresh_timeout)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+impl<K, V> Default for SwrCacheBuilder<K, V> {
+    fn default() -> Self {
+        Self {
+            capacity_bytes: 64 << 20,
+            largest_entry_bytes: 1 << 20,
+            weigher: None,
+            lock_timeout: Duration::from_secs(5),
+            refresh_timeout: Duration::from_secs(30),
+            backoff: Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+impl<K, V> SwrCacheBuilder<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// The byte budget of the store (default 64 MiB). Entries are evicted when it is full.
+    pub fn capacity_bytes(mut self, bytes: u64) -> Self {
+        self.capacity_bytes = bytes;
+        self
+    }
+
+    /// The weight of the heaviest single entry that must stay storable (default 1 MiB).
+    /// The store is laid out so that such an entry fits.
+    pub fn largest_entry_bytes(mut self, bytes: u64) -> Self {
+        self.largest_entry_bytes = bytes;
+        self
+    }
+
+    /// How many bytes an entry costs (default: `size_of::<V>()`); a fixed per-entry overhead is
+    /// added to it.
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// How long a caller waits for another caller's load of the same key before loading on its
+    /// own (default 5 s).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// How long a background refresh may run before it is abandoned as failed (default 30 s).
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh_timeout = timeout;
+        self
+    }
+
+    /// After a failed refresh, the next refresh of that key waits `base`, doubling with each
+    /// further failure up to `max` (defaults 1 s and 60 s).
+    pub fn refresh_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff = Backoff { base, max };
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> SwrCache<K, V> {
+        let evictions = CountEvictions::default();
+        let store = store::build(
+            self.capacity_bytes,
+            self.largest_entry_bytes,
+            evictions.clone(),
+        );
+        let weigher = self.weigher.unwrap_or_else(|| {
+            Arc::new(|_: &K, _: &V| std::mem::size_of::<V>() as u64) as Weigher<K, V>
+        });
+        SwrCache {
+            inner: Arc::new(Inner {
+                max_entry_weight: store::max_entry_weight(&store),
+                store,
+                weigher,
+                refreshes: Arc::new(Refreshes::new(self.backoff)),
+                flights: Arc::new(Flights::new()),
+                lock_timeout: self.lock_timeout,
+                refresh_timeout: self.refresh_timeout,
+                counters: Counters::default(),
+                evictions,
+            }),
+        }
+    }
+}
+
+struct Inner<K, V> {
+    store: Store<K, V>,
+    max_entry_weight: u64,
+    weigher: Weigher<K, V>,
+    refreshes: Arc<Refreshes<K>>,
+    flights: Arc<Flights<K, V>>,
+    lock_timeout: Duration,
+    refresh_timeout: Duration,
+    counters: Counters,
+    evictions: CountEvictions,
+}
+
+/// An async stale-while-revalidate cache over `K → V`, bounded in bytes.
+///
+/// Cloning is cheap and clones share the cache. See the [module docs](self) for the behaviour.
+pub struct SwrCache<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for SwrCache<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> fmt::Debug for SwrCache<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwrCache")
+            .field("entries", &self.inner.store.len())
+            .field("bytes", &self.inner.store.weight())
+            .field("capacity_bytes", &self.inner.store.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a background refresh failed, for the log.
+pub(crate) type RefreshFailure = String;
+
+impl<K, V> SwrCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A builder with the defaults: 64 MiB, entries up to 1 MiB, 5 s lock timeout, 30 s refresh
+    /// timeout, refresh backoff from 1 s to 60 s.
+    pub fn builder() -> SwrCacheBuilder<K, V> {
+        SwrCacheBuilder::default()
+    }
+
+    /// A cache holding `capacity_bytes`, with the other defaults of [`SwrCache::builder`].
+    pub fn new(capacity_bytes: u64) -> Self {
+        Self::builder().capacity_bytes(capacity_bytes).build()
+    }
+
+    /// The current value of `key` and its state, without loading or refreshing anything.
+    ///
+    /// Stale and expired values are returned too (see [`Lookup::status`]), as long as any of
+    /// their deadlines is ahead.
+    pub fn get<Q>(&self, key: &Q) -> Option<Lookup<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let now = Instant::now();
+        let entry = self.inner.store.get(key)?;
+        let status = match entry.phase(now) {
+            Phase::Fresh => Status::Fresh,
+            Phase::Stale => Status::Stale,
+            Phase::Expired => Status::Expired,
+            Phase::Dead => return None,
+        };
+        Some(Lookup {
+            value: entry.value().clone(),
+            status,
+            age: entry.age(now),
+            stored_at: entry.stored_at(),
+            refreshing: self.inner.refreshes.is_running(key),
+        })
+    }
+
+    /// Stores `value`, fresh for `freshness`, replacing what was there. Returns whether it was
+    /// stored (it is not when heavier than the largest storable entry; the old value then stays).
+    pub fn insert(&self, key: K, value: V, freshness: Freshness) -> bool {
+        self.store(key, Loaded::new(value, freshness)).is_some()
+    }
+
+    /// Removes `key`. Returns whether something was there.
+    pub fn remove<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.store.remove(key).is_some()
+    }
+
+    /// Marks `key` stale (a soft purge): the next lookup is answered from it while it refreshes.
+    /// Returns whether something was there.
+    pub fn mark_stale<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(entry) = self.inner.store.peek(key) else {
+            return false;
+        };
+        let now = Instant::now();
+        let stale = Arc::new(entry.expired_copy(now));
+        // `replace` only succeeds if the key is still there, so a concurrent removal wins.
+        match self
+            .inner
+            .store
+            .remove_if(key, |current| Arc::ptr_eq(current, &entry))
+        {
+            Some((k, _)) => {
+                self.inner.store.insert(k, stale);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every entry whose key matches `predicate`.
+    pub fn remove_if(&self, predicate: impl Fn(&K) -> bool) {
+        self.inner.store.retain(|key, _| !predicate(key));
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) {
+        self.inner.store.clear();
+    }
+
+    /// Whether a background refresh of `key` is running.
+    pub fn is_refreshing<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.refreshes.is_running(key)
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.inner.store.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.inner.store.is_empty()
+    }
+
+    /// The heaviest entry (weigher's figure) that can be stored.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.inner
+            .max_entry_weight
+            .saturating_sub(store::ENTRY_OVERHEAD)
+    }
+
+    /// A snapshot of the counters and sizes.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.inner.counters.snapshot();
+        stats.evictions = self
+            .inner
+            .evictions
+            .0
+            .load(std::sync::atomic::Ordering::Relaxed);
+        stats.entries = self.inner.store.len() as u64;
+        stats.bytes = self.inner.store.weight();
+        stats.capacity_bytes = self.inner.store.capacity();
+        stats.refreshes_running = self.inner.refreshes.running() as u64;
+        stats.loads_running = self.inner.flights.len() as u64;
+        stats
+    }
+
+    /// The value of `key`, loading it with `load` when needed.
+    ///
+    /// - fresh: returned at once, `load` is dropped uncalled;
+    /// - stale inside the stale-while-revalidate window: returned at once, and `load` runs in a
+    ///   spawned task unless a refresh of `key` is already running (or backing off after a
+    ///   failure); its result replaces the value, its failure keeps it;
+    /// - otherwise: one caller per key runs `load`, the others wait for its result (at most the
+    ///   lock timeout, then they load on their own). If the load fails and the old value is
+    ///   inside its stale-if-error window, the old value is returned (and a warning logged);
+    ///   otherwise the error is returned.
+    ///
+    /// Needs a tokio runtime (for the background refresh).
+    pub async fn get_or_load<F, Fut, E>(&self, key: K, load: F) -> Result<Lookup<V>, E>
+    where
+        K: fmt::Debug,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let now = Instant::now();
+        let existing = self.entry(&key, now);
+        if let Some(entry) = &existing {
+            match entry.phase(now) {
+                Phase::Fresh => {
+                    self.inner.counters.fresh_hits.inc();
+                    return Ok(self.lookup(&key, entry, Status::Fresh, now));
+                }
+                Phase::Stale => {
+                    self.inner.counters.stale_hits.inc();
+                    if let Some(guard) = self.claim_refresh(&key, now) {
+                        let cache = self.clone();
+                        let refresh_key = key.clone();
+                        self.spawn_refresh(&key, guard, async move {
+                            let loaded = load().await.map_err(|e| e.to_string())?;
+                            cache.store(refresh_key, loaded);
+                            Ok(())
+                        });
+                    }
+                    return Ok(self.lookup(&key, entry, Status::Stale, now));
+                }
+                Phase::Expired | Phase::Dead => {}
+            }
+        }
+
+        let mut load = Some(load);
+        loop {
+            match self.join(&key) {
+                Join::Leader(leader) => {
+                    self.inner.counters.misses.inc();
+                    let load = load.take().expect("a caller leads at most once");
+                    return match load().await {
+                        Ok(loaded) => {
+                            let value = loaded.value.clone();
+                            let stored = self.store(key.clone(), loaded);
+                            let now = Instant::now();
+                            let lookup = match &stored {
+                                Some(entry) => self.lookup(&key, entry, Status::Miss, now),
+                                None => Lookup {
+                                    value,
+                                    status: Status::Miss,
+                                    age: Duration::ZERO,
+                                    stored_at: now,
+                                    refreshing: false,
+                                },
+                            };
+                            leader.land(stored.map_or(Landing::NotStored, Landing::Stored));
+                            Ok(lookup)
+                        }
+                        Err(error) => {
+                            leader.land(Landing::Failed);
+                            match self.stale_on_error(&key, existing.as_ref(), &error) {
+                                Some(lookup) => Ok(lookup),
+                                None => Err(error),
+                            }
+                        }
+                    };
+                }
+                Join::Waiter(rx) => match wait(rx, self.inner.lock_timeout).await {
+                    Waited::Stored(entry) => {
+                        self.inner.counters.coalesced_waits.inc();
+                        return Ok(self.lookup(&key, &entry, Status::Coalesced, Instant::now()));
+                    }
+                    Waited::Failed => {
+                        let now = Instant::now();
+                        if let Some(entry) = existing.as_ref().filter(|e| e.usable_on_error(now)) {
+                            self.inner.counters.stale_if_error.inc();
+                            tracing::warn!(key = ?key, age_secs = entry.age(now).as_secs(),
+                                "serving stale value: the loader failed");
+                            return Ok(self.lookup(&key, entry, Status::StaleIfError, now));
+                        }
+                    }
+                    Waited::TimedOut | Waited::NotStored => {
+                        // Load alone, outside the flight.
+                        self.inner.counters.misses.inc();
+                        let load = load.take().expect("a caller loads at most once");
+                        return match load().await {
+                            Ok(loaded) => {
+                                let value = loaded.value.clone();
+                                let stored = self.store(key.clone(), loaded);
+                                let now = Instant::now();
+                                Ok(match &stored {
+                                    Some(entry) => self.lookup(&key, entry, Status::Miss, now),
+                                    None => Lookup {
+                                        value,
+                                        status: Status::Miss,
+                                        age: Duration::ZERO,
+                                        stored_at: now,
+                                        refreshing: false,
+                                    },
+                                })
+                            }
+                            Err(error) => {
+                                match self.stale_on_error(&key, existing.as_ref(), &error) {
+                                    Some(lookup) => Ok(lookup),
+                                    None => Err(error),
+                                }
+                            }
+                        };
+                    }
+                    // Compete again: one of the waiters becomes the leader.
+                    Waited::Abandoned => {}
+                },
+            }
+        }
+    }
+
+    fn lookup(&self, key: &K, entry: &Entry<V>, status: Status, now: Instant) -> Lookup<V> {
+        Lookup {
+            value: entry.value().clone(),
+            status,
+            age: entry.age(now),
+            stored_at: entry.stored_at(),
+            refreshing: status == Status::Stale && self.inner.refreshes.is_running(key),
+        }
+    }
+
+    fn stale_on_error<E: fmt::Display>(
+        &self,
+        key: &K,
+        existing: Option<&Arc<Entry<V>>>,
+        error: &E,
+    ) -> Option<Lookup<V>>
+    where
+        K: fmt::Debug,
+    {
+        let now = Instant::now();
+        let entry = existing.filter(|e| e.usable_on_error(now))?;
+        self.inner.counters.stale_if_error.inc();
+        tracing::warn!(key = ?key, age_secs = entry.age(now).as_secs(), error = %error,
+            "serving stale value: the loader failed");
+        Some(self.lookup(key, entry, Status::StaleIfError, now))
+    }
+
+    // ---- building blocks shared with the HTTP adapter ----
+
+    /// The entry of `key` if any of its deadlines is ahead; a dead entry is removed.
+    pub(crate) fn entry<Q>(&self, key: &Q, now: Instant) -> Option<Arc<Entry<V>>>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        let entry = self.inner.store.get(key)?;
+        if now >= entry.last_deadline() {
+            self.inner
+                .store
+                .remove_if(key, |current| Arc::ptr_eq(current, &entry));
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// Stores a loaded value; `None` when it is too heavy to store (the old entry is kept).
+    pub(crate) fn store(&self, key: K, loaded: Loaded<V>) -> Option<Arc<Entry<V>>> {
+        let weight =
+            (self.inner.weigher)(&key, &loaded.value).saturating_add(store::ENTRY_OVERHEAD);
+        if weight > self.inner.max_entry_weight {
+            self.inner.counters.store_rejections.inc();
+            return None;
+        }
+        let entry = Arc::new(Entry::new(loaded, Instant::now(), weight));
+        self.inner.refreshes.reset(&key);
+        self.inner.store.insert(key, Arc::clone(&entry));
+        self.inner.counters.stores.inc();
+        Some(entry)
+    }
+
+    pub(crate) fn claim_refresh(&self, key: &K, now: Instant) -> Option<RefreshGuard<K>> {
+        self.inner.refreshes.try_claim(key, now)
+    }
+
+    pub(crate) fn join(&self, key: &K) -> Join<K, V> {
+        self.inner.flights.join(key)
+    }
+
+    pub(crate) fn lock_timeout(&self) -> Duration {
+        self.inner.lock_timeout
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Runs `refresh` in a detached task with the refresh timeout; the guard is released however
+    /// the task ends, and a failure starts the key's backoff.
+    pub(crate) fn spawn_refresh<Fut>(&self, key: &K, guard: RefreshGuard<K>, refresh: Fut)
+    where
+        K: fmt::Debug,
+        Fut: Future<Output = Result<(), RefreshFailure>> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = ?key, "no tokio runtime: stale entry not refreshed");
+            guard.finish(true);
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        inner.counters.refreshes_started.inc();
+        runtime.spawn(async move {
+            let counters = &inner.counters;
+            let outcome =
+                tokio::time::timeout(inner.refresh_timeout, CatchUnwind { future: refresh }).await;
+            let failed = match outcome {
+                Ok(Ok(Ok(()))) => {
+                    counters.refreshes_succeeded.inc();
+                    tracing::debug!(key = ?key, "background refresh stored a new value");
+                    false
+                }
+                Ok(Ok(Err(reason))) => {
+                    tracing::warn!(key = ?key, %reason, "background refresh failed; keeping the stale value");
+                    true
+                }
+                Ok(Err(())) => {
+                    counters.refreshes_panicked.inc();
+                    tracing::error!(key = ?key, "background refresh panicked; keeping the stale value");
+                    true
+                }
+                Err(_) => {
+                    counters.refreshes_timed_out.inc();
+                    tracing::warn!(key = ?key, timeout = ?inner.refresh_timeout,
+                        "background refresh timed out; keeping the stale value");
+                    true
+                }
+            };
+            if failed {
+                counters.refreshes_failed.inc();
+            }
+            guard.finish(failed);
+        });
+    }
+}
+
+pin_project! {
+    /// Turns a panic while polling into `Err(())`, so a refresh's outcome is always recorded.
+    struct CatchUnwind<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The response body: cached bytes, the inner body, or a buffered prefix plus the rest.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// Response body of [`SwrService`](crate::SwrService).
+    ///
+    /// Either the stored bytes, the inner service's body untouched, or — when a body was too
+    /// long to store, or failed while it was being buffered — the buffered prefix followed by the
+    /// rest of the inner body (or its error), byte for byte.
+    pub struct SwrBody<B>
+    where
+        B: Body,
+    {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B>
+    where
+        B: Body,
+    {
+        Cached { data: Option<Bytes> },
+        Inner { #[pin] body: B },
+        Prefix {
+            chunks: VecDeque<Bytes>,
+            error: Option<B::Error>,
+            rest: Option<Pin<Box<B>>>,
+        },
+    }
+}
+
+impl<B: Body> SwrBody<B> {
+    pub(crate) fn cached(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Cached {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self {
+            kind: Kind::Cached { data: None },
+        }
+    }
+
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    fn prefix(chunks: VecDeque<Bytes>, error: Option<B::Error>, rest: Option<Pin<Box<B>>>) -> Self {
+        Self {
+            kind: Kind::Prefix {
+                chunks,
+                error,
+                rest,
+            },
+        }
+    }
+}
+
+impl<B> Body for SwrBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Cached { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Prefix {
+                chunks,
+                error,
+                rest,
+            } => {
+                if let Some(chunk) = chunks.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                if let Some(error) = error.take() {
+                    *rest = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                match rest {
+                    Some(body) => body.as_mut().poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Cached { data } => data.is_none(),
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Prefix {
+                chunks,
+                error,
+                rest,
+            } => {
+                chunks.is_empty()
+                    && error.is_none()
+                    && rest.as_ref().is_none_or(|b| b.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Cached { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Prefix { chunks, rest, .. } => {
+                let buffered: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                let rest = rest
+                    .as_ref()
+                    .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
+                let mut hint = SizeHint::new();
+                hint.set_lower(buffered.saturating_add(rest.lower()));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(buffered.saturating_add(upper));
+                }
+                hint
+            }
+        }
+    }
+}
+
+impl<B: Body> std::fmt::Debug for SwrBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Cached { .. } => "Cached",
+            Kind::Inner { .. } => "Inner",
+            Kind::Prefix { .. } => "Prefix",
+        };
+        f.debug_struct("SwrBody").field("kind", &kind).finish()
+    }
+}
+
+/// A body read up to a limit.
+pub(crate) enum Buffered<B: Body> {
+    /// The whole body, within the limit.
+    Complete(Bytes),
+    /// Over the limit, or failed: what was read and what is left, for the client only.
+    Partial(SwrBody<B>),
+}
+
+/// Reads `body` whole if it is at most `limit` bytes.
+pub(crate) async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = Box::pin(body);
+    let mut chunks = VecDeque::new();
+    let mut total = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                // Trailers are not stored; a body with them is still stored without them.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                total = total.saturating_add(data.len());
+                chunks.push_back(data);
+                if total > limit {
+                    return Buffered::Partial(SwrBody::prefix(chunks, None, Some(body)));
+                }
+            }
+            Some(Err(error)) => {
+                return Buffered::Partial(SwrBody::prefix(chunks, Some(error), None));
+            }
+        }
+    }
+    Buffered::Complete(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().expect("one chunk"),
+        _ => {
+            let mut whole = BytesMut::with_capacity(total);
+            for chunk in chunks {
+                whole.extend_from_slice(&chunk);
+            }
+            whole.freeze()
+        }
+    })
+}
+
+/// The weight of a header map in bytes, roughly as held in memory.
+pub(crate) fn headers_weight(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}

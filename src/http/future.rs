@@ -1,0 +1,114 @@
+//! Response future of [`SwrService`](crate::SwrService).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{HeaderValue, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use super::body::SwrBody;
+use super::status::{CacheInfo, CacheStatus, CACHE_STATUS, X_CACHE};
+
+pub(crate) type BoxResponseFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<SwrBody<B>>, E>> + Send>>;
+
+pin_project! {
+    /// Response future of [`SwrService`](crate::SwrService).
+    ///
+    /// A hit is answered without touching the inner service; a bypass drives the inner
+    /// service's own future; a miss runs the (boxed) origin path.
+    pub struct ResponseFuture<F, B, E>
+    where
+        B: Body,
+    {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E>
+    where
+        B: Body,
+    {
+        Ready { response: Option<Response<SwrBody<B>>> },
+        Bypass { #[pin] future: F, cache_status: HeaderValue, x_cache: bool },
+        Origin { future: BoxResponseFuture<B, E> },
+    }
+}
+
+impl<F, B: Body, E> ResponseFuture<F, B, E> {
+    pub(crate) fn ready(response: Response<SwrBody<B>>) -> Self {
+        Self {
+            kind: Kind::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn bypass(future: F, cache_status: HeaderValue, x_cache: bool) -> Self {
+        Self {
+            kind: Kind::Bypass {
+                future,
+                cache_status,
+                x_cache,
+            },
+        }
+    }
+
+    pub(crate) fn origin(future: BoxResponseFuture<B, E>) -> Self {
+        Self {
+            kind: Kind::Origin { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<SwrBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Ready { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            KindProj::Bypass {
+                future,
+                cache_status,
+                x_cache,
+            } => {
+                let mut response = ready!(future.poll(cx))?.map(SwrBody::inner);
+                let headers = response.headers_mut();
+                headers.append(CACHE_STATUS.clone(), cache_status.clone());
+                if *x_cache {
+                    headers.insert(X_CACHE.clone(), HeaderValue::from_static("BYPASS"));
+                }
+                response
+                    .extensions_mut()
+                    .insert(CacheInfo::uncached(CacheStatus::Bypass));
+                Poll::Ready(Ok(response))
+            }
+            KindProj::Origin { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Ready { .. } => "Ready",
+            Kind::Bypass { .. } => "Bypass",
+            Kind::Origin { .. } => "Origin",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}

@@ -1,0 +1,226 @@
+//! Cache keys: method + host + path + query (+ what a key function adds), and the request
+//! header values a stored response `Vary`s on.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Request};
+use quick_cache::Equivalent;
+
+/// The key an HTTP response is stored under.
+///
+/// `HEAD` requests use the `GET` key, so they are answered from `GET` entries. The host comes
+/// from the request URI's authority (HTTP/2, absolute form) or the `Host` header, so virtual
+/// hosts never share entries.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    method: Method,
+    host: Box<str>,
+    target: Box<str>,
+    extra: Option<Box<str>>,
+}
+
+impl CacheKey {
+    /// The method the entry answers (`GET` for `HEAD` requests).
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The host, or `""` when the request named none.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Path and query, exactly as received.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// What the layer's key function added, if any.
+    pub fn extra(&self) -> Option<&str> {
+        self.extra.as_deref()
+    }
+
+    pub(crate) fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            method: &self.method,
+            host: &self.host,
+            target: &self.target,
+            extra: self.extra.as_deref(),
+        }
+    }
+}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}{}", self.method, self.host, self.target)?;
+        if let Some(extra) = &self.extra {
+            write!(f, " [{extra}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// A borrowed key, so a hit looks up without allocating.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyRef<'a> {
+    method: &'a Method,
+    host: &'a str,
+    target: &'a str,
+    extra: Option<&'a str>,
+}
+
+impl<'a> KeyRef<'a> {
+    pub(crate) fn new<B>(request: &'a Request<B>, extra: Option<&'a str>) -> Self {
+        let method = if request.method() == Method::HEAD {
+            &Method::GET
+        } else {
+            request.method()
+        };
+        let uri = request.uri();
+        let host = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        Self {
+            method,
+            host,
+            target,
+            extra,
+        }
+    }
+
+    pub(crate) fn to_owned(self) -> CacheKey {
+        CacheKey {
+            method: self.method.clone(),
+            host: self.host.into(),
+            target: self.target.into(),
+            extra: self.extra.map(Into::into),
+        }
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.method.as_str().hash(state);
+        self.host.hash(state);
+        self.target.hash(state);
+        self.extra.hash(state);
+    }
+}
+
+impl Equivalent<CacheKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        *self.method == key.method
+            && self.target == &*key.target
+            && self.host == &*key.host
+            && self.extra == key.extra.as_deref()
+    }
+}
+
+/// Most `Vary` names a stored response may list; a response varying on more is not stored.
+pub(crate) const MAX_VARY_FIELDS: usize = 32;
+
+/// The request header values a stored response was selected by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct VaryValues {
+    fields: Box<[(HeaderName, Option<Vec<u8>>)]>,
+}
+
+/// The outcome of reading a response's `Vary`.
+pub(crate) enum Vary {
+    /// No `Vary`: one entry serves every request.
+    None,
+    /// Varies on these request headers, with the storing request's values.
+    On(VaryValues),
+    /// `Vary: *`, or too many / malformed names: never reused.
+    Never,
+}
+
+impl Vary {
+    pub(crate) fn of(response: &HeaderMap, request: &HeaderMap) -> Self {
+        let mut fields: Vec<(HeaderName, Option<Vec<u8>>)> = Vec::new();
+        for line in response.get_all(header::VARY) {
+            let Ok(line) = line.to_str() else {
+                return Self::Never;
+            };
+            for name in line.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if name == "*" {
+                    return Self::Never;
+                }
+                let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                    return Self::Never;
+                };
+                if fields.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                if fields.len() == MAX_VARY_FIELDS {
+                    return Self::Never;
+                }
+                let value = normalized(request, &name);
+                fields.push((name, value));
+            }
+        }
+        if fields.is_empty() {
+            Self::None
+        } else {
+            Self::On(VaryValues {
+                fields: fields.into_boxed_slice(),
+            })
+        }
+    }
+}
+
+impl VaryValues {
+    /// Whether `request` has the same values for every varied header.
+    pub(crate) fn matches(&self, request: &HeaderMap) -> bool {
+        self.fields
+            .iter()
+            .all(|(name, value)| normalized(request, name).as_deref() == value.as_deref())
+    }
+
+    pub(crate) fn weight(&self) -> usize {
+        self.fields
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum()
+    }
+}
+
+/// A header's values as one comparable string: lines joined by `,`, list members trimmed, so
+/// `a,b`, `a, b` and two lines `a` / `b` compare equal (RFC 9111 §4.1).
+fn normalized(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut out = Vec::new();
+    for value in values {
+        for member in value.as_bytes().split(|b| *b == b',') {
+            let member = member.trim_ascii();
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(member);
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,293 @@
+//! [`SwrLayer`] and its builder.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::request::Parts;
+use tower_layer::Layer;
+
+use super::policy::Policy;
+use super::service::{
+    Config, Shared, SwrService, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
+};
+use super::status::{is_token, StatusHeaders};
+use crate::engine::{Stats, SwrCache};
+
+/// Settings that shape the store; changing them means a new store.
+#[derive(Debug, Clone)]
+struct StoreSettings {
+    capacity_bytes: u64,
+    lock_timeout: Duration,
+    refresh_timeout: Duration,
+    backoff: (Duration, Duration),
+}
+
+/// Layer that gives a service stale-while-revalidate caching.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tower_swr::SwrLayer;
+///
+/// async fn prices() -> &'static str { "42" }
+///
+/// let app: Router = Router::new().route("/prices", get(prices)).layer(SwrLayer::new());
+/// ```
+///
+/// # Defaults (the application preset, [`SwrLayer::new`])
+///
+/// | setting | default |
+/// |---|---|
+/// | fresh lifetime without `Cache-Control`/`Expires` | 60 s ([`ttl`](Self::ttl)) |
+/// | stale-while-revalidate window, unless the response says | 120 s |
+/// | stale-if-error window, unless the response says | 300 s |
+/// | largest stored body | 8 MiB ([`max_body_bytes`](Self::max_body_bytes)) |
+/// | memory budget | 128 MiB ([`capacity_bytes`](Self::capacity_bytes)) |
+/// | waiting for another request's origin call | 5 s ([`lock_timeout`](Self::lock_timeout)) |
+/// | background refresh timeout | 30 s |
+/// | refresh backoff after a failure | 1 s doubling to 60 s |
+/// | `Cache-Status` name | `tower-swr` |
+///
+/// Never stored: `no-store`, `private`, `no-cache` responses, responses with `Set-Cookie` or
+/// `Vary: *`, answers to requests with `Authorization` unless the response says `public`,
+/// `s-maxage` or `must-revalidate`, server errors, bodies over the limit. Only `GET` and `HEAD`
+/// are cached; other methods pass straight through.
+///
+/// A customised layer:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_swr::SwrLayer;
+///
+/// let layer = SwrLayer::new()
+///     .ttl(Duration::from_secs(6 * 24 * 3600))
+///     .stale_while_revalidate(Duration::from_secs(24 * 3600))
+///     .stale_if_error(Duration::from_secs(7 * 24 * 3600))
+///     .max_body_bytes(1 << 20)
+///     .capacity_bytes(32 << 20)
+///     // seed scenario 2: one entry per user and filters
+///     .key_fn(|parts| {
+///         let user = parts.headers.get("x-user-id")?.to_str().ok()?;
+///         Some(user.to_owned())
+///     })
+///     .allow_private(true);
+/// ```
+///
+/// Clones of a layer share one cache; so do all the services one layer makes (axum calls
+/// [`Layer::layer`] once per route).
+#[must_use]
+#[derive(Clone)]
+pub struct SwrLayer {
+    config: Config,
+    store: StoreSettings,
+    cache_name: String,
+    x_cache: bool,
+    shared: Arc<OnceLock<Arc<Shared>>>,
+}
+
+impl Default for SwrLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for SwrLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwrLayer")
+            .field("config", &self.config)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl SwrLayer {
+    /// The application preset: origin `Cache-Control` honoured, and responses that say nothing
+    /// about freshness cached for 60 s + 120 s stale-while-revalidate + 300 s stale-if-error.
+    pub fn new() -> Self {
+        Self::with_policy(Policy {
+            default_ttl: Some(DEFAULT_TTL),
+            default_stale_while_revalidate: DEFAULT_STALE_WHILE_REVALIDATE,
+            default_stale_if_error: DEFAULT_STALE_IF_ERROR,
+            respect_origin: true,
+            store_private: false,
+        })
+    }
+
+    /// The strict shared-cache preset, for a caching proxy in front of origins you do not
+    /// control: only responses with explicit freshness (or RFC 9111 heuristics from
+    /// `Last-Modified`) are reused, and stale is served only as the response's own
+    /// `stale-while-revalidate=` / `stale-if-error=` allow.
+    pub fn shared_cache() -> Self {
+        Self::with_policy(Policy {
+            default_ttl: None,
+            default_stale_while_revalidate: Duration::ZERO,
+            default_stale_if_error: Duration::ZERO,
+            respect_origin: true,
+            store_private: false,
+        })
+    }
+
+    fn with_policy(policy: Policy) -> Self {
+        let cache_name = "tower-swr".to_owned();
+        Self {
+            config: Config {
+                policy,
+                max_body_bytes: 8 << 20,
+                headers: StatusHeaders::new(&cache_name, false),
+                key_fn: None,
+            },
+            store: StoreSettings {
+                capacity_bytes: 128 << 20,
+                lock_timeout: Duration::from_secs(5),
+                refresh_timeout: Duration::from_secs(30),
+                backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+            },
+            cache_name,
+            x_cache: false,
+            shared: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// A new, unbuilt cache for the changed settings.
+    fn changed(mut self) -> Self {
+        self.config.headers = StatusHeaders::new(&self.cache_name, self.x_cache);
+        self.shared = Arc::new(OnceLock::new());
+        self
+    }
+
+    /// Fresh lifetime of responses that carry no freshness of their own (default 60 s; with
+    /// [`shared_cache`](Self::shared_cache), none unless set here).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.policy.default_ttl = Some(ttl);
+        self.changed()
+    }
+
+    /// Stale-while-revalidate window when the response does not set one (default 120 s).
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.config.policy.default_stale_while_revalidate = window;
+        self.changed()
+    }
+
+    /// Stale-if-error window when the response does not set one (default 300 s).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.config.policy.default_stale_if_error = window;
+        self.changed()
+    }
+
+    /// Ignore the origin's freshness (`Cache-Control` lifetimes, `Expires`) and use the layer's
+    /// [`ttl`](Self::ttl) and windows for every response. `no-store`, `private`, `Set-Cookie`
+    /// and `Authorization` rules still apply.
+    pub fn ignore_origin_freshness(mut self) -> Self {
+        self.config.policy.respect_origin = false;
+        if self.config.policy.default_ttl.is_none() {
+            self.config.policy.default_ttl = Some(DEFAULT_TTL);
+        }
+        self.changed()
+    }
+
+    /// Largest body that is buffered and stored (default 8 MiB). A longer body streams to the
+    /// client untouched and is not stored.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_body_bytes = bytes;
+        self.changed()
+    }
+
+    /// Memory budget of the cache in bytes (default 128 MiB).
+    pub fn capacity_bytes(mut self, bytes: u64) -> Self {
+        self.store.capacity_bytes = bytes;
+        self.changed()
+    }
+
+    /// How long a request waits for another request's origin call for the same key before going
+    /// to the origin itself (default 5 s).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.store.lock_timeout = timeout;
+        self.changed()
+    }
+
+    /// How long a background refresh may take before it counts as failed (default 30 s).
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.store.refresh_timeout = timeout;
+        self.changed()
+    }
+
+    /// Backoff after a failed refresh: `base`, doubling per failure, capped at `max`
+    /// (default 1 s to 60 s). Stale keeps being served meanwhile.
+    pub fn refresh_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.store.backoff = (base, max);
+        self.changed()
+    }
+
+    /// Adds to every request's key what `key_fn` returns (e.g. a user id), or skips the cache
+    /// for the request when it returns `None`.
+    pub fn key_fn(
+        mut self,
+        key_fn: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.key_fn = Some(Arc::new(key_fn));
+        self.changed()
+    }
+
+    /// Store `private` responses and answers to requests carrying `Authorization` (default
+    /// `false`). Only safe when [`key_fn`](Self::key_fn) puts the user in the key.
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.config.policy.store_private = allow;
+        self.changed()
+    }
+
+    /// The cache's name in `Cache-Status` (default `tower-swr`). A name that is not an RFC 8941
+    /// token is written as a quoted string.
+    pub fn cache_name(mut self, name: &str) -> Self {
+        self.cache_name = if is_token(name) {
+            name.to_owned()
+        } else {
+            let escaped: String = name
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control())
+                .flat_map(|c| match c {
+                    '"' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            format!("\"{escaped}\"")
+        };
+        self.changed()
+    }
+
+    /// Also send `X-Cache: HIT|STALE|MISS|BYPASS` (default off).
+    pub fn x_cache_header(mut self, enabled: bool) -> Self {
+        self.x_cache = enabled;
+        self.changed()
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        self.shared.get_or_init(|| {
+            let largest = self.config.max_body_bytes as u64 + (64 << 10);
+            let engine = SwrCache::builder()
+                .capacity_bytes(self.store.capacity_bytes)
+                .largest_entry_bytes(largest)
+                .weigher(|_, cached: &super::service::CachedResponse| cached.weight())
+                .lock_timeout(self.store.lock_timeout)
+                .refresh_timeout(self.store.refresh_timeout)
+                .refresh_backoff(self.store.backoff.0, self.store.backoff.1)
+                .build();
+            Arc::new(Shared {
+                engine,
+                config: self.config.clone(),
+            })
+        })
+    }
+
+    /// The counters of this layer's cache.
+    pub fn stats(&self) -> Stats {
+        self.shared().engine.stats()
+    }
+}
+
+impl<S> Layer<S> for SwrLayer {
+    type Service = SwrService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SwrService::new(inner, Arc::clone(self.shared()))
+    }
+}

@@ -1,0 +1,16 @@
+//! The tower adapter: [`SwrLayer`], [`SwrService`] and what they put on responses.
+
+mod body;
+mod future;
+mod key;
+mod layer;
+mod policy;
+mod service;
+mod status;
+
+pub use self::body::SwrBody;
+pub use self::future::ResponseFuture;
+pub use self::key::CacheKey;
+pub use self::layer::SwrLayer;
+pub use self::service::SwrService;
+pub use self::status::{CacheInfo, CacheStatus, CACHE_STATUS, X_CACHE};

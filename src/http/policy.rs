@@ -1,0 +1,448 @@
+//! `Cache-Control` parsing and the store/freshness decision (RFC 9111, RFC 5861).
+//!
+//! `headers::CacheControl` lacks `stale-while-revalidate` and `stale-if-error`
+//! (hyperium/headers#77), so the raw header is parsed here.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+
+use crate::engine::Freshness;
+
+/// RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
+const DELTA_SECONDS_MAX: u64 = 2_147_483_648;
+
+/// A parsed delta-seconds argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seconds {
+    Valid(u64),
+    /// Present but not a delta-seconds (RFC 9111 §4.2.1: treat the response as stale).
+    Invalid,
+}
+
+impl Seconds {
+    fn parse(value: Option<&str>) -> Self {
+        let Some(value) = value else {
+            return Self::Invalid;
+        };
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Self::Invalid;
+        }
+        // Only digits: a parse failure is an overflow.
+        Self::Valid(
+            value
+                .parse::<u64>()
+                .map_or(DELTA_SECONDS_MAX, |n| n.min(DELTA_SECONDS_MAX)),
+        )
+    }
+
+    pub(crate) fn duration(self) -> Duration {
+        match self {
+            Self::Valid(secs) => Duration::from_secs(secs),
+            Self::Invalid => Duration::ZERO,
+        }
+    }
+}
+
+/// The directives of a `Cache-Control` field (all its lines), first occurrence winning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CacheControl {
+    pub(crate) no_store: bool,
+    /// `no-cache` without field names.
+    pub(crate) no_cache: bool,
+    /// `no-cache="field, ..."`: reuse allowed without those fields.
+    pub(crate) no_cache_fields: Vec<String>,
+    /// `private` without field names.
+    pub(crate) private: bool,
+    /// `private="field, ..."`: sharing allowed without those fields.
+    pub(crate) private_fields: Vec<String>,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
+    pub(crate) must_understand: bool,
+    pub(crate) immutable: bool,
+    pub(crate) max_age: Option<Seconds>,
+    pub(crate) s_maxage: Option<Seconds>,
+    pub(crate) stale_while_revalidate: Option<Seconds>,
+    pub(crate) stale_if_error: Option<Seconds>,
+    /// Request only: `only-if-cached`.
+    pub(crate) only_if_cached: bool,
+    /// Request only: `max-stale[=n]` (`Some(None)`: any staleness).
+    pub(crate) max_stale: Option<Option<Seconds>>,
+    /// Request only: `min-fresh=n`.
+    pub(crate) min_fresh: Option<Seconds>,
+}
+
+impl CacheControl {
+    /// Parses every `Cache-Control` line of `headers`.
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+        let mut cc = Self::default();
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            cc.add_line(value);
+        }
+        cc
+    }
+
+    /// Whether any `Cache-Control` is present at all (cheap check before parsing).
+    fn add_line(&mut self, value: &HeaderValue) {
+        // Non-UTF-8 bytes can only appear inside a quoted argument; keep what is readable.
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for (name, argument) in directives(&text) {
+            self.add(&name, argument.as_deref());
+        }
+    }
+
+    fn add(&mut self, name: &str, argument: Option<&str>) {
+        fn first(slot: &mut Option<Seconds>, argument: Option<&str>) {
+            if slot.is_none() {
+                *slot = Some(Seconds::parse(argument));
+            }
+        }
+        fn fields(argument: Option<&str>) -> Vec<String> {
+            argument
+                .map(|list| {
+                    list.split(',')
+                        .map(|f| f.trim().to_ascii_lowercase())
+                        .filter(|f| !f.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+        match name {
+            "no-store" => self.no_store = true,
+            "no-cache" => match argument {
+                Some(_) if !fields(argument).is_empty() => {
+                    self.no_cache_fields.extend(fields(argument));
+                }
+                _ => self.no_cache = true,
+            },
+            "private" => match argument {
+                Some(_) if !fields(argument).is_empty() => {
+                    self.private_fields.extend(fields(argument));
+                }
+                _ => self.private = true,
+            },
+            "public" => self.public = true,
+            "must-revalidate" => self.must_revalidate = true,
+            "proxy-revalidate" => self.proxy_revalidate = true,
+            "must-understand" => self.must_understand = true,
+            "immutable" => self.immutable = true,
+            "only-if-cached" => self.only_if_cached = true,
+            "max-age" => first(&mut self.max_age, argument),
+            "s-maxage" => first(&mut self.s_maxage, argument),
+            "stale-while-revalidate" => first(&mut self.stale_while_revalidate, argument),
+            "stale-if-error" => first(&mut self.stale_if_error, argument),
+            "min-fresh" => first(&mut self.min_fresh, argument),
+            "max-stale" if self.max_stale.is_none() => {
+                self.max_stale = Some(argument.map(|a| Seconds::parse(Some(a))));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Splits a `Cache-Control` line into `(lower-case name, unquoted argument)` pairs, honouring
+/// quoted strings (commas inside quotes do not split).
+pub(crate) fn directives(line: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        // Name.
+        let mut name = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == ',' || c == '=' {
+                break;
+            }
+            name.push(c);
+            chars.next();
+        }
+        let name = name.trim().to_ascii_lowercase();
+        let mut argument = None;
+        if chars.peek() == Some(&'=') {
+            chars.next();
+            while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+                chars.next();
+            }
+            let mut value = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some(escaped) = chars.next() {
+                                value.push(escaped);
+                            }
+                        }
+                        '"' => break,
+                        c => value.push(c),
+                    }
+                }
+                // Skip anything up to the next comma.
+                while chars.peek().is_some_and(|c| *c != ',') {
+                    chars.next();
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == ',' {
+                        break;
+                    }
+                    value.push(c);
+                    chars.next();
+                }
+                value = value.trim().to_string();
+            }
+            argument = Some(value);
+        }
+        if !name.is_empty() {
+            out.push((name, argument));
+        }
+        match chars.next() {
+            Some(',') => continue,
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    out
+}
+
+/// Statuses a cache may store with heuristic freshness (RFC 9110 §15.1).
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// The freshness rules of a layer (its preset plus the builder's settings).
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// Fresh lifetime when the origin gives none (`None`: RFC heuristics only, shared preset).
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) default_stale_while_revalidate: Duration,
+    pub(crate) default_stale_if_error: Duration,
+    /// Read freshness from the origin's headers (otherwise the defaults always apply).
+    pub(crate) respect_origin: bool,
+    /// Store `private` responses and answers to `Authorization` requests (per-user keys only).
+    pub(crate) store_private: bool,
+}
+
+/// What to do with a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Store {
+        freshness: Freshness,
+        /// How old the response already is (RFC 9111 §4.2.3 corrected initial age).
+        initial_age: Duration,
+        /// May answer later requests that carry `Authorization` (RFC 9111 §3.5).
+        shared_with_auth: bool,
+    },
+    /// Not stored, for this reason.
+    Pass(&'static str),
+}
+
+impl Policy {
+    /// Decides whether a response to a `GET` may be stored and for how long.
+    pub(crate) fn decide(
+        &self,
+        request_has_auth: bool,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Decision {
+        if status.is_informational() || status == StatusCode::PARTIAL_CONTENT {
+            return Decision::Pass("status");
+        }
+        if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
+            return Decision::Pass("server error");
+        }
+        let cc = CacheControl::from_headers(headers);
+        if cc.no_store {
+            return Decision::Pass("no-store");
+        }
+        if cc.private && !self.store_private {
+            return Decision::Pass("private");
+        }
+        if headers.contains_key(header::SET_COOKIE) {
+            return Decision::Pass("set-cookie");
+        }
+        if headers.get_all(header::VARY).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|f| f.trim_ascii() == b"*")
+        }) {
+            return Decision::Pass("vary: *");
+        }
+        if cc.no_cache {
+            // Reuse needs revalidation every time; without stored validators that is a miss.
+            return Decision::Pass("no-cache");
+        }
+        let explicitly_shareable = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
+        if request_has_auth && !self.store_private && !explicitly_shareable {
+            return Decision::Pass("authorization");
+        }
+
+        let date = headers
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        let initial_age = initial_age(headers, date, now);
+
+        let explicit_ttl = if self.respect_origin {
+            explicit_lifetime(&cc, headers, date, now)
+        } else {
+            None
+        };
+        let ttl = match (explicit_ttl, self.default_ttl) {
+            (Some(ttl), _) => ttl,
+            (None, Some(default)) if heuristically_cacheable(status) || !self.respect_origin => {
+                // A default lifetime is counted from when we got the response.
+                return self.store(default, Duration::ZERO, &cc, explicitly_shareable);
+            }
+            (None, _) => match heuristic_lifetime(status, headers, date, now) {
+                Some(ttl) => ttl,
+                None => return Decision::Pass("no freshness"),
+            },
+        };
+        self.store(ttl, initial_age, &cc, explicitly_shareable)
+    }
+
+    fn store(
+        &self,
+        ttl: Duration,
+        initial_age: Duration,
+        cc: &CacheControl,
+        shared_with_auth: bool,
+    ) -> Decision {
+        // RFC 9111 §4.2.4: these forbid serving stale unless the origin itself allows it.
+        let stale_forbidden =
+            cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
+        let from_origin = |directive: Option<Seconds>, default: Duration| match directive {
+            Some(seconds) if self.respect_origin => seconds.duration(),
+            _ if stale_forbidden && self.respect_origin => Duration::ZERO,
+            _ => default,
+        };
+        let freshness = Freshness::new(ttl)
+            .with_stale_while_revalidate(from_origin(
+                cc.stale_while_revalidate,
+                self.default_stale_while_revalidate,
+            ))
+            .with_stale_if_error(from_origin(cc.stale_if_error, self.default_stale_if_error));
+        Decision::Store {
+            freshness,
+            initial_age,
+            shared_with_auth,
+        }
+    }
+}
+
+/// `s-maxage`, then `max-age`, then `Expires − Date` (RFC 9111 §4.2.1).
+fn explicit_lifetime(
+    cc: &CacheControl,
+    headers: &HeaderMap,
+    date: Option<SystemTime>,
+    now: SystemTime,
+) -> Option<Duration> {
+    if let Some(s_maxage) = cc.s_maxage {
+        return Some(s_maxage.duration());
+    }
+    if let Some(max_age) = cc.max_age {
+        return Some(max_age.duration());
+    }
+    let mut expires = headers.get_all(header::EXPIRES).iter();
+    let first = expires.next()?;
+    if expires.next().is_some() {
+        // Conflicting Expires lines: treat as stale (§4.2.1).
+        return Some(Duration::ZERO);
+    }
+    // An invalid date (e.g. "0") means "already expired" (§5.3).
+    let Some(expires) = first
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+    else {
+        return Some(Duration::ZERO);
+    };
+    let date = date.unwrap_or(now);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// RFC 9111 §4.2.2: 10% of the time since `Last-Modified`, for heuristically cacheable statuses.
+fn heuristic_lifetime(
+    status: StatusCode,
+    headers: &HeaderMap,
+    date: Option<SystemTime>,
+    now: SystemTime,
+) -> Option<Duration> {
+    if !heuristically_cacheable(status) {
+        return None;
+    }
+    let last_modified = headers
+        .get(header::LAST_MODIFIED)?
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok())?;
+    let since = date.unwrap_or(now).duration_since(last_modified).ok()?;
+    Some((since / 10).min(Duration::from_secs(24 * 60 * 60)))
+}
+
+/// RFC 9111 §4.2.3 corrected initial age: the larger of the origin's `Age` and `now − Date`.
+fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -> Duration {
+    let age = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| Seconds::parse(Some(v.trim())))
+        .and_then(|s| match s {
+            Seconds::Valid(secs) => Some(Duration::from_secs(secs)),
+            Seconds::Invalid => None,
+        })
+        .unwrap_or(Duration::ZERO);
+    let apparent = date
+        .and_then(|date| now.duration_since(date).ok())
+        .unwrap_or(Duration::ZERO);
+    age.max(apparent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cc(line: &str) -> CacheControl {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(line).unwrap());
+        CacheControl::from_headers(&headers)
+    }
+
+    #[test]
+    fn parses_stale_directives() {
+        let parsed = cc("max-age=60, stale-while-revalidate=120, stale-if-error=300");
+        assert_eq!(parsed.max_age, Some(Seconds::Valid(60)));
+        assert_eq!(parsed.stale_while_revalidate, Some(Seconds::Valid(120)));
+        assert_eq!(parsed.stale_if_error, Some(Seconds::Valid(300)));
+    }
+
+    #[test]
+    fn first_duplicate_wins_and_case_is_ignored() {
+        let parsed = cc("MAX-AGE=5, max-age=100");
+        assert_eq!(parsed.max_age, Some(Seconds::Valid(5)));
+    }
+
+    #[test]
+    fn invalid_and_huge_numbers() {
+        assert_eq!(cc("max-age=abc").max_age, Some(Seconds::Invalid));
+        assert_eq!(cc("max-age=-1").max_age, Some(Seconds::Invalid));
+        assert_eq!(
+            cc("max-age=99999999999999999999999").max_age,
+            Some(Seconds::Valid(DELTA_SECONDS_MAX))
+        );
+        assert_eq!(cc("max-age=\"30\"").max_age, Some(Seconds::Valid(30)));
+    }
+
+    #[test]
+    fn quoted_commas_do_not_split() {
+        let parsed = cc("private=\"set-cookie, x-user\", max-age=10");
+        assert!(!parsed.private);
+        assert_eq!(parsed.private_fields, vec!["set-cookie", "x-user"]);
+        assert_eq!(parsed.max_age, Some(Seconds::Valid(10)));
+    }
+}

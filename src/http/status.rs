@@ -1,0 +1,164 @@
+//! What a response says about how it was answered: `Age`, RFC 9211 `Cache-Status`, the opt-in
+//! `X-Cache`, and the [`CacheInfo`] response extension.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
+use tokio::time::Instant;
+
+/// The RFC 9211 `Cache-Status` header name.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// The opt-in `X-Cache` header name.
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// How the layer answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CacheStatus {
+    /// From a fresh entry; the origin was not called.
+    Fresh,
+    /// From a stale entry inside its stale-while-revalidate window; a background refresh runs.
+    Stale,
+    /// From a stale entry because the origin failed (stale-if-error).
+    StaleIfError,
+    /// From the origin (stored or not, see [`CacheInfo::stored`]).
+    Miss,
+    /// From another request's origin call, which this one waited for (request coalescing).
+    Collapsed,
+    /// Not eligible for caching: passed straight to the origin.
+    Bypass,
+}
+
+impl CacheStatus {
+    /// The `X-Cache` value: `HIT`, `STALE`, `MISS` or `BYPASS`.
+    pub fn x_cache(self) -> &'static str {
+        match self {
+            Self::Fresh | Self::Collapsed => "HIT",
+            Self::Stale | Self::StaleIfError => "STALE",
+            Self::Miss => "MISS",
+            Self::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// Response extension telling how the layer answered (seed `background-refresh-flow.md`:
+/// `from_cache`, `cache_valid`, `cache_date`, `refreshing_in_background`).
+///
+/// ```
+/// # use tower_swr::{CacheInfo, CacheStatus};
+/// # fn show(response: &http::Response<()>) {
+/// if let Some(info) = response.extensions().get::<CacheInfo>() {
+///     if info.refreshing {
+///         println!("updating… (served {:?}, {:?} old)", info.status, info.age);
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheInfo {
+    /// How the request was answered.
+    pub status: CacheStatus,
+    /// The answer's age, for answers from the cache (including a just-stored miss).
+    pub age: Option<Duration>,
+    /// When the answer was stored, for answers from the cache.
+    pub stored_at: Option<Instant>,
+    /// Whether a background refresh of this key is running.
+    pub refreshing: bool,
+    /// Whether the answer is (now) stored.
+    pub stored: bool,
+}
+
+impl CacheInfo {
+    pub(crate) fn uncached(status: CacheStatus) -> Self {
+        Self {
+            status,
+            age: None,
+            stored_at: None,
+            refreshing: false,
+            stored: false,
+        }
+    }
+}
+
+/// The `Cache-Status` member, without the cache's name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Member {
+    Hit { ttl: i64 },
+    Stale { fwd_status: Option<u16> },
+    UriMiss { stored: bool },
+    VaryMiss { stored: bool },
+    Collapsed,
+    Bypass,
+    Method,
+}
+
+/// Pre-rendered parts of the headers, built once per layer.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusHeaders {
+    name: String,
+    bypass: HeaderValue,
+    method: HeaderValue,
+    collapsed: HeaderValue,
+    pub(crate) x_cache: bool,
+}
+
+impl StatusHeaders {
+    pub(crate) fn new(name: &str, x_cache: bool) -> Self {
+        let value = |rest: &str| {
+            HeaderValue::from_str(&format!("{name}; {rest}")).expect("checked cache name")
+        };
+        Self {
+            name: name.to_owned(),
+            bypass: value("fwd=bypass"),
+            method: value("fwd=method"),
+            collapsed: value("fwd=uri-miss; collapsed"),
+            x_cache,
+        }
+    }
+
+    pub(crate) fn value(&self, member: Member) -> HeaderValue {
+        let name = &self.name;
+        let text = match member {
+            Member::Bypass => return self.bypass.clone(),
+            Member::Method => return self.method.clone(),
+            Member::Collapsed => return self.collapsed.clone(),
+            Member::Hit { ttl } => format!("{name}; hit; ttl={ttl}"),
+            Member::Stale {
+                fwd_status: Some(status),
+            } => format!("{name}; fwd=stale; fwd-status={status}"),
+            Member::Stale { fwd_status: None } => format!("{name}; fwd=stale"),
+            Member::UriMiss { stored: true } => format!("{name}; fwd=uri-miss; stored"),
+            Member::UriMiss { stored: false } => format!("{name}; fwd=uri-miss"),
+            Member::VaryMiss { stored: true } => format!("{name}; fwd=vary-miss; stored"),
+            Member::VaryMiss { stored: false } => format!("{name}; fwd=vary-miss"),
+        };
+        HeaderValue::from_str(&text).expect("checked cache name")
+    }
+
+    /// Appends our `Cache-Status` member after any upstream one, and `X-Cache` if enabled.
+    pub(crate) fn write(
+        &self,
+        headers: &mut HeaderMap,
+        member: Member,
+        status: CacheStatus,
+        age: Option<Duration>,
+    ) {
+        if let Some(age) = age {
+            headers.insert(AGE, HeaderValue::from(age.as_secs()));
+        }
+        headers.append(CACHE_STATUS.clone(), self.value(member));
+        if self.x_cache {
+            headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.x_cache()));
+        }
+    }
+}
+
+/// Whether `name` can be written as a bare RFC 8941 token (what `Cache-Status` needs).
+pub(crate) fn is_token(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'*')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b))
+}

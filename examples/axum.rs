@@ -49,14 +49,18 @@ async fn stats(State(layer): State<SwrLayer>) -> String {
 }
 
 fn serde_like_prices(call: u64) -> std::collections::BTreeMap<&'static str, u64> {
-    [("origin_call", call), ("price", 4200 + call)].into_iter().collect()
+    [("origin_call", call), ("price", 4200 + call)]
+        .into_iter()
+        .collect()
 }
 
 fn listen_addr() -> SocketAddr {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--listen" {
-            let value = args.next().expect("--listen needs an address, e.g. 127.0.0.1:3000");
+            let value = args
+                .next()
+                .expect("--listen needs an address, e.g. 127.0.0.1:3000");
             return value.parse().expect("--listen takes ADDR:PORT");
         }
         if let Some(value) = arg.strip_prefix("--listen=") {

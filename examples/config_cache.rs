@@ -71,7 +71,11 @@ impl ModelConfigService {
                     .with_stale_if_error(Duration::from_secs(3600)),
             ))
         };
-        match self.cache.get_or_load(format!("judges:{language}"), load).await {
+        match self
+            .cache
+            .get_or_load(format!("judges:{language}"), load)
+            .await
+        {
             Ok(found) => {
                 // The engine itself logs the WARNING when it falls back to stale data.
                 println!(

@@ -55,6 +55,9 @@ pub struct Loaded<V> {
     pub freshness: Freshness,
     /// How old the value already is when stored (an HTTP response's `Age`); zero for new values.
     pub initial_age: Duration,
+    /// How long after its fresh lifetime the value is kept although no window allows serving
+    /// it, so it can be revalidated (an HTTP response with validators); zero by default.
+    pub retain_for: Duration,
 }
 
 impl<V> Loaded<V> {
@@ -64,6 +67,7 @@ impl<V> Loaded<V> {
             value,
             freshness,
             initial_age: Duration::ZERO,
+            retain_for: Duration::ZERO,
         }
     }
 
@@ -71,6 +75,14 @@ impl<V> Loaded<V> {
     #[must_use]
     pub fn with_initial_age(mut self, age: Duration) -> Self {
         self.initial_age = age;
+        self
+    }
+
+    /// Keeps the value for `duration` after its fresh lifetime even where no window allows
+    /// serving it (e.g. to revalidate it rather than load it again).
+    #[must_use]
+    pub fn with_retention(mut self, duration: Duration) -> Self {
+        self.retain_for = duration;
         self
     }
 }
@@ -97,6 +109,7 @@ pub struct Entry<V> {
     fresh_until: Instant,
     stale_until: Instant,
     error_until: Instant,
+    retain_until: Instant,
     pub(crate) weight: u64,
 }
 
@@ -114,6 +127,7 @@ impl<V> Entry<V> {
             value,
             freshness,
             initial_age,
+            retain_for,
         } = loaded;
         let fresh_until = deadline(stored_at, freshness.ttl.saturating_sub(initial_age));
         Self {
@@ -123,6 +137,7 @@ impl<V> Entry<V> {
             fresh_until,
             stale_until: deadline(fresh_until, freshness.stale_while_revalidate),
             error_until: deadline(fresh_until, freshness.stale_if_error),
+            retain_until: deadline(fresh_until, retain_for),
             weight,
         }
     }
@@ -135,6 +150,9 @@ impl<V> Entry<V> {
     {
         let swr = self.stale_until.saturating_duration_since(self.fresh_until);
         let sie = self.error_until.saturating_duration_since(self.fresh_until);
+        let retain = self
+            .retain_until
+            .saturating_duration_since(self.fresh_until);
         Self {
             value: self.value.clone(),
             stored_at: self.stored_at,
@@ -142,6 +160,7 @@ impl<V> Entry<V> {
             fresh_until: now,
             stale_until: deadline(now, swr),
             error_until: deadline(now, sie),
+            retain_until: deadline(now, retain),
             weight: self.weight,
         }
     }
@@ -195,7 +214,9 @@ impl<V> Entry<V> {
 
     /// The last instant at which the entry is of any use.
     pub(crate) fn last_deadline(&self) -> Instant {
-        self.stale_until.max(self.error_until)
+        self.stale_until
+            .max(self.error_until)
+            .max(self.retain_until)
     }
 
     pub(crate) fn phase(&self, now: Instant) -> Phase {

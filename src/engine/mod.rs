@@ -577,6 +577,14 @@ where
         Some(entry)
     }
 
+    /// Removes the entry of a borrowed key.
+    pub(crate) fn remove_equivalent<Q>(&self, key: &Q) -> bool
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        self.inner.store.remove(key).is_some()
+    }
+
     /// Stores a loaded value; `None` when it is too heavy to store (the old entry is kept).
     pub(crate) fn store(&self, key: K, loaded: Loaded<V>) -> Option<Arc<Entry<V>>> {
         let weight =
@@ -626,7 +634,7 @@ where
         runtime.spawn(async move {
             let counters = &inner.counters;
             let outcome =
-                tokio::time::timeout(inner.refresh_timeout, CatchUnwind { future: refresh }).await;
+                tokio::time::timeout(inner.refresh_timeout, CatchUnwind::new(refresh)).await;
             let failed = match outcome {
                 Ok(Ok(Ok(()))) => {
                     counters.refreshes_succeeded.inc();
@@ -637,7 +645,7 @@ where
                     tracing::warn!(key = ?key, %reason, "background refresh failed; keeping the stale value");
                     true
                 }
-                Ok(Err(())) => {
+                Ok(Err(_panic)) => {
                     counters.refreshes_panicked.inc();
                     tracing::error!(key = ?key, "background refresh panicked; keeping the stale value");
                     true
@@ -658,22 +666,28 @@ where
 }
 
 pin_project! {
-    /// Turns a panic while polling into `Err(())`, so a refresh's outcome is always recorded.
-    struct CatchUnwind<F> {
+    /// Turns a panic while polling into `Err(payload)`, so an outcome is always recorded.
+    pub(crate) struct CatchUnwind<F> {
         #[pin]
         future: F,
     }
 }
 
+impl<F> CatchUnwind<F> {
+    pub(crate) fn new(future: F) -> Self {
+        Self { future }
+    }
+}
+
 impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, ()>;
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let future = self.project().future;
         match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(_) => Poll::Ready(Err(())),
+            Err(payload) => Poll::Ready(Err(payload)),
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{HeaderValue, Response};
@@ -10,6 +11,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::SwrBody;
+use super::service::{Invalidation, Shared};
 use super::status::{CacheInfo, CacheStatus, CACHE_STATUS, X_CACHE};
 
 pub(crate) type BoxResponseFuture<B, E> =
@@ -36,7 +38,13 @@ pin_project! {
         B: Body,
     {
         Ready { response: Option<Response<SwrBody<B>>> },
-        Bypass { #[pin] future: F, cache_status: HeaderValue, x_cache: bool },
+        Bypass {
+            #[pin]
+            future: F,
+            cache_status: HeaderValue,
+            x_cache: bool,
+            invalidation: Option<(Arc<Shared>, Invalidation)>,
+        },
         Origin { future: BoxResponseFuture<B, E> },
     }
 }
@@ -50,12 +58,18 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn bypass(future: F, cache_status: HeaderValue, x_cache: bool) -> Self {
+    pub(crate) fn bypass(
+        future: F,
+        cache_status: HeaderValue,
+        x_cache: bool,
+        invalidation: Option<(Arc<Shared>, Invalidation)>,
+    ) -> Self {
         Self {
             kind: Kind::Bypass {
                 future,
                 cache_status,
                 x_cache,
+                invalidation,
             },
         }
     }
@@ -83,8 +97,15 @@ where
                 future,
                 cache_status,
                 x_cache,
+                invalidation,
             } => {
                 let mut response = ready!(future.poll(cx))?.map(SwrBody::inner);
+                let status = response.status();
+                if let Some((shared, target)) = invalidation.take() {
+                    if status.is_success() || status.is_redirection() {
+                        shared.invalidate(&target, response.headers());
+                    }
+                }
                 let headers = response.headers_mut();
                 headers.append(CACHE_STATUS.clone(), cache_status.clone());
                 if *x_cache {

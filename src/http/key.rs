@@ -110,6 +110,28 @@ impl<'a> KeyRef<'a> {
         }
     }
 
+    pub(crate) fn from_parts(
+        method: &'a Method,
+        host: &'a str,
+        target: &'a str,
+        extra: Option<&'a str>,
+    ) -> Self {
+        Self {
+            method,
+            host,
+            target,
+            extra,
+        }
+    }
+
+    pub(crate) fn host(&self) -> &'a str {
+        self.host
+    }
+
+    pub(crate) fn target(&self) -> &'a str {
+        self.target
+    }
+
     pub(crate) fn to_owned(self) -> CacheKey {
         CacheKey {
             method: self.method.clone(),
@@ -117,6 +139,16 @@ impl<'a> KeyRef<'a> {
             target: self.target.into(),
             extra: self.extra.map(Into::into),
         }
+    }
+}
+
+impl fmt::Display for KeyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}{}", self.method, self.host, self.target)?;
+        if let Some(extra) = self.extra {
+            write!(f, " [{extra}]")?;
+        }
+        Ok(())
     }
 }
 

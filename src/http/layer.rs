@@ -110,6 +110,8 @@ impl SwrLayer {
             default_stale_if_error: DEFAULT_STALE_IF_ERROR,
             respect_origin: true,
             store_private: false,
+            cookies_need_public: true,
+            revalidation_retention: Duration::from_secs(600),
         })
     }
 
@@ -124,6 +126,8 @@ impl SwrLayer {
             default_stale_if_error: Duration::ZERO,
             respect_origin: true,
             store_private: false,
+            cookies_need_public: true,
+            revalidation_retention: Duration::from_secs(600),
         })
     }
 
@@ -135,6 +139,7 @@ impl SwrLayer {
                 max_body_bytes: 8 << 20,
                 headers: StatusHeaders::new(&cache_name, false),
                 key_fn: None,
+                invalidate_on_unsafe: true,
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,

@@ -1,6 +1,7 @@
 //! The tower adapter: [`SwrLayer`], [`SwrService`] and what they put on responses.
 
 mod body;
+mod conditional;
 mod future;
 mod key;
 mod layer;

@@ -223,8 +223,20 @@ pub(crate) struct Policy {
     pub(crate) default_stale_if_error: Duration,
     /// Read freshness from the origin's headers (otherwise the defaults always apply).
     pub(crate) respect_origin: bool,
-    /// Store `private` responses and answers to `Authorization` requests (per-user keys only).
+    /// Store `private` responses and answers to `Authorization`/`Cookie` requests (per-user
+    /// keys only).
     pub(crate) store_private: bool,
+    /// Answer and store requests carrying `Cookie` only with explicitly shareable responses.
+    pub(crate) cookies_need_public: bool,
+    /// How long an expired response with validators is kept to be revalidated.
+    pub(crate) revalidation_retention: Duration,
+}
+
+/// What the policy needs to know of the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestFacts {
+    pub(crate) has_auth: bool,
+    pub(crate) has_cookie: bool,
 }
 
 /// What to do with a response.
@@ -236,28 +248,47 @@ pub(crate) enum Decision {
         initial_age: Duration,
         /// May answer later requests that carry `Authorization` (RFC 9111 §3.5).
         shared_with_auth: bool,
+        /// May answer later requests that carry `Cookie` (explicitly `public` or `s-maxage`).
+        shared_with_cookie: bool,
+        /// How long to keep it past its windows, for revalidation.
+        retain: Duration,
+        /// Fields named by `private=` / `no-cache=`: stored without them.
+        strip: Vec<String>,
     },
     /// Not stored, for this reason.
     Pass(&'static str),
+}
+
+/// Statuses whose caching rules this cache knows (for `must-understand`, RFC 9111 §5.2.2.3).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    )
 }
 
 impl Policy {
     /// Decides whether a response to a `GET` may be stored and for how long.
     pub(crate) fn decide(
         &self,
-        request_has_auth: bool,
+        request: RequestFacts,
         status: StatusCode,
         headers: &HeaderMap,
         now: SystemTime,
     ) -> Decision {
-        if status.is_informational() || status == StatusCode::PARTIAL_CONTENT {
+        if status.is_informational()
+            || status == StatusCode::PARTIAL_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
             return Decision::Pass("status");
         }
-        if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
-            return Decision::Pass("server error");
-        }
         let cc = CacheControl::from_headers(headers);
-        if cc.no_store {
+        if cc.must_understand {
+            // §5.2.2.3: store only statuses we understand, and then ignore `no-store`.
+            if !understood(status) {
+                return Decision::Pass("must-understand");
+            }
+        } else if cc.no_store {
             return Decision::Pass("no-store");
         }
         if cc.private && !self.store_private {
@@ -273,65 +304,100 @@ impl Policy {
         }) {
             return Decision::Pass("vary: *");
         }
-        if cc.no_cache {
-            // Reuse needs revalidation every time; without stored validators that is a miss.
-            return Decision::Pass("no-cache");
-        }
         let explicitly_shareable = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
-        if request_has_auth && !self.store_private && !explicitly_shareable {
-            return Decision::Pass("authorization");
+        if !self.store_private {
+            if request.has_auth && !explicitly_shareable {
+                return Decision::Pass("authorization");
+            }
+            if request.has_cookie
+                && self.cookies_need_public
+                && !(cc.public || cc.s_maxage.is_some())
+            {
+                return Decision::Pass("cookie");
+            }
         }
 
         let date = headers
             .get(header::DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok());
-        let initial_age = initial_age(headers, date, now);
-
-        let explicit_ttl = if self.respect_origin {
-            explicit_lifetime(&cc, headers, date, now)
+        let has_validators =
+            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+        let retain = if has_validators {
+            self.revalidation_retention
         } else {
-            None
+            Duration::ZERO
         };
-        let ttl = match (explicit_ttl, self.default_ttl) {
-            (Some(ttl), _) => ttl,
-            (None, Some(default)) if heuristically_cacheable(status) || !self.respect_origin => {
-                // A default lifetime is counted from when we got the response.
-                return self.store(default, Duration::ZERO, &cc, explicitly_shareable);
+        let mut strip = cc.private_fields.clone();
+        if !self.store_private {
+            strip.extend(cc.no_cache_fields.iter().cloned());
+        } else {
+            strip = cc.no_cache_fields.clone();
+        }
+        let decision = |ttl: Duration, initial_age: Duration| {
+            let stale_forbidden =
+                cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
+            let window = |directive: Option<Seconds>, default: Duration| match directive {
+                Some(seconds) if self.respect_origin => seconds.duration(),
+                _ if stale_forbidden && self.respect_origin => Duration::ZERO,
+                _ => default,
+            };
+            Decision::Store {
+                freshness: Freshness::new(ttl)
+                    .with_stale_while_revalidate(window(
+                        cc.stale_while_revalidate,
+                        self.default_stale_while_revalidate,
+                    ))
+                    .with_stale_if_error(window(cc.stale_if_error, self.default_stale_if_error)),
+                initial_age,
+                shared_with_auth: explicitly_shareable || self.store_private,
+                shared_with_cookie: cc.public
+                    || cc.s_maxage.is_some()
+                    || self.store_private
+                    || !self.cookies_need_public,
+                retain,
+                strip: strip.clone(),
             }
-            (None, _) => match heuristic_lifetime(status, headers, date, now) {
-                Some(ttl) => ttl,
-                None => return Decision::Pass("no freshness"),
-            },
         };
-        self.store(ttl, initial_age, &cc, explicitly_shareable)
-    }
 
-    fn store(
-        &self,
-        ttl: Duration,
-        initial_age: Duration,
-        cc: &CacheControl,
-        shared_with_auth: bool,
-    ) -> Decision {
-        // RFC 9111 §4.2.4: these forbid serving stale unless the origin itself allows it.
-        let stale_forbidden =
-            cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
-        let from_origin = |directive: Option<Seconds>, default: Duration| match directive {
-            Some(seconds) if self.respect_origin => seconds.duration(),
-            _ if stale_forbidden && self.respect_origin => Duration::ZERO,
-            _ => default,
+        if cc.no_cache {
+            // Reusable only after revalidation: stored stale, kept only if it can be validated.
+            if !has_validators {
+                return Decision::Pass("no-cache without validators");
+            }
+            return decision(Duration::ZERO, Duration::ZERO);
+        }
+        if !self.respect_origin {
+            let ttl = self.default_ttl.unwrap_or(Duration::ZERO);
+            return if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
+                Decision::Pass("server error")
+            } else {
+                decision(ttl, Duration::ZERO)
+            };
+        }
+        let Some(initial_age) = initial_age(headers, date, now) else {
+            // An unreadable `Age`: the response is stale (RFC 9111 §4.2.3, as tested by the
+            // cache-tests suite); keep it only to revalidate it.
+            return if has_validators {
+                decision(Duration::ZERO, Duration::ZERO)
+            } else {
+                Decision::Pass("invalid age")
+            };
         };
-        let freshness = Freshness::new(ttl)
-            .with_stale_while_revalidate(from_origin(
-                cc.stale_while_revalidate,
-                self.default_stale_while_revalidate,
-            ))
-            .with_stale_if_error(from_origin(cc.stale_if_error, self.default_stale_if_error));
-        Decision::Store {
-            freshness,
-            initial_age,
-            shared_with_auth,
+        if let Some(ttl) = explicit_lifetime(&cc, headers, date, now) {
+            return decision(ttl, initial_age);
+        }
+        if !heuristically_cacheable(status) {
+            return Decision::Pass("no freshness");
+        }
+        if let Some(default) = self.default_ttl {
+            // A default lifetime is counted from when we got the response.
+            return decision(default, Duration::ZERO);
+        }
+        match heuristic_lifetime(headers, date, now) {
+            Some(ttl) => decision(ttl, initial_age),
+            None if has_validators => decision(Duration::ZERO, initial_age),
+            None => Decision::Pass("no freshness"),
         }
     }
 }
@@ -369,14 +435,10 @@ fn explicit_lifetime(
 
 /// RFC 9111 §4.2.2: 10% of the time since `Last-Modified`, for heuristically cacheable statuses.
 fn heuristic_lifetime(
-    status: StatusCode,
     headers: &HeaderMap,
     date: Option<SystemTime>,
     now: SystemTime,
 ) -> Option<Duration> {
-    if !heuristically_cacheable(status) {
-        return None;
-    }
     let last_modified = headers
         .get(header::LAST_MODIFIED)?
         .to_str()
@@ -387,20 +449,31 @@ fn heuristic_lifetime(
 }
 
 /// RFC 9111 §4.2.3 corrected initial age: the larger of the origin's `Age` and `now − Date`.
-fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -> Duration {
-    let age = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| Seconds::parse(Some(v.trim())))
-        .and_then(|s| match s {
-            Seconds::Valid(secs) => Some(Duration::from_secs(secs)),
-            Seconds::Invalid => None,
-        })
-        .unwrap_or(Duration::ZERO);
+/// `None` when `Age` is unreadable: a single line of digits is expected (a list such as
+/// `0,7200` is read by its first member; anything else — signs, fractions, spaces, two lines —
+/// makes the response stale).
+fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -> Option<Duration> {
+    let mut lines = headers.get_all(header::AGE).iter();
+    let age = match (lines.next(), lines.next()) {
+        (None, _) => Duration::ZERO,
+        (Some(line), None) => {
+            let text = line.to_str().ok()?;
+            if text.is_empty()
+                || !text
+                    .split(',')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return None;
+            }
+            let first = text.split(',').next().unwrap_or("0");
+            Seconds::parse(Some(first)).duration()
+        }
+        (Some(_), Some(_)) => return None,
+    };
     let apparent = date
         .and_then(|date| now.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
-    age.max(apparent)
+    Some(age.max(apparent))
 }
 
 #[cfg(test)]

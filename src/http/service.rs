@@ -15,11 +15,12 @@ use tower::util::{Oneshot, ServiceExt};
 use tower_service::Service;
 
 use super::body::{buffer, headers_weight, Buffered, SwrBody};
+use super::conditional::{self, ByteRange, CLIENT_CONDITIONALS};
 use super::future::ResponseFuture;
 use super::key::{CacheKey, KeyRef, Vary, VaryValues};
-use super::policy::{Decision, Policy};
+use super::policy::{Decision, Policy, RequestFacts};
 use super::status::{CacheInfo, CacheStatus, Member, StatusHeaders};
-use crate::engine::{wait, Entry, Join, Landing, Loaded, Phase, SwrCache, Waited};
+use crate::engine::{wait, CatchUnwind, Entry, Join, Landing, Loaded, Phase, SwrCache, Waited};
 
 /// Adds to a request's key; `None` means "do not cache this request".
 pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -31,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: usize,
     pub(crate) headers: StatusHeaders,
     pub(crate) key_fn: Option<KeyFn>,
+    /// Remove stored responses for a URI after a successful unsafe request to it (§4.4).
+    pub(crate) invalidate_on_unsafe: bool,
 }
 
 impl fmt::Debug for Config {
@@ -63,20 +66,11 @@ pub(crate) struct RequestTemplate {
     extensions: Extensions,
 }
 
-/// Request headers that belong to one client's exchange, not to the refresh.
-const NOT_REPLAYED: [HeaderName; 6] = [
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-    header::RANGE,
-];
-
 impl RequestTemplate {
     fn capture<B>(request: &Request<B>) -> Self {
         let mut headers = request.headers().clone();
-        for name in &NOT_REPLAYED {
+        // Conditionals and ranges belong to one client's exchange, not to a refresh.
+        for name in &CLIENT_CONDITIONALS {
             headers.remove(name);
         }
         Self {
@@ -113,6 +107,8 @@ pub(crate) struct CachedResponse {
     vary: Option<VaryValues>,
     /// May answer requests carrying `Authorization` (RFC 9111 §3.5).
     shared_with_auth: bool,
+    /// May answer requests carrying `Cookie`.
+    shared_with_cookie: bool,
     request: Arc<RequestTemplate>,
 }
 
@@ -127,20 +123,22 @@ impl CachedResponse {
             + 128) as u64
     }
 
-    /// Whether this entry may answer `request`.
-    fn serves(&self, headers: &HeaderMap, has_auth: bool) -> bool {
-        (!has_auth || self.shared_with_auth)
+    /// Whether this entry may answer a request with these headers.
+    fn serves(&self, headers: &HeaderMap, facts: RequestFacts) -> bool {
+        (!facts.has_auth || self.shared_with_auth)
+            && (!facts.has_cookie || self.shared_with_cookie)
             && self.vary.as_ref().is_none_or(|vary| vary.matches(headers))
     }
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) are never stored, nor is `Age` (we compute our own).
-fn storable_headers(mut headers: HeaderMap) -> HeaderMap {
+fn storable_headers(mut headers: HeaderMap, strip: &[String]) -> HeaderMap {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
+        .chain(strip.iter().map(String::as_str))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in named {
@@ -158,32 +156,73 @@ fn storable_headers(mut headers: HeaderMap) -> HeaderMap {
     ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authentication-info",
+    ] {
+        headers.remove(name);
+    }
     headers
 }
 
+/// What the client asked for beyond the resource: `HEAD`, a conditional, a range.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ask<'a> {
+    head: bool,
+    /// The request's headers, when it is conditional or partial.
+    conditionals: Option<&'a HeaderMap>,
+}
+
+impl<'a> Ask<'a> {
+    fn of<B>(request: &'a Request<B>) -> Self {
+        Self {
+            head: request.method() == Method::HEAD,
+            conditionals: conditional::is_conditional_or_range(request.headers())
+                .then(|| request.headers()),
+        }
+    }
+}
+
+impl RequestFacts {
+    fn of(headers: &HeaderMap, policy: &Policy) -> Self {
+        if policy.store_private {
+            return Self::default();
+        }
+        Self {
+            has_auth: headers.contains_key(header::AUTHORIZATION),
+            has_cookie: policy.cookies_need_public && headers.contains_key(header::COOKIE),
+        }
+    }
+}
+
 impl Shared {
-    /// Builds the answer from a stored entry.
+    /// Builds the answer from a stored entry, honouring the client's conditionals and range.
     fn respond<B: Body>(
         &self,
         entry: &Entry<CachedResponse>,
         status: CacheStatus,
         member: Member,
-        head: bool,
+        ask: Ask<'_>,
         refreshing: bool,
         now: Instant,
     ) -> Response<SwrBody<B>> {
         let cached = entry.value();
-        let body = if head {
-            SwrBody::empty()
-        } else {
-            SwrBody::cached(cached.body.clone())
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = cached.status;
+        let mut response = Response::new(SwrBody::empty());
         *response.version_mut() = cached.version;
-        *response.headers_mut() = cached.headers.clone();
+        let shaped = match ask.conditionals {
+            Some(request) if cached.status == StatusCode::OK => {
+                self.shape(cached, request, ask.head, &mut response)
+            }
+            _ => false,
+        };
+        if !shaped {
+            *response.status_mut() = cached.status;
+            *response.headers_mut() = cached.headers.clone();
+            if !ask.head {
+                *response.body_mut() = SwrBody::cached(cached.body.clone());
+            }
+        }
         let age = entry.age(now);
         self.config
             .headers
@@ -198,11 +237,57 @@ impl Shared {
         response
     }
 
+    /// Answers a conditional or range request from a stored 200; `false` when it is to be
+    /// answered with the whole response.
+    fn shape<B: Body>(
+        &self,
+        cached: &CachedResponse,
+        request: &HeaderMap,
+        head: bool,
+        response: &mut Response<SwrBody<B>>,
+    ) -> bool {
+        if conditional::not_modified(request, &cached.headers) {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            *response.headers_mut() = conditional::headers_for_304(&cached.headers);
+            return true;
+        }
+        let len = cached.body.len();
+        match conditional::byte_range(request, &cached.headers, len) {
+            ByteRange::Whole => false,
+            ByteRange::Slice(start, end) => {
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let mut headers = cached.headers.clone();
+                headers.insert(header::CONTENT_LENGTH, (end - start).into());
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    http::HeaderValue::try_from(format!("bytes {start}-{}/{len}", end - 1))
+                        .expect("digits"),
+                );
+                *response.headers_mut() = headers;
+                if !head {
+                    *response.body_mut() = SwrBody::cached(cached.body.slice(start..end));
+                }
+                true
+            }
+            ByteRange::Unsatisfiable => {
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    http::HeaderValue::try_from(format!("bytes */{len}")).expect("digits"),
+                );
+                headers.insert(header::CONTENT_LENGTH, 0.into());
+                *response.headers_mut() = headers;
+                true
+            }
+        }
+    }
+
     fn respond_stale_if_error<B: Body>(
         &self,
         entry: &Entry<CachedResponse>,
         fwd_status: Option<u16>,
-        head: bool,
+        ask: Ask<'_>,
     ) -> Response<SwrBody<B>> {
         let now = Instant::now();
         self.engine.counters().stale_if_error.inc();
@@ -212,7 +297,7 @@ impl Shared {
             entry,
             CacheStatus::StaleIfError,
             Member::Stale { fwd_status },
-            head,
+            ask,
             false,
             now,
         )
@@ -239,41 +324,110 @@ impl Shared {
         response
     }
 
+    /// Stores a response whose body is already in memory, if the policy allows.
+    fn admit_buffered(
+        &self,
+        key: CacheKey,
+        template: Arc<RequestTemplate>,
+        parts: http::response::Parts,
+        body: Bytes,
+        declared_len: Option<u64>,
+    ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
+        let facts = RequestFacts::of(&template.headers, &self.config.policy);
+        let decision =
+            self.config
+                .policy
+                .decide(facts, parts.status, &parts.headers, SystemTime::now());
+        let vary = Vary::of(&parts.headers, &template.headers);
+        let (mut headers, stored) = match (&decision, &vary) {
+            (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
+                (storable_headers(parts.headers, strip), true)
+            }
+            _ => (parts.headers, false),
+        };
+        if declared_len.is_some_and(|len| len != body.len() as u64) {
+            // The origin's Content-Length lied; serve what we really hold.
+            headers.insert(header::CONTENT_LENGTH, body.len().into());
+        }
+        let (shared_with_auth, shared_with_cookie) = match &decision {
+            Decision::Store {
+                shared_with_auth,
+                shared_with_cookie,
+                ..
+            } => (*shared_with_auth, *shared_with_cookie),
+            Decision::Pass(_) => (false, false),
+        };
+        let cached = CachedResponse {
+            key: key.clone(),
+            status: parts.status,
+            version: parts.version,
+            headers,
+            body,
+            vary: match vary {
+                Vary::On(values) => Some(values),
+                Vary::None | Vary::Never => None,
+            },
+            shared_with_auth,
+            shared_with_cookie,
+            request: template,
+        };
+        let Decision::Store {
+            freshness,
+            initial_age,
+            retain,
+            ..
+        } = decision
+        else {
+            let Decision::Pass(reason) = decision else {
+                unreachable!("matched above")
+            };
+            return Err(Box::new((cached, reason)));
+        };
+        if !stored {
+            return Err(Box::new((cached, "vary")));
+        }
+        let loaded = Loaded::new(cached, freshness)
+            .with_initial_age(initial_age)
+            .with_retention(retain);
+        match self.engine.store(key, loaded.clone()) {
+            Some(entry) => Ok(entry),
+            None => Err(Box::new((
+                loaded.value,
+                "entry heavier than the store allows",
+            ))),
+        }
+    }
+
     /// Turns an origin response into an entry, if policy and size allow. Otherwise the response
     /// goes to the client as it is (with a body that is the buffered prefix plus the rest).
     async fn admit<B>(
         &self,
         key: CacheKey,
         template: Arc<RequestTemplate>,
-        has_auth: bool,
         response: Response<B>,
     ) -> Admission<B>
     where
         B: Body<Data = Bytes>,
     {
         let (parts, body) = response.into_parts();
-        let decision =
+        let facts = RequestFacts::of(&template.headers, &self.config.policy);
+        // Decide before buffering, so an uncacheable body streams straight through.
+        if let Decision::Pass(reason) =
             self.config
                 .policy
-                .decide(has_auth, parts.status, &parts.headers, SystemTime::now());
-        let reject =
-            |parts, body, reason| Admission::Uncacheable(Response::from_parts(parts, body), reason);
-        let Decision::Store {
-            freshness,
-            initial_age,
-            shared_with_auth,
-        } = decision
-        else {
-            let Decision::Pass(reason) = decision else {
-                unreachable!()
-            };
-            return reject(parts, SwrBody::inner(body), reason);
-        };
-        let vary = match Vary::of(&parts.headers, &template.headers) {
-            Vary::None => None,
-            Vary::On(values) => Some(values),
-            Vary::Never => return reject(parts, SwrBody::inner(body), "vary"),
-        };
+                .decide(facts, parts.status, &parts.headers, SystemTime::now())
+        {
+            return Admission::Uncacheable(
+                Response::from_parts(parts, SwrBody::inner(body)),
+                reason,
+            );
+        }
+        if matches!(Vary::of(&parts.headers, &template.headers), Vary::Never) {
+            return Admission::Uncacheable(
+                Response::from_parts(parts, SwrBody::inner(body)),
+                "vary",
+            );
+        }
         let limit = self.config.max_body_bytes;
         let declared = parts
             .headers
@@ -295,35 +449,103 @@ impl Shared {
                 )
             }
         };
-        let mut headers = storable_headers(parts.headers);
-        if declared.is_some_and(|len| len != body.len() as u64) {
-            // The origin's Content-Length lied; serve what we really hold.
-            headers.insert(header::CONTENT_LENGTH, body.len().into());
+        match self.admit_buffered(key, template, parts, body, declared) {
+            Ok(entry) => Admission::Stored(entry),
+            Err(not_stored) => {
+                let (cached, reason) = *not_stored;
+                Admission::Unstorable(cached.into_response(), reason)
+            }
         }
-        let cached = CachedResponse {
-            key: key.clone(),
-            status: parts.status,
-            version: parts.version,
-            headers,
-            body,
-            vary,
-            shared_with_auth,
-            request: template,
-        };
-        let loaded = Loaded::new(cached, freshness).with_initial_age(initial_age);
-        match self.engine.store(key, loaded.clone()) {
-            Some(entry) => Admission::Stored(entry),
-            None => {
-                let cached = loaded.value;
-                let mut response = Response::new(SwrBody::cached(cached.body));
-                *response.status_mut() = cached.status;
-                *response.version_mut() = cached.version;
-                *response.headers_mut() = cached.headers;
-                Admission::Unstorable(response, "entry heavier than the store allows")
+    }
+
+    /// Applies a 304 from the origin to a stored entry (RFC 9111 §3.2, §4.3.4).
+    fn freshen(
+        &self,
+        entry: &Entry<CachedResponse>,
+        not_modified: http::response::Parts,
+    ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
+        let cached = entry.value();
+        let mut parts = not_modified;
+        parts.headers = conditional::merge_304(&cached.headers, &parts.headers);
+        parts.status = cached.status;
+        parts.version = cached.version;
+        self.admit_buffered(
+            cached.key.clone(),
+            Arc::clone(&cached.request),
+            parts,
+            cached.body.clone(),
+            None,
+        )
+    }
+
+    /// After a successful unsafe request: drop what is stored for its URI and for the
+    /// same-origin `Location` / `Content-Location` (RFC 9111 §4.4).
+    pub(crate) fn invalidate(&self, target: &Invalidation, response: &HeaderMap) {
+        let mut targets = vec![target.target.to_string()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            for value in response.get_all(name) {
+                if let Some(t) = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| same_origin_target(v, &target.host, &target.target))
+                {
+                    targets.push(t);
+                }
+            }
+        }
+        for t in targets {
+            let key = KeyRef::from_parts(&Method::GET, &target.host, &t, target.extra.as_deref());
+            if self.engine.remove_equivalent(&key) {
+                tracing::debug!(target = %t, "invalidated by an unsafe request");
             }
         }
     }
 }
+
+/// Where an unsafe request was sent, to invalidate it once it succeeds.
+#[derive(Debug)]
+pub(crate) struct Invalidation {
+    host: Box<str>,
+    target: Box<str>,
+    extra: Option<String>,
+}
+
+/// The path and query of `location` if it names the same origin as `host`.
+fn same_origin_target(location: &str, host: &str, base: &str) -> Option<String> {
+    let location = location.trim();
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(location.to_owned());
+    }
+    if let Ok(uri) = location.parse::<Uri>() {
+        if let Some(authority) = uri.authority() {
+            return (authority.as_str().eq_ignore_ascii_case(host)).then(|| {
+                uri.path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .to_owned()
+            });
+        }
+    }
+    if location.contains(':') || location.is_empty() {
+        return None;
+    }
+    // A relative reference: resolve against the request's path (RFC 3986 §5.2, simply).
+    let path = base.split('?').next().unwrap_or("/");
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    Some(format!("{dir}{location}"))
+}
+
+impl CachedResponse {
+    fn into_response<B: Body>(self) -> Response<SwrBody<B>> {
+        let mut response = Response::new(SwrBody::cached(self.body));
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
+
+/// A response that was not stored, and why.
+type NotStored = Box<(CachedResponse, &'static str)>;
 
 /// What became of an origin response.
 enum Admission<B: Body> {
@@ -403,64 +625,77 @@ where
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
         let config = &shared.config;
+        // `skip`: the key function said "not this request".
+        let (request, extra, skip) = match &config.key_fn {
+            None => (request, None, false),
+            Some(key_fn) => {
+                let (parts, body) = request.into_parts();
+                let extra = key_fn(&parts);
+                let skip = extra.is_none();
+                (Request::from_parts(parts, body), extra, skip)
+            }
+        };
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
             shared.engine.counters().bypasses.inc();
+            let safe = method == Method::OPTIONS || method == Method::TRACE;
+            let invalidation = (config.invalidate_on_unsafe && !safe).then(|| {
+                let key = KeyRef::new(&request, extra.as_deref());
+                (
+                    Arc::clone(shared),
+                    Invalidation {
+                        host: key.host().into(),
+                        target: key.target().into(),
+                        extra: extra.clone(),
+                    },
+                )
+            });
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
                 config.headers.value(Member::Method),
                 config.headers.x_cache,
+                invalidation,
             );
         }
-        let (request, extra) = match &config.key_fn {
-            None => (request, None),
-            Some(key_fn) => {
-                let (parts, body) = request.into_parts();
-                let extra = key_fn(&parts);
-                let request = Request::from_parts(parts, body);
-                match extra {
-                    Some(extra) => (request, Some(extra)),
-                    None => {
-                        shared.engine.counters().bypasses.inc();
-                        return ResponseFuture::bypass(
-                            self.inner.clone().oneshot(request),
-                            config.headers.value(Member::Bypass),
-                            config.headers.x_cache,
-                        );
-                    }
-                }
-            }
-        };
-        let has_auth =
-            !config.policy.store_private && request.headers().contains_key(header::AUTHORIZATION);
-        let head = request.method() == Method::HEAD;
+        if skip {
+            shared.engine.counters().bypasses.inc();
+            return ResponseFuture::bypass(
+                self.inner.clone().oneshot(request),
+                config.headers.value(Member::Bypass),
+                config.headers.x_cache,
+                None,
+            );
+        }
+        let facts = RequestFacts::of(request.headers(), &config.policy);
         let now = Instant::now();
         let key = KeyRef::new(&request, extra.as_deref());
         let mut vary_miss = false;
         let expired = match shared.engine.entry(&key, now) {
-            Some(entry) if entry.value().serves(request.headers(), has_auth) => {
+            Some(entry) if entry.value().serves(request.headers(), facts) => {
                 match entry.phase(now) {
                     Phase::Fresh => {
                         shared.engine.counters().fresh_hits.inc();
+                        tracing::debug!(key = %key, status = "hit", "answered from cache");
                         let ttl = entry.ttl_secs(now);
                         return ResponseFuture::ready(shared.respond(
                             &entry,
                             CacheStatus::Fresh,
                             Member::Hit { ttl },
-                            head,
+                            Ask::of(&request),
                             false,
                             now,
                         ));
                     }
                     Phase::Stale => {
                         shared.engine.counters().stale_hits.inc();
+                        tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
                         let refreshing = refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, now);
                         let ttl = entry.ttl_secs(now);
                         return ResponseFuture::ready(shared.respond(
                             &entry,
                             CacheStatus::Stale,
                             Member::Hit { ttl },
-                            head,
+                            Ask::of(&request),
                             refreshing,
                             now,
                         ));
@@ -478,7 +713,7 @@ where
         let shared = Arc::clone(shared);
         let inner = self.inner.clone();
         ResponseFuture::origin(Box::pin(async move {
-            miss(shared, inner, key, request, expired, has_auth, vary_miss).await
+            miss(shared, inner, key, request, expired, facts, vary_miss).await
         }))
     }
 }
@@ -503,15 +738,15 @@ where
     let Some(guard) = shared.engine.claim_refresh(&cached.key, now) else {
         return shared.engine.is_refreshing(&cached.key);
     };
-    let request = cached.request.rebuild::<ReqB>();
-    let template = Arc::clone(&cached.request);
-    let key = cached.key.clone();
-    let has_auth =
-        !shared.config.policy.store_private && template.headers.contains_key(header::AUTHORIZATION);
+    let mut request = cached.request.rebuild::<ReqB>();
+    // Ask for a 304 where the origin can give one: a refresh then costs no body.
+    conditional::add_validators(request.headers_mut(), &cached.headers);
+    let entry = Arc::clone(entry);
     let inner = inner.clone();
     let task_shared = Arc::clone(shared);
     shared.engine.spawn_refresh(&cached.key, guard, async move {
         let shared = task_shared;
+        let key = entry.value().key.clone();
         let response = inner
             .oneshot(request)
             .await
@@ -520,10 +755,20 @@ where
         if status.is_server_error() {
             return Err(format!("the origin answered {status}"));
         }
-        match shared
-            .admit(key.clone(), template, has_auth, response)
-            .await
-        {
+        if status == StatusCode::NOT_MODIFIED {
+            let (parts, _) = response.into_parts();
+            return match shared.freshen(&entry, parts) {
+                Ok(_) => Ok(()),
+                Err(not_stored) => {
+                    let (_, reason) = *not_stored;
+                    shared.engine.remove(&key);
+                    tracing::debug!(%key, reason, "revalidated response is not cacheable; entry removed");
+                    Ok(())
+                }
+            };
+        }
+        let template = Arc::clone(&entry.value().request);
+        match shared.admit(key.clone(), template, response).await {
             Admission::Stored(_) => Ok(()),
             // Keep the stale copy rather than lose it to a body we cannot hold.
             Admission::Unstorable(_, reason) => Err(format!("not stored: {reason}")),
@@ -538,14 +783,15 @@ where
     true
 }
 
-/// The origin path: coalesced with other misses of the key, stale-if-error on failure.
+/// The origin path: coalesced with other misses of the key, revalidating what is stored,
+/// stale-if-error on failure.
 async fn miss<S, ReqB, ResB>(
     shared: Arc<Shared>,
     inner: S,
     key: CacheKey,
-    request: Request<ReqB>,
+    mut request: Request<ReqB>,
     expired: Option<Arc<Entry<CachedResponse>>>,
-    has_auth: bool,
+    facts: RequestFacts,
     vary_miss: bool,
 ) -> Result<Response<SwrBody<ResB>>, S::Error>
 where
@@ -557,6 +803,13 @@ where
     ResB::Error: Send + 'static,
 {
     let head = request.method() == Method::HEAD;
+    // The client's conditionals and range, applied to the stored answer afterwards.
+    let client_headers =
+        conditional::is_conditional_or_range(request.headers()).then(|| request.headers().clone());
+    let ask = Ask {
+        head,
+        conditionals: client_headers.as_ref(),
+    };
     let usable_on_error = |entry: &Option<Arc<Entry<CachedResponse>>>| {
         entry
             .as_ref()
@@ -574,20 +827,21 @@ where
                     break;
                 }
                 Join::Waiter(rx) => match wait(rx, shared.engine.lock_timeout()).await {
-                    Waited::Stored(entry) if entry.value().serves(request.headers(), has_auth) => {
+                    Waited::Stored(entry) if entry.value().serves(request.headers(), facts) => {
                         shared.engine.counters().coalesced_waits.inc();
+                        tracing::debug!(key = %key, status = "collapsed", "answered by another request's origin call");
                         return Ok(shared.respond(
                             &entry,
                             CacheStatus::Collapsed,
                             Member::Collapsed,
-                            head,
+                            ask,
                             false,
                             Instant::now(),
                         ));
                     }
                     Waited::Failed => {
                         if let Some(entry) = usable_on_error(&expired) {
-                            return Ok(shared.respond_stale_if_error(&entry, None, head));
+                            return Ok(shared.respond_stale_if_error(&entry, None, ask));
                         }
                     }
                     Waited::Abandoned => {}
@@ -599,33 +853,82 @@ where
     }
 
     shared.engine.counters().misses.inc();
+    tracing::debug!(key = %key, status = "miss", "asking the origin");
     let template = (!head).then(|| Arc::new(RequestTemplate::capture(&request)));
-    let response = match inner.oneshot(request).await {
-        Ok(response) => response,
-        Err(error) => {
+    let mut validating = None;
+    if !head {
+        for name in &CLIENT_CONDITIONALS {
+            request.headers_mut().remove(name);
+        }
+        if let Some(entry) = &expired {
+            if conditional::add_validators(request.headers_mut(), &entry.value().headers) {
+                validating = Some(Arc::clone(entry));
+            }
+        }
+    }
+    let response = match CatchUnwind::new(inner.oneshot(request)).await {
+        Ok(Ok(response)) => response,
+        Err(panic) => {
+            // A panicking origin with a usable stale entry is an origin failure like any other;
+            // without one, the panic is the origin's own answer and goes on up.
+            if let Some(leader) = leader {
+                leader.land(Landing::Failed);
+            }
+            match usable_on_error(&expired) {
+                Some(entry) => return Ok(shared.respond_stale_if_error(&entry, None, ask)),
+                None => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(Err(error)) => {
             if let Some(leader) = leader {
                 leader.land(Landing::Failed);
             }
             if let Some(entry) = usable_on_error(&expired) {
-                return Ok(shared.respond_stale_if_error(&entry, None, head));
+                return Ok(shared.respond_stale_if_error(&entry, None, ask));
             }
             return Err(error);
         }
     };
     let status = response.status();
     if status.is_server_error() {
-        if let Some(leader) = leader {
-            leader.land(Landing::Failed);
-        }
         if let Some(entry) = usable_on_error(&expired) {
-            return Ok(shared.respond_stale_if_error(&entry, Some(status.as_u16()), head));
+            if let Some(leader) = leader {
+                leader.land(Landing::Failed);
+            }
+            return Ok(shared.respond_stale_if_error(&entry, Some(status.as_u16()), ask));
         }
-        return Ok(shared.pass(response.map(SwrBody::inner), vary_miss));
+        // A 5xx with explicit freshness may still be stored (below); otherwise it passes.
+    }
+    if let (StatusCode::NOT_MODIFIED, Some(entry)) = (status, &validating) {
+        let (parts, _) = response.into_parts();
+        return Ok(match shared.freshen(entry, parts) {
+            Ok(entry) => {
+                if let Some(leader) = leader {
+                    leader.land(Landing::Stored(Arc::clone(&entry)));
+                }
+                shared.respond(
+                    &entry,
+                    CacheStatus::Miss,
+                    Member::Revalidated,
+                    ask,
+                    false,
+                    Instant::now(),
+                )
+            }
+            Err(not_stored) => {
+                let (cached, reason) = *not_stored;
+                if let Some(leader) = leader {
+                    leader.land(Landing::NotStored);
+                }
+                tracing::debug!(reason, "revalidated response not stored");
+                shared.pass(cached.into_response(), vary_miss)
+            }
+        });
     }
     let Some(template) = template else {
         return Ok(shared.pass(response.map(SwrBody::inner), vary_miss));
     };
-    match shared.admit(key, template, has_auth, response).await {
+    match shared.admit(key, template, response).await {
         Admission::Stored(entry) => {
             if let Some(leader) = leader {
                 leader.land(Landing::Stored(Arc::clone(&entry)));
@@ -639,14 +942,18 @@ where
                 &entry,
                 CacheStatus::Miss,
                 member,
-                head,
+                ask,
                 false,
                 Instant::now(),
             ))
         }
         Admission::Uncacheable(response, reason) | Admission::Unstorable(response, reason) => {
             if let Some(leader) = leader {
-                leader.land(Landing::NotStored);
+                leader.land(if status.is_server_error() {
+                    Landing::Failed
+                } else {
+                    Landing::NotStored
+                });
             }
             tracing::debug!(reason, "response not stored");
             Ok(shared.pass(response, vary_miss))

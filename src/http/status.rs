@@ -84,11 +84,21 @@ impl CacheInfo {
 /// The `Cache-Status` member, without the cache's name.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Member {
-    Hit { ttl: i64 },
-    Stale { fwd_status: Option<u16> },
-    UriMiss { stored: bool },
-    VaryMiss { stored: bool },
+    Hit {
+        ttl: i64,
+    },
+    Stale {
+        fwd_status: Option<u16>,
+    },
+    UriMiss {
+        stored: bool,
+    },
+    VaryMiss {
+        stored: bool,
+    },
     Collapsed,
+    /// A stored response revalidated with the origin (304).
+    Revalidated,
     Bypass,
     Method,
 }
@@ -128,6 +138,7 @@ impl StatusHeaders {
                 fwd_status: Some(status),
             } => format!("{name}; fwd=stale; fwd-status={status}"),
             Member::Stale { fwd_status: None } => format!("{name}; fwd=stale"),
+            Member::Revalidated => format!("{name}; fwd=stale; fwd-status=304; stored"),
             Member::UriMiss { stored: true } => format!("{name}; fwd=uri-miss; stored"),
             Member::UriMiss { stored: false } => format!("{name}; fwd=uri-miss"),
             Member::VaryMiss { stored: true } => format!("{name}; fwd=vary-miss; stored"),

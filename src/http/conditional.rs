@@ -1,0 +1,233 @@
+//! Validators: conditional requests to the origin, 304 merging (RFC 9111 §3.2, §4.3), and
+//! clients' own conditional and range requests answered from a stored response.
+
+use std::time::SystemTime;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Request fields that make a request conditional or partial; they belong to one client's
+/// exchange, so a cacheable miss is forwarded without them and they are applied to the stored
+/// response afterwards.
+pub(crate) const CLIENT_CONDITIONALS: [HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// Whether a request carries any of [`CLIENT_CONDITIONALS`].
+pub(crate) fn is_conditional_or_range(headers: &HeaderMap) -> bool {
+    CLIENT_CONDITIONALS
+        .iter()
+        .any(|name| headers.contains_key(name))
+}
+
+/// Adds the stored response's validators to a request bound for the origin.
+pub(crate) fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> bool {
+    let mut added = false;
+    if let Some(etag) = stored.get(header::ETAG) {
+        request.insert(header::IF_NONE_MATCH, etag.clone());
+        added = true;
+    }
+    if let Some(last_modified) = stored.get(header::LAST_MODIFIED) {
+        request.insert(header::IF_MODIFIED_SINCE, last_modified.clone());
+        added = true;
+    }
+    added
+}
+
+/// Fields a 304 must not change in the stored response (RFC 9111 §3.2 and the cache-tests
+/// suite): they describe the stored content itself.
+fn keeps_stored(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::CONTENT_ENCODING
+        || name == header::CONTENT_RANGE
+        || name == header::ETAG
+        || name == header::TRANSFER_ENCODING
+        || name.as_str() == "content-md5"
+}
+
+/// The stored headers updated with those of a 304 (RFC 9111 §3.2).
+pub(crate) fn merge_304(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut merged = stored.clone();
+    for name in not_modified.keys() {
+        if keeps_stored(name) {
+            continue;
+        }
+        merged.remove(name);
+        for value in not_modified.get_all(name) {
+            merged.append(name.clone(), value.clone());
+        }
+    }
+    merged
+}
+
+fn http_date(value: &HeaderValue) -> Option<SystemTime> {
+    httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()
+}
+
+/// Weak comparison of entity tags (RFC 9110 §8.8.3.2).
+fn weak_eq(a: &str, b: &str) -> bool {
+    a.trim().trim_start_matches("W/") == b.trim().trim_start_matches("W/")
+}
+
+/// Whether a client's `If-None-Match` / `If-Modified-Since` lets us answer 304 from a stored
+/// response with these headers (RFC 9110 §13.2.2: `If-None-Match` takes precedence).
+pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let mut inm = request.get_all(header::IF_NONE_MATCH).iter().peekable();
+    if inm.peek().is_some() {
+        let Some(etag) = stored.get(header::ETAG).and_then(|e| e.to_str().ok()) else {
+            return false;
+        };
+        return inm
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|candidate| candidate.trim() == "*" || weak_eq(candidate, etag));
+    }
+    let Some(since) = request.get(header::IF_MODIFIED_SINCE).and_then(http_date) else {
+        return false;
+    };
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .or_else(|| stored.get(header::DATE))
+        .and_then(http_date);
+    modified.is_some_and(|modified| modified <= since)
+}
+
+/// Headers of a 304 built from a stored response: everything but the content's own framing.
+pub(crate) fn headers_for_304(stored: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// A satisfiable single byte range of a body `len` bytes long, as `start..end` (exclusive).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ByteRange {
+    /// Serve this slice as 206.
+    Slice(usize, usize),
+    /// No overlap with the body: 416.
+    Unsatisfiable,
+    /// Several ranges, a unit we do not serve, or malformed: serve the whole body (allowed).
+    Whole,
+}
+
+/// Reads a `Range` header against a stored body (RFC 9110 §14.1.2). `If-Range` that does not
+/// match the stored validator means the whole body.
+pub(crate) fn byte_range(request: &HeaderMap, stored: &HeaderMap, len: usize) -> ByteRange {
+    let Some(range) = request.get(header::RANGE).and_then(|r| r.to_str().ok()) else {
+        return ByteRange::Whole;
+    };
+    if let Some(if_range) = request.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        let etag = stored.get(header::ETAG).and_then(|e| e.to_str().ok());
+        let strong_match = etag.is_some_and(|e| !e.starts_with("W/") && e == if_range.trim());
+        let date_match = stored
+            .get(header::LAST_MODIFIED)
+            .is_some_and(|lm| lm.as_bytes() == if_range.trim().as_bytes());
+        if !strong_match && !date_match {
+            return ByteRange::Whole;
+        }
+    }
+    let Some(spec) = range.trim().strip_prefix("bytes=") else {
+        return ByteRange::Whole;
+    };
+    if spec.contains(',') {
+        return ByteRange::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return ByteRange::Whole;
+    };
+    let parse = |s: &str| -> Option<Option<u64>> {
+        let s = s.trim();
+        if s.is_empty() {
+            Some(None)
+        } else if s.bytes().all(|b| b.is_ascii_digit()) {
+            s.parse().ok().map(Some)
+        } else {
+            None
+        }
+    };
+    let (Some(first), Some(last)) = (parse(first), parse(last)) else {
+        return ByteRange::Whole;
+    };
+    let len = len as u64;
+    let (start, end) = match (first, last) {
+        (Some(first), last) => {
+            if last.is_some_and(|last| last < first) {
+                return ByteRange::Whole;
+            }
+            if first >= len {
+                return ByteRange::Unsatisfiable;
+            }
+            (first, last.map_or(len, |last| (last + 1).min(len)))
+        }
+        (None, Some(suffix)) => {
+            if suffix == 0 {
+                return ByteRange::Unsatisfiable;
+            }
+            (len.saturating_sub(suffix), len)
+        }
+        (None, None) => return ByteRange::Whole,
+    };
+    ByteRange::Slice(start as usize, end as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn ranges() {
+        let none = HeaderMap::new();
+        let r = |spec: &'static str| byte_range(&headers(&[("range", spec)]), &none, 10);
+        assert_eq!(r("bytes=0-1"), ByteRange::Slice(0, 2));
+        assert_eq!(r("bytes=1-"), ByteRange::Slice(1, 10));
+        assert_eq!(r("bytes=-1"), ByteRange::Slice(9, 10));
+        assert_eq!(r("bytes=5-100"), ByteRange::Slice(5, 10));
+        assert_eq!(r("bytes=10-"), ByteRange::Unsatisfiable);
+        assert_eq!(r("bytes=0-1,3-4"), ByteRange::Whole);
+        assert_eq!(r("items=0-1"), ByteRange::Whole);
+    }
+
+    #[test]
+    fn if_none_match_wins_over_if_modified_since() {
+        let stored = headers(&[
+            ("etag", "\"abc\""),
+            ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+        ]);
+        let request = headers(&[
+            ("if-none-match", "\"xyz\""),
+            ("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT"),
+        ]);
+        assert!(!not_modified(&request, &stored));
+        let request = headers(&[("if-none-match", "W/\"abc\", \"other\"")]);
+        assert!(not_modified(&request, &stored));
+        let request = headers(&[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")]);
+        assert!(not_modified(&request, &stored));
+    }
+
+    #[test]
+    fn merge_keeps_content_fields() {
+        let stored = headers(&[("etag", "\"1\""), ("content-length", "3"), ("x-a", "old")]);
+        let update = headers(&[("etag", "\"2\""), ("content-length", "0"), ("x-a", "new")]);
+        let merged = merge_304(&stored, &update);
+        assert_eq!(merged["etag"], "\"1\"");
+        assert_eq!(merged["content-length"], "3");
+        assert_eq!(merged["x-a"], "new");
+    }
+}

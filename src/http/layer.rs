@@ -14,6 +14,8 @@ use super::service::{
 use super::status::{is_token, StatusHeaders};
 use crate::engine::{Stats, SwrCache};
 
+const DEFAULT_NAME: &str = "tower-swr";
+
 /// Settings that shape the store; changing them means a new store.
 #[derive(Debug, Clone)]
 struct StoreSettings {
@@ -112,6 +114,7 @@ impl SwrLayer {
             store_private: false,
             cookies_need_public: true,
             revalidation_retention: Duration::from_secs(600),
+            surrogate_token: Some(Arc::from(DEFAULT_NAME)),
         })
     }
 
@@ -128,11 +131,12 @@ impl SwrLayer {
             store_private: false,
             cookies_need_public: true,
             revalidation_retention: Duration::from_secs(600),
+            surrogate_token: Some(Arc::from(DEFAULT_NAME)),
         })
     }
 
     fn with_policy(policy: Policy) -> Self {
-        let cache_name = "tower-swr".to_owned();
+        let cache_name = DEFAULT_NAME.to_owned();
         Self {
             config: Config {
                 policy,
@@ -256,6 +260,19 @@ impl SwrLayer {
                 .collect();
             format!("\"{escaped}\"")
         };
+        if self.config.policy.surrogate_token.is_some() {
+            self.config.policy.surrogate_token = Some(Arc::from(self.cache_name.as_str()));
+        }
+        self.changed()
+    }
+
+    /// Read `Surrogate-Control` (default on): directives untargeted or targeted at this cache's
+    /// name (`max-age=60;tower-swr`) override `Cache-Control` for this cache, and the header is
+    /// not passed on to clients; origin requests carry
+    /// `Surrogate-Capability: tower-swr="Surrogate/1.0"`. Lets a handler cache at the edge for
+    /// minutes while telling browsers `no-cache`.
+    pub fn surrogate_control(mut self, enabled: bool) -> Self {
+        self.config.policy.surrogate_token = enabled.then(|| Arc::from(self.cache_name.as_str()));
         self.changed()
     }
 

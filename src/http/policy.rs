@@ -142,6 +142,63 @@ impl CacheControl {
     }
 }
 
+/// The `Surrogate-Control` directives aimed at this cache (W3C Edge Architecture): those
+/// targeted at our token if any, else the untargeted ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SurrogateControl {
+    pub(crate) max_age: Option<Seconds>,
+    pub(crate) no_store: bool,
+}
+
+impl SurrogateControl {
+    pub(crate) fn from_headers(headers: &HeaderMap, token: &str) -> Option<Self> {
+        let mut ours = Self::default();
+        let mut untargeted = Self::default();
+        let (mut any_ours, mut any_untargeted) = (false, false);
+        for line in headers.get_all(&SURROGATE_CONTROL) {
+            let Ok(line) = line.to_str() else { continue };
+            for item in line.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let (directive, target) = match item.split_once(';') {
+                    Some((directive, target)) => (directive, Some(target.trim())),
+                    None => (item, None),
+                };
+                let slot = match target {
+                    None => {
+                        any_untargeted = true;
+                        &mut untargeted
+                    }
+                    Some(t) if t.eq_ignore_ascii_case(token) => {
+                        any_ours = true;
+                        &mut ours
+                    }
+                    Some(_) => continue,
+                };
+                // Strict: `max-age =1` or `max-age= 1` is not a directive we know.
+                let (name, value) = match directive.split_once('=') {
+                    Some((name, value)) => (name, Some(value)),
+                    None => (directive, None),
+                };
+                if name.eq_ignore_ascii_case("no-store") && value.is_none() {
+                    slot.no_store = true;
+                } else if name.eq_ignore_ascii_case("max-age") && slot.max_age.is_none() {
+                    if let Seconds::Valid(secs) = Seconds::parse(value) {
+                        slot.max_age = Some(Seconds::Valid(secs));
+                    }
+                }
+            }
+        }
+        match (any_ours, any_untargeted) {
+            (true, _) => Some(ours),
+            (false, true) => Some(untargeted),
+            (false, false) => None,
+        }
+    }
+}
+
+/// The `Surrogate-Control` response header (W3C Edge Architecture).
+pub(crate) static SURROGATE_CONTROL: http::HeaderName =
+    http::HeaderName::from_static("surrogate-control");
+
 /// Splits a `Cache-Control` line into `(lower-case name, unquoted argument)` pairs, honouring
 /// quoted strings (commas inside quotes do not split).
 pub(crate) fn directives(line: &str) -> Vec<(String, Option<String>)> {
@@ -230,6 +287,8 @@ pub(crate) struct Policy {
     pub(crate) cookies_need_public: bool,
     /// How long an expired response with validators is kept to be revalidated.
     pub(crate) revalidation_retention: Duration,
+    /// Our `Surrogate-Control` target token; `None` ignores the header.
+    pub(crate) surrogate_token: Option<std::sync::Arc<str>>,
 }
 
 /// What the policy needs to know of the request.
@@ -282,7 +341,24 @@ impl Policy {
         {
             return Decision::Pass("status");
         }
-        let cc = CacheControl::from_headers(headers);
+        let mut cc = CacheControl::from_headers(headers);
+        let surrogate = self
+            .surrogate_token
+            .as_deref()
+            .and_then(|token| SurrogateControl::from_headers(headers, token));
+        if let Some(surrogate) = surrogate {
+            // Surrogate-Control speaks to this cache and overrides Cache-Control's freshness
+            // and storability (RFC 9111 leaves the header to the Edge Architecture note).
+            if surrogate.no_store {
+                return Decision::Pass("surrogate-control: no-store");
+            }
+            if let Some(max_age) = surrogate.max_age {
+                cc.no_store = false;
+                cc.no_cache = false;
+                cc.s_maxage = Some(max_age);
+                cc.must_understand = false;
+            }
+        }
         if cc.must_understand {
             // §5.2.2.3: store only statuses we understand, and then ignore `no-store`.
             if !understood(status) {

@@ -18,7 +18,7 @@ use super::body::{buffer, headers_weight, Buffered, SwrBody};
 use super::conditional::{self, ByteRange, CLIENT_CONDITIONALS};
 use super::future::ResponseFuture;
 use super::key::{CacheKey, KeyRef, Vary, VaryValues};
-use super::policy::{Decision, Policy, RequestFacts};
+use super::policy::{Decision, Policy, RequestFacts, SURROGATE_CONTROL};
 use super::status::{CacheInfo, CacheStatus, Member, StatusHeaders};
 use crate::engine::{wait, CatchUnwind, Entry, Join, Landing, Loaded, Phase, SwrCache, Waited};
 
@@ -34,6 +34,30 @@ pub(crate) struct Config {
     pub(crate) key_fn: Option<KeyFn>,
     /// Remove stored responses for a URI after a successful unsafe request to it (§4.4).
     pub(crate) invalidate_on_unsafe: bool,
+}
+
+impl Config {
+    /// `Surrogate-Capability` for origin requests, when `Surrogate-Control` is read.
+    fn surrogate_capability(&self) -> Option<http::HeaderValue> {
+        let token = self.policy.surrogate_token.as_deref()?;
+        http::HeaderValue::try_from(format!("{token}=\"Surrogate/1.0\"")).ok()
+    }
+
+    /// Prepares a request for the origin.
+    fn to_origin<B>(&self, request: &mut Request<B>) {
+        if let Some(capability) = self.surrogate_capability() {
+            request
+                .headers_mut()
+                .append(HeaderName::from_static("surrogate-capability"), capability);
+        }
+    }
+
+    /// Removes what the origin meant for this cache only.
+    fn from_origin(&self, headers: &mut HeaderMap) {
+        if self.policy.surrogate_token.is_some() {
+            headers.remove(&SURROGATE_CONTROL);
+        }
+    }
 }
 
 impl fmt::Debug for Config {
@@ -310,6 +334,7 @@ impl Shared {
         vary_miss: bool,
     ) -> Response<SwrBody<B>> {
         let mut response = response;
+        self.config.from_origin(response.headers_mut());
         let member = if vary_miss {
             Member::VaryMiss { stored: false }
         } else {
@@ -341,7 +366,9 @@ impl Shared {
         let vary = Vary::of(&parts.headers, &template.headers);
         let (mut headers, stored) = match (&decision, &vary) {
             (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
-                (storable_headers(parts.headers, strip), true)
+                let mut headers = storable_headers(parts.headers, strip);
+                self.config.from_origin(&mut headers);
+                (headers, true)
             }
             _ => (parts.headers, false),
         };
@@ -739,6 +766,7 @@ where
         return shared.engine.is_refreshing(&cached.key);
     };
     let mut request = cached.request.rebuild::<ReqB>();
+    shared.config.to_origin(&mut request);
     // Ask for a 304 where the origin can give one: a refresh then costs no body.
     conditional::add_validators(request.headers_mut(), &cached.headers);
     let entry = Arc::clone(entry);
@@ -865,6 +893,9 @@ where
                 validating = Some(Arc::clone(entry));
             }
         }
+    }
+    if !head {
+        shared.config.to_origin(&mut request);
     }
     let response = match CatchUnwind::new(inner.oneshot(request)).await {
         Ok(Ok(response)) => response,

@@ -44,7 +44,7 @@ impl Config {
     }
 
     /// Prepares a request for the origin.
-    fn to_origin<B>(&self, request: &mut Request<B>) {
+    fn prepare_origin_request<B>(&self, request: &mut Request<B>) {
         if let Some(capability) = self.surrogate_capability() {
             request
                 .headers_mut()
@@ -53,7 +53,7 @@ impl Config {
     }
 
     /// Removes what the origin meant for this cache only.
-    fn from_origin(&self, headers: &mut HeaderMap) {
+    fn strip_surrogate_control(&self, headers: &mut HeaderMap) {
         if self.policy.surrogate_token.is_some() {
             headers.remove(&SURROGATE_CONTROL);
         }
@@ -334,7 +334,7 @@ impl Shared {
         vary_miss: bool,
     ) -> Response<SwrBody<B>> {
         let mut response = response;
-        self.config.from_origin(response.headers_mut());
+        self.config.strip_surrogate_control(response.headers_mut());
         let member = if vary_miss {
             Member::VaryMiss { stored: false }
         } else {
@@ -367,7 +367,7 @@ impl Shared {
         let (mut headers, stored) = match (&decision, &vary) {
             (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
                 let mut headers = storable_headers(parts.headers, strip);
-                self.config.from_origin(&mut headers);
+                self.config.strip_surrogate_control(&mut headers);
                 (headers, true)
             }
             _ => (parts.headers, false),
@@ -766,7 +766,7 @@ where
         return shared.engine.is_refreshing(&cached.key);
     };
     let mut request = cached.request.rebuild::<ReqB>();
-    shared.config.to_origin(&mut request);
+    shared.config.prepare_origin_request(&mut request);
     // Ask for a 304 where the origin can give one: a refresh then costs no body.
     conditional::add_validators(request.headers_mut(), &cached.headers);
     let entry = Arc::clone(entry);
@@ -895,7 +895,7 @@ where
         }
     }
     if !head {
-        shared.config.to_origin(&mut request);
+        shared.config.prepare_origin_request(&mut request);
     }
     let response = match CatchUnwind::new(inner.oneshot(request)).await {
         Ok(Ok(response)) => response,

@@ -41,6 +41,6 @@ pub mod engine;
 mod http;
 
 pub use crate::http::{
-    CacheInfo, CacheKey, CacheStatus, ResponseFuture, SwrBody, SwrLayer, SwrService, CACHE_STATUS,
-    X_CACHE,
+    CacheInfo, CacheKey, CacheStatus, ResponseFuture, SwrBody, SwrHandle, SwrLayer, SwrService,
+    CACHE_STATUS, X_CACHE, X_CACHE_KEY,
 };

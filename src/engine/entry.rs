@@ -58,6 +58,8 @@ pub struct Loaded<V> {
     /// How long after its fresh lifetime the value is kept although no window allows serving
     /// it, so it can be revalidated (an HTTP response with validators); zero by default.
     pub retain_for: Duration,
+    /// How long producing the value took; drives the optional early refresh (XFetch).
+    pub load_time: Duration,
 }
 
 impl<V> Loaded<V> {
@@ -68,6 +70,7 @@ impl<V> Loaded<V> {
             freshness,
             initial_age: Duration::ZERO,
             retain_for: Duration::ZERO,
+            load_time: Duration::ZERO,
         }
     }
 
@@ -75,6 +78,13 @@ impl<V> Loaded<V> {
     #[must_use]
     pub fn with_initial_age(mut self, age: Duration) -> Self {
         self.initial_age = age;
+        self
+    }
+
+    /// Records how long producing the value took (for the optional early refresh).
+    #[must_use]
+    pub fn with_load_time(mut self, duration: Duration) -> Self {
+        self.load_time = duration;
         self
     }
 
@@ -110,6 +120,7 @@ pub struct Entry<V> {
     stale_until: Instant,
     error_until: Instant,
     retain_until: Instant,
+    load_time: Duration,
     pub(crate) weight: u64,
 }
 
@@ -128,6 +139,7 @@ impl<V> Entry<V> {
             freshness,
             initial_age,
             retain_for,
+            load_time,
         } = loaded;
         let fresh_until = deadline(stored_at, freshness.ttl.saturating_sub(initial_age));
         Self {
@@ -138,6 +150,7 @@ impl<V> Entry<V> {
             stale_until: deadline(fresh_until, freshness.stale_while_revalidate),
             error_until: deadline(fresh_until, freshness.stale_if_error),
             retain_until: deadline(fresh_until, retain_for),
+            load_time,
             weight,
         }
     }
@@ -161,6 +174,7 @@ impl<V> Entry<V> {
             stale_until: deadline(now, swr),
             error_until: deadline(now, sie),
             retain_until: deadline(now, retain),
+            load_time: self.load_time,
             weight: self.weight,
         }
     }
@@ -193,6 +207,11 @@ impl<V> Entry<V> {
     /// The value's age at `now`: its age when stored plus the time since.
     pub fn age(&self, now: Instant) -> Duration {
         self.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    /// How long producing the value took, as its loader reported.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
     }
 
     /// Seconds of freshness left at `now`; negative once stale (RFC 9211 `ttl`).

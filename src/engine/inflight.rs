@@ -36,10 +36,20 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
+    /// Exponential, capped, with "equal jitter" (between half and all of the step), so keys
+    /// that failed together do not retry together.
     pub(crate) fn delay(&self, failures: u32) -> Duration {
         let exp = failures.saturating_sub(1).min(20);
-        self.base.saturating_mul(1u32 << exp).min(self.max)
+        let step = self.base.saturating_mul(1u32 << exp).min(self.max);
+        step / 2 + step.mul_f64(fastrand::f64() / 2.0)
     }
+}
+
+/// Pauses every refresh after `threshold` consecutive failures (across keys) for `cooldown`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Breaker {
+    pub(crate) threshold: u32,
+    pub(crate) cooldown: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -49,29 +59,61 @@ struct RefreshState {
     retry_at: Option<Instant>,
 }
 
-/// The shared in-flight set of background refreshes.
+#[derive(Debug)]
+struct RefreshBook<K> {
+    keys: HashMap<K, RefreshState>,
+    consecutive_failures: u32,
+    paused_until: Option<Instant>,
+    closed: bool,
+}
+
+/// The shared in-flight set of background refreshes, with per-key backoff and a circuit
+/// breaker across keys.
 #[derive(Debug)]
 pub(crate) struct Refreshes<K> {
-    states: Mutex<HashMap<K, RefreshState>>,
+    book: Mutex<RefreshBook<K>>,
     backoff: Backoff,
+    breaker: Option<Breaker>,
 }
 
 impl<K: Hash + Eq + Clone> Refreshes<K> {
-    pub(crate) fn new(backoff: Backoff) -> Self {
+    pub(crate) fn new(backoff: Backoff, breaker: Option<Breaker>) -> Self {
         Self {
-            states: Mutex::new(HashMap::new()),
+            book: Mutex::new(RefreshBook {
+                keys: HashMap::new(),
+                consecutive_failures: 0,
+                paused_until: None,
+                closed: false,
+            }),
             backoff,
+            breaker,
         }
     }
 
-    /// Claims the refresh of `key`, unless one is running or the key is backing off.
+    /// Claims the refresh of `key`, unless one is running, the key is backing off, the breaker
+    /// is open, or refreshes are shut down.
     pub(crate) fn try_claim(self: &Arc<Self>, key: &K, now: Instant) -> Option<RefreshGuard<K>> {
-        let mut states = lock(&self.states);
-        let state = states.entry(key.clone()).or_default();
-        if state.running || state.retry_at.is_some_and(|at| now < at) {
+        let mut book = lock(&self.book);
+        if book.closed || book.paused_until.is_some_and(|until| now < until) {
             return None;
         }
-        state.running = true;
+        match book.keys.get_mut(key) {
+            Some(state) => {
+                if state.running || state.retry_at.is_some_and(|at| now < at) {
+                    return None;
+                }
+                state.running = true;
+            }
+            None => {
+                book.keys.insert(
+                    key.clone(),
+                    RefreshState {
+                        running: true,
+                        ..RefreshState::default()
+                    },
+                );
+            }
+        }
         Some(RefreshGuard {
             refreshes: Arc::clone(self),
             key: Some(key.clone()),
@@ -83,32 +125,58 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        lock(&self.states).get(key).is_some_and(|s| s.running)
+        lock(&self.book).keys.get(key).is_some_and(|s| s.running)
     }
 
     /// Forgets a key's failures (its origin just answered well on another path).
     pub(crate) fn reset(&self, key: &K) {
-        let mut states = lock(&self.states);
-        if states.get(key).is_some_and(|s| !s.running) {
-            states.remove(key);
+        let mut book = lock(&self.book);
+        if book.keys.get(key).is_some_and(|s| !s.running) {
+            book.keys.remove(key);
         }
     }
 
     /// Number of keys with a refresh running.
     pub(crate) fn running(&self) -> usize {
-        lock(&self.states).values().filter(|s| s.running).count()
+        lock(&self.book).keys.values().filter(|s| s.running).count()
+    }
+
+    /// Whether the circuit breaker is pausing refreshes at `now`.
+    pub(crate) fn paused(&self, now: Instant) -> bool {
+        lock(&self.book)
+            .paused_until
+            .is_some_and(|until| now < until)
+    }
+
+    /// Stops new refreshes from starting (graceful shutdown).
+    pub(crate) fn close(&self) {
+        lock(&self.book).closed = true;
     }
 
     fn release(&self, key: &K, failed: bool) {
-        let mut states = lock(&self.states);
-        if failed {
-            if let Some(state) = states.get_mut(key) {
-                state.running = false;
-                state.failures = state.failures.saturating_add(1);
-                state.retry_at = Some(Instant::now() + self.backoff.delay(state.failures));
+        let mut book = lock(&self.book);
+        if !failed {
+            book.keys.remove(key);
+            book.consecutive_failures = 0;
+            return;
+        }
+        let now = Instant::now();
+        if let Some(state) = book.keys.get_mut(key) {
+            state.running = false;
+            state.failures = state.failures.saturating_add(1);
+            state.retry_at = Some(now + self.backoff.delay(state.failures));
+        }
+        book.consecutive_failures = book.consecutive_failures.saturating_add(1);
+        if let Some(breaker) = self.breaker {
+            if breaker.threshold > 0 && book.consecutive_failures >= breaker.threshold {
+                book.consecutive_failures = 0;
+                book.paused_until = Some(now + breaker.cooldown);
+                tracing::warn!(
+                    failures = breaker.threshold,
+                    cooldown = ?breaker.cooldown,
+                    "refreshes keep failing: pausing all background refreshes (circuit open)"
+                );
             }
-        } else {
-            states.remove(key);
         }
     }
 }

@@ -61,13 +61,14 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use quick_cache::Equivalent;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 pub use self::entry::{Entry, Freshness, Loaded};
 pub use self::stats::Stats;
 
 pub(crate) use self::entry::Phase;
 pub(crate) use self::inflight::{wait, Join, Landing, RefreshGuard, Waited};
-use self::inflight::{Backoff, Flights, Refreshes};
+use self::inflight::{Backoff, Breaker, Flights, Refreshes};
 use self::stats::Counters;
 use self::store::{CountEvictions, Store};
 
@@ -120,17 +121,23 @@ type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
 /// Builder of a [`SwrCache`]; see [`SwrCache::builder`].
 #[must_use]
 pub struct SwrCacheBuilder<K, V> {
+    name: String,
     capacity_bytes: u64,
     largest_entry_bytes: u64,
     weigher: Option<Weigher<K, V>>,
     lock_timeout: Duration,
     refresh_timeout: Duration,
     backoff: Backoff,
+    breaker: Option<Breaker>,
+    ttl_jitter: f64,
+    early_refresh_beta: Option<f64>,
+    stale_alert_age: Option<Duration>,
 }
 
 impl<K, V> fmt::Debug for SwrCacheBuilder<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SwrCacheBuilder")
+            .field("name", &self.name)
             .field("capacity_bytes", &self.capacity_bytes)
             .field("largest_entry_bytes", &self.largest_entry_bytes)
             .field(
@@ -140,6 +147,10 @@ impl<K, V> fmt::Debug for SwrCacheBuilder<K, V> {
             .field("lock_timeout", &self.lock_timeout)
             .field("refresh_timeout", &self.refresh_timeout)
             .field("backoff", &self.backoff)
+            .field("breaker", &self.breaker)
+            .field("ttl_jitter", &self.ttl_jitter)
+            .field("early_refresh_beta", &self.early_refresh_beta)
+            .field("stale_alert_age", &self.stale_alert_age)
             .finish()
     }
 }
@@ -147,6 +158,7 @@ impl<K, V> fmt::Debug for SwrCacheBuilder<K, V> {
 impl<K, V> Default for SwrCacheBuilder<K, V> {
     fn default() -> Self {
         Self {
+            name: "swr".to_owned(),
             capacity_bytes: 64 << 20,
             largest_entry_bytes: 1 << 20,
             weigher: None,
@@ -156,6 +168,13 @@ impl<K, V> Default for SwrCacheBuilder<K, V> {
                 base: Duration::from_secs(1),
                 max: Duration::from_secs(60),
             },
+            breaker: Some(Breaker {
+                threshold: 10,
+                cooldown: Duration::from_secs(30),
+            }),
+            ttl_jitter: 0.0,
+            early_refresh_beta: None,
+            stale_alert_age: None,
         }
     }
 }
@@ -205,6 +224,45 @@ where
         self
     }
 
+    /// The cache's name, used as the `cache` label of metrics and in logs (default `swr`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// After `threshold` consecutive failed refreshes (any keys), pause all background refreshes
+    /// for `cooldown` while stale keeps being served (default 10 failures, 30 s). A threshold of
+    /// 0 disables the breaker.
+    pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.breaker = (threshold > 0).then_some(Breaker {
+            threshold,
+            cooldown,
+        });
+        self
+    }
+
+    /// Spread fresh lifetimes by ± `fraction` (e.g. `0.1` for ±10 %) at store time, so keys
+    /// stored together do not expire together (default 0: off).
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.ttl_jitter = fraction.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch, Vattani et al.): a fresh hit starts the background
+    /// refresh early with a probability that rises as expiry nears, scaled by how long the
+    /// value took to load and by `beta` (1.0 is the usual choice; larger refreshes earlier).
+    /// Default off.
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh_beta = (beta > 0.0).then_some(beta);
+        self
+    }
+
+    /// Log a warning whenever a value older than `age` is served stale (default: never).
+    pub fn stale_alert_age(mut self, age: Duration) -> Self {
+        self.stale_alert_age = Some(age);
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> SwrCache<K, V> {
         let evictions = CountEvictions::default();
@@ -221,12 +279,16 @@ where
                 max_entry_weight: store::max_entry_weight(&store),
                 store,
                 weigher,
-                refreshes: Arc::new(Refreshes::new(self.backoff)),
+                refreshes: Arc::new(Refreshes::new(self.backoff, self.breaker)),
                 flights: Arc::new(Flights::new()),
                 lock_timeout: self.lock_timeout,
                 refresh_timeout: self.refresh_timeout,
-                counters: Counters::default(),
+                counters: Counters::new(&self.name),
                 evictions,
+                tasks: TaskTracker::new(),
+                ttl_jitter: self.ttl_jitter,
+                early_refresh_beta: self.early_refresh_beta,
+                stale_alert_age: self.stale_alert_age,
             }),
         }
     }
@@ -242,6 +304,11 @@ struct Inner<K, V> {
     refresh_timeout: Duration,
     counters: Counters,
     evictions: CountEvictions,
+    /// Background refreshes, for graceful shutdown.
+    tasks: TaskTracker,
+    ttl_jitter: f64,
+    early_refresh_beta: Option<f64>,
+    stale_alert_age: Option<Duration>,
 }
 
 /// An async stale-while-revalidate cache over `K → V`, bounded in bytes.
@@ -355,6 +422,19 @@ where
         }
     }
 
+    /// Marks every entry whose key matches `predicate` stale (see [`mark_stale`](Self::mark_stale)).
+    /// Returns how many.
+    pub fn mark_stale_where(&self, predicate: impl Fn(&K) -> bool) -> usize {
+        let keys: Vec<K> = self
+            .inner
+            .store
+            .iter()
+            .filter(|(key, _)| predicate(key))
+            .map(|(key, _)| key)
+            .collect();
+        keys.iter().filter(|key| self.mark_stale(*key)).count()
+    }
+
     /// Removes every entry whose key matches `predicate`.
     pub fn remove_if(&self, predicate: impl Fn(&K) -> bool) {
         self.inner.store.retain(|key, _| !predicate(key));
@@ -404,7 +484,23 @@ where
         stats.capacity_bytes = self.inner.store.capacity();
         stats.refreshes_running = self.inner.refreshes.running() as u64;
         stats.loads_running = self.inner.flights.len() as u64;
+        stats.refreshes_paused = self.inner.refreshes.paused(Instant::now());
+        self.inner
+            .counters
+            .gauges
+            .set(stats.entries, stats.bytes, stats.refreshes_running);
         stats
+    }
+
+    /// Graceful shutdown: no new background refresh starts from now on, and this waits up to
+    /// `deadline` for the running ones. Returns whether they all finished in time. Lookups keep
+    /// working (stale entries are served without refreshing).
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.inner.refreshes.close();
+        self.inner.tasks.close();
+        tokio::time::timeout(deadline, self.inner.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// The value of `key`, loading it with `load` when needed.
@@ -432,17 +528,38 @@ where
             match entry.phase(now) {
                 Phase::Fresh => {
                     self.inner.counters.fresh_hits.inc();
+                    if self.wants_early_refresh(entry, now) {
+                        if let Some(guard) = self.claim_refresh(&key, now) {
+                            let cache = self.clone();
+                            let refresh_key = key.clone();
+                            self.spawn_refresh(&key, guard, async move {
+                                let started = Instant::now();
+                                let loaded = load().await.map_err(|e| e.to_string())?;
+                                cache
+                                    .store(refresh_key, loaded.with_load_time(started.elapsed()))
+                                    .map(drop)
+                                    .ok_or_else(|| {
+                                        "value heavier than the largest entry".to_owned()
+                                    })
+                            });
+                        }
+                    }
                     return Ok(self.lookup(&key, entry, Status::Fresh, now));
                 }
                 Phase::Stale => {
                     self.inner.counters.stale_hits.inc();
+                    self.alert_if_old(&key, entry, now);
                     if let Some(guard) = self.claim_refresh(&key, now) {
                         let cache = self.clone();
                         let refresh_key = key.clone();
                         self.spawn_refresh(&key, guard, async move {
+                            let started = Instant::now();
                             let loaded = load().await.map_err(|e| e.to_string())?;
-                            cache.store(refresh_key, loaded);
-                            Ok(())
+                            cache
+                                .store(refresh_key, loaded.with_load_time(started.elapsed()))
+                                .map(drop)
+                                // Keep the stale value rather than lose it to one we can't hold.
+                                .ok_or_else(|| "value heavier than the largest entry".to_owned())
                         });
                     }
                     return Ok(self.lookup(&key, entry, Status::Stale, now));
@@ -457,7 +574,8 @@ where
                 Join::Leader(leader) => {
                     self.inner.counters.misses.inc();
                     let load = load.take().expect("a caller leads at most once");
-                    return match load().await {
+                    let started = Instant::now();
+                    return match load().await.map(|l| l.with_load_time(started.elapsed())) {
                         Ok(loaded) => {
                             let value = loaded.value.clone();
                             let stored = self.store(key.clone(), loaded);
@@ -502,7 +620,8 @@ where
                         // Load alone, outside the flight.
                         self.inner.counters.misses.inc();
                         let load = load.take().expect("a caller loads at most once");
-                        return match load().await {
+                        let started = Instant::now();
+                        return match load().await.map(|l| l.with_load_time(started.elapsed())) {
                             Ok(loaded) => {
                                 let value = loaded.value.clone();
                                 let stored = self.store(key.clone(), loaded);
@@ -593,11 +712,52 @@ where
             self.inner.counters.store_rejections.inc();
             return None;
         }
+        let mut loaded = loaded;
+        if self.inner.ttl_jitter > 0.0 {
+            let spread = (fastrand::f64() * 2.0 - 1.0) * self.inner.ttl_jitter;
+            loaded.freshness.ttl = loaded.freshness.ttl.mul_f64(1.0 + spread);
+        }
         let entry = Arc::new(Entry::new(loaded, Instant::now(), weight));
         self.inner.refreshes.reset(&key);
         self.inner.store.insert(key, Arc::clone(&entry));
         self.inner.counters.stores.inc();
+        #[cfg(feature = "metrics")]
+        self.inner.counters.gauges.set(
+            self.inner.store.len() as u64,
+            self.inner.store.weight(),
+            self.inner.refreshes.running() as u64,
+        );
         Some(entry)
+    }
+
+    /// XFetch: whether a fresh hit should start the refresh now (`-load_time·β·ln(U) ≥ time
+    /// left`).
+    pub(crate) fn wants_early_refresh(&self, entry: &Entry<V>, now: Instant) -> bool {
+        let Some(beta) = self.inner.early_refresh_beta else {
+            return false;
+        };
+        let left = entry
+            .fresh_until()
+            .saturating_duration_since(now)
+            .as_secs_f64();
+        let cost = entry.load_time().as_secs_f64().max(0.001);
+        let draw = fastrand::f64().max(f64::MIN_POSITIVE);
+        -cost * beta * draw.ln() >= left
+    }
+
+    /// Warns when a value served stale is older than the configured alert age.
+    pub(crate) fn alert_if_old(&self, key: &dyn fmt::Debug, entry: &Entry<V>, now: Instant) {
+        if let Some(limit) = self.inner.stale_alert_age {
+            let age = entry.age(now);
+            if age > limit {
+                tracing::warn!(
+                    ?key,
+                    age_secs = age.as_secs(),
+                    alert_secs = limit.as_secs(),
+                    "serving a stale value older than the alert age"
+                );
+            }
+        }
     }
 
     pub(crate) fn claim_refresh(&self, key: &K, now: Instant) -> Option<RefreshGuard<K>> {
@@ -631,7 +791,8 @@ where
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
         inner.counters.refreshes_started.inc();
-        runtime.spawn(async move {
+        let tasks = inner.tasks.clone();
+        tasks.spawn_on(async move {
             let counters = &inner.counters;
             let outcome =
                 tokio::time::timeout(inner.refresh_timeout, CatchUnwind::new(refresh)).await;
@@ -661,7 +822,7 @@ where
                 counters.refreshes_failed.inc();
             }
             guard.finish(failed);
-        });
+        }, &runtime);
     }
 }
 

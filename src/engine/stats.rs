@@ -2,17 +2,67 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// One counter, mirrored to the `metrics` facade when that feature is on (the handle is
+/// registered once, so counting costs no lookup).
 #[derive(Debug, Default)]
-pub(crate) struct Counter(AtomicU64);
+pub(crate) struct Counter {
+    value: AtomicU64,
+    #[cfg(feature = "metrics")]
+    mirror: Option<metrics::Counter>,
+}
 
 impl Counter {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn new(cache: &str, name: &'static str, label: (&'static str, &'static str)) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            mirror: Some(metrics::counter!(name, "cache" => cache.to_owned(), label.0 => label.1)),
+        }
+    }
+
     #[inline]
     pub(crate) fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.value.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(mirror) = &self.mirror {
+            mirror.increment(1);
+        }
     }
 
     pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// Gauges of the `metrics` facade: entries, bytes, refreshes running.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    #[cfg(feature = "metrics")]
+    mirror: Option<[metrics::Gauge; 3]>,
+}
+
+impl Gauges {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn new(cache: &str) -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            mirror: Some([
+                metrics::gauge!("swr_entries", "cache" => cache.to_owned()),
+                metrics::gauge!("swr_bytes", "cache" => cache.to_owned()),
+                metrics::gauge!("swr_refreshes_running", "cache" => cache.to_owned()),
+            ]),
+        }
+    }
+
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn set(&self, entries: u64, bytes: u64, refreshes_running: u64) {
+        #[cfg(feature = "metrics")]
+        if let Some([e, b, r]) = &self.mirror {
+            e.set(entries as f64);
+            b.set(bytes as f64);
+            r.set(refreshes_running as f64);
+        }
     }
 }
 
@@ -31,6 +81,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes_timed_out: Counter,
     pub(crate) refreshes_panicked: Counter,
     pub(crate) stale_if_error: Counter,
+    pub(crate) gauges: Gauges,
 }
 
 /// A snapshot of a cache's counters and size.
@@ -77,9 +128,37 @@ pub struct Stats {
     pub refreshes_running: u64,
     /// Foreground origin loads (coalesced misses) running now.
     pub loads_running: u64,
+    /// Whether the circuit breaker is pausing background refreshes now.
+    pub refreshes_paused: bool,
 }
 
+/// Metric names and labels, mirrored when the `metrics` feature is on.
+pub(crate) const REQUESTS: &str = "swr_requests_total";
+pub(crate) const REFRESHES: &str = "swr_refreshes_total";
+pub(crate) const STORES: &str = "swr_stores_total";
+
 impl Counters {
+    pub(crate) fn new(cache: &str) -> Self {
+        let request = |status| Counter::new(cache, REQUESTS, ("status", status));
+        let refresh = |outcome| Counter::new(cache, REFRESHES, ("outcome", outcome));
+        Self {
+            fresh_hits: request("hit"),
+            stale_hits: request("stale"),
+            misses: request("miss"),
+            coalesced_waits: request("coalesced"),
+            bypasses: request("bypass"),
+            stale_if_error: request("stale_if_error"),
+            stores: Counter::new(cache, STORES, ("result", "stored")),
+            store_rejections: Counter::new(cache, STORES, ("result", "too_large")),
+            refreshes_started: refresh("started"),
+            refreshes_succeeded: refresh("succeeded"),
+            refreshes_failed: refresh("failed"),
+            refreshes_timed_out: refresh("timed_out"),
+            refreshes_panicked: refresh("panicked"),
+            gauges: Gauges::new(cache),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             fresh_hits: self.fresh_hits.get(),

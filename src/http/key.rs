@@ -19,6 +19,8 @@ pub struct CacheKey {
     host: Box<str>,
     target: Box<str>,
     extra: Option<Box<str>>,
+    /// The request header values a `Vary` response is selected by (one entry per variant).
+    variant: Option<Box<[u8]>>,
 }
 
 impl CacheKey {
@@ -42,12 +44,26 @@ impl CacheKey {
         self.extra.as_deref()
     }
 
+    /// Whether this key names one variant of a response that has `Vary`.
+    pub fn is_variant(&self) -> bool {
+        self.variant.is_some()
+    }
+
     pub(crate) fn as_ref(&self) -> KeyRef<'_> {
         KeyRef {
             method: &self.method,
             host: &self.host,
             target: &self.target,
             extra: self.extra.as_deref(),
+            variant: self.variant.as_deref(),
+        }
+    }
+
+    /// The key without its variant.
+    pub(crate) fn base(&self) -> KeyRef<'_> {
+        KeyRef {
+            variant: None,
+            ..self.as_ref()
         }
     }
 }
@@ -66,11 +82,7 @@ impl fmt::Debug for CacheKey {
 
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}{}", self.method, self.host, self.target)?;
-        if let Some(extra) = &self.extra {
-            write!(f, " [{extra}]")?;
-        }
-        Ok(())
+        fmt::Display::fmt(&self.as_ref(), f)
     }
 }
 
@@ -81,6 +93,7 @@ pub(crate) struct KeyRef<'a> {
     host: &'a str,
     target: &'a str,
     extra: Option<&'a str>,
+    variant: Option<&'a [u8]>,
 }
 
 impl<'a> KeyRef<'a> {
@@ -107,6 +120,15 @@ impl<'a> KeyRef<'a> {
             host,
             target,
             extra,
+            variant: None,
+        }
+    }
+
+    /// The same key, for one variant.
+    pub(crate) fn with_variant(self, variant: &'a [u8]) -> Self {
+        Self {
+            variant: Some(variant),
+            ..self
         }
     }
 
@@ -121,6 +143,7 @@ impl<'a> KeyRef<'a> {
             host,
             target,
             extra,
+            variant: None,
         }
     }
 
@@ -138,7 +161,14 @@ impl<'a> KeyRef<'a> {
             host: self.host.into(),
             target: self.target.into(),
             extra: self.extra.map(Into::into),
+            variant: self.variant.map(Into::into),
         }
+    }
+}
+
+impl fmt::Debug for KeyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -147,6 +177,13 @@ impl fmt::Display for KeyRef<'_> {
         write!(f, "{} {}{}", self.method, self.host, self.target)?;
         if let Some(extra) = self.extra {
             write!(f, " [{extra}]")?;
+        }
+        if let Some(variant) = self.variant {
+            write!(
+                f,
+                " vary[{}]",
+                String::from_utf8_lossy(variant).replace('\0', "|")
+            )?;
         }
         Ok(())
     }
@@ -158,6 +195,7 @@ impl Hash for KeyRef<'_> {
         self.host.hash(state);
         self.target.hash(state);
         self.extra.hash(state);
+        self.variant.hash(state);
     }
 }
 
@@ -167,6 +205,7 @@ impl Equivalent<CacheKey> for KeyRef<'_> {
             && self.target == &*key.target
             && self.host == &*key.host
             && self.extra == key.extra.as_deref()
+            && self.variant == key.variant.as_deref()
     }
 }
 
@@ -224,6 +263,16 @@ impl Vary {
 }
 
 impl VaryValues {
+    /// The header names, in `Vary` order.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.fields.iter().map(|(name, _)| name)
+    }
+
+    /// The variant part of the key: the values, each length-prefixed (absent ≠ empty).
+    pub(crate) fn variant(&self) -> Box<[u8]> {
+        variant_of(self.fields.iter().map(|(_, v)| v.as_deref()))
+    }
+
     /// Whether `request` has the same values for every varied header.
     pub(crate) fn matches(&self, request: &HeaderMap) -> bool {
         self.fields
@@ -237,6 +286,27 @@ impl VaryValues {
             .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, Vec::len) + 16)
             .sum()
     }
+}
+
+/// The variant part of a key for a request, given the names a stored response varies on.
+pub(crate) fn request_variant(names: &[HeaderName], request: &HeaderMap) -> Box<[u8]> {
+    let values: Vec<Option<Vec<u8>>> = names.iter().map(|n| normalized(request, n)).collect();
+    variant_of(values.iter().map(|v| v.as_deref()))
+}
+
+fn variant_of<'a>(values: impl Iterator<Item = Option<&'a [u8]>>) -> Box<[u8]> {
+    let mut out = Vec::new();
+    for value in values {
+        match value {
+            None => out.push(0),
+            Some(value) => {
+                out.push(1);
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                out.extend_from_slice(value);
+            }
+        }
+    }
+    out.into_boxed_slice()
 }
 
 /// A header's values as one comparable string: lines joined by `,`, list members trimmed, so

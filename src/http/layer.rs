@@ -7,12 +7,15 @@ use std::time::Duration;
 use http::request::Parts;
 use tower_layer::Layer;
 
+use super::handle::SwrHandle;
+use super::key::CacheKey;
 use super::policy::Policy;
 use super::service::{
-    Config, Shared, SwrService, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
+    CachedResponse, Config, PolicyFn, Shared, SwrService, DEFAULT_STALE_IF_ERROR,
+    DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
 };
 use super::status::{is_token, StatusHeaders};
-use crate::engine::{Stats, SwrCache};
+use crate::engine::{Freshness, Stats, SwrCache};
 
 const DEFAULT_NAME: &str = "tower-swr";
 
@@ -23,6 +26,12 @@ struct StoreSettings {
     lock_timeout: Duration,
     refresh_timeout: Duration,
     backoff: (Duration, Duration),
+    breaker: (u32, Duration),
+    ttl_jitter: f64,
+    early_refresh_beta: Option<f64>,
+    stale_alert_age: Option<Duration>,
+    /// Another layer's store, when this layer shares its memory budget.
+    shared_with: Option<SwrCache<CacheKey, CachedResponse>>,
 }
 
 /// Layer that gives a service stale-while-revalidate caching.
@@ -84,6 +93,7 @@ pub struct SwrLayer {
     store: StoreSettings,
     cache_name: String,
     x_cache: bool,
+    x_cache_key: bool,
     shared: Arc<OnceLock<Arc<Shared>>>,
 }
 
@@ -141,8 +151,9 @@ impl SwrLayer {
             config: Config {
                 policy,
                 max_body_bytes: 8 << 20,
-                headers: StatusHeaders::new(&cache_name, false),
+                headers: StatusHeaders::new(&cache_name, false, false),
                 key_fn: None,
+                policy_fn: None,
                 invalidate_on_unsafe: true,
             },
             store: StoreSettings {
@@ -150,16 +161,22 @@ impl SwrLayer {
                 lock_timeout: Duration::from_secs(5),
                 refresh_timeout: Duration::from_secs(30),
                 backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+                breaker: (10, Duration::from_secs(30)),
+                ttl_jitter: 0.0,
+                early_refresh_beta: None,
+                stale_alert_age: None,
+                shared_with: None,
             },
             cache_name,
             x_cache: false,
+            x_cache_key: false,
             shared: Arc::new(OnceLock::new()),
         }
     }
 
     /// A new, unbuilt cache for the changed settings.
     fn changed(mut self) -> Self {
-        self.config.headers = StatusHeaders::new(&self.cache_name, self.x_cache);
+        self.config.headers = StatusHeaders::new(&self.cache_name, self.x_cache, self.x_cache_key);
         self.shared = Arc::new(OnceLock::new());
         self
     }
@@ -282,20 +299,122 @@ impl SwrLayer {
         self.changed()
     }
 
+    /// Also send `X-Cache-Key` with the key a response was looked up under (default off: it
+    /// reveals keys, e.g. what a key function adds).
+    pub fn x_cache_key_header(mut self, enabled: bool) -> Self {
+        self.x_cache_key = enabled;
+        self.changed()
+    }
+
+    /// After `threshold` consecutive failed refreshes (any keys), pause all background refreshes
+    /// for `cooldown` while stale keeps being served (default 10 failures, 30 s; 0 disables).
+    pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.store.breaker = (threshold, cooldown);
+        self.changed()
+    }
+
+    /// Spread fresh lifetimes by ± `fraction` (`0.1` = ±10 %) so entries stored together do not
+    /// expire together (default off).
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.store.ttl_jitter = fraction;
+        self.changed()
+    }
+
+    /// Probabilistic early refresh (XFetch): a fresh hit starts the background refresh early,
+    /// more likely as expiry nears and the slower the origin was; `beta` scales it (1.0 is
+    /// usual). Default off.
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.store.early_refresh_beta = (beta > 0.0).then_some(beta);
+        self.changed()
+    }
+
+    /// Log a warning whenever a response older than `age` is served stale (default: never).
+    pub fn stale_alert_age(mut self, age: Duration) -> Self {
+        self.store.stale_alert_age = Some(age);
+        self.changed()
+    }
+
+    /// Per-route freshness decided by a function of the request and the response. Return
+    /// `Some(freshness)` to store the response with it (the never-shared rules — `no-store`,
+    /// `private`, `Set-Cookie`, `Authorization` — still apply), or `None` to use the layer's
+    /// usual rules.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_swr::{engine::Freshness, SwrLayer};
+    ///
+    /// const DAY: u64 = 24 * 3600;
+    /// let layer = SwrLayer::new().policy_fn(|request, _response| {
+    ///     let days = |d| Duration::from_secs(d * DAY);
+    ///     match request.uri.path() {
+    ///         "/api/cinema" => Some(Freshness::new(days(6)).with_stale_while_revalidate(days(1))),
+    ///         "/api/events" => Some(Freshness::new(days(5)).with_stale_while_revalidate(days(1))),
+    ///         "/api/google_trend" => Some(Freshness::new(days(1))),
+    ///         _ => None,
+    ///     }
+    /// });
+    /// ```
+    pub fn policy_fn(
+        mut self,
+        policy: impl Fn(&Parts, &http::response::Parts) -> Option<Freshness> + Send + Sync + 'static,
+    ) -> Self {
+        let policy: PolicyFn = Arc::new(policy);
+        self.config.policy_fn = Some(policy);
+        self.changed()
+    }
+
+    /// Store entries in `other`'s cache: one memory budget for several layers (e.g. one layer
+    /// per route with its own TTLs). This layer's own capacity and store settings are then
+    /// unused.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{routing::get, Router};
+    /// use tower_swr::SwrLayer;
+    ///
+    /// let budget = SwrLayer::new().capacity_bytes(64 << 20);
+    /// let app: Router = Router::new()
+    ///     .route("/cinema", get(|| async { "films" }).layer(
+    ///         SwrLayer::new().ttl(Duration::from_secs(6 * 86400)).share_memory_with(&budget),
+    ///     ))
+    ///     .route("/trends", get(|| async { "trends" }).layer(
+    ///         SwrLayer::new().ttl(Duration::from_secs(86400)).share_memory_with(&budget),
+    ///     ));
+    /// ```
+    pub fn share_memory_with(mut self, other: &SwrLayer) -> Self {
+        self.store.shared_with = Some(other.shared().engine.clone());
+        self.changed()
+    }
+
     fn shared(&self) -> &Arc<Shared> {
         self.shared.get_or_init(|| {
-            let largest = self.config.max_body_bytes as u64 + (64 << 10);
-            let engine = SwrCache::builder()
-                .capacity_bytes(self.store.capacity_bytes)
-                .largest_entry_bytes(largest)
-                .weigher(|_, cached: &super::service::CachedResponse| cached.weight())
-                .lock_timeout(self.store.lock_timeout)
-                .refresh_timeout(self.store.refresh_timeout)
-                .refresh_backoff(self.store.backoff.0, self.store.backoff.1)
-                .build();
+            let engine = match &self.store.shared_with {
+                Some(engine) => engine.clone(),
+                None => {
+                    let largest = self.config.max_body_bytes as u64 + (64 << 10);
+                    let mut builder = SwrCache::builder()
+                        .name(self.cache_name.clone())
+                        .capacity_bytes(self.store.capacity_bytes)
+                        .largest_entry_bytes(largest)
+                        .weigher(|_, cached: &CachedResponse| cached.weight())
+                        .lock_timeout(self.store.lock_timeout)
+                        .refresh_timeout(self.store.refresh_timeout)
+                        .refresh_backoff(self.store.backoff.0, self.store.backoff.1)
+                        .circuit_breaker(self.store.breaker.0, self.store.breaker.1)
+                        .ttl_jitter(self.store.ttl_jitter);
+                    if let Some(beta) = self.store.early_refresh_beta {
+                        builder = builder.early_refresh(beta);
+                    }
+                    if let Some(age) = self.store.stale_alert_age {
+                        builder = builder.stale_alert_age(age);
+                    }
+                    builder.build()
+                }
+            };
             Arc::new(Shared {
                 engine,
                 config: self.config.clone(),
+                vary_index: quick_cache::sync::Cache::new(64 * 1024),
             })
         })
     }
@@ -303,6 +422,11 @@ impl SwrLayer {
     /// The counters of this layer's cache.
     pub fn stats(&self) -> Stats {
         self.shared().engine.stats()
+    }
+
+    /// A cloneable handle on this layer's cache: counters, purge, graceful shutdown.
+    pub fn handle(&self) -> SwrHandle {
+        SwrHandle::new(Arc::clone(self.shared()))
     }
 }
 

@@ -1,7 +1,8 @@
 //! [`SwrService`]: the tower adapter over the engine.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -17,13 +18,19 @@ use tower_service::Service;
 use super::body::{buffer, headers_weight, Buffered, SwrBody};
 use super::conditional::{self, ByteRange, CLIENT_CONDITIONALS};
 use super::future::ResponseFuture;
-use super::key::{CacheKey, KeyRef, Vary, VaryValues};
+use super::key::{request_variant, CacheKey, KeyRef, Vary, VaryValues};
 use super::policy::{Decision, Policy, RequestFacts, SURROGATE_CONTROL};
 use super::status::{CacheInfo, CacheStatus, Member, StatusHeaders};
-use crate::engine::{wait, CatchUnwind, Entry, Join, Landing, Loaded, Phase, SwrCache, Waited};
+use crate::engine::{
+    wait, CatchUnwind, Entry, Freshness, Join, Landing, Loaded, Phase, SwrCache, Waited,
+};
 
 /// Adds to a request's key; `None` means "do not cache this request".
 pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Per-route freshness: `Some` overrides the lifetimes of a storable response.
+pub(crate) type PolicyFn =
+    Arc<dyn Fn(&Parts, &http::response::Parts) -> Option<Freshness> + Send + Sync>;
 
 /// The layer's settings, fixed once the layer is built.
 #[derive(Clone)]
@@ -32,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: usize,
     pub(crate) headers: StatusHeaders,
     pub(crate) key_fn: Option<KeyFn>,
+    pub(crate) policy_fn: Option<PolicyFn>,
     /// Remove stored responses for a URI after a successful unsafe request to it (§4.4).
     pub(crate) invalidate_on_unsafe: bool,
 }
@@ -79,6 +87,20 @@ impl fmt::Debug for Config {
 pub(crate) struct Shared {
     pub(crate) engine: SwrCache<CacheKey, CachedResponse>,
     pub(crate) config: Config,
+    /// For keys whose responses vary: the header names, and the variants stored (bounded).
+    pub(crate) vary_index: VaryIndexes,
+}
+
+/// Most variants kept per key; storing one more drops the oldest.
+pub(crate) const MAX_VARIANTS: usize = 32;
+
+pub(crate) type VaryIndexes = quick_cache::sync::Cache<CacheKey, Arc<VaryIndex>>;
+
+/// Which request headers a key's responses vary on, and which variants are stored.
+#[derive(Debug)]
+pub(crate) struct VaryIndex {
+    names: Box<[HeaderName]>,
+    variants: Mutex<VecDeque<Box<[u8]>>>,
 }
 
 /// The request an entry was made from, kept so a background refresh can ask again.
@@ -117,6 +139,10 @@ impl RequestTemplate {
 
     fn weight(&self) -> usize {
         self.uri.to_string().len() + headers_weight(&self.headers) + 64
+    }
+
+    fn parts(&self) -> Parts {
+        self.rebuild::<()>().into_parts().0
     }
 }
 
@@ -221,6 +247,47 @@ impl RequestFacts {
 }
 
 impl Shared {
+    /// The policy's decision, adjusted by the layer's policy function.
+    fn decide(&self, template: &RequestTemplate, parts: &http::response::Parts) -> Decision {
+        let facts = RequestFacts::of(&template.headers, &self.config.policy);
+        let decision =
+            self.config
+                .policy
+                .decide(facts, parts.status, &parts.headers, SystemTime::now());
+        let Some(policy_fn) = &self.config.policy_fn else {
+            return decision;
+        };
+        let Some(freshness) = policy_fn(&template.parts(), parts) else {
+            return decision;
+        };
+        match decision {
+            Decision::Store {
+                shared_with_auth,
+                shared_with_cookie,
+                retain,
+                strip,
+                ..
+            } => Decision::Store {
+                freshness,
+                initial_age: Duration::ZERO,
+                shared_with_auth,
+                shared_with_cookie,
+                retain,
+                strip,
+            },
+            // The route says how long; the never-shared rules still stand.
+            Decision::Pass("no freshness") => Decision::Store {
+                freshness,
+                initial_age: Duration::ZERO,
+                shared_with_auth: false,
+                shared_with_cookie: false,
+                retain: Duration::ZERO,
+                strip: Vec::new(),
+            },
+            pass => pass,
+        }
+    }
+
     /// Builds the answer from a stored entry, honouring the client's conditionals and range.
     fn respond<B: Body>(
         &self,
@@ -248,9 +315,13 @@ impl Shared {
             }
         }
         let age = entry.age(now);
-        self.config
-            .headers
-            .write(response.headers_mut(), member, status, Some(age));
+        self.config.headers.write(
+            response.headers_mut(),
+            member,
+            status,
+            Some(age),
+            Some(&cached.key),
+        );
         response.extensions_mut().insert(CacheInfo {
             status,
             age: Some(age),
@@ -331,6 +402,7 @@ impl Shared {
     fn pass<B: Body>(
         &self,
         response: Response<SwrBody<B>>,
+        key: &CacheKey,
         vary_miss: bool,
     ) -> Response<SwrBody<B>> {
         let mut response = response;
@@ -340,9 +412,13 @@ impl Shared {
         } else {
             Member::UriMiss { stored: false }
         };
-        self.config
-            .headers
-            .write(response.headers_mut(), member, CacheStatus::Miss, None);
+        self.config.headers.write(
+            response.headers_mut(),
+            member,
+            CacheStatus::Miss,
+            None,
+            Some(key),
+        );
         response
             .extensions_mut()
             .insert(CacheInfo::uncached(CacheStatus::Miss));
@@ -357,12 +433,9 @@ impl Shared {
         parts: http::response::Parts,
         body: Bytes,
         declared_len: Option<u64>,
+        load_time: Duration,
     ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
-        let facts = RequestFacts::of(&template.headers, &self.config.policy);
-        let decision =
-            self.config
-                .policy
-                .decide(facts, parts.status, &parts.headers, SystemTime::now());
+        let decision = self.decide(&template, &parts);
         let vary = Vary::of(&parts.headers, &template.headers);
         let (mut headers, stored) = match (&decision, &vary) {
             (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
@@ -383,6 +456,12 @@ impl Shared {
                 ..
             } => (*shared_with_auth, *shared_with_cookie),
             Decision::Pass(_) => (false, false),
+        };
+        // A response with `Vary` is stored under its variant's key; one without, under the
+        // plain key.
+        let key = match &vary {
+            Vary::On(values) => key.base().with_variant(&values.variant()).to_owned(),
+            Vary::None | Vary::Never => key.base().to_owned(),
         };
         let cached = CachedResponse {
             key: key.clone(),
@@ -415,14 +494,69 @@ impl Shared {
         }
         let loaded = Loaded::new(cached, freshness)
             .with_initial_age(initial_age)
-            .with_retention(retain);
-        match self.engine.store(key, loaded.clone()) {
-            Some(entry) => Ok(entry),
+            .with_retention(retain)
+            .with_load_time(load_time);
+        match self.engine.store(key.clone(), loaded.clone()) {
+            Some(entry) => {
+                self.index_variant(&key, entry.value().vary.as_ref());
+                Ok(entry)
+            }
             None => Err(Box::new((
                 loaded.value,
                 "entry heavier than the store allows",
             ))),
         }
+    }
+
+    /// Keeps the variant index in step with what was just stored under `key`.
+    fn index_variant(&self, key: &CacheKey, vary: Option<&VaryValues>) {
+        let base = key.base();
+        let Some(vary) = vary else {
+            // The resource no longer varies: its plain entry is found first from now on.
+            self.vary_index.remove(&base);
+            return;
+        };
+        // The plain key would shadow the variants: a resource that now varies drops it.
+        self.engine.remove_equivalent(&base);
+        let names: Box<[HeaderName]> = vary.names().cloned().collect();
+        let index = match self.vary_index.get(&base) {
+            Some(index) if index.names == names => index,
+            _ => {
+                let index = Arc::new(VaryIndex {
+                    names,
+                    variants: Mutex::new(VecDeque::new()),
+                });
+                self.vary_index.insert(base.to_owned(), Arc::clone(&index));
+                index
+            }
+        };
+        let variant = vary.variant();
+        let evicted = {
+            let mut variants = index.variants.lock().unwrap_or_else(|e| e.into_inner());
+            if variants.contains(&variant) {
+                None
+            } else {
+                variants.push_back(variant);
+                (variants.len() > MAX_VARIANTS)
+                    .then(|| variants.pop_front())
+                    .flatten()
+            }
+        };
+        if let Some(oldest) = evicted {
+            self.engine.remove_equivalent(&base.with_variant(&oldest));
+        }
+    }
+
+    /// Removes a key's plain entry and every indexed variant.
+    fn remove_all_variants(&self, base: KeyRef<'_>) -> bool {
+        let mut removed = self.engine.remove_equivalent(&base);
+        if let Some((_, index)) = self.vary_index.remove(&base) {
+            let variants = index.variants.lock().unwrap_or_else(|e| e.into_inner());
+            for variant in variants.iter() {
+                removed |= self.engine.remove_equivalent(&base.with_variant(variant));
+            }
+        }
+        removed
     }
 
     /// Turns an origin response into an entry, if policy and size allow. Otherwise the response
@@ -432,18 +566,14 @@ impl Shared {
         key: CacheKey,
         template: Arc<RequestTemplate>,
         response: Response<B>,
+        load_time: Duration,
     ) -> Admission<B>
     where
         B: Body<Data = Bytes>,
     {
         let (parts, body) = response.into_parts();
-        let facts = RequestFacts::of(&template.headers, &self.config.policy);
         // Decide before buffering, so an uncacheable body streams straight through.
-        if let Decision::Pass(reason) =
-            self.config
-                .policy
-                .decide(facts, parts.status, &parts.headers, SystemTime::now())
-        {
+        if let Decision::Pass(reason) = self.decide(&template, &parts) {
             return Admission::Uncacheable(
                 Response::from_parts(parts, SwrBody::inner(body)),
                 reason,
@@ -476,7 +606,7 @@ impl Shared {
                 )
             }
         };
-        match self.admit_buffered(key, template, parts, body, declared) {
+        match self.admit_buffered(key, template, parts, body, declared, load_time) {
             Ok(entry) => Admission::Stored(entry),
             Err(not_stored) => {
                 let (cached, reason) = *not_stored;
@@ -502,6 +632,7 @@ impl Shared {
             parts,
             cached.body.clone(),
             None,
+            entry.load_time(),
         )
     }
 
@@ -522,7 +653,7 @@ impl Shared {
         }
         for t in targets {
             let key = KeyRef::from_parts(&Method::GET, &target.host, &t, target.extra.as_deref());
-            if self.engine.remove_equivalent(&key) {
+            if self.remove_all_variants(key) {
                 tracing::debug!(target = %t, "invalidated by an unsafe request");
             }
         }
@@ -695,26 +826,39 @@ where
         }
         let facts = RequestFacts::of(request.headers(), &config.policy);
         let now = Instant::now();
-        let key = KeyRef::new(&request, extra.as_deref());
+        let mut key = KeyRef::new(&request, extra.as_deref());
+        let mut found = shared.engine.entry(&key, now);
+        let variant;
         let mut vary_miss = false;
-        let expired = match shared.engine.entry(&key, now) {
+        if found.is_none() {
+            if let Some(index) = shared.vary_index.get(&key) {
+                variant = request_variant(&index.names, request.headers());
+                key = key.with_variant(&variant);
+                found = shared.engine.entry(&key, now);
+                vary_miss = found.is_none();
+            }
+        }
+        let expired = match found {
             Some(entry) if entry.value().serves(request.headers(), facts) => {
                 match entry.phase(now) {
                     Phase::Fresh => {
                         shared.engine.counters().fresh_hits.inc();
                         tracing::debug!(key = %key, status = "hit", "answered from cache");
+                        let refreshing = shared.engine.wants_early_refresh(&entry, now)
+                            && refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, now);
                         let ttl = entry.ttl_secs(now);
                         return ResponseFuture::ready(shared.respond(
                             &entry,
                             CacheStatus::Fresh,
                             Member::Hit { ttl },
                             Ask::of(&request),
-                            false,
+                            refreshing,
                             now,
                         ));
                     }
                     Phase::Stale => {
                         shared.engine.counters().stale_hits.inc();
+                        shared.engine.alert_if_old(&key, &entry, now);
                         tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
                         let refreshing = refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, now);
                         let ttl = entry.ttl_secs(now);
@@ -775,6 +919,7 @@ where
     shared.engine.spawn_refresh(&cached.key, guard, async move {
         let shared = task_shared;
         let key = entry.value().key.clone();
+        let started = Instant::now();
         let response = inner
             .oneshot(request)
             .await
@@ -796,7 +941,10 @@ where
             };
         }
         let template = Arc::clone(&entry.value().request);
-        match shared.admit(key.clone(), template, response).await {
+        match shared
+            .admit(key.clone(), template, response, started.elapsed())
+            .await
+        {
             Admission::Stored(_) => Ok(()),
             // Keep the stale copy rather than lose it to a body we cannot hold.
             Admission::Unstorable(_, reason) => Err(format!("not stored: {reason}")),
@@ -897,6 +1045,7 @@ where
     if !head {
         shared.config.prepare_origin_request(&mut request);
     }
+    let started = Instant::now();
     let response = match CatchUnwind::new(inner.oneshot(request)).await {
         Ok(Ok(response)) => response,
         Err(panic) => {
@@ -952,14 +1101,17 @@ where
                     leader.land(Landing::NotStored);
                 }
                 tracing::debug!(reason, "revalidated response not stored");
-                shared.pass(cached.into_response(), vary_miss)
+                shared.pass(cached.into_response(), &key, vary_miss)
             }
         });
     }
     let Some(template) = template else {
-        return Ok(shared.pass(response.map(SwrBody::inner), vary_miss));
+        return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
     };
-    match shared.admit(key, template, response).await {
+    match shared
+        .admit(key.clone(), template, response, started.elapsed())
+        .await
+    {
         Admission::Stored(entry) => {
             if let Some(leader) = leader {
                 leader.land(Landing::Stored(Arc::clone(&entry)));
@@ -987,7 +1139,7 @@ where
                 });
             }
             tracing::debug!(reason, "response not stored");
-            Ok(shared.pass(response, vary_miss))
+            Ok(shared.pass(response, &key, vary_miss))
         }
     }
 }

@@ -10,6 +10,8 @@ use tokio::time::Instant;
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// The opt-in `X-Cache` header name.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// The opt-in `X-Cache-Key` header name (it reveals keys: off by default).
+pub static X_CACHE_KEY: HeaderName = HeaderName::from_static("x-cache-key");
 
 /// How the layer answered a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,10 +113,11 @@ pub(crate) struct StatusHeaders {
     method: HeaderValue,
     collapsed: HeaderValue,
     pub(crate) x_cache: bool,
+    pub(crate) x_cache_key: bool,
 }
 
 impl StatusHeaders {
-    pub(crate) fn new(name: &str, x_cache: bool) -> Self {
+    pub(crate) fn new(name: &str, x_cache: bool, x_cache_key: bool) -> Self {
         let value = |rest: &str| {
             HeaderValue::from_str(&format!("{name}; {rest}")).expect("checked cache name")
         };
@@ -124,6 +127,7 @@ impl StatusHeaders {
             method: value("fwd=method"),
             collapsed: value("fwd=uri-miss; collapsed"),
             x_cache,
+            x_cache_key,
         }
     }
 
@@ -154,6 +158,7 @@ impl StatusHeaders {
         member: Member,
         status: CacheStatus,
         age: Option<Duration>,
+        key: Option<&dyn std::fmt::Display>,
     ) {
         if let Some(age) = age {
             headers.insert(AGE, HeaderValue::from(age.as_secs()));
@@ -161,6 +166,11 @@ impl StatusHeaders {
         headers.append(CACHE_STATUS.clone(), self.value(member));
         if self.x_cache {
             headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.x_cache()));
+        }
+        if self.x_cache_key {
+            if let Some(value) = key.and_then(|k| HeaderValue::try_from(k.to_string()).ok()) {
+                headers.insert(X_CACHE_KEY.clone(), value);
+            }
         }
     }
 }

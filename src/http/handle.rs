@@ -1,0 +1,108 @@
+//! [`SwrHandle`]: counters, purge and graceful shutdown of a layer's cache.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::key::CacheKey;
+use super::service::Shared;
+use crate::engine::Stats;
+
+/// A cloneable handle on a [`SwrLayer`](crate::SwrLayer)'s cache, from
+/// [`SwrLayer::handle`](crate::SwrLayer::handle).
+///
+/// Purges match the request target (path and query) exactly as received, whatever the host,
+/// the key function's addition or the variant; prefixes match the start of the target.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_swr::SwrLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = SwrLayer::new();
+/// let cache = layer.handle();
+/// cache.purge("/prices");            // gone: the next request asks the origin
+/// cache.soft_purge("/catalog");      // stale: served once more while it refreshes
+/// cache.purge_prefix("/api/v1/");
+/// assert_eq!(cache.stats().entries, 0);
+/// assert!(cache.shutdown(Duration::from_secs(5)).await);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SwrHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SwrHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwrHandle")
+            .field("cache", &self.shared.engine)
+            .finish()
+    }
+}
+
+impl SwrHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The cache's counters and sizes.
+    pub fn stats(&self) -> Stats {
+        self.shared.engine.stats()
+    }
+
+    /// Removes every entry stored for `target` (path and query). Returns how many.
+    pub fn purge(&self, target: &str) -> usize {
+        self.remove_where(|key| key.target() == target)
+    }
+
+    /// Removes every entry whose target starts with `prefix`. Returns how many.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        self.remove_where(|key| key.target().starts_with(prefix))
+    }
+
+    /// Removes every entry for which `matches` is true. Returns how many.
+    pub fn purge_if(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
+        self.remove_where(matches)
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) {
+        self.shared.engine.clear();
+    }
+
+    /// Marks every entry for `target` stale (a soft purge): the next request is answered from it
+    /// at once and refreshes it in the background. Returns how many.
+    pub fn soft_purge(&self, target: &str) -> usize {
+        self.shared
+            .engine
+            .mark_stale_where(|key| key.target() == target)
+    }
+
+    /// Soft-purges every entry whose target starts with `prefix`. Returns how many.
+    pub fn soft_purge_prefix(&self, prefix: &str) -> usize {
+        self.shared
+            .engine
+            .mark_stale_where(|key| key.target().starts_with(prefix))
+    }
+
+    /// Graceful shutdown: stop starting background refreshes and wait up to `deadline` for the
+    /// running ones. Returns whether they all finished in time. Requests are still answered
+    /// (stale entries without refreshing).
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.shared.engine.shutdown(deadline).await
+    }
+
+    fn remove_where(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        self.shared.engine.remove_if(|key| {
+            let hit = matches(key);
+            if hit {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            hit
+        });
+        count.into_inner()
+    }
+}

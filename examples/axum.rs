@@ -1,10 +1,14 @@
-//! An axum server with a slow handler behind `SwrLayer`.
+//! An axum server with slow handlers behind `SwrLayer`, Prometheus metrics, an admin purge
+//! route and graceful shutdown.
 //!
 //! ```sh
 //! cargo run --example axum                      # listens on 127.0.0.1:3000
 //! cargo run --example axum -- --listen 127.0.0.1:8080
 //! curl -i http://127.0.0.1:3000/prices          # ~1 s: a miss, stored
 //! curl -i http://127.0.0.1:3000/prices          # instant: Cache-Status: tower-swr; hit; ttl=9
+//! curl http://127.0.0.1:3000/metrics            # swr_requests_total{status="hit"} ...
+//! curl -X POST 'http://127.0.0.1:3000/admin/purge?path=/prices'
+//! curl -X POST 'http://127.0.0.1:3000/admin/purge?path=/prices&soft=1'
 //! ```
 
 use std::net::SocketAddr;
@@ -12,12 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use tower_swr::SwrLayer;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower_swr::{SwrHandle, SwrLayer};
 
 #[derive(Clone, Default)]
 struct Origin {
@@ -28,12 +33,16 @@ struct Origin {
 async fn prices(State(origin): State<Origin>) -> impl IntoResponse {
     let call = origin.calls.fetch_add(1, Ordering::Relaxed) + 1;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let body: std::collections::BTreeMap<&str, u64> =
+        [("origin_call", call), ("price", 4200 + call)]
+            .into_iter()
+            .collect();
     (
         [(
             header::CACHE_CONTROL,
             "max-age=10, stale-while-revalidate=60, stale-if-error=600",
         )],
-        Json(serde_like_prices(call)),
+        Json(body),
     )
 }
 
@@ -44,14 +53,36 @@ async fn item(Path(id): Path<u32>, State(origin): State<Origin>) -> String {
     format!("item {id}\n")
 }
 
-async fn stats(State(layer): State<SwrLayer>) -> String {
-    format!("{:#?}\n", layer.stats())
+#[derive(serde::Deserialize)]
+struct Purge {
+    path: String,
+    soft: Option<u8>,
 }
 
-fn serde_like_prices(call: u64) -> std::collections::BTreeMap<&'static str, u64> {
-    [("origin_call", call), ("price", 4200 + call)]
-        .into_iter()
-        .collect()
+/// Purge one path (`soft=1`: mark it stale so it refreshes while still served).
+async fn purge(State(admin): State<Admin>, Query(purge): Query<Purge>) -> String {
+    let count = if purge.soft == Some(1) {
+        admin.cache.soft_purge(&purge.path)
+    } else {
+        admin.cache.purge(&purge.path)
+    };
+    format!("purged {count} entries for {}\n", purge.path)
+}
+
+async fn metrics(State(admin): State<Admin>) -> String {
+    // Gauges (entries, bytes) are brought up to date by reading the stats.
+    let _ = admin.cache.stats();
+    admin.prometheus.render()
+}
+
+async fn stats(State(admin): State<Admin>) -> String {
+    format!("{:#?}\n", admin.cache.stats())
+}
+
+#[derive(Clone)]
+struct Admin {
+    cache: SwrHandle,
+    prometheus: PrometheusHandle,
 }
 
 fn listen_addr() -> SocketAddr {
@@ -78,20 +109,45 @@ async fn main() {
                 .unwrap_or_else(|_| "info,tower_swr=debug".into()),
         )
         .init();
+    // Install the recorder before the layer is built: the layer registers its counters once.
+    let prometheus = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("metrics recorder");
 
-    let cache = SwrLayer::new().x_cache_header(true);
-    let origin = Origin::default();
+    let layer = SwrLayer::new()
+        .x_cache_header(true)
+        .stale_alert_age(Duration::from_secs(300));
+    let admin = Admin {
+        cache: layer.handle(),
+        prometheus,
+    };
     let app = Router::new()
         .route("/prices", get(prices))
         .route("/items/{id}", get(item))
-        .with_state(origin)
-        .layer(cache.clone())
-        .merge(Router::new().route("/stats", get(stats)).with_state(cache));
+        .with_state(Origin::default())
+        .layer(layer)
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .route("/stats", get(stats))
+                .route("/admin/purge", post(purge))
+                .with_state(admin.clone()),
+        );
 
     let addr = listen_addr();
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     println!("listening on http://{addr}");
     println!("try: curl -i http://{addr}/prices   (twice: the second answer is instant)");
-    println!("     curl http://{addr}/stats");
-    axum::serve(listener, app).await.expect("server");
+    println!("     curl http://{addr}/metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .expect("server");
+    // Let running background refreshes finish (or give up after 10 s).
+    let finished = admin.cache.shutdown(Duration::from_secs(10)).await;
+    println!("shut down; background refreshes finished: {finished}");
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -45,6 +45,9 @@ impl Backoff {
     }
 }
 
+/// Above this many keys with refresh state, stale backoff records are pruned.
+const MAX_BACKOFF_KEYS: usize = 65_536;
+
 /// Pauses every refresh after `threshold` consecutive failures (across keys) for `cooldown`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Breaker {
@@ -161,6 +164,11 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
             return;
         }
         let now = Instant::now();
+        if book.keys.len() > MAX_BACKOFF_KEYS {
+            // Keys that failed long ago and were never asked for again: forget them.
+            book.keys
+                .retain(|_, s| s.running || s.retry_at.is_some_and(|at| at > now));
+        }
         if let Some(state) = book.keys.get_mut(key) {
             state.running = false;
             state.failures = state.failures.saturating_add(1);
@@ -281,10 +289,11 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
     }
 }
 
-/// Waits for a flight's landing, at most `timeout`.
-pub(crate) async fn wait<V>(mut rx: watch::Receiver<Landing<V>>, timeout: Duration) -> Waited<V> {
-    let landed = tokio::time::timeout(
-        timeout,
+/// Waits for a flight's landing, until `deadline` at the latest (one deadline for all the
+/// flights a caller may wait on in turn, so the lock timeout bounds the whole wait).
+pub(crate) async fn wait<V>(mut rx: watch::Receiver<Landing<V>>, deadline: Instant) -> Waited<V> {
+    let landed = tokio::time::timeout_at(
+        deadline,
         rx.wait_for(|landing| !matches!(landing, Landing::Pending)),
     )
     .await;

@@ -569,6 +569,7 @@ where
         }
 
         let mut load = Some(load);
+        let deadline = Instant::now() + self.inner.lock_timeout;
         loop {
             match self.join(&key) {
                 Join::Leader(leader) => {
@@ -602,7 +603,7 @@ where
                         }
                     };
                 }
-                Join::Waiter(rx) => match wait(rx, self.inner.lock_timeout).await {
+                Join::Waiter(rx) => match wait(rx, deadline).await {
                     Waited::Stored(entry) => {
                         self.inner.counters.coalesced_waits.inc();
                         return Ok(self.lookup(&key, &entry, Status::Coalesced, Instant::now()));
@@ -768,8 +769,9 @@ where
         self.inner.flights.join(key)
     }
 
-    pub(crate) fn lock_timeout(&self) -> Duration {
-        self.inner.lock_timeout
+    /// When a caller starting to wait now must give up waiting for other callers' loads.
+    pub(crate) fn lock_deadline(&self) -> Instant {
+        Instant::now() + self.inner.lock_timeout
     }
 
     pub(crate) fn counters(&self) -> &Counters {

@@ -175,10 +175,34 @@ impl CachedResponse {
 
     /// Whether this entry may answer a request with these headers.
     fn serves(&self, headers: &HeaderMap, facts: RequestFacts) -> bool {
-        (!facts.has_auth || self.shared_with_auth)
-            && (!facts.has_cookie || self.shared_with_cookie)
-            && self.vary.as_ref().is_none_or(|vary| vary.matches(headers))
+        self.refusal(headers, facts).is_none()
     }
+
+    /// Why this entry may not answer a request with these headers, if it may not.
+    fn refusal(&self, headers: &HeaderMap, facts: RequestFacts) -> Option<Refusal> {
+        if (facts.has_auth && !self.shared_with_auth)
+            || (facts.has_cookie && !self.shared_with_cookie)
+        {
+            Some(Refusal::Credentials)
+        } else if self
+            .vary
+            .as_ref()
+            .is_some_and(|vary| !vary.matches(headers))
+        {
+            Some(Refusal::Vary)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a stored entry does not answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The request carries `Authorization`/`Cookie` and the entry is not explicitly shareable.
+    Credentials,
+    /// Another variant.
+    Vary,
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) are never stored, nor is `Age` (we compute our own).
@@ -874,8 +898,8 @@ where
                     Phase::Expired | Phase::Dead => Some(entry),
                 }
             }
-            Some(_) => {
-                vary_miss = true;
+            Some(entry) => {
+                vary_miss = entry.value().refusal(request.headers(), facts) == Some(Refusal::Vary);
                 None
             }
             None => None,
@@ -996,13 +1020,14 @@ where
     // A HEAD response has no body to store: ask the origin, store nothing.
     let mut leader = None;
     if !head {
+        let deadline = shared.engine.lock_deadline();
         loop {
             match shared.engine.join(&key) {
                 Join::Leader(guard) => {
                     leader = Some(guard);
                     break;
                 }
-                Join::Waiter(rx) => match wait(rx, shared.engine.lock_timeout()).await {
+                Join::Waiter(rx) => match wait(rx, deadline).await {
                     Waited::Stored(entry) if entry.value().serves(request.headers(), facts) => {
                         shared.engine.counters().coalesced_waits.inc();
                         tracing::debug!(key = %key, status = "collapsed", "answered by another request's origin call");

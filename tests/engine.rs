@@ -1,0 +1,566 @@
+//! The generic engine, `tower_swr::engine::SwrCache`, without HTTP.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use common::{settle, Calls, Gate};
+use tokio::time::advance;
+use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
+
+type Cache = SwrCache<String, String>;
+type LoadFuture = Pin<Box<dyn Future<Output = Result<Loaded<String>, String>> + Send>>;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn key(name: &str) -> String {
+    name.to_owned()
+}
+
+/// Fresh for `ttl` seconds, then stale for `swr`, usable on error up to `ttl + sie`.
+fn freshness(ttl: u64, swr: u64, sie: u64) -> Freshness {
+    Freshness::new(secs(ttl))
+        .with_stale_while_revalidate(secs(swr))
+        .with_stale_if_error(secs(sie))
+}
+
+/// A loader that counts its call and returns `value`.
+fn load_ok(calls: &Calls, value: &str, fresh: Freshness) -> impl FnOnce() -> LoadFuture + Send {
+    let calls = calls.clone();
+    let value = value.to_owned();
+    move || {
+        calls.record();
+        Box::pin(async move { Ok(Loaded::new(value, fresh)) })
+    }
+}
+
+/// A loader that counts its call and fails with `message`.
+fn load_err(calls: &Calls, message: &str) -> impl FnOnce() -> LoadFuture + Send {
+    let calls = calls.clone();
+    let message = message.to_owned();
+    move || {
+        calls.record();
+        Box::pin(async move { Err(message) })
+    }
+}
+
+/// A loader that counts its call and returns `value` once `gate` opens.
+fn load_gated(
+    calls: &Calls,
+    gate: &Gate,
+    value: &str,
+    fresh: Freshness,
+) -> impl FnOnce() -> LoadFuture + Send {
+    let calls = calls.clone();
+    let gate = gate.clone();
+    let value = value.to_owned();
+    move || {
+        calls.record();
+        Box::pin(async move {
+            gate.wait().await;
+            Ok(Loaded::new(value, fresh))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_value_is_answered_without_calling_the_loader() -> Result<(), String> {
+    let cache = Cache::new(1 << 20);
+    let calls = Calls::default();
+
+    let first = cache
+        .get_or_load(key("k"), load_ok(&calls, "v1", freshness(60, 0, 0)))
+        .await?;
+    assert_eq!(first.status, Status::Miss);
+    assert_eq!(first.value, "v1");
+    assert_eq!(calls.get(), 1);
+
+    advance(secs(30)).await;
+    let second = cache
+        .get_or_load(key("k"), load_ok(&calls, "v2", freshness(60, 0, 0)))
+        .await?;
+    assert_eq!(second.status, Status::Fresh);
+    assert_eq!(second.value, "v1");
+    assert_eq!(second.age, secs(30));
+    assert!(!second.refreshing);
+    settle().await;
+    assert_eq!(calls.get(), 1, "a fresh value must not call the loader");
+    assert_eq!(cache.stats().fresh_hits, 1);
+    assert_eq!(cache.stats().refreshes_started, 0);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_value_is_answered_at_once_with_exactly_one_background_refresh() {
+    let cache = Cache::new(1 << 20);
+    assert!(cache.insert(key("k"), "old".into(), freshness(10, 60, 0)));
+    advance(secs(11)).await;
+
+    let calls = Calls::default();
+    let gate = Gate::new();
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            let load = load_gated(&calls, &gate, "new", freshness(10, 60, 0));
+            tokio::spawn(async move { cache.get_or_load(key("k"), load).await })
+        })
+        .collect();
+    // The loader is held shut: every caller must be answered from the stale value anyway.
+    for caller in callers {
+        let lookup = caller.await.expect("caller task").expect("stale answer");
+        assert_eq!(lookup.value, "old");
+        assert_eq!(lookup.status, Status::Stale);
+        assert!(lookup.is_stale());
+        assert!(
+            lookup.refreshing,
+            "the refresh is running while the loader is held"
+        );
+    }
+    settle().await;
+    assert_eq!(calls.get(), 1, "50 stale callers must start ONE refresh");
+    assert!(cache.is_refreshing("k"));
+    let stats = cache.stats();
+    assert_eq!(stats.stale_hits, 50);
+    assert_eq!(stats.refreshes_started, 1);
+    assert_eq!(stats.refreshes_running, 1);
+
+    gate.open();
+    settle().await;
+    let next = cache.get("k").expect("entry present");
+    assert_eq!(next.value, "new");
+    assert_eq!(next.status, Status::Fresh);
+    assert!(!cache.is_refreshing("k"));
+    assert_eq!(cache.stats().refreshes_succeeded, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_stale_while_revalidate_window_is_a_miss() -> Result<(), String> {
+    let cache = Cache::new(1 << 20);
+    cache.insert(key("k"), "old".into(), freshness(10, 5, 0));
+    advance(secs(16)).await;
+
+    let calls = Calls::default();
+    let lookup = cache
+        .get_or_load(key("k"), load_ok(&calls, "new", freshness(10, 5, 0)))
+        .await?;
+    assert_eq!(calls.get(), 1, "the loader runs in the foreground");
+    assert_eq!(lookup.status, Status::Miss);
+    assert_eq!(lookup.value, "new");
+    assert_eq!(cache.stats().stale_hits, 0);
+    assert_eq!(cache.stats().refreshes_started, 0);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn cold_start_with_a_failing_loader_returns_its_error() {
+    let cache = Cache::new(1 << 20);
+    let calls = Calls::default();
+
+    let error = cache
+        .get_or_load(key("k"), load_err(&calls, "database down"))
+        .await
+        .expect_err("nothing to fall back on");
+    assert_eq!(error, "database down");
+    assert!(cache.get("k").is_none(), "a failure stores nothing");
+
+    // The failure is not cached either: the next caller loads again.
+    let error = cache
+        .get_or_load(key("k"), load_err(&calls, "still down"))
+        .await
+        .expect_err("still nothing to fall back on");
+    assert_eq!(error, "still down");
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_loader_inside_stale_if_error_serves_the_stale_value() -> Result<(), String> {
+    let cache = Cache::new(1 << 20);
+    cache.insert(key("k"), "old".into(), freshness(10, 5, 100));
+    // Past the SWR window (15 s), inside stale-if-error (110 s).
+    advance(secs(20)).await;
+
+    let calls = Calls::default();
+    let lookup = cache
+        .get_or_load(key("k"), load_err(&calls, "database down"))
+        .await?;
+    assert_eq!(calls.get(), 1);
+    assert_eq!(lookup.status, Status::StaleIfError);
+    assert_eq!(lookup.value, "old");
+    assert_eq!(lookup.age, secs(20));
+    assert_eq!(cache.stats().stale_if_error, 1);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_loader_past_stale_if_error_returns_the_error() {
+    let cache = Cache::new(1 << 20);
+    cache.insert(key("k"), "old".into(), freshness(10, 5, 100));
+    advance(secs(111)).await;
+
+    let calls = Calls::default();
+    let error = cache
+        .get_or_load(key("k"), load_err(&calls, "database down"))
+        .await
+        .expect_err("the stale value is past its stale-if-error window");
+    assert_eq!(error, "database down");
+    assert_eq!(calls.get(), 1);
+    assert_eq!(cache.stats().stale_if_error, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_cold_loads_make_one_loader_call() {
+    let cache = Cache::new(1 << 20);
+    let calls = Calls::default();
+    let callers: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(key("k"), move || async move {
+                        calls.record();
+                        tokio::time::sleep(SECOND).await;
+                        Ok::<_, String>(Loaded::new("loaded".to_owned(), freshness(60, 0, 0)))
+                    })
+                    .await
+            })
+        })
+        .collect();
+
+    let mut misses = 0;
+    let mut coalesced = 0;
+    for caller in callers {
+        let lookup = caller.await.expect("caller task").expect("loaded");
+        assert_eq!(lookup.value, "loaded");
+        match lookup.status {
+            Status::Miss => misses += 1,
+            Status::Coalesced => coalesced += 1,
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    assert_eq!(
+        calls.get(),
+        1,
+        "100 concurrent cold callers must share one load"
+    );
+    assert_eq!((misses, coalesced), (1, 99));
+    let stats = cache.stats();
+    assert_eq!(stats.misses, 1);
+    assert_eq!(stats.coalesced_waits, 99);
+    assert_eq!(stats.loads_running, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_entries_are_kept_until_their_last_deadline() {
+    let cache = Cache::new(1 << 20);
+    cache.insert(key("k"), "v".into(), freshness(10, 10, 30));
+
+    advance(secs(15)).await;
+    let stale = cache.get("k").expect("a stale entry is not deleted");
+    assert_eq!(stale.status, Status::Stale);
+    assert_eq!(stale.value, "v");
+
+    // Past the SWR window (20 s) but inside stale-if-error (40 s): still held.
+    advance(secs(10)).await;
+    let expired = cache
+        .get("k")
+        .expect("an expired entry is still held for stale-if-error");
+    assert_eq!(expired.status, Status::Expired);
+    assert_eq!(expired.value, "v");
+    assert_eq!(cache.len(), 1);
+
+    advance(secs(16)).await;
+    assert!(cache.get("k").is_none(), "past every deadline it is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn byte_budget_is_respected_while_inserting_many_entries() {
+    const CAPACITY: u64 = 64 << 10;
+    let cache: SwrCache<String, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(CAPACITY)
+        .largest_entry_bytes(4 << 10)
+        .weigher(|_, value: &Vec<u8>| value.len() as u64)
+        .build();
+
+    for i in 0..1_000 {
+        assert!(
+            cache.insert(format!("key-{i}"), vec![0; 1024], freshness(60, 0, 0)),
+            "a 1 KiB value fits"
+        );
+        let stats = cache.stats();
+        assert!(
+            stats.bytes <= CAPACITY,
+            "after {i} inserts the store holds {} bytes of {CAPACITY}",
+            stats.bytes
+        );
+    }
+    let stats = cache.stats();
+    assert!(stats.entries < 1_000, "1000 KiB cannot fit in 64 KiB");
+    assert!(stats.entries > 0);
+    assert!(stats.evictions > 0);
+    assert!(stats.capacity_bytes <= CAPACITY);
+}
+
+#[tokio::test(start_paused = true)]
+async fn panicking_background_refresh_is_retried_after_the_backoff() -> Result<(), String> {
+    let cache: Cache = SwrCache::builder()
+        .refresh_backoff(SECOND, secs(60))
+        .build();
+    cache.insert(key("k"), "old".into(), freshness(10, 600, 0));
+    advance(secs(11)).await;
+
+    let lookup = cache
+        .get_or_load(key("k"), || async {
+            if cache_is_broken() {
+                panic!("loader bug");
+            }
+            Ok::<_, String>(Loaded::new("never".to_owned(), freshness(10, 600, 0)))
+        })
+        .await?;
+    assert_eq!(lookup.status, Status::Stale);
+    settle().await;
+    let stats = cache.stats();
+    assert_eq!(stats.refreshes_panicked, 1);
+    assert_eq!(stats.refreshes_failed, 1);
+    assert_eq!(
+        stats.refreshes_running, 0,
+        "a panic releases the refresh claim"
+    );
+    assert_eq!(cache.get("k").expect("kept").value, "old");
+
+    // Inside the backoff: served stale, no new refresh.
+    let calls = Calls::default();
+    let lookup = cache
+        .get_or_load(key("k"), load_ok(&calls, "new", freshness(10, 600, 0)))
+        .await?;
+    assert_eq!(lookup.value, "old");
+    settle().await;
+    assert_eq!(calls.get(), 0, "a failed key backs off");
+
+    // After the backoff the key refreshes again.
+    advance(secs(2)).await;
+    let lookup = cache
+        .get_or_load(key("k"), load_ok(&calls, "new", freshness(10, 600, 0)))
+        .await?;
+    assert_eq!(lookup.value, "old");
+    settle().await;
+    assert_eq!(calls.get(), 1);
+    let now = cache.get("k").expect("refreshed");
+    assert_eq!(now.value, "new");
+    assert_eq!(now.status, Status::Fresh);
+    assert_eq!(cache.stats().refreshes_panicked, 1);
+    Ok(())
+}
+
+/// Keeps the compiler from seeing the loader's panic as unconditional.
+fn cache_is_broken() -> bool {
+    std::hint::black_box(true)
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_timeout_counts_as_a_failure() -> Result<(), String> {
+    let cache: Cache = SwrCache::builder()
+        .refresh_timeout(secs(5))
+        .refresh_backoff(SECOND, secs(60))
+        .build();
+    cache.insert(key("k"), "old".into(), freshness(10, 600, 0));
+    advance(secs(11)).await;
+
+    let lookup = cache
+        .get_or_load(key("k"), || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, String>(Loaded::new("too late".to_owned(), freshness(10, 600, 0)))
+        })
+        .await?;
+    assert_eq!(lookup.status, Status::Stale);
+    settle().await;
+    assert_eq!(cache.stats().refreshes_running, 1);
+
+    advance(secs(5)).await;
+    settle().await;
+    let stats = cache.stats();
+    assert_eq!(stats.refreshes_timed_out, 1);
+    assert_eq!(stats.refreshes_failed, 1);
+    assert_eq!(stats.refreshes_succeeded, 0);
+    assert_eq!(stats.refreshes_running, 0);
+    assert_eq!(cache.get("k").expect("kept").value, "old");
+
+    // Like any failure, it starts a backoff.
+    let calls = Calls::default();
+    cache
+        .get_or_load(key("k"), load_ok(&calls, "new", freshness(10, 600, 0)))
+        .await?;
+    settle().await;
+    assert_eq!(calls.get(), 0, "a timed-out key backs off");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_background_refresh_keeps_the_old_value() -> Result<(), String> {
+    let cache = Cache::new(1 << 20);
+    cache.insert(key("k"), "old".into(), freshness(10, 600, 0));
+    advance(secs(11)).await;
+
+    let calls = Calls::default();
+    let lookup = cache
+        .get_or_load(key("k"), load_err(&calls, "database down"))
+        .await?;
+    assert_eq!(lookup.value, "old");
+    settle().await;
+    assert_eq!(calls.get(), 1);
+    let stats = cache.stats();
+    assert_eq!(stats.refreshes_failed, 1);
+    assert_eq!(stats.refreshes_panicked, 0);
+    let kept = cache.get("k").expect("a failed refresh keeps the entry");
+    assert_eq!(kept.value, "old");
+    assert_eq!(kept.status, Status::Stale);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_leader_does_not_strand_its_waiters() {
+    let cache: Cache = SwrCache::builder().lock_timeout(secs(3600)).build();
+    let calls = Calls::default();
+    let gate = Gate::new();
+
+    let leader = tokio::spawn({
+        let cache = cache.clone();
+        let load = load_gated(&calls, &gate, "from the leader", freshness(60, 0, 0));
+        async move { cache.get_or_load(key("k"), load).await }
+    });
+    settle().await;
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        let load = load_ok(&calls, "from the waiter", freshness(60, 0, 0));
+        async move { cache.get_or_load(key("k"), load).await }
+    });
+    settle().await;
+    assert_eq!(calls.get(), 1, "the second caller waits for the first");
+
+    leader.abort();
+    let lookup = tokio::time::timeout(SECOND, waiter)
+        .await
+        .expect("the waiter hung after its leader was dropped")
+        .expect("waiter task")
+        .expect("loaded");
+    assert_eq!(lookup.value, "from the waiter");
+    assert_eq!(lookup.status, Status::Miss);
+    assert_eq!(calls.get(), 2);
+    assert_eq!(cache.stats().loads_running, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiter_loads_on_its_own_after_the_lock_timeout() {
+    let cache: Cache = SwrCache::builder().lock_timeout(secs(2)).build();
+    let calls = Calls::default();
+    let gate = Gate::new();
+
+    let _leader = tokio::spawn({
+        let cache = cache.clone();
+        let load = load_gated(&calls, &gate, "from the leader", freshness(60, 0, 0));
+        async move { cache.get_or_load(key("k"), load).await }
+    });
+    settle().await;
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        let load = load_ok(&calls, "from the waiter", freshness(60, 0, 0));
+        async move { cache.get_or_load(key("k"), load).await }
+    });
+    advance(SECOND).await;
+    settle().await;
+    assert_eq!(
+        calls.get(),
+        1,
+        "inside the lock timeout the second caller waits"
+    );
+
+    advance(secs(2)).await;
+    let lookup = tokio::time::timeout(SECOND, waiter)
+        .await
+        .expect("the waiter loaded after the lock timeout")
+        .expect("waiter task")
+        .expect("loaded");
+    assert_eq!(calls.get(), 2);
+    assert_eq!(lookup.value, "from the waiter");
+    assert_eq!(lookup.status, Status::Miss);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_too_heavy_to_store_counts_as_a_failure() -> Result<(), String> {
+    let cache: SwrCache<String, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(64 << 10)
+        .largest_entry_bytes(1 << 10)
+        .weigher(|_, value: &Vec<u8>| value.len() as u64)
+        .refresh_backoff(SECOND, secs(60))
+        .build();
+    let heavy = usize::try_from(cache.max_entry_bytes()).expect("small") + 1;
+    assert!(cache.insert(key("k"), vec![1; 16], freshness(10, 600, 0)));
+    advance(secs(11)).await;
+
+    let calls = Calls::default();
+    for _ in 0..3 {
+        let calls = calls.clone();
+        let lookup = cache
+            .get_or_load(key("k"), move || async move {
+                calls.record();
+                Ok::<_, String>(Loaded::new(vec![2; heavy], freshness(10, 600, 0)))
+            })
+            .await?;
+        assert_eq!(lookup.value, vec![1; 16], "the old value is kept");
+        settle().await;
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.store_rejections, 1);
+    assert_eq!(
+        stats.refreshes_failed, 1,
+        "nothing was stored: the refresh failed"
+    );
+    assert_eq!(
+        calls.get(),
+        1,
+        "a failed refresh backs off instead of loading on every lookup"
+    );
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn lock_timeout_bounds_the_whole_wait_when_loads_keep_failing() {
+    // Default lock timeout: 5 s. Each load takes 1 s and fails.
+    let cache = Cache::new(1 << 20);
+    let calls = Calls::default();
+    let callers: Vec<_> = (0..30)
+        .map(|_| {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(key("k"), move || async move {
+                        calls.record();
+                        tokio::time::sleep(SECOND).await;
+                        Err::<Loaded<String>, _>("database down".to_owned())
+                    })
+                    .await
+            })
+        })
+        .collect();
+
+    // Lock timeout + one load of its own is the longest any caller should wait.
+    let all = async {
+        for caller in callers {
+            let error = caller
+                .await
+                .expect("caller task")
+                .expect_err("no value anywhere");
+            assert_eq!(error, "database down");
+        }
+    };
+    tokio::time::timeout(secs(5) + secs(1) + SECOND, all)
+        .await
+        .expect("callers waited past the lock timeout");
+}

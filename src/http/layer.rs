@@ -59,10 +59,13 @@ struct StoreSettings {
 /// | refresh backoff after a failure | 1 s doubling to 60 s |
 /// | `Cache-Status` name | `tower-swr` |
 ///
-/// Never stored: `no-store`, `private`, `no-cache` responses, responses with `Set-Cookie` or
-/// `Vary: *`, answers to requests with `Authorization` unless the response says `public`,
-/// `s-maxage` or `must-revalidate`, server errors, bodies over the limit. Only `GET` and `HEAD`
-/// are cached; other methods pass straight through.
+/// Never stored: `no-store` and `private` responses, responses with `Set-Cookie` or `Vary: *`,
+/// answers to requests with `Authorization` unless the response says `public`, `s-maxage` or
+/// `must-revalidate`, answers to requests with `Cookie` unless the response says `public` or
+/// `s-maxage` ([`cache_cookie_requests`](Self::cache_cookie_requests)), server errors without
+/// explicit freshness, bodies over the limit. `no-cache` responses are stored only to be
+/// revalidated before each reuse. Only `GET` and `HEAD` are cached; other methods pass straight
+/// through (and a successful unsafe request invalidates its URI).
 ///
 /// A customised layer:
 ///
@@ -258,6 +261,15 @@ impl SwrLayer {
     /// `false`). Only safe when [`key_fn`](Self::key_fn) puts the user in the key.
     pub fn allow_private(mut self, allow: bool) -> Self {
         self.config.policy.store_private = allow;
+        self.changed()
+    }
+
+    /// Treat requests carrying `Cookie` like any other (default `false`: like Varnish's built-in
+    /// rules, they are answered from and stored in the cache only with responses that say
+    /// `public` or `s-maxage`, since cookies often select per-user content). Turn on when your
+    /// cookies never change responses (e.g. analytics cookies only).
+    pub fn cache_cookie_requests(mut self, enabled: bool) -> Self {
+        self.config.policy.cookies_need_public = !enabled;
         self.changed()
     }
 

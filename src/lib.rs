@@ -27,7 +27,45 @@
 //! - Every response carries an RFC 9211 `Cache-Status`, cached answers an `Age`, and a
 //!   [`CacheInfo`] extension; [`SwrLayer::stats`] gives the counters.
 //!
-//! The engine underneath is usable without HTTP: see [`engine`].
+//! # Presets
+//!
+//! - [`SwrLayer::new`] — for an application's own handlers: responses that say nothing about
+//!   freshness are cached with the defaults (60 s fresh, 120 s stale-while-revalidate, 300 s
+//!   stale-if-error).
+//! - [`SwrLayer::shared_cache`] — for a caching proxy in front of origins you do not control:
+//!   strict RFC 9111 (only explicit or heuristic freshness; stale only as the response allows).
+//!   `examples/reverse_proxy.rs` passes 159 of the 165 required tests of the public
+//!   `http-cache-tests` conformance suite.
+//!
+//! Both validate expired entries with the origin (`If-None-Match`/`If-Modified-Since`, 304s
+//! update the stored headers), answer clients' conditional and range requests from stored
+//! responses, invalidate on successful unsafe requests, keep one entry per `Vary` variant, and
+//! never store or share `no-store`, `private` or `Set-Cookie` responses, nor answers to
+//! requests with `Authorization` (unless `public`, `s-maxage`, `must-revalidate`) or `Cookie`
+//! (unless `public`, `s-maxage`).
+//!
+//! # Operations
+//!
+//! [`SwrLayer::handle`] gives a cloneable [`SwrHandle`]: counters ([`engine::Stats`]), purge,
+//! prefix purge, soft purge (mark stale) and graceful shutdown of background refreshes.
+//! Refreshes time out (30 s), back off per key (jittered, 1 s doubling to 60 s) and pause
+//! together behind a circuit breaker after repeated failures. TTL jitter and XFetch early
+//! refresh keep popular keys from expiring together.
+//!
+//! With the `metrics` feature (default), the counters are mirrored to the `metrics` facade
+//! (install the recorder before building the layer):
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `swr_requests_total` | counter | `cache`, `status` = `hit`, `stale`, `miss`, `coalesced`, `bypass`, `stale_if_error` |
+//! | `swr_refreshes_total` | counter | `cache`, `outcome` = `started`, `succeeded`, `failed`, `timed_out`, `panicked` |
+//! | `swr_stores_total` | counter | `cache`, `result` = `stored`, `too_large` |
+//! | `swr_entries`, `swr_bytes`, `swr_refreshes_running` | gauge | `cache` |
+//!
+//! # Without HTTP
+//!
+//! The engine underneath is usable on its own, e.g. for configuration loaded from a database:
+//! see [`engine`].
 
 #![forbid(unsafe_code)]
 #![warn(

@@ -1,6 +1,7 @@
 //! What a response says about how it was answered: `Age`, RFC 9211 `Cache-Status`, the opt-in
 //! `X-Cache`, and the [`CacheInfo`] response extension.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
@@ -105,6 +106,25 @@ pub(crate) enum Member {
     Method,
 }
 
+/// Smallest and largest `ttl` (seconds) and `Age` whose header values are rendered once and
+/// reused: formatting them on every hit cost more than the rest of the hit path together
+/// (callgrind: ~2,400 of ~8,500 instructions per hit).
+const HIT_TTL_MIN: i64 = -256;
+const HIT_TTL_MAX: i64 = 4095;
+const AGE_MAX: u64 = 4095;
+
+/// `Age` values `0..=AGE_MAX`, rendered on first use and shared by every layer.
+fn age_value(secs: u64) -> HeaderValue {
+    static AGES: OnceLock<Box<[OnceLock<HeaderValue>]>> = OnceLock::new();
+    if secs > AGE_MAX {
+        return HeaderValue::from(secs);
+    }
+    let ages = AGES.get_or_init(|| (0..=AGE_MAX).map(|_| OnceLock::new()).collect());
+    ages[secs as usize]
+        .get_or_init(|| HeaderValue::from(secs))
+        .clone()
+}
+
 /// Pre-rendered parts of the headers, built once per layer.
 #[derive(Debug, Clone)]
 pub(crate) struct StatusHeaders {
@@ -112,6 +132,8 @@ pub(crate) struct StatusHeaders {
     bypass: HeaderValue,
     method: HeaderValue,
     collapsed: HeaderValue,
+    /// `{name}; hit; ttl=N` for `N` in `HIT_TTL_MIN..=HIT_TTL_MAX`, rendered on first use.
+    hits: Arc<[OnceLock<HeaderValue>]>,
     pub(crate) x_cache: bool,
     pub(crate) x_cache_key: bool,
 }
@@ -126,6 +148,7 @@ impl StatusHeaders {
             bypass: value("fwd=bypass"),
             method: value("fwd=method"),
             collapsed: value("fwd=uri-miss; collapsed"),
+            hits: (HIT_TTL_MIN..=HIT_TTL_MAX).map(|_| OnceLock::new()).collect(),
             x_cache,
             x_cache_key,
         }
@@ -137,6 +160,14 @@ impl StatusHeaders {
             Member::Bypass => return self.bypass.clone(),
             Member::Method => return self.method.clone(),
             Member::Collapsed => return self.collapsed.clone(),
+            Member::Hit { ttl } if (HIT_TTL_MIN..=HIT_TTL_MAX).contains(&ttl) => {
+                return self.hits[(ttl - HIT_TTL_MIN) as usize]
+                    .get_or_init(|| {
+                        HeaderValue::from_str(&format!("{name}; hit; ttl={ttl}"))
+                            .expect("checked cache name")
+                    })
+                    .clone();
+            }
             Member::Hit { ttl } => format!("{name}; hit; ttl={ttl}"),
             Member::Stale {
                 fwd_status: Some(status),
@@ -161,7 +192,7 @@ impl StatusHeaders {
         key: Option<&dyn std::fmt::Display>,
     ) {
         if let Some(age) = age {
-            headers.insert(AGE, HeaderValue::from(age.as_secs()));
+            headers.insert(AGE, age_value(age.as_secs()));
         }
         headers.append(CACHE_STATUS.clone(), self.value(member));
         if self.x_cache {

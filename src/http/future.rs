@@ -11,7 +11,8 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::SwrBody;
-use super::service::{Invalidation, Shared};
+use super::policy::SURROGATE_CONTROL;
+use super::service::{BypassMarks, Invalidation, Shared};
 use super::status::{CacheInfo, CacheStatus, CACHE_STATUS, X_CACHE};
 
 pub(crate) type BoxResponseFuture<B, E> =
@@ -42,7 +43,7 @@ pin_project! {
             #[pin]
             future: F,
             cache_status: HeaderValue,
-            x_cache: bool,
+            marks: BypassMarks,
             invalidation: Option<(Arc<Shared>, Invalidation)>,
         },
         Origin { future: BoxResponseFuture<B, E> },
@@ -61,14 +62,14 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     pub(crate) fn bypass(
         future: F,
         cache_status: HeaderValue,
-        x_cache: bool,
+        marks: BypassMarks,
         invalidation: Option<(Arc<Shared>, Invalidation)>,
     ) -> Self {
         Self {
             kind: Kind::Bypass {
                 future,
                 cache_status,
-                x_cache,
+                marks,
                 invalidation,
             },
         }
@@ -96,7 +97,7 @@ where
             KindProj::Bypass {
                 future,
                 cache_status,
-                x_cache,
+                marks,
                 invalidation,
             } => {
                 let mut response = ready!(future.poll(cx))?.map(SwrBody::inner);
@@ -108,7 +109,10 @@ where
                 }
                 let headers = response.headers_mut();
                 headers.append(CACHE_STATUS.clone(), cache_status.clone());
-                if *x_cache {
+                if marks.strip_surrogate_control {
+                    headers.remove(&SURROGATE_CONTROL);
+                }
+                if marks.x_cache {
                     headers.insert(X_CACHE.clone(), HeaderValue::from_static("BYPASS"));
                 }
                 response

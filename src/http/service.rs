@@ -60,6 +60,14 @@ impl Config {
         }
     }
 
+    /// What a bypassed response gets besides `Cache-Status`.
+    fn bypass_marks(&self) -> BypassMarks {
+        BypassMarks {
+            x_cache: self.headers.x_cache,
+            strip_surrogate_control: self.policy.surrogate_token.is_some(),
+        }
+    }
+
     /// Removes what the origin meant for this cache only.
     fn strip_surrogate_control(&self, headers: &mut HeaderMap) {
         if self.policy.surrogate_token.is_some() {
@@ -80,6 +88,13 @@ impl fmt::Debug for Config {
             )
             .finish()
     }
+}
+
+/// Marks put on a bypassed response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BypassMarks {
+    pub(crate) x_cache: bool,
+    pub(crate) strip_surrogate_control: bool,
 }
 
 /// What a layer's services share: the engine and the settings.
@@ -675,12 +690,24 @@ impl Shared {
                 }
             }
         }
-        for t in targets {
-            let key = KeyRef::from_parts(&Method::GET, &target.host, &t, target.extra.as_deref());
-            if self.remove_all_variants(key) {
-                tracing::debug!(target = %t, "invalidated by an unsafe request");
+        if self.config.key_fn.is_none() {
+            // Every key of a URI is its plain key plus indexed variants: remove exactly those.
+            for t in targets {
+                let key = KeyRef::from_parts(&Method::GET, &target.host, &t, None);
+                if self.remove_all_variants(key) {
+                    tracing::debug!(target = %t, "invalidated by an unsafe request");
+                }
             }
+            return;
         }
+        // A key function splits a URI into keys we cannot list (one per user, device, ...):
+        // RFC 9111 §4.4 invalidates the URI, so every one of them goes.
+        let matches = |key: &CacheKey| {
+            key.host() == &*target.host && targets.iter().any(|t| t == key.target())
+        };
+        self.engine.remove_if(matches);
+        self.vary_index.retain(|key, _| !matches(key));
+        tracing::debug!(target = %target.target, "invalidated by an unsafe request");
     }
 }
 
@@ -689,7 +716,6 @@ impl Shared {
 pub(crate) struct Invalidation {
     host: Box<str>,
     target: Box<str>,
-    extra: Option<String>,
 }
 
 /// The path and query of `location` if it names the same origin as `host`.
@@ -828,14 +854,13 @@ where
                     Invalidation {
                         host: key.host().into(),
                         target: key.target().into(),
-                        extra: extra.clone(),
                     },
                 )
             });
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
                 config.headers.value(Member::Method),
-                config.headers.x_cache,
+                config.bypass_marks(),
                 invalidation,
             );
         }
@@ -844,7 +869,7 @@ where
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
                 config.headers.value(Member::Bypass),
-                config.headers.x_cache,
+                config.bypass_marks(),
                 None,
             );
         }

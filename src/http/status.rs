@@ -148,7 +148,9 @@ impl StatusHeaders {
             bypass: value("fwd=bypass"),
             method: value("fwd=method"),
             collapsed: value("fwd=uri-miss; collapsed"),
-            hits: (HIT_TTL_MIN..=HIT_TTL_MAX).map(|_| OnceLock::new()).collect(),
+            hits: (HIT_TTL_MIN..=HIT_TTL_MAX)
+                .map(|_| OnceLock::new())
+                .collect(),
             x_cache,
             x_cache_key,
         }

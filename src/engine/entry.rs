@@ -141,15 +141,19 @@ impl<V> Entry<V> {
             retain_for,
             load_time,
         } = loaded;
+        // Windows count from the end of the fresh lifetime, which an old value (initial age past
+        // its ttl) reached before it was stored: the excess comes off every window.
         let fresh_until = deadline(stored_at, freshness.ttl.saturating_sub(initial_age));
+        let excess = initial_age.saturating_sub(freshness.ttl);
+        let window = |length: Duration| deadline(fresh_until, length.saturating_sub(excess));
         Self {
             value,
             stored_at,
             initial_age,
             fresh_until,
-            stale_until: deadline(fresh_until, freshness.stale_while_revalidate),
-            error_until: deadline(fresh_until, freshness.stale_if_error),
-            retain_until: deadline(fresh_until, retain_for),
+            stale_until: window(freshness.stale_while_revalidate),
+            error_until: window(freshness.stale_if_error),
+            retain_until: window(retain_for),
             load_time,
             weight,
         }

@@ -197,6 +197,19 @@ pub(crate) struct RefreshGuard<K: Hash + Eq + Clone> {
 }
 
 impl<K: Hash + Eq + Clone> RefreshGuard<K> {
+    /// Releases the key without a verdict (the refresh did not run: a load was under way).
+    pub(crate) fn cancel(mut self) {
+        if let Some(key) = self.key.take() {
+            let mut book = lock(&self.refreshes.book);
+            if let Some(state) = book.keys.get_mut(&key) {
+                state.running = false;
+                if state.failures == 0 {
+                    book.keys.remove(&key);
+                }
+            }
+        }
+    }
+
     /// Releases the key, recording whether the refresh failed (which starts a backoff).
     pub(crate) fn finish(mut self, failed: bool) {
         if let Some(key) = self.key.take() {

@@ -67,7 +67,7 @@ pub use self::entry::{Entry, Freshness, Loaded};
 pub use self::stats::Stats;
 
 pub(crate) use self::entry::Phase;
-pub(crate) use self::inflight::{wait, Join, Landing, RefreshGuard, Waited};
+pub(crate) use self::inflight::{wait, FlightLeader, Join, Landing, RefreshGuard, Waited};
 use self::inflight::{Backoff, Breaker, Flights, Refreshes};
 use self::stats::Counters;
 use self::store::{CountEvictions, Store};
@@ -529,39 +529,14 @@ where
                 Phase::Fresh => {
                     self.inner.counters.fresh_hits.inc();
                     if self.wants_early_refresh(entry, now) {
-                        if let Some(guard) = self.claim_refresh(&key, now) {
-                            let cache = self.clone();
-                            let refresh_key = key.clone();
-                            self.spawn_refresh(&key, guard, async move {
-                                let started = Instant::now();
-                                let loaded = load().await.map_err(|e| e.to_string())?;
-                                cache
-                                    .store(refresh_key, loaded.with_load_time(started.elapsed()))
-                                    .map(drop)
-                                    .ok_or_else(|| {
-                                        "value heavier than the largest entry".to_owned()
-                                    })
-                            });
-                        }
+                        self.refresh_with(&key, now, load);
                     }
                     return Ok(self.lookup(&key, entry, Status::Fresh, now));
                 }
                 Phase::Stale => {
                     self.inner.counters.stale_hits.inc();
                     self.alert_if_old(&key, entry, now);
-                    if let Some(guard) = self.claim_refresh(&key, now) {
-                        let cache = self.clone();
-                        let refresh_key = key.clone();
-                        self.spawn_refresh(&key, guard, async move {
-                            let started = Instant::now();
-                            let loaded = load().await.map_err(|e| e.to_string())?;
-                            cache
-                                .store(refresh_key, loaded.with_load_time(started.elapsed()))
-                                .map(drop)
-                                // Keep the stale value rather than lose it to one we can't hold.
-                                .ok_or_else(|| "value heavier than the largest entry".to_owned())
-                        });
-                    }
+                    self.refresh_with(&key, now, load);
                     return Ok(self.lookup(&key, entry, Status::Stale, now));
                 }
                 Phase::Expired | Phase::Dead => {}
@@ -651,6 +626,51 @@ where
                 },
             }
         }
+    }
+
+    /// Starts the one background refresh of `key` with `load`, unless one is running, the key
+    /// backs off, or a foreground load is under way. The refresh leads the key's flight, so a
+    /// miss arriving meanwhile waits for it instead of loading again.
+    fn refresh_with<F, Fut, E>(&self, key: &K, now: Instant, load: F)
+    where
+        K: fmt::Debug,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let Some(guard) = self.claim_refresh(key, now) else {
+            return;
+        };
+        let flight = match self.join(key) {
+            Join::Leader(flight) => flight,
+            Join::Waiter(_) => {
+                guard.cancel();
+                return;
+            }
+        };
+        let cache = self.clone();
+        let refresh_key = key.clone();
+        self.spawn_refresh(key, guard, async move {
+            let started = Instant::now();
+            let loaded = match load().await {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    flight.land(Landing::Failed);
+                    return Err(error.to_string());
+                }
+            };
+            match cache.store(refresh_key, loaded.with_load_time(started.elapsed())) {
+                Some(entry) => {
+                    flight.land(Landing::Stored(entry));
+                    Ok(())
+                }
+                None => {
+                    flight.land(Landing::NotStored);
+                    // Keep the stale value rather than lose it to one we cannot hold.
+                    Err("value heavier than the largest entry".to_owned())
+                }
+            }
+        });
     }
 
     fn lookup(&self, key: &K, entry: &Entry<V>, status: Status, now: Instant) -> Lookup<V> {

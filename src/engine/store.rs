@@ -23,13 +23,17 @@ impl<K, V> Weighter<K, Arc<Entry<V>>> for EntryWeighter {
 }
 
 /// Counts evictions made under memory pressure.
+///
+/// quick_cache also calls `on_evict` for the old value when a key is overwritten, so the count
+/// is taken in `before_evict`, which only real evictions (and oversize inserts, which the
+/// engine never makes) reach.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CountEvictions(pub(crate) Arc<AtomicU64>);
 
 impl<K, V> Lifecycle<K, V> for CountEvictions {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut (), _key: K, _val: V) {
+    fn before_evict(&self, _state: &mut (), _key: &K, _val: &mut V) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -129,8 +129,19 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Inner { body } => body.size_hint(),
-            Kind::Prefix { chunks, rest, .. } => {
+            Kind::Prefix {
+                chunks,
+                rest,
+                error,
+            } => {
                 let buffered: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                if error.is_some() {
+                    // The body will fail: no upper bound, so no Content-Length is derived from
+                    // the prefix and the client sees the failure, not a short complete body.
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(buffered);
+                    return hint;
+                }
                 let rest = rest
                     .as_ref()
                     .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());

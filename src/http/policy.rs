@@ -413,9 +413,11 @@ impl Policy {
         let decision = |ttl: Duration, initial_age: Duration| {
             let stale_forbidden =
                 cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
+            // RFC 9111 §4.2.4: must-revalidate, proxy-revalidate, s-maxage and no-cache forbid
+            // serving stale, even where the response also names a stale window.
             let window = |directive: Option<Seconds>, default: Duration| match directive {
-                Some(seconds) if self.respect_origin => seconds.duration(),
                 _ if stale_forbidden && self.respect_origin => Duration::ZERO,
+                Some(seconds) if self.respect_origin => seconds.duration(),
                 _ => default,
             };
             Decision::Store {

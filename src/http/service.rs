@@ -484,8 +484,10 @@ impl Shared {
             }
             _ => (parts.headers, false),
         };
-        if declared_len.is_some_and(|len| len != body.len() as u64) {
-            // The origin's Content-Length lied; serve what we really hold.
+        let length_wrong = headers.contains_key(header::CONTENT_LENGTH)
+            && declared_len.is_none_or(|len| len != body.len() as u64);
+        if length_wrong {
+            // The origin's Content-Length lied or was unreadable; serve what we really hold.
             headers.insert(header::CONTENT_LENGTH, body.len().into());
         }
         let (shared_with_auth, shared_with_cookie) = match &decision {
@@ -958,6 +960,16 @@ where
     let Some(guard) = shared.engine.claim_refresh(&cached.key, now) else {
         return shared.engine.is_refreshing(&cached.key);
     };
+    // The refresh leads the key's flight, so a miss arriving meanwhile (the entry went past its
+    // window) waits for it instead of making a second origin call.
+    let flight = match shared.engine.join(&cached.key) {
+        Join::Leader(flight) => flight,
+        Join::Waiter(_) => {
+            // A foreground load of the key is under way: it will store the new response.
+            guard.cancel();
+            return false;
+        }
+    };
     let mut request = cached.request.rebuild::<ReqB>();
     shared.config.prepare_origin_request(&mut request);
     // Ask for a 304 where the origin can give one: a refresh then costs no body.
@@ -968,20 +980,34 @@ where
     shared.engine.spawn_refresh(&cached.key, guard, async move {
         let shared = task_shared;
         let key = entry.value().key.clone();
+        let mut flight = Some(flight);
+        let land = |flight: &mut Option<_>, landing| {
+            if let Some(flight) = Option::<crate::engine::FlightLeader<_, _>>::take(flight) {
+                flight.land(landing);
+            }
+        };
         let started = Instant::now();
-        let response = inner
-            .oneshot(request)
-            .await
-            .map_err(|_| "the inner service returned an error".to_string())?;
+        let response = match inner.oneshot(request).await {
+            Ok(response) => response,
+            Err(_) => {
+                land(&mut flight, Landing::Failed);
+                return Err("the inner service returned an error".to_string());
+            }
+        };
         let status = response.status();
         if status.is_server_error() {
+            land(&mut flight, Landing::Failed);
             return Err(format!("the origin answered {status}"));
         }
         if status == StatusCode::NOT_MODIFIED {
             let (parts, _) = response.into_parts();
             return match shared.freshen(&entry, parts) {
-                Ok(_) => Ok(()),
+                Ok(stored) => {
+                    land(&mut flight, Landing::Stored(stored));
+                    Ok(())
+                }
                 Err(not_stored) => {
+                    land(&mut flight, Landing::NotStored);
                     let (_, reason) = *not_stored;
                     shared.engine.remove(&key);
                     tracing::debug!(%key, reason, "revalidated response is not cacheable; entry removed");
@@ -994,10 +1020,17 @@ where
             .admit(key.clone(), template, response, started.elapsed())
             .await
         {
-            Admission::Stored(_) => Ok(()),
+            Admission::Stored(stored) => {
+                land(&mut flight, Landing::Stored(stored));
+                Ok(())
+            }
             // Keep the stale copy rather than lose it to a body we cannot hold.
-            Admission::Unstorable(_, reason) => Err(format!("not stored: {reason}")),
+            Admission::Unstorable(_, reason) => {
+                land(&mut flight, Landing::NotStored);
+                Err(format!("not stored: {reason}"))
+            }
             Admission::Uncacheable(_, reason) => {
+                land(&mut flight, Landing::NotStored);
                 // The origin no longer lets this be cached: drop the old copy.
                 shared.engine.remove(&key);
                 tracing::debug!(%key, reason, "refreshed response is not cacheable; entry removed");
@@ -1013,7 +1046,7 @@ where
 async fn miss<S, ReqB, ResB>(
     shared: Arc<Shared>,
     inner: S,
-    key: CacheKey,
+    mut key: CacheKey,
     mut request: Request<ReqB>,
     expired: Option<Arc<Entry<CachedResponse>>>,
     facts: RequestFacts,
@@ -1046,6 +1079,7 @@ where
     let mut leader = None;
     if !head {
         let deadline = shared.engine.lock_deadline();
+        let mut rekeyed = false;
         loop {
             match shared.engine.join(&key) {
                 Join::Leader(guard) => {
@@ -1071,7 +1105,24 @@ where
                         }
                     }
                     Waited::Abandoned => {}
-                    // Another variant, not stored, or waited too long: ask the origin alone.
+                    // Another variant: now that the resource is known to vary, wait on (or
+                    // lead) this request's variant instead of asking the origin alone.
+                    Waited::Stored(entry)
+                        if !rekeyed
+                            && entry.value().refusal(request.headers(), facts)
+                                == Some(Refusal::Vary) =>
+                    {
+                        let names: Vec<HeaderName> = entry
+                            .value()
+                            .vary
+                            .as_ref()
+                            .map(|vary| vary.names().cloned().collect())
+                            .unwrap_or_default();
+                        let variant = request_variant(&names, request.headers());
+                        key = key.base().with_variant(&variant).to_owned();
+                        rekeyed = true;
+                    }
+                    // Not stored, or waited too long: ask the origin alone.
                     Waited::Stored(_) | Waited::NotStored | Waited::TimedOut => break,
                 },
             }

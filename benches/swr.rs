@@ -1,2 +1,1198 @@
-//! Placeholder replaced by the benchmark suite (issue: performance).
-fn main() {}
+//! Benchmarks of tower-swr (issue 6). `benches/README.md` says what each group measures, the
+//! targets, and how to read the output.
+//!
+//! - `hit`: one GET answered from cache through `SwrService`, against the floor (a bare
+//!   quick_cache `get` of an `Arc` entry + the same `Response` built from stored parts + the body
+//!   collected) and against the bare inner service;
+//! - `contention`: hits from 1 and 2 threads on 1 key and on 10,000 Zipf-distributed keys;
+//! - `stale`: a stale answer while the origin takes 100 ms, against a fresh hit; and (printed)
+//!   the number of origin calls when 10,000 concurrent requests hit one key;
+//! - `miss`: a miss (coalescing + buffering + insert) against calling the origin directly, for
+//!   1 KiB and 1 MiB bodies;
+//! - `memory` (printed): bytes held per entry beyond the body, for 100,000 entries of 1 KiB.
+//!
+//! Each comparison is also printed as ratios measured side by side: the variants run in turns
+//! (round robin, many rounds) and the medians are compared, so noise from the shared machine
+//! hits all of them alike.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::runtime::Runtime;
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_swr::{CacheInfo, CacheStatus, SwrLayer};
+
+// ---------------------------------------------------------------------------------------------
+// A counting allocator, for the memory measurement only. Counting is off (one relaxed load of a
+// flag that is never written while timing) except inside `memory()`.
+
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters have no effect on it.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let ptr = unsafe { System.alloc(layout) };
+        if COUNTING.load(Ordering::Relaxed) && !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if COUNTING.load(Ordering::Relaxed) && !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+            ALLOCATIONS.fetch_sub(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if COUNTING.load(Ordering::Relaxed) && !new.is_null() {
+            LIVE_BYTES.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+// ---------------------------------------------------------------------------------------------
+// The request and response every variant uses.
+
+const PATH: &str = "/v1/items/42?lang=en";
+const HOST: &str = "bench.local";
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+type ReqBody = Empty<Bytes>;
+
+/// The same request for every variant: `GET /v1/items/42?lang=en`, `Host` and `Accept`.
+fn request(uri: Uri) -> Request<ReqBody> {
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(header::HOST, HeaderValue::from_static(HOST));
+    headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    request
+}
+
+/// The origin's response head: status 200 and three headers.
+fn response_headers(cache_control: &'static str, content_length: &HeaderValue) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    headers.insert(header::CONTENT_LENGTH, content_length.clone());
+    headers
+}
+
+fn response<B>(body: B, cache_control: &'static str, len: &HeaderValue) -> Response<B> {
+    let mut response = Response::new(body);
+    *response.headers_mut() = response_headers(cache_control, len);
+    response
+}
+
+const FRESH: &str = "public, max-age=3600";
+
+fn body_of(len: usize) -> Bytes {
+    Bytes::from(vec![b'x'; len])
+}
+
+/// A clonable origin that answers every request with the same 1 KiB body (shared `Bytes`).
+fn origin_1k(
+) -> impl Service<Request<ReqBody>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    let body = body_of(KIB);
+    let len = HeaderValue::from(KIB);
+    service_fn(move |_req: Request<ReqBody>| {
+        let response = response(Full::new(body.clone()), FRESH, &len);
+        async move { Ok::<_, Infallible>(response) }
+    })
+}
+
+/// `poll_ready` + `call` + the body collected: what a client of the service does.
+async fn call_collect<S, B>(service: &mut S, request: Request<ReqBody>) -> (StatusCode, Bytes)
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    S::Error: Debug,
+    B: Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .expect("ready");
+    let response = service.call(request).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    black_box(&parts.headers);
+    (parts.status, bytes)
+}
+
+/// Like [`call_collect`] but the body is read frame by frame and dropped (what a server writing
+/// it out does), so that a chunked body is not copied into one buffer by the client.
+async fn call_drain<S, B>(service: &mut S, request: Request<ReqBody>) -> usize
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    S::Error: Debug,
+    B: Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .expect("ready");
+    let response = service.call(request).await.expect("response");
+    let (parts, body) = response.into_parts();
+    black_box(&parts.headers);
+    let mut body = pin!(body);
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("frame").into_data() {
+            total += data.len();
+        }
+    }
+    total
+}
+
+fn current_thread() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn multi_thread() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Times `n` sequential runs of `op` inside one `block_on`.
+fn time_async<T>(rt: &Runtime, n: u64, mut op: impl AsyncFnMut() -> T) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..n {
+            black_box(op().await);
+        }
+        start.elapsed()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Side-by-side ratios, printed: round robin over the variants, `ROUNDS` rounds of about
+// `ROUND_TIME` each, median time per iteration of each variant.
+
+type Routine<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+const ROUNDS: usize = 31;
+const ROUND_TIME: Duration = Duration::from_millis(40);
+
+fn side_by_side(title: &str, variants: &mut [(&str, Routine<'_>)]) -> Vec<f64> {
+    if quick_mode() || profiling() {
+        return Vec::new();
+    }
+    // Calibrate the batch size of each variant to about ROUND_TIME.
+    let batches: Vec<u64> = variants
+        .iter_mut()
+        .map(|(_, routine)| {
+            let mut n = 1u64;
+            loop {
+                let took = routine(n);
+                if took >= ROUND_TIME / 4 || n >= 1 << 30 {
+                    let per = took.as_secs_f64() / n as f64;
+                    break ((ROUND_TIME.as_secs_f64() / per) as u64).max(1);
+                }
+                n *= 4;
+            }
+        })
+        .collect();
+    let mut samples = vec![Vec::with_capacity(ROUNDS); variants.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, routine)) in variants.iter_mut().enumerate() {
+            let took = routine(batches[i]);
+            samples[i].push(took.as_secs_f64() * 1e9 / batches[i] as f64);
+        }
+    }
+    let medians: Vec<f64> = samples
+        .iter_mut()
+        .map(|s| {
+            s.sort_by(f64::total_cmp);
+            s[s.len() / 2]
+        })
+        .collect();
+    println!("\n== side by side: {title} ({ROUNDS} interleaved rounds, median per iteration)");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let q1 = samples[i][samples[i].len() / 4];
+        let q3 = samples[i][samples[i].len() * 3 / 4];
+        println!(
+            "   {name:<34} {:>10.1} ns  (IQR {:.1}..{:.1})  ratio to {}: {:.2}",
+            medians[i],
+            q1,
+            q3,
+            variants[0].0,
+            medians[i] / medians[0]
+        );
+    }
+    medians
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) The hit path.
+
+/// What the floor stores: the response's parts and body, behind an `Arc`.
+struct Stored {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+    stored_at: Instant,
+}
+
+type FloorCache = quick_cache::sync::Cache<String, Arc<Stored>>;
+
+fn floor_cache(keys: impl IntoIterator<Item = String>) -> FloorCache {
+    floor_cache_with(keys, false)
+}
+
+/// With `placeholders`, the stored headers already hold `Age` and `Cache-Status`, so that a hit
+/// replaces values in place instead of growing the cloned map.
+fn floor_cache_with(keys: impl IntoIterator<Item = String>, placeholders: bool) -> FloorCache {
+    let keys: Vec<String> = keys.into_iter().collect();
+    let cache = FloorCache::new((keys.len() * 2).max(16));
+    let len = HeaderValue::from(KIB);
+    let body = body_of(KIB);
+    let mut headers = response_headers(FRESH, &len);
+    if placeholders {
+        headers.insert(header::AGE, age_value(0));
+        headers.insert(
+            tower_swr::CACHE_STATUS.clone(),
+            HeaderValue::from_static("tower-swr; hit"),
+        );
+    }
+    for key in keys {
+        cache.insert(
+            key,
+            Arc::new(Stored {
+                status: StatusCode::OK,
+                version: Version::HTTP_11,
+                headers: headers.clone(),
+                body: body.clone(),
+                stored_at: Instant::now(),
+            }),
+        );
+    }
+    cache
+}
+
+/// The floor: look the request's target up in quick_cache (borrowed `&str`, no allocation) and
+/// build the same response from the stored parts and `Bytes`.
+fn floor_respond(cache: &FloorCache, request: &Request<ReqBody>) -> Response<Full<Bytes>> {
+    let key = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let stored = cache.get(key).expect("floor entry");
+    let mut response = Response::new(Full::new(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    *response.version_mut() = stored.version;
+    *response.headers_mut() = stored.headers.clone();
+    response
+}
+
+/// An `Age` value without allocating: static strings for the first hour, formatted after.
+fn age_value(secs: u64) -> HeaderValue {
+    static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..3600u64)
+            .map(|s| HeaderValue::from_static(Box::leak(s.to_string().into_boxed_str())))
+            .collect()
+    });
+    table
+        .get(secs as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
+}
+
+/// What a hit must add, done cheaply: the stored map already holds `Age` and `Cache-Status`
+/// (see [`floor_cache_with`]); `Age` is replaced in place with a static value.
+fn floor_respond_presized(cache: &FloorCache, request: &Request<ReqBody>) -> Response<Full<Bytes>> {
+    let key = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let stored = cache.get(key).expect("floor entry");
+    let mut response = Response::new(Full::new(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    *response.version_mut() = stored.version;
+    *response.headers_mut() = stored.headers.clone();
+    response
+        .headers_mut()
+        .insert(header::AGE, age_value(stored.stored_at.elapsed().as_secs()));
+    response
+}
+
+/// The floor plus what a hit must add, done naively: `Age` formatted into a new value and a
+/// static `Cache-Status` appended (the cloned map grows).
+fn floor_respond_with_status(
+    cache: &FloorCache,
+    request: &Request<ReqBody>,
+) -> Response<Full<Bytes>> {
+    let key = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let stored = cache.get(key).expect("floor entry");
+    let mut response = Response::new(Full::new(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    *response.version_mut() = stored.version;
+    *response.headers_mut() = stored.headers.clone();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::AGE,
+        HeaderValue::from(stored.stored_at.elapsed().as_secs()),
+    );
+    headers.append(
+        tower_swr::CACHE_STATUS.clone(),
+        HeaderValue::from_static("tower-swr; hit"),
+    );
+    response
+}
+
+async fn collect(response: Response<Full<Bytes>>) -> (StatusCode, Bytes) {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    black_box(&parts.headers);
+    (parts.status, bytes)
+}
+
+fn bench_hit(c: &mut Criterion) {
+    if !wanted("hit", &["tower-swr", "floor", "bare"]) {
+        return;
+    }
+    let rt = current_thread();
+    let uri = Uri::from_static(PATH);
+
+    let layer = SwrLayer::new();
+    let mut swr = layer.layer(origin_1k());
+    let (status, body) = rt.block_on(call_collect(&mut swr, request(uri.clone())));
+    assert_eq!((status, body.len()), (StatusCode::OK, KIB));
+    assert_eq!(layer.stats().stores, 1, "the warm-up request was stored");
+    let mut bare = origin_1k();
+    let floor = floor_cache([PATH.to_owned()]);
+    let floor_presized = floor_cache_with([PATH.to_owned()], true);
+
+    // Every variant answers the same request with the same 1 KiB body.
+    for response in [
+        rt.block_on(async {
+            std::future::poll_fn(|cx| swr.poll_ready(cx)).await.unwrap();
+            swr.call(request(uri.clone())).await.unwrap().map(|_| ())
+        }),
+        floor_respond(&floor, &request(uri.clone())).map(|_| ()),
+    ] {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_LENGTH],
+            HeaderValue::from(KIB)
+        );
+    }
+
+    let mut hit_swr = |n| {
+        time_async(&rt, n, async || {
+            call_collect(&mut swr, request(uri.clone())).await
+        })
+    };
+    let mut hit_floor = |n| {
+        time_async(&rt, n, async || {
+            let request = request(uri.clone());
+            collect(floor_respond(&floor, &request)).await
+        })
+    };
+    let mut hit_floor_status = |n| {
+        time_async(&rt, n, async || {
+            let request = request(uri.clone());
+            collect(floor_respond_with_status(&floor, &request)).await
+        })
+    };
+    let mut hit_floor_presized = |n| {
+        time_async(&rt, n, async || {
+            let request = request(uri.clone());
+            collect(floor_respond_presized(&floor_presized, &request)).await
+        })
+    };
+    let mut hit_bare = |n| {
+        time_async(&rt, n, async || {
+            call_collect(&mut bare, request(uri.clone())).await
+        })
+    };
+
+    // For instruction counts under callgrind (see benches/README.md).
+    if let Some((variant, n)) = count_request() {
+        match variant.as_str() {
+            "tower-swr" => hit_swr(n),
+            "floor" => hit_floor(n),
+            "floor+status" => hit_floor_status(n),
+            "floor+status-presized" => hit_floor_presized(n),
+            "bare" => hit_bare(n),
+            _ => return,
+        };
+        std::process::exit(0);
+    }
+
+    let mut group = c.benchmark_group("hit");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("tower-swr", |b| b.iter_custom(&mut hit_swr));
+    group.bench_function("floor (quick_cache get + build)", |b| {
+        b.iter_custom(&mut hit_floor)
+    });
+    group.bench_function("floor + Age + Cache-Status, appended", |b| {
+        b.iter_custom(&mut hit_floor_status)
+    });
+    group.bench_function("floor + Age + Cache-Status, pre-sized", |b| {
+        b.iter_custom(&mut hit_floor_presized)
+    });
+    group.bench_function("bare inner service", |b| b.iter_custom(&mut hit_bare));
+    group.finish();
+
+    side_by_side(
+        "hit path, 1 KiB (target: tower-swr <= 1.5x floor)",
+        &mut [
+            ("floor", Box::new(&mut hit_floor)),
+            ("tower-swr", Box::new(&mut hit_swr)),
+            (
+                "floor + Age + Cache-Status, appended",
+                Box::new(&mut hit_floor_status),
+            ),
+            (
+                "floor + Age + Cache-Status, pre-sized",
+                Box::new(&mut hit_floor_presized),
+            ),
+            ("bare inner service", Box::new(&mut hit_bare)),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) Contention: hits from several threads, on 1 key and on 10,000 Zipf-distributed keys.
+
+const ZIPF_KEYS: usize = 10_000;
+const ZIPF_S: f64 = 1.0;
+const SEQUENCE: usize = 1 << 16;
+
+fn key_path(i: usize) -> String {
+    format!("/v1/items/{i}?lang=en")
+}
+
+/// `SEQUENCE` key indices drawn from a Zipf(`ZIPF_S`) distribution over `keys` keys.
+fn zipf_sequence(keys: usize, seed: u64) -> Vec<usize> {
+    let weights: Vec<f64> = (1..=keys).map(|k| 1.0 / (k as f64).powf(ZIPF_S)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut cdf = Vec::with_capacity(keys);
+    let mut acc = 0.0;
+    for w in weights {
+        acc += w / total;
+        cdf.push(acc);
+    }
+    // xorshift64*: deterministic, good enough for picking keys.
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..SEQUENCE)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+            cdf.partition_point(|&p| p < r).min(keys - 1)
+        })
+        .collect()
+}
+
+/// Polls a future that must be ready at once (a hit), with no runtime.
+fn now<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a hit must be ready at once"),
+    }
+}
+
+/// One hit through a service, polled without a runtime; the body is collected.
+fn hit_now<S, B>(service: &mut S, request: Request<ReqBody>) -> usize
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    S::Error: Debug,
+    B: Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    let (_, bytes) = now(call_collect(service, request));
+    bytes.len()
+}
+
+/// Runs `op(i)` for `i in 0..iters` on each of `threads` threads at once; returns the wall time
+/// from the common start to the last thread's end.
+fn run_threads<Op>(threads: usize, iters: u64, make: impl Fn(usize) -> Op) -> Duration
+where
+    Op: FnMut(u64) + Send,
+{
+    let barrier = Barrier::new(threads + 1);
+    let ops: Vec<Op> = (0..threads).map(&make).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ops
+            .into_iter()
+            .map(|mut op| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    for i in 0..iters {
+                        op(i);
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for handle in handles {
+            handle.join().expect("worker");
+        }
+        start.elapsed()
+    })
+}
+
+fn bench_contention(c: &mut Criterion) {
+    if !wanted(
+        "contention",
+        &["tower-swr", "floor", "key", "zipf", "threads"],
+    ) {
+        return;
+    }
+    let rt = current_thread();
+    let layer = SwrLayer::new();
+    let swr = layer.layer(origin_1k());
+    let uris: Vec<Uri> = (0..ZIPF_KEYS)
+        .map(|i| Uri::try_from(key_path(i)).expect("uri"))
+        .collect();
+    rt.block_on(async {
+        for uri in &uris {
+            call_collect(&mut swr.clone(), request(uri.clone())).await;
+        }
+    });
+    assert_eq!(layer.stats().entries, ZIPF_KEYS as u64, "all keys stored");
+    let floor = floor_cache((0..ZIPF_KEYS).map(key_path));
+    let sequences: Vec<Vec<usize>> = (0..2).map(|t| zipf_sequence(ZIPF_KEYS, t + 1)).collect();
+    let one_key = vec![42usize; SEQUENCE];
+    // Each thread clones its own `Uri`s: shared ones would add a refcount that both threads
+    // write, to the floor and to tower-swr alike.
+    let thread_uris: Vec<Vec<Uri>> = (0..2)
+        .map(|_| {
+            (0..ZIPF_KEYS)
+                .map(|i| Uri::try_from(key_path(i)).expect("uri"))
+                .collect()
+        })
+        .collect();
+
+    let mut group = c.benchmark_group("contention");
+    let workloads: [(&str, [&Vec<usize>; 2]); 2] = [
+        ("1 key", [&one_key, &one_key]),
+        ("10k keys zipf", [&sequences[0], &sequences[1]]),
+    ];
+    for (label, per_thread) in workloads {
+        for threads in [1usize, 2] {
+            // One iteration = one hit on each thread.
+            group.throughput(Throughput::Elements(threads as u64));
+            let seq = |t: usize| per_thread[t];
+            let make_swr = |t: usize| {
+                let mut service = swr.clone();
+                let seq = seq(t);
+                let uris = &thread_uris[t];
+                move |i: u64| {
+                    let uri = uris[seq[i as usize & (SEQUENCE - 1)]].clone();
+                    black_box(hit_now(&mut service, request(uri)));
+                }
+            };
+            let make_floor = |t: usize| {
+                let seq = seq(t);
+                let (uris, floor) = (&thread_uris[t], &floor);
+                move |i: u64| {
+                    let uri = uris[seq[i as usize & (SEQUENCE - 1)]].clone();
+                    let request = request(uri);
+                    black_box(now(collect(floor_respond(floor, &request))));
+                }
+            };
+            group.bench_function(format!("tower-swr/{label}/{threads} threads"), |b| {
+                b.iter_custom(|iters| run_threads(threads, iters, make_swr))
+            });
+            group.bench_function(format!("floor/{label}/{threads} threads"), |b| {
+                b.iter_custom(|iters| run_threads(threads, iters, make_floor))
+            });
+        }
+    }
+    group.finish();
+    assert_eq!(
+        layer.stats().misses,
+        ZIPF_KEYS as u64,
+        "the timed runs were all hits"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) The stale path, and origin calls per expiry.
+
+/// An origin that takes `delay` and counts its calls.
+fn slow_origin(
+    delay: Duration,
+    cache_control: &'static str,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<Request<ReqBody>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    let body = body_of(KIB);
+    let len = HeaderValue::from(KIB);
+    service_fn(move |_req: Request<ReqBody>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let response = response(Full::new(body.clone()), cache_control, &len);
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+fn cache_status_of<B>(response: &Response<B>) -> Option<CacheStatus> {
+    response
+        .extensions()
+        .get::<CacheInfo>()
+        .map(|info| info.status)
+}
+
+fn bench_stale(c: &mut Criterion) {
+    if !wanted("stale", &["fresh hit", "stale hit", "origin calls"]) {
+        return;
+    }
+    let rt = multi_thread();
+    let uri = Uri::from_static(PATH);
+    let origin_delay = Duration::from_millis(100);
+
+    // Always stale (max-age=0) with a long stale-while-revalidate window: every answer is stale
+    // and a refresh taking 100 ms is (nearly always) in flight.
+    let stale_calls = Arc::new(AtomicUsize::new(0));
+    let mut stale = SwrLayer::new().layer(slow_origin(
+        origin_delay,
+        "max-age=0, stale-while-revalidate=86400",
+        stale_calls.clone(),
+    ));
+    let fresh_calls = Arc::new(AtomicUsize::new(0));
+    let mut fresh = SwrLayer::new().layer(slow_origin(origin_delay, FRESH, fresh_calls.clone()));
+    rt.block_on(async {
+        call_collect(&mut stale, request(uri.clone())).await;
+        call_collect(&mut fresh, request(uri.clone())).await;
+        let response = stale.call(request(uri.clone())).await.unwrap();
+        assert_eq!(cache_status_of(&response), Some(CacheStatus::Stale));
+        let response = fresh.call(request(uri.clone())).await.unwrap();
+        assert_eq!(cache_status_of(&response), Some(CacheStatus::Fresh));
+    });
+
+    let mut hit_stale = |n| {
+        time_async(&rt, n, async || {
+            call_collect(&mut stale, request(uri.clone())).await
+        })
+    };
+    let mut hit_fresh = |n| {
+        time_async(&rt, n, async || {
+            call_collect(&mut fresh, request(uri.clone())).await
+        })
+    };
+    if let Some((variant, n)) = count_request() {
+        match variant.as_str() {
+            "stale" => hit_stale(n),
+            "fresh" => hit_fresh(n),
+            _ => return,
+        };
+        std::process::exit(0);
+    }
+
+    let mut group = c.benchmark_group("stale");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("fresh hit", |b| b.iter_custom(&mut hit_fresh));
+    group.bench_function("stale hit, origin 100 ms", |b| {
+        b.iter_custom(&mut hit_stale)
+    });
+    group.finish();
+    side_by_side(
+        "stale answer while the origin takes 100 ms (target: within 10% of a fresh hit)",
+        &mut [
+            ("fresh hit", Box::new(&mut hit_fresh)),
+            ("stale hit, origin 100 ms", Box::new(&mut hit_stale)),
+        ],
+    );
+    println!(
+        "   origin calls during the stale runs: {} (one refresh per 100 ms at most)",
+        stale_calls.load(Ordering::SeqCst)
+    );
+
+    if wanted("stale", &["origin calls"]) {
+        origin_calls_per_expiry(&rt);
+    }
+}
+
+/// 10,000 concurrent requests on one key that is (a) not cached, (b) stale, (c) expired past
+/// its stale-while-revalidate window; the origin takes 100 ms. Prints the origin calls of each.
+fn origin_calls_per_expiry(rt: &Runtime) {
+    let concurrency = if quick_mode() { 500 } else { 10_000 };
+    let delay = Duration::from_millis(100);
+    println!(
+        "\n== origin calls when {concurrency} concurrent requests hit one key (origin: 100 ms)"
+    );
+    let scenarios: [(&str, &'static str, SwrLayer, Option<Duration>); 3] = [
+        ("cold (nothing cached)", FRESH, SwrLayer::new(), None),
+        (
+            "stale (inside stale-while-revalidate)",
+            "max-age=1, stale-while-revalidate=600",
+            SwrLayer::new(),
+            Some(Duration::from_millis(1200)),
+        ),
+        (
+            "expired (past stale-while-revalidate)",
+            "max-age=1",
+            SwrLayer::new().stale_while_revalidate(Duration::ZERO),
+            Some(Duration::from_millis(1200)),
+        ),
+    ];
+    let mut all_one = true;
+    for (name, cache_control, layer, wait) in scenarios {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = layer.layer(slow_origin(delay, cache_control, calls.clone()));
+        let uri = Uri::from_static(PATH);
+        let statuses = rt.block_on(async {
+            if let Some(wait) = wait {
+                call_collect(&mut service.clone(), request(uri.clone())).await;
+                tokio::time::sleep(wait).await;
+                calls.store(0, Ordering::SeqCst);
+            }
+            let start = tokio::sync::Barrier::new(concurrency);
+            let start = Arc::new(start);
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let service = service.clone();
+                    let request = request(uri.clone());
+                    let start = start.clone();
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        let response = service.oneshot(request).await.expect("response");
+                        let status = cache_status_of(&response);
+                        let body = response.into_body().collect().await.expect("body");
+                        assert_eq!(body.to_bytes().len(), KIB);
+                        status
+                    })
+                })
+                .collect();
+            let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+            for task in tasks {
+                let status = task.await.expect("task");
+                *statuses.entry(format!("{status:?}")).or_default() += 1;
+            }
+            // Let a background refresh finish before counting.
+            tokio::time::sleep(delay * 3).await;
+            statuses
+        });
+        let calls = calls.load(Ordering::SeqCst);
+        all_one &= calls == 1;
+        println!(
+            "   {name:<40} origin calls: {calls} (target 1)  answers: {statuses:?}  {}",
+            if calls == 1 { "OK" } else { "MISSED" }
+        );
+    }
+    println!(
+        "   => exactly 1 origin call per key per expiry: {}",
+        if all_one { "met" } else { "NOT met" }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) The miss path.
+
+/// A body of one shared `Bytes` delivered in chunks of `chunk` bytes (as a socket would).
+struct Chunked {
+    rest: Bytes,
+    chunk: usize,
+}
+
+impl Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.chunk.min(self.rest.len());
+        let data = self.rest.split_to(n);
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+const CHUNK: usize = 16 * KIB;
+
+fn chunked_origin(
+    len: usize,
+) -> impl Service<Request<ReqBody>, Response = Response<Chunked>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    let body = body_of(len);
+    let content_length = HeaderValue::from(len);
+    service_fn(move |_req: Request<ReqBody>| {
+        let body = Chunked {
+            rest: body.clone(),
+            chunk: CHUNK,
+        };
+        let response = response(body, FRESH, &content_length);
+        async move { Ok::<_, Infallible>(response) }
+    })
+}
+
+fn bench_miss(c: &mut Criterion) {
+    if !wanted("miss", &["origin directly", "tower-swr miss", "KiB", "MiB"]) {
+        return;
+    }
+    let rt = current_thread();
+    let counter = AtomicU64::new(0);
+    let next_uri = || {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        Uri::try_from(format!("/v1/items/42?lang=en&n={n}")).expect("uri")
+    };
+    let mut group = c.benchmark_group("miss");
+    let mut ratios = Vec::new();
+    for (len, label) in [(KIB, "1 KiB"), (MIB, "1 MiB")] {
+        let layer = SwrLayer::new();
+        let mut swr = layer.layer(chunked_origin(len));
+        let mut direct = chunked_origin(len);
+        let got = rt.block_on(call_drain(&mut swr, request(next_uri())));
+        assert_eq!(got, len);
+        assert_eq!(layer.stats().stores, 1, "a miss is stored");
+
+        let mut miss_swr = |n| {
+            time_async(&rt, n, async || {
+                call_drain(&mut swr, request(next_uri())).await
+            })
+        };
+        let mut miss_direct = |n| {
+            time_async(&rt, n, async || {
+                call_drain(&mut direct, request(next_uri())).await
+            })
+        };
+        if let Some((variant, n)) = count_request() {
+            let chosen = match variant.as_str() {
+                "miss-1k" if len == KIB => miss_swr(n),
+                "direct-1k" if len == KIB => miss_direct(n),
+                "miss-1m" if len == MIB => miss_swr(n),
+                "direct-1m" if len == MIB => miss_direct(n),
+                _ => continue,
+            };
+            black_box(chosen);
+            std::process::exit(0);
+        }
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(format!("origin directly/{label}"), |b| {
+            b.iter_custom(&mut miss_direct)
+        });
+        group.bench_function(format!("tower-swr miss/{label}"), |b| {
+            b.iter_custom(&mut miss_swr)
+        });
+        let medians = side_by_side(
+            &format!("miss, {label} body in {} KiB chunks", CHUNK / KIB),
+            &mut [
+                ("origin directly", Box::new(&mut miss_direct)),
+                ("tower-swr miss", Box::new(&mut miss_swr)),
+            ],
+        );
+        if let [direct, swr] = medians[..] {
+            ratios.push((label, direct, swr));
+        }
+        let stats = layer.stats();
+        assert_eq!(stats.fresh_hits, 0, "every request was a miss");
+    }
+    group.finish();
+    for (label, direct, swr) in ratios {
+        println!(
+            "   miss overhead, {label}: {:.0} ns per request over the origin ({:.2}x)",
+            swr - direct,
+            swr / direct
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) Memory per entry.
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn memory(c: &mut Criterion) {
+    // Nothing to time: this group only prints. Keep criterion's filter semantics.
+    let _ = c;
+    if !wanted("memory", &["per entry"]) {
+        return;
+    }
+    let entries: usize = if quick_mode() { 2_000 } else { 100_000 };
+    let rt = current_thread();
+    let paths: Vec<String> = (0..entries).map(key_path).collect();
+    println!(
+        "\n== memory: {entries} entries of {KIB} B bodies (target: <= 256 B per entry beyond the body)"
+    );
+
+    // 1. SwrService over a tower service, requests as in the other groups.
+    let stats = count_entries("SwrService, bare requests", entries, true, || {
+        let len = HeaderValue::from(KIB);
+        // Each response owns its body, as bodies read from a socket do.
+        let origin = service_fn(move |_req: Request<ReqBody>| {
+            let response = response(Full::new(body_of(KIB)), FRESH, &len);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        // The store's own tables are counted too: the layer is built inside the window.
+        let layer = SwrLayer::new().capacity_bytes(512 << 20);
+        let mut service = layer.layer(origin);
+        rt.block_on(async {
+            for path in &paths {
+                let uri = Uri::try_from(path.as_str()).expect("uri");
+                let (status, body) = call_collect(&mut service, request(uri)).await;
+                assert_eq!((status, body.len()), (StatusCode::OK, KIB));
+            }
+        });
+        (layer, service)
+    });
+    drop(stats);
+
+    // 2. The floor: quick_cache<String, Arc<{status, version, HeaderMap, Bytes}>>, the same
+    //    three response headers and a body owned per entry. What any entry built from http's
+    //    types costs at least.
+    {
+        LIVE_BYTES.store(0, Ordering::SeqCst);
+        ALLOCATIONS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        let floor = FloorCache::new(entries * 2);
+        let len = HeaderValue::from(KIB);
+        for path in &paths {
+            floor.insert(
+                path.clone(),
+                Arc::new(Stored {
+                    status: StatusCode::OK,
+                    version: Version::HTTP_11,
+                    headers: response_headers(FRESH, &len),
+                    body: body_of(KIB),
+                    stored_at: Instant::now(),
+                }),
+            );
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        let live = LIVE_BYTES.load(Ordering::SeqCst) as f64 / entries as f64;
+        let allocations = ALLOCATIONS.load(Ordering::SeqCst) as f64 / entries as f64;
+        assert_eq!(floor.len(), entries, "the floor holds every entry");
+        println!("   floor (quick_cache<String, Arc<{{parts, HeaderMap, Bytes}}>>):");
+        println!(
+            "     allocated and still live (counting alloc): {live:>6.0} B/entry = body + {:>5.0} B  (ratio to body {:.2}; {allocations:.1} live allocations/entry)",
+            live - KIB as f64,
+            live / KIB as f64
+        );
+    }
+
+    // 3. The same as 1 through an axum Router (what a server sees: axum's request extensions,
+    //    its Body types). RSS is not re-measured after 1: freed memory is reused.
+    let stats = count_entries("SwrLayer on an axum Router", entries, false, || {
+        async fn handler() -> axum::response::Response {
+            let mut response = axum::response::Response::new(axum::body::Body::from(body_of(KIB)));
+            *response.headers_mut() = response_headers(FRESH, &HeaderValue::from(KIB));
+            response
+        }
+        let layer = SwrLayer::new().capacity_bytes(512 << 20);
+        let mut app = axum::Router::new()
+            .route("/v1/items/{id}", axum::routing::get(handler))
+            .layer(layer.clone());
+        rt.block_on(async {
+            for path in &paths {
+                let mut request = Request::new(axum::body::Body::empty());
+                *request.uri_mut() = Uri::try_from(path.as_str()).expect("uri");
+                let headers = request.headers_mut();
+                headers.insert(header::HOST, HeaderValue::from_static(HOST));
+                headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+                let response = app.call(request).await.expect("infallible");
+                assert_eq!(response.status(), StatusCode::OK);
+                let body = response.into_body().collect().await.expect("body");
+                assert_eq!(body.to_bytes().len(), KIB);
+            }
+        });
+        (layer, app)
+    });
+    drop(stats);
+}
+
+/// Runs `fill` with allocation counting on (and RSS read around it when `rss`), checks that it
+/// left `entries` entries in the layer it returns, and prints the bytes per entry.
+fn count_entries<T>(
+    label: &str,
+    entries: usize,
+    rss: bool,
+    fill: impl FnOnce() -> (SwrLayer, T),
+) -> (SwrLayer, T) {
+    let rss_before = rss_bytes();
+    LIVE_BYTES.store(0, Ordering::SeqCst);
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    let (layer, keep) = fill();
+    COUNTING.store(false, Ordering::SeqCst);
+    let live = LIVE_BYTES.load(Ordering::SeqCst) as f64;
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) as f64;
+    let rss_after = rss_bytes();
+    let stats = layer.stats();
+    assert_eq!(stats.entries, entries as u64, "every entry is held");
+    assert_eq!(stats.evictions, 0, "nothing was evicted");
+
+    let n = entries as f64;
+    let body = KIB as f64;
+    let accounted = stats.bytes as f64 / n;
+    let allocated = live / n;
+    println!("   {label}:");
+    println!(
+        "     cache's own accounting (stats().bytes):    {accounted:>6.0} B/entry = body + {:>5.0} B  (ratio to body {:.2})",
+        accounted - body,
+        accounted / body
+    );
+    println!(
+        "     allocated and still live (counting alloc): {allocated:>6.0} B/entry = body + {:>5.0} B  (ratio to body {:.2}; {:.1} live allocations/entry)",
+        allocated - body,
+        allocated / body,
+        allocations / n
+    );
+    if let (true, Some(before), Some(after)) = (rss, rss_before, rss_after) {
+        let rss = after.saturating_sub(before) as f64 / n;
+        println!(
+            "     process RSS growth (/proc/self/statm):     {rss:>6.0} B/entry = body + {:>5.0} B  (ratio to body {:.2})",
+            rss - body,
+            rss / body
+        );
+    }
+    (layer, keep)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness.
+
+/// `cargo bench` passes `--bench`; `cargo test --benches` does not (criterion then runs each
+/// benchmark once): the printed one-offs use smaller sizes there.
+fn quick_mode() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// `SWR_BENCH_COUNT=<variant>:<iterations>`: run one variant that many times and exit, for
+/// instruction counts under callgrind (run with 0 and with N, subtract, divide by N). Variants:
+/// tower-swr, floor, floor+status, floor+status-presized, bare (group hit); fresh, stale (group
+/// stale); miss-1k, direct-1k, miss-1m, direct-1m (group miss).
+fn count_request() -> Option<(String, u64)> {
+    let spec = std::env::var("SWR_BENCH_COUNT").ok()?;
+    let (variant, n) = spec
+        .split_once(':')
+        .expect("SWR_BENCH_COUNT=<variant>:<iterations>");
+    Some((variant.to_owned(), n.parse().expect("iterations")))
+}
+
+/// `--profile-time`: criterion runs the routines only; skip the printed extras.
+fn profiling() -> bool {
+    std::env::args().any(|a| a == "--profile-time")
+}
+
+/// Whether criterion's filter (the first free argument, matched as a plain substring here)
+/// selects something in `group` (whose benchmarks are named `group/<one of parts>...`). The
+/// printed one-offs and each group's setup follow it like the timed benchmarks do.
+fn wanted(group: &str, parts: &[&str]) -> bool {
+    const WITH_VALUE: [&str; 15] = [
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--measurement-time",
+        "--warm-up-time",
+        "--sample-size",
+        "--profile-time",
+        "--output-format",
+        "--color",
+        "--plotting-backend",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if WITH_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            let (head, tail) = arg.split_once('/').unwrap_or((arg.as_str(), ""));
+            return group.contains(head)
+                && parts.iter().any(|p| p.contains(tail) || tail.contains(p))
+                || parts.iter().any(|p| p.contains(arg.as_str()));
+        }
+    }
+    true
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = memory, bench_hit, bench_contention, bench_stale, bench_miss
+}
+criterion_main!(benches);

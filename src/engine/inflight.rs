@@ -10,7 +10,12 @@
 //!
 //! Both release their claim in `Drop`, so every way a task can end releases it.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+/// The in-flight maps hash keys with quick_cache's fast hasher, not SipHash: a stale hit
+/// whose refresh runs hashes the key once under the lock, and SipHash over host + target was
+/// most of that hit's extra cost (callgrind).
+type HashMap<K, V> = StdHashMap<K, V, quick_cache::DefaultHashBuilder>;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -83,7 +88,7 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
     pub(crate) fn new(backoff: Backoff, breaker: Option<Breaker>) -> Self {
         Self {
             book: Mutex::new(RefreshBook {
-                keys: HashMap::new(),
+                keys: HashMap::default(),
                 consecutive_failures: 0,
                 paused_until: None,
                 closed: false,
@@ -96,14 +101,21 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
     /// Claims the refresh of `key`, unless one is running, the key is backing off, the breaker
     /// is open, or refreshes are shut down.
     pub(crate) fn try_claim(self: &Arc<Self>, key: &K, now: Instant) -> Option<RefreshGuard<K>> {
+        self.claim(key, now).ok()
+    }
+
+    /// Like [`try_claim`](Self::try_claim), telling on refusal whether a refresh of the key is
+    /// running (one lock for a stale hit, not two).
+    pub(crate) fn claim(self: &Arc<Self>, key: &K, now: Instant) -> Result<RefreshGuard<K>, bool> {
         let mut book = lock(&self.book);
+        let running = book.keys.get(key).is_some_and(|s| s.running);
         if book.closed || book.paused_until.is_some_and(|until| now < until) {
-            return None;
+            return Err(running);
         }
         match book.keys.get_mut(key) {
             Some(state) => {
                 if state.running || state.retry_at.is_some_and(|at| now < at) {
-                    return None;
+                    return Err(state.running);
                 }
                 state.running = true;
             }
@@ -117,7 +129,7 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
                 );
             }
         }
-        Some(RefreshGuard {
+        Ok(RefreshGuard {
             refreshes: Arc::clone(self),
             key: Some(key.clone()),
         })
@@ -269,7 +281,7 @@ pub(crate) enum Waited<V> {
 impl<K: Hash + Eq + Clone, V> Flights<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
         }
     }
 

@@ -781,6 +781,15 @@ where
         }
     }
 
+    /// Claims the refresh of `key`; on refusal, says whether one is running.
+    pub(crate) fn try_claim_refresh(
+        &self,
+        key: &K,
+        now: Instant,
+    ) -> Result<RefreshGuard<K>, bool> {
+        self.inner.refreshes.claim(key, now)
+    }
+
     pub(crate) fn claim_refresh(&self, key: &K, now: Instant) -> Option<RefreshGuard<K>> {
         self.inner.refreshes.try_claim(key, now)
     }

@@ -11,7 +11,7 @@ use super::entry::Entry;
 
 /// Fixed cost charged per entry on top of the weigher's figure: the entry's deadlines, its `Arc`
 /// and the store's own slot, so that many tiny values still fill the budget.
-pub(crate) const ENTRY_OVERHEAD: u64 = 128;
+pub(crate) const ENTRY_OVERHEAD: u64 = 160;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EntryWeighter;

@@ -218,10 +218,12 @@ where
     })
 }
 
-/// The weight of a header map in bytes, roughly as held in memory.
+/// The weight of a header map in bytes, as held in memory: a `HeaderMap` bucket plus index is
+/// ~100 bytes per field besides the name and value bytes (measured with a counting allocator
+/// in `benches/swr.rs`), and the map itself ~100.
 pub(crate) fn headers_weight(headers: &HeaderMap) -> usize {
-    headers
+    100 + headers
         .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 32)
-        .sum()
+        .map(|(name, value)| name.as_str().len() + value.len() + 100)
+        .sum::<usize>()
 }

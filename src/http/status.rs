@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, AGE};
 use tokio::time::Instant;
 
 /// The RFC 9211 `Cache-Status` header name.
@@ -196,7 +196,20 @@ impl StatusHeaders {
         if let Some(age) = age {
             headers.insert(AGE, age_value(age.as_secs()));
         }
-        headers.append(CACHE_STATUS.clone(), self.value(member));
+        let value = self.value(member);
+        match headers.entry(&CACHE_STATUS) {
+            Entry::Occupied(mut members) => {
+                // Ours goes after any upstream member: in the slot reserved at store time if
+                // there is one, else appended.
+                match members.iter_mut().last() {
+                    Some(last) if *last == SLOT => *last = value,
+                    _ => members.append(value),
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(value);
+            }
+        }
         if self.x_cache {
             headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.x_cache()));
         }
@@ -206,6 +219,30 @@ impl StatusHeaders {
             }
         }
     }
+}
+
+/// Marks the `Cache-Status` slot reserved in stored headers; always replaced before sending.
+const SLOT: HeaderValue = HeaderValue::from_static("tower-swr-slot");
+
+/// Reserves `Age` and `Cache-Status` in headers about to be stored, so that a hit, which clones
+/// them, fills the slots in place instead of growing the copy (callgrind: ~870 instructions
+/// per hit for the regrowth).
+pub(crate) fn reserve_slots(headers: &mut HeaderMap) {
+    headers.insert(AGE, age_value(0));
+    headers.append(CACHE_STATUS.clone(), SLOT);
+}
+
+/// Removes the slots of [`reserve_slots`]: the stored headers as the origin sent them.
+pub(crate) fn without_slots(mut headers: HeaderMap) -> HeaderMap {
+    headers.remove(AGE);
+    if let Entry::Occupied(members) = headers.entry(&CACHE_STATUS) {
+        let kept: Vec<HeaderValue> = members.iter().filter(|v| **v != SLOT).cloned().collect();
+        members.remove();
+        for value in kept {
+            headers.append(CACHE_STATUS.clone(), value);
+        }
+    }
+    headers
 }
 
 /// Whether `name` can be written as a bare RFC 8941 token (what `Cache-Status` needs).

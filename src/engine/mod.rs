@@ -548,35 +548,8 @@ where
         loop {
             match self.join(&key) {
                 Join::Leader(leader) => {
-                    self.inner.counters.misses.inc();
                     let load = load.take().expect("a caller leads at most once");
-                    let started = Instant::now();
-                    return match load().await.map(|l| l.with_load_time(started.elapsed())) {
-                        Ok(loaded) => {
-                            let value = loaded.value.clone();
-                            let stored = self.store(key.clone(), loaded);
-                            let now = Instant::now();
-                            let lookup = match &stored {
-                                Some(entry) => self.lookup(&key, entry, Status::Miss, now),
-                                None => Lookup {
-                                    value,
-                                    status: Status::Miss,
-                                    age: Duration::ZERO,
-                                    stored_at: now,
-                                    refreshing: false,
-                                },
-                            };
-                            leader.land(stored.map_or(Landing::NotStored, Landing::Stored));
-                            Ok(lookup)
-                        }
-                        Err(error) => {
-                            leader.land(Landing::Failed);
-                            match self.stale_on_error(&key, existing.as_ref(), &error) {
-                                Some(lookup) => Ok(lookup),
-                                None => Err(error),
-                            }
-                        }
-                    };
+                    return self.load_now(key, load, existing, Some(leader)).await;
                 }
                 Join::Waiter(rx) => match wait(rx, deadline).await {
                     Waited::Stored(entry) => {
@@ -594,32 +567,8 @@ where
                     }
                     Waited::TimedOut | Waited::NotStored => {
                         // Load alone, outside the flight.
-                        self.inner.counters.misses.inc();
                         let load = load.take().expect("a caller loads at most once");
-                        let started = Instant::now();
-                        return match load().await.map(|l| l.with_load_time(started.elapsed())) {
-                            Ok(loaded) => {
-                                let value = loaded.value.clone();
-                                let stored = self.store(key.clone(), loaded);
-                                let now = Instant::now();
-                                Ok(match &stored {
-                                    Some(entry) => self.lookup(&key, entry, Status::Miss, now),
-                                    None => Lookup {
-                                        value,
-                                        status: Status::Miss,
-                                        age: Duration::ZERO,
-                                        stored_at: now,
-                                        refreshing: false,
-                                    },
-                                })
-                            }
-                            Err(error) => {
-                                match self.stale_on_error(&key, existing.as_ref(), &error) {
-                                    Some(lookup) => Ok(lookup),
-                                    None => Err(error),
-                                }
-                            }
-                        };
+                        return self.load_now(key, load, existing, None).await;
                     }
                     // Compete again: one of the waiters becomes the leader.
                     Waited::Abandoned => {}
@@ -671,6 +620,55 @@ where
                 }
             }
         });
+    }
+
+    /// Calls the loader in the foreground, stores its value and tells the flight (if leading);
+    /// on failure, the old value if it may stand in (stale-if-error), else the error.
+    async fn load_now<F, Fut, E>(
+        &self,
+        key: K,
+        load: F,
+        existing: Option<Arc<Entry<V>>>,
+        leader: Option<inflight::FlightLeader<K, V>>,
+    ) -> Result<Lookup<V>, E>
+    where
+        K: fmt::Debug,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<V>, E>>,
+        E: fmt::Display,
+    {
+        self.inner.counters.misses.inc();
+        let started = Instant::now();
+        match load().await.map(|l| l.with_load_time(started.elapsed())) {
+            Ok(loaded) => {
+                let value = loaded.value.clone();
+                let stored = self.store(key.clone(), loaded);
+                let now = Instant::now();
+                let lookup = match &stored {
+                    Some(entry) => self.lookup(&key, entry, Status::Miss, now),
+                    None => Lookup {
+                        value,
+                        status: Status::Miss,
+                        age: Duration::ZERO,
+                        stored_at: now,
+                        refreshing: false,
+                    },
+                };
+                if let Some(leader) = leader {
+                    leader.land(stored.map_or(Landing::NotStored, Landing::Stored));
+                }
+                Ok(lookup)
+            }
+            Err(error) => {
+                if let Some(leader) = leader {
+                    leader.land(Landing::Failed);
+                }
+                match self.stale_on_error(&key, existing.as_ref(), &error) {
+                    Some(lookup) => Ok(lookup),
+                    None => Err(error),
+                }
+            }
+        }
     }
 
     fn lookup(&self, key: &K, entry: &Entry<V>, status: Status, now: Instant) -> Lookup<V> {
@@ -782,11 +780,7 @@ where
     }
 
     /// Claims the refresh of `key`; on refusal, says whether one is running.
-    pub(crate) fn try_claim_refresh(
-        &self,
-        key: &K,
-        now: Instant,
-    ) -> Result<RefreshGuard<K>, bool> {
+    pub(crate) fn try_claim_refresh(&self, key: &K, now: Instant) -> Result<RefreshGuard<K>, bool> {
         self.inner.refreshes.claim(key, now)
     }
 

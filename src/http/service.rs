@@ -20,9 +20,7 @@ use super::conditional::{self, ByteRange, CLIENT_CONDITIONALS};
 use super::future::ResponseFuture;
 use super::key::{request_variant, CacheKey, KeyRef, Vary, VaryValues};
 use super::policy::{Decision, Policy, RequestFacts, SURROGATE_CONTROL};
-use super::status::{
-    reserve_slots, without_slots, CacheInfo, CacheStatus, Member, StatusHeaders,
-};
+use super::status::{reserve_slots, without_slots, CacheInfo, CacheStatus, Member, StatusHeaders};
 use crate::engine::{
     wait, CatchUnwind, Entry, Freshness, Join, Landing, Loaded, Phase, SwrCache, Waited,
 };

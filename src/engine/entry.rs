@@ -1,5 +1,6 @@
 //! One stored value and the deadlines that decide how it may be used.
 
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -122,6 +123,9 @@ pub struct Entry<V> {
     retain_until: Instant,
     load_time: Duration,
     pub(crate) weight: u64,
+    /// Set while a background refresh of this entry runs, so a stale hit can tell without
+    /// taking the in-flight set's lock.
+    pub(crate) refreshing: AtomicBool,
 }
 
 /// Far enough to mean "never" without overflowing `Instant`.
@@ -156,6 +160,7 @@ impl<V> Entry<V> {
             retain_until: window(retain_for),
             load_time,
             weight,
+            refreshing: AtomicBool::new(false),
         }
     }
 
@@ -180,6 +185,7 @@ impl<V> Entry<V> {
             retain_until: deadline(now, retain),
             load_time: self.load_time,
             weight: self.weight,
+            refreshing: AtomicBool::new(false),
         }
     }
 

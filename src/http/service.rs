@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -957,6 +958,16 @@ where
     }
 }
 
+/// Clears an entry's "refreshing" mark however its refresh task ends (success, error,
+/// timeout, panic).
+struct RefreshingFlag(Arc<Entry<CachedResponse>>);
+
+impl Drop for RefreshingFlag {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
+    }
+}
+
 /// Starts the one background refresh of a stale entry, unless one runs or the key backs off.
 /// Returns whether a refresh of the key is running.
 fn refresh<S, ReqB, ResB>(
@@ -973,6 +984,10 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Send + 'static,
 {
+    if entry.refreshing.load(Ordering::Acquire) {
+        // The common stale hit while the refresh runs: no lock, no hashing.
+        return true;
+    }
     let cached = entry.value();
     let guard = match shared.engine.try_claim_refresh(&cached.key, now) {
         Ok(guard) => guard,
@@ -995,7 +1010,10 @@ where
     let entry = Arc::clone(entry);
     let inner = inner.clone();
     let task_shared = Arc::clone(shared);
+    entry.refreshing.store(true, Ordering::Release);
+    let flag = RefreshingFlag(Arc::clone(&entry));
     shared.engine.spawn_refresh(&cached.key, guard, async move {
+        let _flag = flag;
         let shared = task_shared;
         let key = entry.value().key.clone();
         let mut flight = Some(flight);

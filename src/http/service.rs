@@ -270,13 +270,28 @@ pub(crate) struct Ask<'a> {
 
 impl RequestFacts {
     fn of(headers: &HeaderMap, policy: &Policy) -> Self {
+        Self::scan(headers, policy).0
+    }
+
+    /// The facts, and whether the request is conditional or partial, in one pass over the
+    /// header names (a hit would otherwise make eight hashed lookups).
+    fn scan(headers: &HeaderMap, policy: &Policy) -> (Self, bool) {
+        let mut facts = Self::default();
+        let mut conditional = false;
+        for name in headers.keys() {
+            if name == header::AUTHORIZATION {
+                facts.has_auth = true;
+            } else if name == header::COOKIE {
+                facts.has_cookie = true;
+            } else if CLIENT_CONDITIONALS.contains(name) {
+                conditional = true;
+            }
+        }
         if policy.store_private {
-            return Self::default();
+            facts = Self::default();
         }
-        Self {
-            has_auth: headers.contains_key(header::AUTHORIZATION),
-            has_cookie: policy.cookies_need_public && headers.contains_key(header::COOKIE),
-        }
+        facts.has_cookie &= policy.cookies_need_public;
+        (facts, conditional)
     }
 }
 
@@ -874,22 +889,7 @@ where
                 None,
             );
         }
-        // One pass over the request's header names instead of eight hashed lookups.
-        let mut facts = RequestFacts::default();
-        let mut conditional = false;
-        for name in request.headers().keys() {
-            if name == header::AUTHORIZATION {
-                facts.has_auth = true;
-            } else if name == header::COOKIE {
-                facts.has_cookie = true;
-            } else if CLIENT_CONDITIONALS.contains(name) {
-                conditional = true;
-            }
-        }
-        if config.policy.store_private {
-            facts = RequestFacts::default();
-        }
-        facts.has_cookie &= config.policy.cookies_need_public;
+        let (facts, conditional) = RequestFacts::scan(request.headers(), &config.policy);
         let ask = Ask {
             head: request.method() == Method::HEAD,
             conditionals: conditional.then(|| request.headers()),

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request};
 use quick_cache::Equivalent;
 
@@ -98,6 +98,15 @@ pub(crate) struct KeyRef<'a> {
 
 impl<'a> KeyRef<'a> {
     pub(crate) fn new<B>(request: &'a Request<B>, extra: Option<&'a str>) -> Self {
+        Self::with_host_header(request, request.headers().get(header::HOST), extra)
+    }
+
+    /// [`new`](Self::new) with the request's `Host` header already looked up.
+    pub(crate) fn with_host_header<B>(
+        request: &'a Request<B>,
+        host_header: Option<&'a HeaderValue>,
+        extra: Option<&'a str>,
+    ) -> Self {
         let method = if request.method() == Method::HEAD {
             &Method::GET
         } else {
@@ -107,12 +116,7 @@ impl<'a> KeyRef<'a> {
         let host = uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
+            .or_else(|| host_header.and_then(|h| h.to_str().ok()))
             .unwrap_or("");
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
         Self {
@@ -190,12 +194,20 @@ impl fmt::Display for KeyRef<'_> {
 }
 
 impl Hash for KeyRef<'_> {
+    // As few hasher calls as tell keys apart (every hit pays for each): equal keys hash alike,
+    // and the rare keys that collide are told apart by `Equivalent`.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.method.as_str().hash(state);
-        self.host.hash(state);
-        self.target.hash(state);
-        self.extra.hash(state);
-        self.variant.hash(state);
+        state.write(self.target.as_bytes());
+        state.write(self.host.as_bytes());
+        if *self.method != Method::GET {
+            state.write(self.method.as_str().as_bytes());
+        }
+        if let Some(extra) = self.extra {
+            state.write(extra.as_bytes());
+        }
+        if let Some(variant) = self.variant {
+            state.write(variant);
+        }
     }
 }
 

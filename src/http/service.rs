@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -21,7 +21,9 @@ use super::conditional::{self, ByteRange, CLIENT_CONDITIONALS};
 use super::future::ResponseFuture;
 use super::key::{request_variant, CacheKey, KeyRef, Vary, VaryValues};
 use super::policy::{Decision, Policy, RequestFacts, SURROGATE_CONTROL};
-use super::status::{reserve_slots, without_slots, CacheInfo, CacheStatus, Member, StatusHeaders};
+use super::status::{
+    reserve_slots, without_slots, CacheInfo, CacheStatus, Member, Slots, StatusHeaders,
+};
 use crate::engine::{
     wait, CatchUnwind, Entry, Freshness, Join, Landing, Loaded, Phase, SwrCache, Waited,
 };
@@ -173,6 +175,8 @@ pub(crate) struct CachedResponse {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// Where `headers` hold `Age` and `Cache-Status` for a hit to fill in.
+    slots: Option<Slots>,
     body: Bytes,
     vary: Option<VaryValues>,
     /// May answer requests carrying `Authorization` (RFC 9111 §3.5).
@@ -270,16 +274,19 @@ pub(crate) struct Ask<'a> {
 
 impl RequestFacts {
     fn of(headers: &HeaderMap, policy: &Policy) -> Self {
-        Self::scan(headers, policy).0
+        Self::scan(headers, policy).facts
     }
 
-    /// The facts, and whether the request is conditional or partial, in one pass over the
-    /// header names (a hit would otherwise make eight hashed lookups).
-    fn scan(headers: &HeaderMap, policy: &Policy) -> (Self, bool) {
+    /// The facts, whether the request is conditional or partial, and its `Host`, in one pass
+    /// over the headers (a hit would otherwise make nine hashed lookups).
+    fn scan<'a>(headers: &'a HeaderMap, policy: &Policy) -> Scan<'a> {
         let mut facts = Self::default();
         let mut conditional = false;
-        for name in headers.keys() {
-            if name == header::AUTHORIZATION {
+        let mut host = None;
+        for (name, value) in headers {
+            if name == header::HOST {
+                host = host.or(Some(value));
+            } else if name == header::AUTHORIZATION {
                 facts.has_auth = true;
             } else if name == header::COOKIE {
                 facts.has_cookie = true;
@@ -291,8 +298,19 @@ impl RequestFacts {
             facts = Self::default();
         }
         facts.has_cookie &= policy.cookies_need_public;
-        (facts, conditional)
+        Scan {
+            facts,
+            conditional,
+            host,
+        }
     }
+}
+
+/// What [`RequestFacts::scan`] found.
+struct Scan<'a> {
+    facts: RequestFacts,
+    conditional: bool,
+    host: Option<&'a HeaderValue>,
 }
 
 impl Shared {
@@ -364,13 +382,15 @@ impl Shared {
             }
         }
         let age = entry.age(now);
-        self.config.headers.write(
-            response.headers_mut(),
-            member,
-            status,
-            Some(age),
-            Some(&cached.key),
-        );
+        let headers = response.headers_mut();
+        match cached.slots.filter(|_| !shaped) {
+            Some(slots) => {
+                (self.config.headers).fill(headers, slots, member, status, age, &cached.key);
+            }
+            None => {
+                (self.config.headers).write(headers, member, status, Some(age), Some(&cached.key));
+            }
+        }
         response.extensions_mut().insert(CacheInfo {
             status,
             age: Some(age),
@@ -500,9 +520,12 @@ impl Shared {
             // The origin's Content-Length lied or was unreadable; serve what we really hold.
             headers.insert(header::CONTENT_LENGTH, body.len().into());
         }
-        if stored {
-            reserve_slots(&mut headers);
-        }
+        let (headers, slots) = if stored {
+            let (headers, slots) = reserve_slots(headers);
+            (headers, Some(slots))
+        } else {
+            (headers, None)
+        };
         let (shared_with_auth, shared_with_cookie) = match &decision {
             Decision::Store {
                 shared_with_auth,
@@ -522,6 +545,7 @@ impl Shared {
             status: parts.status,
             version: parts.version,
             headers,
+            slots,
             body,
             vary: match vary {
                 Vary::On(values) => Some(values),
@@ -889,13 +913,17 @@ where
                 None,
             );
         }
-        let (facts, conditional) = RequestFacts::scan(request.headers(), &config.policy);
+        let Scan {
+            facts,
+            conditional,
+            host,
+        } = RequestFacts::scan(request.headers(), &config.policy);
         let ask = Ask {
             head: request.method() == Method::HEAD,
             conditionals: conditional.then(|| request.headers()),
         };
         let now = Instant::now();
-        let mut key = KeyRef::new(&request, extra.as_deref());
+        let mut key = KeyRef::with_host_header(&request, host, extra.as_deref());
         let mut found = shared.engine.entry(&key, now);
         let variant;
         let mut vary_miss = false;

@@ -402,7 +402,7 @@ async fn collect(response: Response<Full<Bytes>>) -> (StatusCode, Bytes) {
 }
 
 fn bench_hit(c: &mut Criterion) {
-    if !wanted("hit", &["tower-swr", "floor", "bare"]) {
+    if !wanted("hit", &["tower-swr", "tower-swr-no-info", "floor", "bare"]) {
         return;
     }
     let rt = current_thread();
@@ -413,6 +413,11 @@ fn bench_hit(c: &mut Criterion) {
     let (status, body) = rt.block_on(call_collect(&mut swr, request(uri.clone())));
     assert_eq!((status, body.len()), (StatusCode::OK, KIB));
     assert_eq!(layer.stats().stores, 1, "the warm-up request was stored");
+    // The same, without the `CacheInfo` extension (`cache_info_extension(false)`).
+    let lean = SwrLayer::new().cache_info_extension(false);
+    let mut swr_lean = lean.layer(origin_1k());
+    rt.block_on(call_collect(&mut swr_lean, request(uri.clone())));
+    assert_eq!(lean.stats().stores, 1, "the warm-up request was stored");
     let mut bare = origin_1k();
     let floor = floor_cache([PATH.to_owned()]);
     let floor_presized = floor_cache_with([PATH.to_owned()], true);
@@ -435,6 +440,11 @@ fn bench_hit(c: &mut Criterion) {
     let mut hit_swr = |n| {
         time_async(&rt, n, async || {
             call_collect(&mut swr, request(uri.clone())).await
+        })
+    };
+    let mut hit_swr_lean = |n| {
+        time_async(&rt, n, async || {
+            call_collect(&mut swr_lean, request(uri.clone())).await
         })
     };
     let mut hit_floor = |n| {
@@ -465,6 +475,7 @@ fn bench_hit(c: &mut Criterion) {
     if let Some((variant, n)) = count_request() {
         match variant.as_str() {
             "tower-swr" => hit_swr(n),
+            "tower-swr-no-info" => hit_swr_lean(n),
             "floor" => hit_floor(n),
             "floor+status" => hit_floor_status(n),
             "floor+status-presized" => hit_floor_presized(n),
@@ -477,6 +488,9 @@ fn bench_hit(c: &mut Criterion) {
     let mut group = c.benchmark_group("hit");
     group.throughput(Throughput::Elements(1));
     group.bench_function("tower-swr", |b| b.iter_custom(&mut hit_swr));
+    group.bench_function("tower-swr, no CacheInfo", |b| {
+        b.iter_custom(&mut hit_swr_lean)
+    });
     group.bench_function("floor (quick_cache get + build)", |b| {
         b.iter_custom(&mut hit_floor)
     });
@@ -494,6 +508,7 @@ fn bench_hit(c: &mut Criterion) {
         &mut [
             ("floor", Box::new(&mut hit_floor)),
             ("tower-swr", Box::new(&mut hit_swr)),
+            ("tower-swr, no CacheInfo", Box::new(&mut hit_swr_lean)),
             (
                 "floor + Age + Cache-Status, appended",
                 Box::new(&mut hit_floor_status),

@@ -1233,6 +1233,36 @@ async fn cache_info_reports_status_age_and_refreshing() -> TestResult {
 }
 
 #[tokio::test(start_paused = true)]
+async fn cache_info_extension_can_be_turned_off() -> TestResult {
+    let (origin, calls) = origin(|n, _| async move { Ok(reply_cc(format!("v{n}"), SWR_10_60)) });
+    let service = SwrLayer::new().cache_info_extension(false).layer(origin);
+
+    let miss = service.clone().oneshot(get("/i")).await?;
+    advance(secs(2)).await;
+    let hit = service.clone().oneshot(get("/i")).await?;
+    advance(secs(10)).await;
+    let stale = service.clone().oneshot(get("/i")).await?;
+    let bypass = service.clone().oneshot(request(Method::POST, "/i")).await?;
+
+    for response in [&miss, &hit, &stale, &bypass] {
+        assert!(response
+            .extensions()
+            .get::<tower_swr::CacheInfo>()
+            .is_none());
+    }
+    // Nothing else changes: the headers still say what happened.
+    assert_eq!(cache_status(&miss), "tower-swr; fwd=uri-miss; stored");
+    assert_eq!(cache_status(&hit), "tower-swr; hit; ttl=8");
+    assert_eq!(age(&hit), Some(2));
+    assert_eq!(cache_status(&stale), "tower-swr; hit; ttl=-2");
+    assert_eq!(cache_status(&bypass), "tower-swr; fwd=method");
+    assert_eq!(body(hit).await?, "v1");
+    settle().await;
+    assert_eq!(calls.get(), 3, "miss, refresh, POST");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn layer_stats_count_hits_misses_and_coalesced_waits() -> TestResult {
     let gate = Gate::new();
     let (origin, _calls) = origin({

@@ -115,9 +115,11 @@ where
                 if marks.x_cache {
                     headers.insert(X_CACHE.clone(), HeaderValue::from_static("BYPASS"));
                 }
-                response
-                    .extensions_mut()
-                    .insert(CacheInfo::uncached(CacheStatus::Bypass));
+                if marks.cache_info {
+                    response
+                        .extensions_mut()
+                        .insert(CacheInfo::uncached(CacheStatus::Bypass));
+                }
                 Poll::Ready(Ok(response))
             }
             KindProj::Origin { future } => future.as_mut().poll(cx),

@@ -67,6 +67,7 @@ impl Config {
     fn bypass_marks(&self) -> BypassMarks {
         BypassMarks {
             x_cache: self.headers.x_cache,
+            cache_info: self.headers.cache_info,
             strip_surrogate_control: self.policy.surrogate_token.is_some(),
         }
     }
@@ -97,6 +98,7 @@ impl fmt::Debug for Config {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BypassMarks {
     pub(crate) x_cache: bool,
+    pub(crate) cache_info: bool,
     pub(crate) strip_surrogate_control: bool,
 }
 
@@ -391,7 +393,7 @@ impl Shared {
                 (self.config.headers).write(headers, member, status, Some(age), Some(&cached.key));
             }
         }
-        response.extensions_mut().insert(CacheInfo {
+        (self.config.headers).attach(response.extensions_mut(), || CacheInfo {
             status,
             age: Some(age),
             stored_at: Some(entry.stored_at()),
@@ -488,9 +490,9 @@ impl Shared {
             None,
             Some(key),
         );
-        response
-            .extensions_mut()
-            .insert(CacheInfo::uncached(CacheStatus::Miss));
+        (self.config.headers).attach(response.extensions_mut(), || {
+            CacheInfo::uncached(CacheStatus::Miss)
+        });
         response
     }
 

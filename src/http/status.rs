@@ -136,10 +136,12 @@ pub(crate) struct StatusHeaders {
     hits: Arc<[OnceLock<HeaderValue>]>,
     pub(crate) x_cache: bool,
     pub(crate) x_cache_key: bool,
+    /// Whether responses carry the [`CacheInfo`] extension.
+    pub(crate) cache_info: bool,
 }
 
 impl StatusHeaders {
-    pub(crate) fn new(name: &str, x_cache: bool, x_cache_key: bool) -> Self {
+    pub(crate) fn new(name: &str, x_cache: bool, x_cache_key: bool, cache_info: bool) -> Self {
         let value = |rest: &str| {
             HeaderValue::from_str(&format!("{name}; {rest}")).expect("checked cache name")
         };
@@ -153,6 +155,7 @@ impl StatusHeaders {
                 .collect(),
             x_cache,
             x_cache_key,
+            cache_info,
         }
     }
 
@@ -231,6 +234,17 @@ impl StatusHeaders {
             append_member(headers, member);
         }
         self.write_extras(headers, status, Some(key));
+    }
+
+    /// Attaches `info` to a response, unless the layer turned the extension off.
+    pub(crate) fn attach(
+        &self,
+        extensions: &mut http::Extensions,
+        info: impl FnOnce() -> CacheInfo,
+    ) {
+        if self.cache_info {
+            extensions.insert(info());
+        }
     }
 
     fn write_extras(
@@ -346,7 +360,7 @@ mod tests {
             HeaderValue::from_static("shield; fwd=miss"),
         );
         let (stored, slots) = reserve_slots(origin);
-        let status = StatusHeaders::new("tower-swr", false, false);
+        let status = StatusHeaders::new("tower-swr", false, false, true);
 
         let mut answer = stored.clone();
         let age = Duration::from_secs(12);

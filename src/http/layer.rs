@@ -14,10 +14,8 @@ use super::service::{
     CachedResponse, Config, PolicyFn, Shared, SwrService, DEFAULT_STALE_IF_ERROR,
     DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
 };
-use super::status::{is_token, StatusHeaders};
+use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
 use crate::engine::{Freshness, Stats, SwrCache};
-
-const DEFAULT_NAME: &str = "tower-swr";
 
 /// Settings that shape the store; changing them means a new store.
 #[derive(Debug, Clone)]

@@ -7,6 +7,9 @@ use std::time::Duration;
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, AGE};
 use tokio::time::Instant;
 
+/// The cache name a layer has unless told otherwise.
+pub(crate) const DEFAULT_NAME: &str = "tower-swr";
+
 /// The RFC 9211 `Cache-Status` header name.
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// The opt-in `X-Cache` header name.
@@ -121,11 +124,29 @@ fn age_value(secs: u64) -> HeaderValue {
     }
     let ages = AGES.get_or_init(|| (0..=AGE_MAX).map(|_| OnceLock::new()).collect());
     ages[secs as usize]
-        .get_or_init(|| HeaderValue::from(secs))
+        .get_or_init(|| leaked(secs.to_string()))
         .clone()
 }
 
-/// Pre-rendered parts of the headers, built once per layer.
+/// A header value whose clones and drops touch no reference count: hits on every core clone
+/// these, and a shared count would be one more cache line they all write. Only for the
+/// process-wide tables (at most `AGE_MAX + 1` ages, and the default name's hit values).
+fn leaked(text: String) -> HeaderValue {
+    HeaderValue::from_static(Box::leak(text.into_boxed_str()))
+}
+
+/// The `hit; ttl=N` values of the default cache name, shared by every layer in the process.
+fn default_hits() -> Arc<[OnceLock<HeaderValue>]> {
+    static HITS: OnceLock<Arc<[OnceLock<HeaderValue>]>> = OnceLock::new();
+    Arc::clone(HITS.get_or_init(hit_table))
+}
+
+fn hit_table() -> Arc<[OnceLock<HeaderValue>]> {
+    (HIT_TTL_MIN..=HIT_TTL_MAX)
+        .map(|_| OnceLock::new())
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct StatusHeaders {
     name: String,
@@ -134,6 +155,8 @@ pub(crate) struct StatusHeaders {
     collapsed: HeaderValue,
     /// `{name}; hit; ttl=N` for `N` in `HIT_TTL_MIN..=HIT_TTL_MAX`, rendered on first use.
     hits: Arc<[OnceLock<HeaderValue>]>,
+    /// Whether `hits` is the process-wide table, whose values may be leaked statics.
+    leak_hits: bool,
     pub(crate) x_cache: bool,
     pub(crate) x_cache_key: bool,
     /// Whether responses carry the [`CacheInfo`] extension.
@@ -150,9 +173,12 @@ impl StatusHeaders {
             bypass: value("fwd=bypass"),
             method: value("fwd=method"),
             collapsed: value("fwd=uri-miss; collapsed"),
-            hits: (HIT_TTL_MIN..=HIT_TTL_MAX)
-                .map(|_| OnceLock::new())
-                .collect(),
+            leak_hits: name == DEFAULT_NAME,
+            hits: if name == DEFAULT_NAME {
+                default_hits()
+            } else {
+                hit_table()
+            },
             x_cache,
             x_cache_key,
             cache_info,
@@ -168,8 +194,12 @@ impl StatusHeaders {
             Member::Hit { ttl } if (HIT_TTL_MIN..=HIT_TTL_MAX).contains(&ttl) => {
                 return self.hits[(ttl - HIT_TTL_MIN) as usize]
                     .get_or_init(|| {
-                        HeaderValue::from_str(&format!("{name}; hit; ttl={ttl}"))
-                            .expect("checked cache name")
+                        let text = format!("{name}; hit; ttl={ttl}");
+                        if self.leak_hits {
+                            leaked(text)
+                        } else {
+                            HeaderValue::from_str(&text).expect("checked cache name")
+                        }
                     })
                     .clone();
             }

@@ -198,12 +198,18 @@ fn side_by_side(title: &str, variants: &mut [(&str, Routine<'_>)]) {
             medians[i] / medians[1],
         );
     }
-    let peers = &medians[3..];
+    // Order: floor, tower-swr, tower-swr without CacheInfo, bare service, then the peers.
+    let peers = &medians[4..];
     if let Some(fastest) = peers.iter().copied().min_by(f64::total_cmp) {
         println!(
             "   fastest peer / tower-swr = {:.2} (target >= 1.4); tower-swr / floor = {:.2} (target <= 1.5)",
             fastest / medians[1],
             medians[1] / medians[0]
+        );
+        println!(
+            "   without CacheInfo: fastest peer / tower-swr = {:.2}; tower-swr / floor = {:.2}",
+            fastest / medians[2],
+            medians[2] / medians[0]
         );
     }
 }
@@ -221,6 +227,10 @@ fn bench_peers(c: &mut Criterion) {
     // tower-swr
     let swr_origin = Origin::new();
     let mut swr = tower_swr::SwrLayer::new().layer(swr_origin.service());
+    let lean_origin = Origin::new();
+    let mut swr_lean = tower_swr::SwrLayer::new()
+        .cache_info_extension(false)
+        .layer(lean_origin.service());
 
     // the floor and the bare inner service
     let floor = FloorCache::new(16);
@@ -292,6 +302,7 @@ fn bench_peers(c: &mut Criterion) {
     // Warm every cache, then check that the next request is a hit with the same answer.
     rt.block_on(async {
         call_collect(&mut swr, request()).await;
+        call_collect(&mut swr_lean, request()).await;
         call_collect(&mut axum_response_cache, request()).await;
         call_collect(&mut tower_http_cache, request()).await;
         call_collect(&mut hitbox, request()).await;
@@ -300,6 +311,10 @@ fn bench_peers(c: &mut Criterion) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let answers = [
             ("tower-swr", call_collect(&mut swr, request()).await),
+            (
+                "tower-swr, no CacheInfo",
+                call_collect(&mut swr_lean, request()).await,
+            ),
             (
                 "axum-response-cache",
                 call_collect(&mut axum_response_cache, request()).await,
@@ -324,6 +339,7 @@ fn bench_peers(c: &mut Criterion) {
     });
     let origins = [
         ("tower-swr", &swr_origin),
+        ("tower-swr, no CacheInfo", &lean_origin),
         ("axum-response-cache", &arc_origin),
         ("tower-http-cache", &thc_origin),
         ("hitbox-tower", &hb_origin),
@@ -334,6 +350,11 @@ fn bench_peers(c: &mut Criterion) {
     }
 
     let mut run_swr = |n| time_async(&rt, n, async || call_collect(&mut swr, request()).await);
+    let mut run_swr_lean = |n| {
+        time_async(&rt, n, async || {
+            call_collect(&mut swr_lean, request()).await
+        })
+    };
     let mut run_floor = |n| {
         time_async(&rt, n, async || {
             let request = request();
@@ -366,6 +387,9 @@ fn bench_peers(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("floor", |b| b.iter_custom(&mut run_floor));
     group.bench_function("tower-swr", |b| b.iter_custom(&mut run_swr));
+    group.bench_function("tower-swr, no CacheInfo", |b| {
+        b.iter_custom(&mut run_swr_lean)
+    });
     group.bench_function("bare inner service", |b| b.iter_custom(&mut run_bare));
     group.bench_function("axum-response-cache", |b| b.iter_custom(&mut run_arc));
     group.bench_function("tower-http-cache", |b| b.iter_custom(&mut run_thc));
@@ -379,6 +403,7 @@ fn bench_peers(c: &mut Criterion) {
             &mut [
                 ("floor", Box::new(&mut run_floor)),
                 ("tower-swr", Box::new(&mut run_swr)),
+                ("tower-swr, no CacheInfo", Box::new(&mut run_swr_lean)),
                 ("bare inner service", Box::new(&mut run_bare)),
                 ("axum-response-cache", Box::new(&mut run_arc)),
                 ("tower-http-cache", Box::new(&mut run_thc)),

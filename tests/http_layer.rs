@@ -135,19 +135,28 @@ async fn stale_requests_are_answered_at_once_while_one_refresh_runs() -> TestRes
 struct Tenant(&'static str);
 
 #[tokio::test(start_paused = true)]
-async fn refresh_replays_the_stored_request_to_the_inner_service() -> TestResult {
+async fn refresh_replays_the_request_that_found_the_entry_stale() -> TestResult {
     let (mock, mut handle) = mock::pair::<Request<ReqBody>, Response<Full<Bytes>>>();
     let service = SwrLayer::new().layer(mock);
-    let tenant_request = |method: Method| {
+    // Like nginx's background update, a refresh asks with the request that found the entry
+    // stale (its headers and extensions: axum's path params, a tenant), not a stored copy.
+    let tenant_request = |method: Method, trace: &'static str| {
         let mut request = request(method, "/r?page=2");
         request
             .headers_mut()
             .insert("x-tenant", http::HeaderValue::from_static("acme"));
+        request
+            .headers_mut()
+            .insert("x-trace", http::HeaderValue::from_static(trace));
         request.extensions_mut().insert(Tenant("acme"));
         request
     };
 
-    let first = tokio::spawn(service.clone().oneshot(tenant_request(Method::GET)));
+    let first = tokio::spawn(
+        service
+            .clone()
+            .oneshot(tenant_request(Method::GET, "first")),
+    );
     let (_, send) = handle.next_request().await.expect("the miss");
     send.send_response(reply_cc("v1", SWR_10_60));
     body(first.await??).await?;
@@ -156,7 +165,7 @@ async fn refresh_replays_the_stored_request_to_the_inner_service() -> TestResult
     // A HEAD finds the GET entry stale: answered at once, refreshed with a GET.
     let stale = service
         .clone()
-        .oneshot(tenant_request(Method::HEAD))
+        .oneshot(tenant_request(Method::HEAD, "second"))
         .await?;
     assert_eq!(info(&stale).status, CacheStatus::Stale);
     assert!(body(stale).await?.is_empty());
@@ -170,11 +179,18 @@ async fn refresh_replays_the_stored_request_to_the_inner_service() -> TestResult
         refresh.headers().get("x-tenant").map(|v| v.as_bytes()),
         Some(&b"acme"[..])
     );
+    assert_eq!(
+        refresh.headers().get("x-trace").map(|v| v.as_bytes()),
+        Some(&b"second"[..])
+    );
     assert_eq!(refresh.extensions().get::<Tenant>(), Some(&Tenant("acme")));
     send.send_response(reply_cc("v2", SWR_10_60));
     settle().await;
 
-    let fresh = service.clone().oneshot(tenant_request(Method::GET)).await?;
+    let fresh = service
+        .clone()
+        .oneshot(tenant_request(Method::GET, "third"))
+        .await?;
     assert_eq!(info(&fresh).status, CacheStatus::Fresh);
     assert_eq!(body(fresh).await?, "v2");
     assert!(handle.poll_request().is_pending());

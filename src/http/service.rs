@@ -123,7 +123,9 @@ pub(crate) struct VaryIndex {
     variants: Mutex<VecDeque<Box<[u8]>>>,
 }
 
-/// The request an entry was made from, kept so a background refresh can ask again.
+/// The parts of a request an origin call is made from: the miss's own request, or for a
+/// background refresh the request that found the entry stale (as nginx's background update
+/// does). Not kept with the entry: a refresh copies the request that triggers it.
 #[derive(Debug)]
 pub(crate) struct RequestTemplate {
     uri: Uri,
@@ -157,14 +159,6 @@ impl RequestTemplate {
         request
     }
 
-    fn weight(&self) -> usize {
-        let uri = self.uri.authority().map_or(0, |a| a.as_str().len())
-            + self.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-        // Each request extension (axum's OriginalUri, MatchedPath, ...) costs ~48 bytes and
-        // its own allocation.
-        uri + headers_weight(&self.headers) + 48 * self.extensions.len() + 96
-    }
-
     fn parts(&self) -> Parts {
         self.rebuild::<()>().into_parts().0
     }
@@ -185,7 +179,6 @@ pub(crate) struct CachedResponse {
     shared_with_auth: bool,
     /// May answer requests carrying `Cookie`.
     shared_with_cookie: bool,
-    request: Arc<RequestTemplate>,
 }
 
 impl CachedResponse {
@@ -193,7 +186,6 @@ impl CachedResponse {
         (self.body.len()
             + headers_weight(&self.headers)
             + self.vary.as_ref().map_or(0, VaryValues::weight)
-            + self.request.weight()
             + self.key.target().len()
             + self.key.host().len()
             + 128) as u64
@@ -555,7 +547,6 @@ impl Shared {
             },
             shared_with_auth,
             shared_with_cookie,
-            request: template,
         };
         let Decision::Store {
             freshness,
@@ -699,6 +690,7 @@ impl Shared {
     fn freshen(
         &self,
         entry: &Entry<CachedResponse>,
+        template: Arc<RequestTemplate>,
         not_modified: http::response::Parts,
     ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
         let cached = entry.value();
@@ -709,7 +701,7 @@ impl Shared {
         parts.version = cached.version;
         self.admit_buffered(
             cached.key.clone(),
-            Arc::clone(&cached.request),
+            template,
             parts,
             cached.body.clone(),
             None,
@@ -944,7 +936,7 @@ where
                         shared.engine.counters().fresh_hits.inc();
                         tracing::debug!(key = %key, status = "hit", "answered from cache");
                         let refreshing = shared.engine.wants_early_refresh(&entry, now)
-                            && refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, now);
+                            && refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
                         let ttl = entry.ttl_secs(now);
                         return ResponseFuture::ready(shared.respond(
                             &entry,
@@ -959,7 +951,8 @@ where
                         shared.engine.counters().stale_hits.inc();
                         shared.engine.alert_if_old(&key, &entry, now);
                         tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
-                        let refreshing = refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, now);
+                        let refreshing =
+                            refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
                         let ttl = entry.ttl_secs(now);
                         return ResponseFuture::ready(shared.respond(
                             &entry,
@@ -1004,6 +997,7 @@ fn refresh<S, ReqB, ResB>(
     shared: &Arc<Shared>,
     inner: &S,
     entry: &Arc<Entry<CachedResponse>>,
+    trigger: &Request<ReqB>,
     now: Instant,
 ) -> bool
 where
@@ -1033,7 +1027,8 @@ where
             return false;
         }
     };
-    let mut request = cached.request.rebuild::<ReqB>();
+    let template = Arc::new(RequestTemplate::capture(trigger));
+    let mut request = template.rebuild::<ReqB>();
     shared.config.prepare_origin_request(&mut request);
     // Ask for a 304 where the origin can give one: a refresh then costs no body.
     conditional::add_validators(request.headers_mut(), &cached.headers);
@@ -1067,7 +1062,7 @@ where
         }
         if status == StatusCode::NOT_MODIFIED {
             let (parts, _) = response.into_parts();
-            return match shared.freshen(&entry, parts) {
+            return match shared.freshen(&entry, template, parts) {
                 Ok(stored) => {
                     land(&mut flight, Landing::Stored(stored));
                     Ok(())
@@ -1081,7 +1076,6 @@ where
                 }
             };
         }
-        let template = Arc::clone(&entry.value().request);
         match shared
             .admit(key.clone(), template, response, started.elapsed())
             .await
@@ -1246,9 +1240,11 @@ where
         }
         // A 5xx with explicit freshness may still be stored (below); otherwise it passes.
     }
-    if let (StatusCode::NOT_MODIFIED, Some(entry)) = (status, &validating) {
+    if let (StatusCode::NOT_MODIFIED, Some(entry), Some(template)) =
+        (status, &validating, &template)
+    {
         let (parts, _) = response.into_parts();
-        return Ok(match shared.freshen(entry, parts) {
+        return Ok(match shared.freshen(entry, Arc::clone(template), parts) {
             Ok(entry) => {
                 if let Some(leader) = leader {
                     leader.land(Landing::Stored(Arc::clone(&entry)));

@@ -1,21 +1,64 @@
 //! What the cache has done, as counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// One counter, mirrored to the `metrics` facade when that feature is on (the handle is
 /// registered once, so counting costs no lookup).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counter {
-    value: AtomicU64,
+    /// One cell, or (for counters every hit writes) one per stripe, each on its own cache line,
+    /// so that cores hitting the same key do not fight over one line.
+    cells: Box<[Padded]>,
     #[cfg(feature = "metrics")]
     mirror: Option<metrics::Counter>,
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self {
+            cells: Box::new([Padded::default()]),
+            #[cfg(feature = "metrics")]
+            mirror: None,
+        }
+    }
+}
+
+/// A cell alone on its cache line (128 bytes: adjacent-line prefetch pairs 64-byte lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// A small number per thread, so that threads spread over a striped counter's cells.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
 }
 
 impl Counter {
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     fn new(cache: &str, name: &'static str, label: (&'static str, &'static str)) -> Self {
+        Self::with_cells(1, cache, name, label)
+    }
+
+    /// A counter written on every hit: one cell per stripe.
+    fn striped(cache: &str, name: &'static str, label: (&'static str, &'static str)) -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let stripes = (parallelism * 2).next_power_of_two().min(64);
+        Self::with_cells(stripes, cache, name, label)
+    }
+
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn with_cells(
+        cells: usize,
+        cache: &str,
+        name: &'static str,
+        label: (&'static str, &'static str),
+    ) -> Self {
         Self {
-            value: AtomicU64::new(0),
+            cells: (0..cells).map(|_| Padded::default()).collect(),
             #[cfg(feature = "metrics")]
             mirror: Some(metrics::counter!(name, "cache" => cache.to_owned(), label.0 => label.1)),
         }
@@ -23,7 +66,12 @@ impl Counter {
 
     #[inline]
     pub(crate) fn inc(&self) {
-        self.value.fetch_add(1, Ordering::Relaxed);
+        let cell = match self.cells.len() {
+            1 => &self.cells[0],
+            // A power of two, so the mask picks a cell.
+            stripes => &self.cells[thread_slot() & (stripes - 1)],
+        };
+        cell.0.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         if let Some(mirror) = &self.mirror {
             mirror.increment(1);
@@ -31,7 +79,10 @@ impl Counter {
     }
 
     pub(crate) fn get(&self) -> u64 {
-        self.value.load(Ordering::Relaxed)
+        self.cells
+            .iter()
+            .map(|cell| cell.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 }
 
@@ -142,8 +193,8 @@ impl Counters {
         let request = |status| Counter::new(cache, REQUESTS, ("status", status));
         let refresh = |outcome| Counter::new(cache, REFRESHES, ("outcome", outcome));
         Self {
-            fresh_hits: request("hit"),
-            stale_hits: request("stale"),
+            fresh_hits: Counter::striped(cache, REQUESTS, ("status", "hit")),
+            stale_hits: Counter::striped(cache, REQUESTS, ("status", "stale")),
             misses: request("miss"),
             coalesced_waits: request("coalesced"),
             bypasses: request("bypass"),
@@ -176,5 +227,23 @@ impl Counters {
             stale_if_error: self.stale_if_error.get(),
             ..Stats::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_striped_counter_sums_what_every_thread_counted() {
+        let counter = Counter::striped("test", REQUESTS, ("status", "hit"));
+        assert!(counter.cells.len().is_power_of_two());
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| (0..1000).for_each(|_| counter.inc()));
+            }
+        });
+        assert_eq!(counter.get(), 8000);
+        assert_eq!(Counter::default().get(), 0);
     }
 }

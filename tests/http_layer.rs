@@ -130,6 +130,73 @@ async fn stale_requests_are_answered_at_once_while_one_refresh_runs() -> TestRes
     Ok(())
 }
 
+/// A header line of a request, or `None`.
+fn line(request: &Request<ReqBody>, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_sends_the_storing_requests_credentials_not_the_triggers() -> TestResult {
+    let (mock, mut handle) = mock::pair::<Request<ReqBody>, Response<Full<Bytes>>>();
+    let service = SwrLayer::new().layer(mock);
+    let public = "public, max-age=10, stale-while-revalidate=60";
+
+    // Stored from an anonymous request; found stale by a client with a (junk) token, a
+    // session cookie, its own conditionals and connection headers.
+    let first = tokio::spawn(service.clone().oneshot(get("/anon")));
+    let (_, send) = handle.next_request().await.expect("the miss");
+    send.send_response(reply_cc("v1", public));
+    body(first.await??).await?;
+    advance(secs(11)).await;
+    let mut trigger = get("/anon");
+    for (name, value) in [
+        ("authorization", "Bearer junk"),
+        ("cookie", "session=someone"),
+        ("range", "bytes=0-0"),
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+    ] {
+        trigger.headers_mut().insert(
+            HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    let stale = service.clone().oneshot(trigger).await?;
+    assert_eq!(info(&stale).status, CacheStatus::Stale);
+    let (refresh, send) = handle.next_request().await.expect("the refresh");
+    for name in ["authorization", "cookie", "range", "connection", "upgrade"] {
+        assert_eq!(line(&refresh, name), None, "{name} of the trigger was sent");
+    }
+    send.send_response(reply_cc("v2", public));
+    settle().await;
+
+    // Stored from a request with a token: an anonymous trigger's refresh carries that token.
+    let first = tokio::spawn(service.clone().oneshot(get_with(
+        "/mine",
+        header::AUTHORIZATION,
+        "Bearer storer",
+    )));
+    let (_, send) = handle.next_request().await.expect("the miss");
+    send.send_response(reply_cc("mine", public));
+    body(first.await??).await?;
+    advance(secs(11)).await;
+    let stale = service.clone().oneshot(get("/mine")).await?;
+    assert_eq!(info(&stale).status, CacheStatus::Stale);
+    let (refresh, send) = handle.next_request().await.expect("the refresh");
+    assert_eq!(
+        line(&refresh, "authorization").as_deref(),
+        Some("Bearer storer")
+    );
+    send.send_response(reply_cc("mine v2", public));
+    settle().await;
+    let fresh = service.clone().oneshot(get("/mine")).await?;
+    assert_eq!(body(fresh).await?, "mine v2");
+    Ok(())
+}
+
 /// A request extension, as a router or an auth layer would add.
 #[derive(Clone, Debug, PartialEq)]
 struct Tenant(&'static str);

@@ -197,6 +197,8 @@ impl Hash for KeyRef<'_> {
     // As few hasher calls as tell keys apart (every hit pays for each): equal keys hash alike,
     // and the rare keys that collide are told apart by `Equivalent`.
     fn hash<H: Hasher>(&self, state: &mut H) {
+        // The length keeps `/ab` + `c` and `/a` + `bc` apart under any hasher.
+        state.write_usize(self.target.len());
         state.write(self.target.as_bytes());
         state.write(self.host.as_bytes());
         if *self.method != Method::GET {

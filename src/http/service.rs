@@ -125,7 +125,8 @@ pub(crate) struct VaryIndex {
 
 /// The parts of a request an origin call is made from: the miss's own request, or for a
 /// background refresh the request that found the entry stale (as nginx's background update
-/// does). Not kept with the entry: a refresh copies the request that triggers it.
+/// does) with the storing request's credentials (see [`Credentials`]). Not kept with the
+/// entry: a refresh copies the request that triggers it.
 #[derive(Debug)]
 pub(crate) struct RequestTemplate {
     uri: Uri,
@@ -137,8 +138,9 @@ pub(crate) struct RequestTemplate {
 impl RequestTemplate {
     fn capture<B>(request: &Request<B>) -> Self {
         let mut headers = request.headers().clone();
-        // Conditionals and ranges belong to one client's exchange, not to a refresh.
-        for name in &CLIENT_CONDITIONALS {
+        // Conditionals, ranges and the connection's own headers belong to one client's
+        // exchange, not to a refresh (a refresh has no body and its own connection).
+        for name in CLIENT_CONDITIONALS.iter().chain(&CONNECTION_HEADERS) {
             headers.remove(name);
         }
         Self {
@@ -164,6 +166,55 @@ impl RequestTemplate {
     }
 }
 
+/// Request headers a refresh never copies from the request that triggers it.
+const CONNECTION_HEADERS: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+];
+
+/// The `Authorization` and `Cookie` lines of the request a response was stored from.
+///
+/// A refresh replays these, not the triggering client's: a shared entry is refreshed as the
+/// client it was stored for, so another client's credentials (a junk token, a session
+/// cookie) can neither evict it (401, `private`, `Set-Cookie`) nor replace it with a
+/// personalised page. `None` (the usual case) costs the entry one pointer.
+#[derive(Clone, Debug)]
+struct Credentials(Box<[(HeaderName, HeaderValue)]>);
+
+impl Credentials {
+    fn of(headers: &HeaderMap) -> Option<Box<Self>> {
+        let lines: Vec<(HeaderName, HeaderValue)> = [header::AUTHORIZATION, header::COOKIE]
+            .into_iter()
+            .flat_map(|name| {
+                let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+                values.into_iter().map(move |value| (name.clone(), value))
+            })
+            .collect();
+        (!lines.is_empty()).then(|| Box::new(Self(lines.into_boxed_slice())))
+    }
+
+    fn weight(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(_, value)| value.len() + 64)
+            .sum::<usize>()
+            + 16
+    }
+
+    /// Puts the storing request's credentials (or none) in place of the trigger's.
+    fn apply(credentials: Option<&Self>, headers: &mut HeaderMap) {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::COOKIE);
+        for (name, value) in credentials.map_or(&[][..], |c| &c.0) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
 /// A stored response, ready to be served without decoding anything.
 #[derive(Clone, Debug)]
 pub(crate) struct CachedResponse {
@@ -179,6 +230,8 @@ pub(crate) struct CachedResponse {
     shared_with_auth: bool,
     /// May answer requests carrying `Cookie`.
     shared_with_cookie: bool,
+    /// The storing request's credentials, which a refresh sends again.
+    credentials: Option<Box<Credentials>>,
 }
 
 impl CachedResponse {
@@ -186,6 +239,7 @@ impl CachedResponse {
         (self.body.len()
             + headers_weight(&self.headers)
             + self.vary.as_ref().map_or(0, VaryValues::weight)
+            + self.credentials.as_ref().map_or(0, |c| c.weight())
             + self.key.target().len()
             + self.key.host().len()
             + 128) as u64
@@ -547,6 +601,7 @@ impl Shared {
             },
             shared_with_auth,
             shared_with_cookie,
+            credentials: Credentials::of(&template.headers),
         };
         let Decision::Store {
             freshness,
@@ -1027,7 +1082,9 @@ where
             return false;
         }
     };
-    let template = Arc::new(RequestTemplate::capture(trigger));
+    let mut template = RequestTemplate::capture(trigger);
+    Credentials::apply(cached.credentials.as_deref(), &mut template.headers);
+    let template = Arc::new(template);
     let mut request = template.rebuild::<ReqB>();
     shared.config.prepare_origin_request(&mut request);
     // Ask for a 304 where the origin can give one: a refresh then costs no body.

@@ -16,8 +16,9 @@ use quick_cache::Equivalent;
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacheKey {
     method: Method,
-    host: Box<str>,
-    target: Box<str>,
+    /// Host and target in one allocation (a key is held twice per entry).
+    host_and_target: Box<str>,
+    host_len: usize,
     extra: Option<Box<str>>,
     /// The request header values a `Vary` response is selected by (one entry per variant).
     variant: Option<Box<[u8]>>,
@@ -31,12 +32,12 @@ impl CacheKey {
 
     /// The host, or `""` when the request named none.
     pub fn host(&self) -> &str {
-        &self.host
+        &self.host_and_target[..self.host_len]
     }
 
     /// Path and query, exactly as received.
     pub fn target(&self) -> &str {
-        &self.target
+        &self.host_and_target[self.host_len..]
     }
 
     /// What the layer's key function added, if any.
@@ -52,8 +53,8 @@ impl CacheKey {
     pub(crate) fn as_ref(&self) -> KeyRef<'_> {
         KeyRef {
             method: &self.method,
-            host: &self.host,
-            target: &self.target,
+            host: self.host(),
+            target: self.target(),
             extra: self.extra.as_deref(),
             variant: self.variant.as_deref(),
         }
@@ -162,8 +163,8 @@ impl<'a> KeyRef<'a> {
     pub(crate) fn to_owned(self) -> CacheKey {
         CacheKey {
             method: self.method.clone(),
-            host: self.host.into(),
-            target: self.target.into(),
+            host_and_target: [self.host, self.target].concat().into(),
+            host_len: self.host.len(),
             extra: self.extra.map(Into::into),
             variant: self.variant.map(Into::into),
         }
@@ -216,8 +217,11 @@ impl Hash for KeyRef<'_> {
 impl Equivalent<CacheKey> for KeyRef<'_> {
     fn equivalent(&self, key: &CacheKey) -> bool {
         *self.method == key.method
-            && self.target == &*key.target
-            && self.host == &*key.host
+            && key.host_len == self.host.len()
+            && key.host_and_target.len() == self.host.len() + self.target.len()
+            // As bytes: no char-boundary checks on the hit path.
+            && key.host_and_target.as_bytes()[key.host_len..] == *self.target.as_bytes()
+            && key.host_and_target.as_bytes()[..key.host_len] == *self.host.as_bytes()
             && self.extra == key.extra.as_deref()
             && self.variant == key.variant.as_deref()
     }

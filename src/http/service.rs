@@ -187,12 +187,10 @@ struct Credentials(Box<[(HeaderName, HeaderValue)]>);
 
 impl Credentials {
     fn of(headers: &HeaderMap) -> Option<Box<Self>> {
-        let lines: Vec<(HeaderName, HeaderValue)> = [header::AUTHORIZATION, header::COOKIE]
-            .into_iter()
-            .flat_map(|name| {
-                let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-                values.into_iter().map(move |value| (name.clone(), value))
-            })
+        let lines: Vec<(HeaderName, HeaderValue)> = headers
+            .iter()
+            .filter(|(name, _)| *name == header::AUTHORIZATION || *name == header::COOKIE)
+            .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         (!lines.is_empty()).then(|| Box::new(Self(lines.into_boxed_slice())))
     }

@@ -155,8 +155,6 @@ pub(crate) struct StatusHeaders {
     collapsed: HeaderValue,
     /// `{name}; hit; ttl=N` for `N` in `HIT_TTL_MIN..=HIT_TTL_MAX`, rendered on first use.
     hits: Arc<[OnceLock<HeaderValue>]>,
-    /// Whether `hits` is the process-wide table, whose values may be leaked statics.
-    leak_hits: bool,
     pub(crate) x_cache: bool,
     pub(crate) x_cache_key: bool,
     /// Whether responses carry the [`CacheInfo`] extension.
@@ -173,7 +171,6 @@ impl StatusHeaders {
             bypass: value("fwd=bypass"),
             method: value("fwd=method"),
             collapsed: value("fwd=uri-miss; collapsed"),
-            leak_hits: name == DEFAULT_NAME,
             hits: if name == DEFAULT_NAME {
                 default_hits()
             } else {
@@ -195,7 +192,8 @@ impl StatusHeaders {
                 return self.hits[(ttl - HIT_TTL_MIN) as usize]
                     .get_or_init(|| {
                         let text = format!("{name}; hit; ttl={ttl}");
-                        if self.leak_hits {
+                        // Only the default name's table is process-wide (and bounded).
+                        if *name == DEFAULT_NAME {
                             leaked(text)
                         } else {
                             HeaderValue::from_str(&text).expect("checked cache name")

@@ -352,6 +352,14 @@ impl RequestFacts {
     }
 }
 
+/// What [`Shared::judge`] said of a response.
+struct Verdict {
+    decision: Decision,
+    vary: Vary,
+    /// The request's credentials, kept with the entry for its refreshes.
+    credentials: Option<Box<Credentials>>,
+}
+
 /// What [`RequestFacts::scan`] found.
 struct Scan<'a> {
     facts: RequestFacts,
@@ -540,18 +548,30 @@ impl Shared {
         response
     }
 
-    /// Stores a response whose body is already in memory, if the policy allows.
+    /// What the policy says of a response to a request: made once per response.
+    fn judge(&self, template: &RequestTemplate, parts: &http::response::Parts) -> Verdict {
+        Verdict {
+            decision: self.decide(template, parts),
+            vary: Vary::of(&parts.headers, &template.headers),
+            credentials: Credentials::of(&template.headers),
+        }
+    }
+
+    /// Stores a response whose body is already in memory, given what [`judge`](Self::judge)
+    /// said of it.
     fn admit_buffered(
         &self,
         key: CacheKey,
-        template: Arc<RequestTemplate>,
+        Verdict {
+            decision,
+            vary,
+            credentials,
+        }: Verdict,
         parts: http::response::Parts,
         body: Bytes,
         declared_len: Option<u64>,
         load_time: Duration,
     ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
-        let decision = self.decide(&template, &parts);
-        let vary = Vary::of(&parts.headers, &template.headers);
         let (mut headers, stored) = match (&decision, &vary) {
             (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
                 let mut headers = storable_headers(parts.headers, strip);
@@ -599,7 +619,7 @@ impl Shared {
             },
             shared_with_auth,
             shared_with_cookie,
-            credentials: Credentials::of(&template.headers),
+            credentials,
         };
         let Decision::Store {
             freshness,
@@ -697,13 +717,14 @@ impl Shared {
     {
         let (parts, body) = response.into_parts();
         // Decide before buffering, so an uncacheable body streams straight through.
-        if let Decision::Pass(reason) = self.decide(&template, &parts) {
+        let verdict = self.judge(&template, &parts);
+        if let Decision::Pass(reason) = verdict.decision {
             return Admission::Uncacheable(
                 Response::from_parts(parts, SwrBody::inner(body)),
                 reason,
             );
         }
-        if matches!(Vary::of(&parts.headers, &template.headers), Vary::Never) {
+        if matches!(verdict.vary, Vary::Never) {
             return Admission::Uncacheable(
                 Response::from_parts(parts, SwrBody::inner(body)),
                 "vary",
@@ -730,7 +751,7 @@ impl Shared {
                 )
             }
         };
-        match self.admit_buffered(key, template, parts, body, declared, load_time) {
+        match self.admit_buffered(key, verdict, parts, body, declared, load_time) {
             Ok(entry) => Admission::Stored(entry),
             Err(not_stored) => {
                 let (cached, reason) = *not_stored;
@@ -752,9 +773,10 @@ impl Shared {
             conditional::merge_304(&without_slots(cached.headers.clone()), &parts.headers);
         parts.status = cached.status;
         parts.version = cached.version;
+        let verdict = self.judge(&template, &parts);
         self.admit_buffered(
             cached.key.clone(),
-            template,
+            verdict,
             parts,
             cached.body.clone(),
             None,

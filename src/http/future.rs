@@ -39,14 +39,22 @@ pin_project! {
         B: Body,
     {
         Ready { response: Option<Response<SwrBody<B>>> },
-        Bypass {
-            #[pin]
-            future: F,
-            cache_status: HeaderValue,
-            marks: BypassMarks,
-            invalidation: Option<(Arc<Shared>, Invalidation)>,
-        },
+        // Boxed, so that a hit's future (moved a few times per request) stays the size of a
+        // response whatever the inner service's future weighs; a bypass goes to the origin
+        // anyway.
+        Bypass { state: Pin<Box<Bypass<F>>> },
         Origin { future: BoxResponseFuture<B, E> },
+    }
+}
+
+pin_project! {
+    #[project = BypassProj]
+    struct Bypass<F> {
+        #[pin]
+        future: F,
+        cache_status: HeaderValue,
+        marks: BypassMarks,
+        invalidation: Option<(Arc<Shared>, Invalidation)>,
     }
 }
 
@@ -67,10 +75,12 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     ) -> Self {
         Self {
             kind: Kind::Bypass {
-                future,
-                cache_status,
-                marks,
-                invalidation,
+                state: Box::pin(Bypass {
+                    future,
+                    cache_status,
+                    marks,
+                    invalidation,
+                }),
             },
         }
     }
@@ -94,12 +104,13 @@ where
             KindProj::Ready { response } => {
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
-            KindProj::Bypass {
-                future,
-                cache_status,
-                marks,
-                invalidation,
-            } => {
+            KindProj::Bypass { state } => {
+                let BypassProj {
+                    future,
+                    cache_status,
+                    marks,
+                    invalidation,
+                } = state.as_mut().project();
                 let mut response = ready!(future.poll(cx))?.map(SwrBody::inner);
                 let status = response.status();
                 if let Some((shared, target)) = invalidation.take() {

@@ -383,6 +383,24 @@ fn bench_peers(c: &mut Criterion) {
         })
     };
 
+    // For instruction counts under callgrind: PEERS_COUNT=<variant>:<n> runs n requests and exits.
+    if let Some((variant, n)) = std::env::var("PEERS_COUNT")
+        .ok()
+        .and_then(|v| {
+            v.split_once(':')
+                .map(|(a, b)| (a.to_owned(), b.parse::<u64>().ok()))
+        })
+        .and_then(|(a, n)| n.map(|n| (a, n)))
+    {
+        match variant.as_str() {
+            "tower-swr" => run_swr(n),
+            "floor" => run_floor(n),
+            "axum-response-cache" => run_arc(n),
+            _ => return,
+        };
+        std::process::exit(0);
+    }
+
     let mut group = c.benchmark_group("hit, 1 KiB: tower-swr vs floor vs peers");
     group.throughput(Throughput::Elements(1));
     group.bench_function("floor", |b| b.iter_custom(&mut run_floor));

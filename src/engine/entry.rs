@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::clock::Stamp;
+
 /// How long a loaded value may be used, as the loader (or an HTTP response) says.
 ///
 /// ```text
@@ -115,12 +117,12 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 pub struct Entry<V> {
     value: V,
-    stored_at: Instant,
+    stored_at: Stamp,
     initial_age: Duration,
-    fresh_until: Instant,
-    stale_until: Instant,
-    error_until: Instant,
-    retain_until: Instant,
+    fresh_until: Stamp,
+    stale_until: Stamp,
+    error_until: Stamp,
+    retain_until: Stamp,
     load_time: Duration,
     pub(crate) weight: u64,
     /// Set while a background refresh of this entry runs, so a stale hit can tell without
@@ -128,16 +130,15 @@ pub struct Entry<V> {
     pub(crate) refreshing: AtomicBool,
 }
 
-/// Far enough to mean "never" without overflowing `Instant`.
+/// Far enough to mean "never", near enough to convert back to an `Instant`.
 const FOREVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
-fn deadline(from: Instant, after: Duration) -> Instant {
-    from.checked_add(after.min(FOREVER))
-        .unwrap_or_else(|| from + Duration::from_secs(60 * 60 * 24 * 365))
+fn deadline(from: Stamp, after: Duration) -> Stamp {
+    from.after(after.min(FOREVER))
 }
 
 impl<V> Entry<V> {
-    pub(crate) fn new(loaded: Loaded<V>, stored_at: Instant, weight: u64) -> Self {
+    pub(crate) fn new(loaded: Loaded<V>, stored_at: Stamp, weight: u64) -> Self {
         let Loaded {
             value,
             freshness,
@@ -166,15 +167,13 @@ impl<V> Entry<V> {
 
     /// A copy of this entry whose fresh lifetime is over (a soft purge); its stale windows are
     /// kept, counted from now.
-    pub(crate) fn expired_copy(&self, now: Instant) -> Self
+    pub(crate) fn expired_copy(&self, now: Stamp) -> Self
     where
         V: Clone,
     {
-        let swr = self.stale_until.saturating_duration_since(self.fresh_until);
-        let sie = self.error_until.saturating_duration_since(self.fresh_until);
-        let retain = self
-            .retain_until
-            .saturating_duration_since(self.fresh_until);
+        let swr = self.stale_until.since(self.fresh_until);
+        let sie = self.error_until.since(self.fresh_until);
+        let retain = self.retain_until.since(self.fresh_until);
         Self {
             value: self.value.clone(),
             stored_at: self.stored_at,
@@ -196,27 +195,31 @@ impl<V> Entry<V> {
 
     /// When the value was stored.
     pub fn stored_at(&self) -> Instant {
-        self.stored_at
+        self.stored_at.instant()
     }
 
     /// Until when the value is fresh.
     pub fn fresh_until(&self) -> Instant {
-        self.fresh_until
+        self.fresh_until.instant()
     }
 
     /// Until when the value is served stale while a refresh runs.
     pub fn stale_until(&self) -> Instant {
-        self.stale_until
+        self.stale_until.instant()
     }
 
     /// Until when the value may stand in for a failing loader.
     pub fn error_until(&self) -> Instant {
-        self.error_until
+        self.error_until.instant()
     }
 
     /// The value's age at `now`: its age when stored plus the time since.
     pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.stored_at)
+        self.age_at(Stamp::from(now))
+    }
+
+    pub(crate) fn age_at(&self, now: Stamp) -> Duration {
+        self.initial_age.saturating_add(now.since(self.stored_at))
     }
 
     /// How long producing the value took, as its loader reported.
@@ -226,29 +229,34 @@ impl<V> Entry<V> {
 
     /// Seconds of freshness left at `now`; negative once stale (RFC 9211 `ttl`).
     pub fn ttl_secs(&self, now: Instant) -> i64 {
-        if now < self.fresh_until {
-            i64::try_from((self.fresh_until - now).as_secs()).unwrap_or(i64::MAX)
-        } else {
-            // Round up so a just-stale entry reports -1, not -0.
-            let past = now - self.fresh_until;
-            let secs = past.as_secs() + u64::from(past.subsec_nanos() > 0);
-            -i64::try_from(secs).unwrap_or(i64::MAX)
-        }
+        self.ttl_secs_at(Stamp::from(now))
+    }
+
+    pub(crate) fn ttl_secs_at(&self, now: Stamp) -> i64 {
+        now.secs_until(self.fresh_until)
     }
 
     /// Whether the value may stand in for a failing loader at `now`.
     pub fn usable_on_error(&self, now: Instant) -> bool {
+        self.usable_on_error_at(Stamp::from(now))
+    }
+
+    pub(crate) fn usable_on_error_at(&self, now: Stamp) -> bool {
         now < self.error_until || now < self.stale_until
     }
 
+    pub(crate) fn fresh_until_stamp(&self) -> Stamp {
+        self.fresh_until
+    }
+
     /// The last instant at which the entry is of any use.
-    pub(crate) fn last_deadline(&self) -> Instant {
+    pub(crate) fn last_deadline(&self) -> Stamp {
         self.stale_until
             .max(self.error_until)
             .max(self.retain_until)
     }
 
-    pub(crate) fn phase(&self, now: Instant) -> Phase {
+    pub(crate) fn phase(&self, now: Stamp) -> Phase {
         if now < self.fresh_until {
             Phase::Fresh
         } else if now < self.stale_until {

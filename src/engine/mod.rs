@@ -43,6 +43,7 @@
 //! # }
 //! ```
 
+mod clock;
 mod entry;
 mod inflight;
 mod stats;
@@ -63,6 +64,7 @@ use quick_cache::Equivalent;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+pub(crate) use self::clock::Stamp;
 pub use self::entry::{Entry, Freshness, Loaded};
 pub use self::stats::Stats;
 
@@ -364,7 +366,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let now = Instant::now();
+        let now = Stamp::now();
         let entry = self.inner.store.get(key)?;
         let status = match entry.phase(now) {
             Phase::Fresh => Status::Fresh,
@@ -375,7 +377,7 @@ where
         Some(Lookup {
             value: entry.value().clone(),
             status,
-            age: entry.age(now),
+            age: entry.age_at(now),
             stored_at: entry.stored_at(),
             refreshing: self.inner.refreshes.is_running(key),
         })
@@ -406,7 +408,7 @@ where
         let Some(entry) = self.inner.store.peek(key) else {
             return false;
         };
-        let now = Instant::now();
+        let now = Stamp::now();
         let stale = Arc::new(entry.expired_copy(now));
         // `replace` only succeeds if the key is still there, so a concurrent removal wins.
         match self
@@ -522,7 +524,7 @@ where
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let now = Instant::now();
+        let now = Stamp::now();
         let existing = self.entry(&key, now);
         if let Some(entry) = &existing {
             match entry.phase(now) {
@@ -554,13 +556,14 @@ where
                 Join::Waiter(rx) => match wait(rx, deadline).await {
                     Waited::Stored(entry) => {
                         self.inner.counters.coalesced_waits.inc();
-                        return Ok(self.lookup(&key, &entry, Status::Coalesced, Instant::now()));
+                        return Ok(self.lookup(&key, &entry, Status::Coalesced, Stamp::now()));
                     }
                     Waited::Failed => {
-                        let now = Instant::now();
-                        if let Some(entry) = existing.as_ref().filter(|e| e.usable_on_error(now)) {
+                        let now = Stamp::now();
+                        if let Some(entry) = existing.as_ref().filter(|e| e.usable_on_error_at(now))
+                        {
                             self.inner.counters.stale_if_error.inc();
-                            tracing::warn!(key = ?key, age_secs = entry.age(now).as_secs(),
+                            tracing::warn!(key = ?key, age_secs = entry.age_at(now).as_secs(),
                                 "serving stale value: the loader failed");
                             return Ok(self.lookup(&key, entry, Status::StaleIfError, now));
                         }
@@ -580,7 +583,7 @@ where
     /// Starts the one background refresh of `key` with `load`, unless one is running, the key
     /// backs off, or a foreground load is under way. The refresh leads the key's flight, so a
     /// miss arriving meanwhile waits for it instead of loading again.
-    fn refresh_with<F, Fut, E>(&self, key: &K, now: Instant, load: F)
+    fn refresh_with<F, Fut, E>(&self, key: &K, now: Stamp, load: F)
     where
         K: fmt::Debug,
         F: FnOnce() -> Fut + Send + 'static,
@@ -643,14 +646,14 @@ where
             Ok(loaded) => {
                 let value = loaded.value.clone();
                 let stored = self.store(key.clone(), loaded);
-                let now = Instant::now();
+                let now = Stamp::now();
                 let lookup = match &stored {
                     Some(entry) => self.lookup(&key, entry, Status::Miss, now),
                     None => Lookup {
                         value,
                         status: Status::Miss,
                         age: Duration::ZERO,
-                        stored_at: now,
+                        stored_at: now.instant(),
                         refreshing: false,
                     },
                 };
@@ -671,11 +674,11 @@ where
         }
     }
 
-    fn lookup(&self, key: &K, entry: &Entry<V>, status: Status, now: Instant) -> Lookup<V> {
+    fn lookup(&self, key: &K, entry: &Entry<V>, status: Status, now: Stamp) -> Lookup<V> {
         Lookup {
             value: entry.value().clone(),
             status,
-            age: entry.age(now),
+            age: entry.age_at(now),
             stored_at: entry.stored_at(),
             refreshing: status == Status::Stale && self.inner.refreshes.is_running(key),
         }
@@ -690,10 +693,10 @@ where
     where
         K: fmt::Debug,
     {
-        let now = Instant::now();
-        let entry = existing.filter(|e| e.usable_on_error(now))?;
+        let now = Stamp::now();
+        let entry = existing.filter(|e| e.usable_on_error_at(now))?;
         self.inner.counters.stale_if_error.inc();
-        tracing::warn!(key = ?key, age_secs = entry.age(now).as_secs(), error = %error,
+        tracing::warn!(key = ?key, age_secs = entry.age_at(now).as_secs(), error = %error,
             "serving stale value: the loader failed");
         Some(self.lookup(key, entry, Status::StaleIfError, now))
     }
@@ -701,7 +704,7 @@ where
     // ---- building blocks shared with the HTTP adapter ----
 
     /// The entry of `key` if any of its deadlines is ahead; a dead entry is removed.
-    pub(crate) fn entry<Q>(&self, key: &Q, now: Instant) -> Option<Arc<Entry<V>>>
+    pub(crate) fn entry<Q>(&self, key: &Q, now: Stamp) -> Option<Arc<Entry<V>>>
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
@@ -736,7 +739,7 @@ where
             let spread = (fastrand::f64() * 2.0 - 1.0) * self.inner.ttl_jitter;
             loaded.freshness.ttl = loaded.freshness.ttl.mul_f64(1.0 + spread);
         }
-        let entry = Arc::new(Entry::new(loaded, Instant::now(), weight));
+        let entry = Arc::new(Entry::new(loaded, Stamp::now(), weight));
         self.inner.refreshes.reset(&key);
         self.inner.store.insert(key, Arc::clone(&entry));
         self.inner.counters.stores.inc();
@@ -751,23 +754,20 @@ where
 
     /// XFetch: whether a fresh hit should start the refresh now (`-load_time·β·ln(U) ≥ time
     /// left`).
-    pub(crate) fn wants_early_refresh(&self, entry: &Entry<V>, now: Instant) -> bool {
+    pub(crate) fn wants_early_refresh(&self, entry: &Entry<V>, now: Stamp) -> bool {
         let Some(beta) = self.inner.early_refresh_beta else {
             return false;
         };
-        let left = entry
-            .fresh_until()
-            .saturating_duration_since(now)
-            .as_secs_f64();
+        let left = entry.fresh_until_stamp().since(now).as_secs_f64();
         let cost = entry.load_time().as_secs_f64().max(0.001);
         let draw = fastrand::f64().max(f64::MIN_POSITIVE);
         -cost * beta * draw.ln() >= left
     }
 
     /// Warns when a value served stale is older than the configured alert age.
-    pub(crate) fn alert_if_old(&self, key: &dyn fmt::Debug, entry: &Entry<V>, now: Instant) {
+    pub(crate) fn alert_if_old(&self, key: &dyn fmt::Debug, entry: &Entry<V>, now: Stamp) {
         if let Some(limit) = self.inner.stale_alert_age {
-            let age = entry.age(now);
+            let age = entry.age_at(now);
             if age > limit {
                 tracing::warn!(
                     ?key,
@@ -780,12 +780,12 @@ where
     }
 
     /// Claims the refresh of `key`; on refusal, says whether one is running.
-    pub(crate) fn try_claim_refresh(&self, key: &K, now: Instant) -> Result<RefreshGuard<K>, bool> {
-        self.inner.refreshes.claim(key, now)
+    pub(crate) fn try_claim_refresh(&self, key: &K, now: Stamp) -> Result<RefreshGuard<K>, bool> {
+        self.inner.refreshes.claim(key, now.instant())
     }
 
-    pub(crate) fn claim_refresh(&self, key: &K, now: Instant) -> Option<RefreshGuard<K>> {
-        self.inner.refreshes.try_claim(key, now)
+    pub(crate) fn claim_refresh(&self, key: &K, now: Stamp) -> Option<RefreshGuard<K>> {
+        self.inner.refreshes.try_claim(key, now.instant())
     }
 
     pub(crate) fn join(&self, key: &K) -> Join<K, V> {

@@ -25,7 +25,7 @@ use super::status::{
     reserve_slots, without_slots, CacheInfo, CacheStatus, Member, Slots, StatusHeaders,
 };
 use crate::engine::{
-    wait, CatchUnwind, Entry, Freshness, Join, Landing, Loaded, Phase, SwrCache, Waited,
+    wait, CatchUnwind, Entry, Freshness, Join, Landing, Loaded, Phase, Stamp, SwrCache, Waited,
 };
 
 /// Adds to a request's key; `None` means "do not cache this request".
@@ -417,7 +417,7 @@ impl Shared {
         member: Member,
         ask: Ask<'_>,
         refreshing: bool,
-        now: Instant,
+        now: Stamp,
     ) -> Response<SwrBody<B>> {
         let cached = entry.value();
         let mut response = Response::new(SwrBody::empty());
@@ -435,7 +435,7 @@ impl Shared {
                 *response.body_mut() = SwrBody::cached(cached.body.clone());
             }
         }
-        let age = entry.age(now);
+        let age = entry.age_at(now);
         let headers = response.headers_mut();
         match cached.slots.filter(|_| !shaped) {
             Some(slots) => {
@@ -507,9 +507,9 @@ impl Shared {
         fwd_status: Option<u16>,
         ask: Ask<'_>,
     ) -> Response<SwrBody<B>> {
-        let now = Instant::now();
+        let now = Stamp::now();
         self.engine.counters().stale_if_error.inc();
-        tracing::warn!(key = %entry.value().key, age_secs = entry.age(now).as_secs(), fwd_status,
+        tracing::warn!(key = %entry.value().key, age_secs = entry.age_at(now).as_secs(), fwd_status,
             "serving stale response: the origin failed");
         self.respond(
             entry,
@@ -991,7 +991,7 @@ where
             head: request.method() == Method::HEAD,
             conditionals: conditional.then(|| request.headers()),
         };
-        let now = Instant::now();
+        let now = Stamp::now();
         let mut key = KeyRef::with_host_header(&request, host, extra.as_deref());
         let mut found = shared.engine.entry(&key, now);
         let variant;
@@ -1012,7 +1012,7 @@ where
                         tracing::debug!(key = %key, status = "hit", "answered from cache");
                         let refreshing = shared.engine.wants_early_refresh(&entry, now)
                             && refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
-                        let ttl = entry.ttl_secs(now);
+                        let ttl = entry.ttl_secs_at(now);
                         return ResponseFuture::ready(shared.respond(
                             &entry,
                             CacheStatus::Fresh,
@@ -1028,7 +1028,7 @@ where
                         tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
                         let refreshing =
                             refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
-                        let ttl = entry.ttl_secs(now);
+                        let ttl = entry.ttl_secs_at(now);
                         return ResponseFuture::ready(shared.respond(
                             &entry,
                             CacheStatus::Stale,
@@ -1073,7 +1073,7 @@ fn refresh<S, ReqB, ResB>(
     inner: &S,
     entry: &Arc<Entry<CachedResponse>>,
     trigger: &Request<ReqB>,
-    now: Instant,
+    now: Stamp,
 ) -> bool
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -1208,7 +1208,7 @@ where
     let usable_on_error = |entry: &Option<Arc<Entry<CachedResponse>>>| {
         entry
             .as_ref()
-            .filter(|e| e.usable_on_error(Instant::now()))
+            .filter(|e| e.usable_on_error_at(Stamp::now()))
             .cloned()
     };
 
@@ -1233,7 +1233,7 @@ where
                             Member::Collapsed,
                             ask,
                             false,
-                            Instant::now(),
+                            Stamp::now(),
                         ));
                     }
                     Waited::Failed => {
@@ -1332,7 +1332,7 @@ where
                     Member::Revalidated,
                     ask,
                     false,
-                    Instant::now(),
+                    Stamp::now(),
                 )
             }
             Err(not_stored) => {
@@ -1361,14 +1361,7 @@ where
             } else {
                 Member::UriMiss { stored: true }
             };
-            Ok(shared.respond(
-                &entry,
-                CacheStatus::Miss,
-                member,
-                ask,
-                false,
-                Instant::now(),
-            ))
+            Ok(shared.respond(&entry, CacheStatus::Miss, member, ask, false, Stamp::now()))
         }
         Admission::Uncacheable(response, reason) | Admission::Unstorable(response, reason) => {
             if let Some(leader) = leader {

@@ -261,7 +261,9 @@ impl StatusHeaders {
         if let Some(member) = member {
             append_member(headers, member);
         }
-        self.write_extras(headers, status, Some(key));
+        if self.x_cache || self.x_cache_key {
+            self.write_extras(headers, status, Some(key));
+        }
     }
 
     /// Attaches `info` to a response, unless the layer turned the extension off.

@@ -410,6 +410,7 @@ impl Shared {
     }
 
     /// Builds the answer from a stored entry, honouring the client's conditionals and range.
+    #[inline(always)]
     fn respond<B: Body>(
         &self,
         entry: &Entry<CachedResponse>,
@@ -948,12 +949,11 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
         let config = &shared.config;
         // `skip`: the key function said "not this request". The request moves (a copy of
         // ~200 bytes, twice) only when there is a key function to show its parts to.
-        let mut request = request;
         let (extra, skip) = match &config.key_fn {
             None => (None, false),
             Some(key_fn) => {

@@ -242,18 +242,25 @@ impl StatusHeaders {
         age: Duration,
         key: &dyn std::fmt::Display,
     ) {
-        let mut age = Some(age_value(age.as_secs()));
-        let mut member = Some(self.value(member));
-        for (position, (_, value)) in headers.iter_mut().enumerate() {
-            if position == usize::from(slots.age) {
-                *value = age.take().expect("one age slot");
-            } else if position == usize::from(slots.status) {
-                *value = member.take().expect("one status slot");
+        // `Age` is the first value and the slot follows any upstream members: one step each.
+        let mut values = headers.values_mut();
+        let age_slot = values.nth(usize::from(slots.age));
+        let age = age_value(age.as_secs());
+        let age = match age_slot {
+            Some(slot) => {
+                *slot = age;
+                None
             }
-            if age.is_none() && member.is_none() {
-                break;
+            None => Some(age),
+        };
+        let member = self.value(member);
+        let member = match values.nth(usize::from(slots.status - slots.age - 1)) {
+            Some(slot) => {
+                *slot = member;
+                None
             }
-        }
+            None => Some(member),
+        };
         // Both are placed unless the headers changed since reserve_slots.
         if let Some(age) = age {
             headers.insert(AGE, age);
@@ -337,7 +344,7 @@ pub(crate) fn reserve_slots(headers: HeaderMap) -> (HeaderMap, Slots) {
 }
 
 /// Where [`reserve_slots`] put `Age` and the `Cache-Status` slot, as positions in
-/// `HeaderMap::iter` order (which a clone keeps).
+/// `HeaderMap::iter` order (which a clone keeps); `age` comes before `status`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slots {
     age: u16,

@@ -370,6 +370,35 @@ fn floor_respond_presized(cache: &FloorCache, request: &Request<ReqBody>) -> Res
     response
 }
 
+/// Stands in for `CacheInfo` (which only the crate can build): the same size, so the extension
+/// costs the same allocations.
+#[derive(Clone, Debug)]
+#[allow(dead_code)] // read by nobody: only its insertion and drop are measured
+struct InfoLike {
+    status: u8,
+    age: Option<Duration>,
+    stored_at: Option<tokio::time::Instant>,
+    refreshing: bool,
+    stored: bool,
+}
+
+/// [`floor_respond_presized`] plus an extension the size of `CacheInfo`: what the core issue
+/// requires of every hit, done as cheaply as the floor does the rest.
+fn floor_respond_presized_info(
+    cache: &FloorCache,
+    request: &Request<ReqBody>,
+) -> Response<Full<Bytes>> {
+    let mut response = floor_respond_presized(cache, request);
+    response.extensions_mut().insert(InfoLike {
+        status: 0,
+        age: Some(Duration::ZERO),
+        stored_at: None,
+        refreshing: false,
+        stored: true,
+    });
+    response
+}
+
 /// The floor plus what a hit must add, done naively: `Age` formatted into a new value and a
 /// static `Cache-Status` appended (the cloned map grows).
 fn floor_respond_with_status(
@@ -465,6 +494,12 @@ fn bench_hit(c: &mut Criterion) {
             collect(floor_respond_presized(&floor_presized, &request)).await
         })
     };
+    let mut hit_floor_info = |n| {
+        time_async(&rt, n, async || {
+            let request = request(uri.clone());
+            collect(floor_respond_presized_info(&floor_presized, &request)).await
+        })
+    };
     let mut hit_bare = |n| {
         time_async(&rt, n, async || {
             call_collect(&mut bare, request(uri.clone())).await
@@ -479,6 +514,7 @@ fn bench_hit(c: &mut Criterion) {
             "floor" => hit_floor(n),
             "floor+status" => hit_floor_status(n),
             "floor+status-presized" => hit_floor_presized(n),
+            "floor+status+info" => hit_floor_info(n),
             "bare" => hit_bare(n),
             _ => return,
         };
@@ -500,6 +536,10 @@ fn bench_hit(c: &mut Criterion) {
     group.bench_function("floor + Age + Cache-Status, pre-sized", |b| {
         b.iter_custom(&mut hit_floor_presized)
     });
+    group.bench_function(
+        "floor + Age + Cache-Status, pre-sized + CacheInfo-sized extension",
+        |b| b.iter_custom(&mut hit_floor_info),
+    );
     group.bench_function("bare inner service", |b| b.iter_custom(&mut hit_bare));
     group.finish();
 
@@ -516,6 +556,10 @@ fn bench_hit(c: &mut Criterion) {
             (
                 "floor + Age + Cache-Status, pre-sized",
                 Box::new(&mut hit_floor_presized),
+            ),
+            (
+                "floor + Age + Cache-Status, pre-sized + extension",
+                Box::new(&mut hit_floor_info),
             ),
             ("bare inner service", Box::new(&mut hit_bare)),
         ],

@@ -19,9 +19,10 @@ pub(crate) const CLIENT_CONDITIONALS: [HeaderName; 6] = [
 
 /// Whether a request carries any of [`CLIENT_CONDITIONALS`].
 pub(crate) fn is_conditional_or_range(headers: &HeaderMap) -> bool {
-    CLIENT_CONDITIONALS
-        .iter()
-        .any(|name| headers.contains_key(name))
+    // Comparing the names present is cheaper than hashing six that are usually absent.
+    headers
+        .keys()
+        .any(|present| CLIENT_CONDITIONALS.contains(present))
 }
 
 /// Adds the stored response's validators to a request bound for the origin.

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request};
@@ -16,12 +17,13 @@ use quick_cache::Equivalent;
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacheKey {
     method: Method,
-    /// Host and target in one allocation (a key is held twice per entry).
-    host_and_target: Box<str>,
+    /// Host and target in one allocation, shared by the clones of the key (the store, the
+    /// entry and the flight of a miss each hold one).
+    host_and_target: Arc<str>,
     host_len: usize,
-    extra: Option<Box<str>>,
+    extra: Option<Arc<str>>,
     /// The request header values a `Vary` response is selected by (one entry per variant).
-    variant: Option<Box<[u8]>>,
+    variant: Option<Arc<[u8]>>,
 }
 
 impl CacheKey {

@@ -78,6 +78,8 @@
 pub mod engine;
 mod http;
 
+pub use crate::engine::Stats;
+
 pub use crate::http::{
     CacheInfo, CacheKey, CacheStatus, ResponseFuture, SwrBody, SwrHandle, SwrLayer, SwrService,
     CACHE_STATUS, X_CACHE, X_CACHE_KEY,

@@ -543,11 +543,44 @@ async fn only_get_and_head_are_cached() -> TestResult {
     assert_eq!(calls.get(), expected + 1);
     assert_eq!(body(response).await?, format!("GET {}", expected + 1));
 
-    // A HEAD miss stores nothing (there is no body to store).
-    body(service.clone().oneshot(request(Method::HEAD, "/h")).await?).await?;
+    // A HEAD miss asks the origin with GET and stores the answer (nginx's
+    // proxy_cache_convert_head): the HEAD gets the headers only, later HEADs and GETs hit.
+    let head = service.clone().oneshot(request(Method::HEAD, "/h")).await?;
+    assert_eq!(calls.get(), expected + 2);
+    assert_eq!(cache_status(&head), "tower-swr; fwd=uri-miss; stored");
+    assert!(body(head).await?.is_empty());
+    let head_again = service.clone().oneshot(request(Method::HEAD, "/h")).await?;
+    assert_eq!(info(&head_again).status, CacheStatus::Fresh);
+    assert!(body(head_again).await?.is_empty());
+    let get_after_head = service.clone().oneshot(get("/h")).await?;
+    assert_eq!(info(&get_after_head).status, CacheStatus::Fresh);
+    assert_eq!(body(get_after_head).await?, format!("GET {}", expected + 2));
+    assert_eq!(calls.get(), expected + 2);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_misses_pass_through_unstored_when_not_converted() -> TestResult {
+    let (o, calls) = origin(|n, request: Request<ReqBody>| async move {
+        Ok(reply_cc(
+            format!("{} {n}", request.method()),
+            "public, max-age=60",
+        ))
+    });
+    let service = SwrLayer::new().convert_head(false).layer(o);
+    for n in 1..=2 {
+        let head = service.clone().oneshot(request(Method::HEAD, "/h")).await?;
+        assert_eq!(calls.get(), n, "every HEAD miss reaches the origin");
+        assert_eq!(cache_status(&head), "tower-swr; fwd=uri-miss");
+        assert_eq!(body(head).await?, format!("HEAD {n}"));
+    }
     let get_after_head = service.clone().oneshot(get("/h")).await?;
     assert_eq!(info(&get_after_head).status, CacheStatus::Miss);
-    assert_eq!(body(get_after_head).await?, format!("GET {}", expected + 3));
+    assert_eq!(body(get_after_head).await?, "GET 3");
+    // A HEAD is still answered from the stored GET.
+    let head = service.clone().oneshot(request(Method::HEAD, "/h")).await?;
+    assert_eq!(info(&head).status, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 3);
     Ok(())
 }
 

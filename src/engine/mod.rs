@@ -640,10 +640,11 @@ where
         Fut: Future<Output = Result<Loaded<V>, E>>,
         E: fmt::Display,
     {
-        self.inner.counters.misses.inc();
         let started = Instant::now();
         match load().await.map(|l| l.with_load_time(started.elapsed())) {
             Ok(loaded) => {
+                // Counted with the outcome: a stale-if-error answer is not also a miss.
+                self.inner.counters.misses.inc();
                 let value = loaded.value.clone();
                 let stored = self.store(key.clone(), loaded);
                 let now = Stamp::now();
@@ -668,7 +669,10 @@ where
                 }
                 match self.stale_on_error(&key, existing.as_ref(), &error) {
                     Some(lookup) => Ok(lookup),
-                    None => Err(error),
+                    None => {
+                        self.inner.counters.misses.inc();
+                        Err(error)
+                    }
                 }
             }
         }

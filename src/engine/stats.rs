@@ -145,7 +145,9 @@ pub struct Stats {
     pub fresh_hits: u64,
     /// Answers from a stale entry inside its stale-while-revalidate window.
     pub stale_hits: u64,
-    /// Requests that found nothing usable and went to the origin as a flight's leader (or alone).
+    /// Requests that found nothing usable and went to the origin as a flight's leader (or
+    /// alone), and were answered by it: one whose origin failed and that was answered from a
+    /// stale entry counts in `stale_if_error` instead, so every request counts once.
     pub misses: u64,
     /// Requests that waited for another request's origin call instead of making their own.
     pub coalesced_waits: u64,

@@ -157,6 +157,7 @@ impl SwrLayer {
                 key_fn: None,
                 policy_fn: None,
                 invalidate_on_unsafe: true,
+                convert_head: true,
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,
@@ -275,6 +276,15 @@ impl SwrLayer {
     /// cookies never change responses (e.g. analytics cookies only).
     pub fn cache_cookie_requests(mut self, enabled: bool) -> Self {
         self.config.policy.cookies_need_public = !enabled;
+        self.changed()
+    }
+
+    /// Ask the origin with `GET` when a `HEAD` misses, store the answer and send the client its
+    /// headers only (default `true`, like nginx's `proxy_cache_convert_head` and Varnish). With
+    /// `false`, a `HEAD` miss goes to the origin as a `HEAD` and nothing is stored; a `HEAD` is
+    /// still answered from a stored `GET` either way.
+    pub fn convert_head(mut self, enabled: bool) -> Self {
+        self.config.convert_head = enabled;
         self.changed()
     }
 

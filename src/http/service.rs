@@ -45,6 +45,9 @@ pub(crate) struct Config {
     pub(crate) policy_fn: Option<PolicyFn>,
     /// Remove stored responses for a URI after a successful unsafe request to it (§4.4).
     pub(crate) invalidate_on_unsafe: bool,
+    /// Ask the origin with `GET` when a `HEAD` misses, and store the answer (nginx's
+    /// `proxy_cache_convert_head`, Varnish's built-in `vcl_backend_fetch`).
+    pub(crate) convert_head: bool,
 }
 
 impl Config {
@@ -1216,6 +1219,12 @@ where
     ResB::Error: Send + 'static,
 {
     let head = request.method() == Method::HEAD;
+    // A HEAD miss fetches the whole resource (stored like a GET's, answered without the body),
+    // unless the layer passes HEAD misses through unstored.
+    let pass_head = head && !shared.config.convert_head;
+    if head && !pass_head {
+        *request.method_mut() = Method::GET;
+    }
     // The client's conditionals and range, applied to the stored answer afterwards.
     let client_headers =
         conditional::is_conditional_or_range(request.headers()).then(|| request.headers().clone());
@@ -1232,7 +1241,7 @@ where
 
     // A HEAD response has no body to store: ask the origin, store nothing.
     let mut leader = None;
-    if !head {
+    if !pass_head {
         let deadline = shared.engine.lock_deadline();
         let mut rekeyed = false;
         loop {
@@ -1284,11 +1293,13 @@ where
         }
     }
 
-    shared.engine.counters().misses.inc();
+    // Counted as a miss once the answer is known not to be a stale-if-error one: every request
+    // lands in exactly one of the request counters.
+    let count_miss = || shared.engine.counters().misses.inc();
     tracing::debug!(key = %key, status = "miss", "asking the origin");
-    let template = (!head).then(|| Arc::new(RequestTemplate::capture(&request)));
+    let template = (!pass_head).then(|| Arc::new(RequestTemplate::capture(&request)));
     let mut validating = None;
-    if !head {
+    if !pass_head {
         remove_present(request.headers_mut(), &CLIENT_CONDITIONALS);
         if let Some(entry) = &expired {
             if conditional::add_validators(request.headers_mut(), &entry.value().headers) {
@@ -1296,7 +1307,7 @@ where
             }
         }
     }
-    if !head {
+    if !pass_head {
         shared.config.prepare_origin_request(&mut request);
     }
     let started = Instant::now();
@@ -1310,7 +1321,10 @@ where
             }
             match usable_on_error(&expired) {
                 Some(entry) => return Ok(shared.respond_stale_if_error(&entry, None, ask)),
-                None => std::panic::resume_unwind(panic),
+                None => {
+                    count_miss();
+                    std::panic::resume_unwind(panic)
+                }
             }
         }
         Ok(Err(error)) => {
@@ -1320,6 +1334,7 @@ where
             if let Some(entry) = usable_on_error(&expired) {
                 return Ok(shared.respond_stale_if_error(&entry, None, ask));
             }
+            count_miss();
             return Err(error);
         }
     };
@@ -1333,6 +1348,7 @@ where
         }
         // A 5xx with explicit freshness may still be stored (below); otherwise it passes.
     }
+    count_miss();
     if let (StatusCode::NOT_MODIFIED, Some(entry), Some(template)) =
         (status, &validating, &template)
     {
@@ -1357,7 +1373,7 @@ where
                     leader.land(Landing::NotStored);
                 }
                 tracing::debug!(reason, "revalidated response not stored");
-                shared.pass(cached.into_response(), &key, vary_miss)
+                without_body_if(head, shared.pass(cached.into_response(), &key, vary_miss))
             }
         });
     }
@@ -1388,8 +1404,21 @@ where
                 });
             }
             tracing::debug!(reason, "response not stored");
-            Ok(shared.pass(response, &key, vary_miss))
+            Ok(without_body_if(
+                head,
+                shared.pass(response, &key, vary_miss),
+            ))
         }
+    }
+}
+
+/// The answer to a `HEAD` that was sent to the origin as a `GET`: the headers (with the length
+/// of the body a `GET` gets), no body.
+fn without_body_if<B: Body>(head: bool, response: Response<SwrBody<B>>) -> Response<SwrBody<B>> {
+    if head {
+        response.map(|_| SwrBody::empty())
+    } else {
+        response
     }
 }
 

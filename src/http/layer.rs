@@ -158,6 +158,7 @@ impl SwrLayer {
                 policy_fn: None,
                 invalidate_on_unsafe: true,
                 convert_head: true,
+                surrogate_capability: None,
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,
@@ -176,10 +177,12 @@ impl SwrLayer {
             cache_info: true,
             shared: Arc::new(OnceLock::new()),
         }
+        .changed()
     }
 
     /// A new, unbuilt cache for the changed settings.
     fn changed(mut self) -> Self {
+        self.config.surrogate_capability = self.config.render_surrogate_capability();
         self.config.headers = StatusHeaders::new(
             &self.cache_name,
             self.x_cache,

@@ -45,6 +45,9 @@ pub(crate) struct Config {
     pub(crate) policy_fn: Option<PolicyFn>,
     /// Remove stored responses for a URI after a successful unsafe request to it (§4.4).
     pub(crate) invalidate_on_unsafe: bool,
+    /// [`render_surrogate_capability`](Self::render_surrogate_capability), rendered once per
+    /// change of the settings instead of once per miss.
+    pub(crate) surrogate_capability: Option<http::HeaderValue>,
     /// Ask the origin with `GET` when a `HEAD` misses, and store the answer (nginx's
     /// `proxy_cache_convert_head`, Varnish's built-in `vcl_backend_fetch`).
     pub(crate) convert_head: bool,
@@ -52,17 +55,18 @@ pub(crate) struct Config {
 
 impl Config {
     /// `Surrogate-Capability` for origin requests, when `Surrogate-Control` is read.
-    fn surrogate_capability(&self) -> Option<http::HeaderValue> {
+    pub(crate) fn render_surrogate_capability(&self) -> Option<http::HeaderValue> {
         let token = self.policy.surrogate_token.as_deref()?;
         http::HeaderValue::try_from(format!("{token}=\"Surrogate/1.0\"")).ok()
     }
 
     /// Prepares a request for the origin.
     fn prepare_origin_request<B>(&self, request: &mut Request<B>) {
-        if let Some(capability) = self.surrogate_capability() {
-            request
-                .headers_mut()
-                .append(HeaderName::from_static("surrogate-capability"), capability);
+        if let Some(capability) = &self.surrogate_capability {
+            request.headers_mut().append(
+                HeaderName::from_static("surrogate-capability"),
+                capability.clone(),
+            );
         }
     }
 

@@ -248,8 +248,9 @@ pub(crate) enum Landing<V> {
     Stored(Arc<Entry<V>>),
     /// The origin answered, but nothing was stored: each waiter asks the origin itself.
     NotStored,
-    /// The origin failed: waiters serve stale-if-error if they can, else compete again.
-    Failed,
+    /// The origin failed (with this HTTP status, for a 5xx): waiters serve stale-if-error if
+    /// they can, else compete again.
+    Failed(Option<u16>),
 }
 
 /// The shared set of foreground loads (request coalescing).
@@ -271,7 +272,7 @@ pub(crate) enum Join<K: Hash + Eq + Clone, V> {
 pub(crate) enum Waited<V> {
     Stored(Arc<Entry<V>>),
     NotStored,
-    Failed,
+    Failed(Option<u16>),
     /// The leader went away without an answer: compete again.
     Abandoned,
     /// The lock timeout passed: go to the origin alone.
@@ -328,7 +329,7 @@ pub(crate) async fn wait<V>(mut rx: watch::Receiver<Landing<V>>, deadline: Insta
         Ok(Ok(landing)) => match &*landing {
             Landing::Stored(entry) => Waited::Stored(Arc::clone(entry)),
             Landing::NotStored => Waited::NotStored,
-            Landing::Failed => Waited::Failed,
+            Landing::Failed(status) => Waited::Failed(*status),
             Landing::Pending => Waited::Abandoned,
         },
     }

@@ -558,7 +558,7 @@ where
                         self.inner.counters.coalesced_waits.inc();
                         return Ok(self.lookup(&key, &entry, Status::Coalesced, Stamp::now()));
                     }
-                    Waited::Failed => {
+                    Waited::Failed(_) => {
                         let now = Stamp::now();
                         if let Some(entry) = existing.as_ref().filter(|e| e.usable_on_error_at(now))
                         {
@@ -607,7 +607,7 @@ where
             let loaded = match load().await {
                 Ok(loaded) => loaded,
                 Err(error) => {
-                    flight.land(Landing::Failed);
+                    flight.land(Landing::Failed(None));
                     return Err(error.to_string());
                 }
             };
@@ -665,7 +665,7 @@ where
             }
             Err(error) => {
                 if let Some(leader) = leader {
-                    leader.land(Landing::Failed);
+                    leader.land(Landing::Failed(None));
                 }
                 match self.stale_on_error(&key, existing.as_ref(), &error) {
                     Some(lookup) => Ok(lookup),

@@ -127,7 +127,11 @@ pub(crate) fn byte_range(request: &HeaderMap, stored: &HeaderMap, len: usize) ->
     let Some(range) = request.get(header::RANGE).and_then(|r| r.to_str().ok()) else {
         return ByteRange::Whole;
     };
-    if let Some(if_range) = request.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+    if let Some(if_range) = request.get(header::IF_RANGE) {
+        // A validator we cannot read matches nothing: the whole body (RFC 9110 §13.1.5).
+        let Ok(if_range) = if_range.to_str() else {
+            return ByteRange::Whole;
+        };
         let etag = stored.get(header::ETAG).and_then(|e| e.to_str().ok());
         let strong_match = etag.is_some_and(|e| !e.starts_with("W/") && e == if_range.trim());
         let date_match = stored

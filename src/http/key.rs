@@ -110,18 +110,27 @@ impl<'a> KeyRef<'a> {
         host_header: Option<&'a HeaderValue>,
         extra: Option<&'a str>,
     ) -> Self {
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| host_header.and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        Self::with_host(request, host, extra)
+    }
+
+    /// [`new`](Self::new) with the host already chosen (the URI's authority, else `Host`).
+    pub(crate) fn with_host<B>(
+        request: &'a Request<B>,
+        host: &'a str,
+        extra: Option<&'a str>,
+    ) -> Self {
         let method = if request.method() == Method::HEAD {
             &Method::GET
         } else {
             request.method()
         };
-        let uri = request.uri();
-        let host = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| host_header.and_then(|h| h.to_str().ok()))
-            .unwrap_or("");
-        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         Self {
             method,
             host,

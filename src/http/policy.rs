@@ -334,6 +334,7 @@ impl Policy {
         status: StatusCode,
         headers: &HeaderMap,
         now: SystemTime,
+        response_delay: Duration,
     ) -> Decision {
         if status.is_informational()
             || status == StatusCode::PARTIAL_CONTENT
@@ -453,7 +454,7 @@ impl Policy {
                 decision(ttl, Duration::ZERO)
             };
         }
-        let Some(initial_age) = initial_age(headers, date, now) else {
+        let Some(initial_age) = initial_age(headers, date, now, response_delay) else {
             // An unreadable `Age`: the response is stale (RFC 9111 §4.2.3, as tested by the
             // cache-tests suite); keep it only to revalidate it.
             return if has_validators {
@@ -530,7 +531,16 @@ fn heuristic_lifetime(
 /// `None` when `Age` is unreadable: a single line of digits is expected (a list such as
 /// `0,7200` is read by its first member; anything else — signs, fractions, spaces, two lines —
 /// makes the response stale).
-fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -> Option<Duration> {
+///
+/// An `Age` from upstream is corrected by the response delay (the time from sending the request
+/// to receiving the response, RFC 9111 §4.2.3): the response aged upstream of us meanwhile.
+/// Without an `Age`, the delay is not counted: the origin made the response for this request.
+fn initial_age(
+    headers: &HeaderMap,
+    date: Option<SystemTime>,
+    now: SystemTime,
+    response_delay: Duration,
+) -> Option<Duration> {
     let mut lines = headers.get_all(header::AGE).iter();
     let age = match (lines.next(), lines.next()) {
         (None, _) => Duration::ZERO,
@@ -544,12 +554,21 @@ fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -
                 return None;
             }
             let first = text.split(',').next().unwrap_or("0");
-            Seconds::parse(Some(first)).duration()
+            Seconds::parse(Some(first))
+                .duration()
+                .saturating_add(response_delay)
         }
         (Some(_), Some(_)) => return None,
     };
+    // `Date` has whole seconds: compare it with the current whole second, so a response dated
+    // in the second it arrives has no apparent age (not up to a second of it).
+    let now_secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(now, |since| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+        });
     let apparent = date
-        .and_then(|date| now.duration_since(date).ok())
+        .and_then(|date| now_secs.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
     Some(age.max(apparent))
 }

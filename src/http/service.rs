@@ -382,12 +382,20 @@ struct Scan<'a> {
 
 impl Shared {
     /// The policy's decision, adjusted by the layer's policy function.
-    fn decide(&self, template: &RequestTemplate, parts: &http::response::Parts) -> Decision {
+    fn decide(
+        &self,
+        template: &RequestTemplate,
+        parts: &http::response::Parts,
+        response_delay: Duration,
+    ) -> Decision {
         let facts = RequestFacts::of(&template.headers, &self.config.policy);
-        let decision =
-            self.config
-                .policy
-                .decide(facts, parts.status, &parts.headers, SystemTime::now());
+        let decision = self.config.policy.decide(
+            facts,
+            parts.status,
+            &parts.headers,
+            SystemTime::now(),
+            response_delay,
+        );
         let Some(policy_fn) = &self.config.policy_fn else {
             return decision;
         };
@@ -572,9 +580,14 @@ impl Shared {
     }
 
     /// What the policy says of a response to a request: made once per response.
-    fn judge(&self, template: &RequestTemplate, parts: &http::response::Parts) -> Verdict {
+    fn judge(
+        &self,
+        template: &RequestTemplate,
+        parts: &http::response::Parts,
+        response_delay: Duration,
+    ) -> Verdict {
         Verdict {
-            decision: self.decide(template, parts),
+            decision: self.decide(template, parts, response_delay),
             vary: Vary::of(&parts.headers, &template.headers),
             credentials: Credentials::of(&template.headers),
         }
@@ -740,7 +753,8 @@ impl Shared {
     {
         let (parts, body) = response.into_parts();
         // Decide before buffering, so an uncacheable body streams straight through.
-        let verdict = self.judge(&template, &parts);
+        // `load_time` runs until the response's head arrived: the response delay.
+        let verdict = self.judge(&template, &parts, load_time);
         if let Decision::Pass(reason) = verdict.decision {
             return Admission::Uncacheable(
                 Response::from_parts(parts, SwrBody::inner(body)),
@@ -792,11 +806,18 @@ impl Shared {
     ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
         let cached = entry.value();
         let mut parts = not_modified;
+        if !parts.headers.contains_key(header::DATE) {
+            // RFC 9110 §6.6.1: a response without `Date` is dated when it is received, so the
+            // stored `Date` does not age the freshened entry from the original response.
+            if let Ok(now) = HeaderValue::try_from(httpdate::fmt_http_date(SystemTime::now())) {
+                parts.headers.insert(header::DATE, now);
+            }
+        }
         parts.headers =
             conditional::merge_304(&without_slots(cached.headers.clone()), &parts.headers);
         parts.status = cached.status;
         parts.version = cached.version;
-        let verdict = self.judge(&template, &parts);
+        let verdict = self.judge(&template, &parts, Duration::ZERO);
         self.admit_buffered(
             cached.key.clone(),
             verdict,
@@ -856,16 +877,28 @@ fn same_origin_target(location: &str, host: &str, base: &str) -> Option<String> 
     if location.starts_with('/') && !location.starts_with("//") {
         return Some(location.to_owned());
     }
-    if let Ok(uri) = location.parse::<Uri>() {
-        if let Some(authority) = uri.authority() {
-            return (authority.as_str().eq_ignore_ascii_case(host)).then(|| {
-                uri.path_and_query()
-                    .map_or("/", |pq| pq.as_str())
-                    .to_owned()
-            });
-        }
+    if let Some(rest) = location.strip_prefix("//") {
+        // A network-path reference: `//host/path`.
+        let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        return authority.eq_ignore_ascii_case(host).then(|| match path {
+            "" => "/".to_owned(),
+            p if p.starts_with('?') => format!("/{p}"),
+            p => p.to_owned(),
+        });
     }
-    if location.contains(':') || location.is_empty() {
+    // Only a reference with a scheme is absolute: `sibling` or `a.html` parse as a URI
+    // authority too, but are relative paths (RFC 3986 §4.2).
+    let scheme_end = location.find(':');
+    if scheme_end.is_some_and(|end| !location[..end].contains(['/', '?', '#'])) {
+        let uri = location.parse::<Uri>().ok()?;
+        let authority = uri.authority()?;
+        return (authority.as_str().eq_ignore_ascii_case(host)).then(|| {
+            uri.path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned()
+        });
+    }
+    if location.is_empty() {
         return None;
     }
     // A relative reference: resolve against the request's path (RFC 3986 §5.2, simply).
@@ -998,7 +1031,19 @@ where
                 invalidation,
             );
         }
-        if skip {
+        let Scan {
+            facts,
+            conditional,
+            host,
+        } = RequestFacts::scan(request.headers(), &config.policy);
+        // The host part of the key: a `Host` that is not text cannot be keyed apart from other
+        // such hosts (or from no `Host`), so its requests bypass the cache.
+        let host = match (request.uri().authority(), host) {
+            (Some(authority), _) => Some(authority.as_str()),
+            (None, Some(value)) => value.to_str().ok(),
+            (None, None) => Some(""),
+        };
+        let Some(host) = host.filter(|_| !skip) else {
             shared.engine.counters().bypasses.inc();
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
@@ -1006,18 +1051,13 @@ where
                 config.bypass_marks(),
                 None,
             );
-        }
-        let Scan {
-            facts,
-            conditional,
-            host,
-        } = RequestFacts::scan(request.headers(), &config.policy);
+        };
         let ask = Ask {
             head: request.method() == Method::HEAD,
             conditionals: conditional.then(|| request.headers()),
         };
         let now = Stamp::now();
-        let mut key = KeyRef::with_host_header(&request, host, extra.as_deref());
+        let mut key = KeyRef::with_host(&request, host, extra.as_deref());
         let mut found = shared.engine.entry(&key, now);
         let variant;
         let mut vary_miss = false;
@@ -1153,13 +1193,13 @@ where
         let response = match inner.oneshot(request).await {
             Ok(response) => response,
             Err(_) => {
-                land(&mut flight, Landing::Failed);
+                land(&mut flight, Landing::Failed(None));
                 return Err("the inner service returned an error".to_string());
             }
         };
         let status = response.status();
         if status.is_server_error() {
-            land(&mut flight, Landing::Failed);
+            land(&mut flight, Landing::Failed(Some(status.as_u16())));
             return Err(format!("the origin answered {status}"));
         }
         if status == StatusCode::NOT_MODIFIED {
@@ -1267,9 +1307,9 @@ where
                             Stamp::now(),
                         ));
                     }
-                    Waited::Failed => {
+                    Waited::Failed(fwd_status) => {
                         if let Some(entry) = usable_on_error(&expired) {
-                            return Ok(shared.respond_stale_if_error(&entry, None, ask));
+                            return Ok(shared.respond_stale_if_error(&entry, fwd_status, ask));
                         }
                     }
                     Waited::Abandoned => {}
@@ -1321,7 +1361,7 @@ where
             // A panicking origin with a usable stale entry is an origin failure like any other;
             // without one, the panic is the origin's own answer and goes on up.
             if let Some(leader) = leader {
-                leader.land(Landing::Failed);
+                leader.land(Landing::Failed(None));
             }
             match usable_on_error(&expired) {
                 Some(entry) => return Ok(shared.respond_stale_if_error(&entry, None, ask)),
@@ -1333,7 +1373,7 @@ where
         }
         Ok(Err(error)) => {
             if let Some(leader) = leader {
-                leader.land(Landing::Failed);
+                leader.land(Landing::Failed(None));
             }
             if let Some(entry) = usable_on_error(&expired) {
                 return Ok(shared.respond_stale_if_error(&entry, None, ask));
@@ -1346,7 +1386,7 @@ where
     if status.is_server_error() {
         if let Some(entry) = usable_on_error(&expired) {
             if let Some(leader) = leader {
-                leader.land(Landing::Failed);
+                leader.land(Landing::Failed(Some(status.as_u16())));
             }
             return Ok(shared.respond_stale_if_error(&entry, Some(status.as_u16()), ask));
         }
@@ -1402,7 +1442,7 @@ where
         Admission::Uncacheable(response, reason) | Admission::Unstorable(response, reason) => {
             if let Some(leader) = leader {
                 leader.land(if status.is_server_error() {
-                    Landing::Failed
+                    Landing::Failed(Some(status.as_u16()))
                 } else {
                     Landing::NotStored
                 });

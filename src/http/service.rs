@@ -612,6 +612,10 @@ impl Shared {
             (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
                 let mut headers = storable_headers(parts.headers, strip);
                 self.config.strip_surrogate_control(&mut headers);
+                if !headers.contains_key(header::DATE) {
+                    // RFC 9110 §6.6.1: a cache storing a response without `Date` dates it.
+                    headers.insert(header::DATE, http_date_now());
+                }
                 (headers, true)
             }
             _ => (parts.headers, false),
@@ -809,9 +813,7 @@ impl Shared {
         if !parts.headers.contains_key(header::DATE) {
             // RFC 9110 §6.6.1: a response without `Date` is dated when it is received, so the
             // stored `Date` does not age the freshened entry from the original response.
-            if let Ok(now) = HeaderValue::try_from(httpdate::fmt_http_date(SystemTime::now())) {
-                parts.headers.insert(header::DATE, now);
-            }
+            parts.headers.insert(header::DATE, http_date_now());
         }
         parts.headers =
             conditional::merge_304(&without_slots(cached.headers.clone()), &parts.headers);
@@ -1454,6 +1456,12 @@ where
             ))
         }
     }
+}
+
+/// The current time as an HTTP date (`Date` for responses that came without one).
+fn http_date_now() -> HeaderValue {
+    HeaderValue::try_from(httpdate::fmt_http_date(SystemTime::now()))
+        .expect("an HTTP date is a valid header value")
 }
 
 /// The answer to a `HEAD` that was sent to the origin as a `GET`: the headers (with the length

@@ -261,7 +261,6 @@ async fn seed_ru_outage_with_defaults_keeps_the_last_prices() -> TestResult {
 /// DESIGN.md: on a miss, an origin *timeout* serves the stale entry inside stale-if-error.
 /// Here the origin hangs; the entry (defaults: 60 s + 120 s SWR + 300 s SIE) is 200 s old.
 #[tokio::test(start_paused = true)]
-#[ignore = "no foreground origin timeout: a hanging origin on a miss hangs the request although a stale-if-error entry exists"]
 async fn design_miss_on_a_hanging_origin_is_answered_from_stale_if_error() -> TestResult {
     let (o, _calls) = origin(|n, _request: Request<ReqBody>| async move {
         if n > 1 {
@@ -279,6 +278,40 @@ async fn design_miss_on_a_hanging_origin_is_answered_from_stale_if_error() -> Te
         .map_err(|_| "still waiting for the hanging origin after 10 minutes")??;
     assert_eq!(info(&answer).status, CacheStatus::StaleIfError);
     assert_eq!(text(answer).await?, "v1");
+    Ok(())
+}
+
+/// `origin_timeout` sets how long such a request waits; `None` waits for the origin.
+#[tokio::test(start_paused = true)]
+async fn origin_timeout_is_configurable_and_can_be_turned_off() -> TestResult {
+    for (limit, expect_stale) in [(Some(secs(5)), true), (None, false)] {
+        let (o, _calls) = origin(|n, _request: Request<ReqBody>| async move {
+            if n > 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(reply("v1"))
+        });
+        let service = SwrLayer::new().origin_timeout(limit).layer(o);
+        let (first, _) = timed(&service, get("/p")).await?;
+        assert_eq!(text(first).await?, "v1");
+        advance(secs(200)).await;
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(secs(60), service.clone().oneshot(get("/p"))).await;
+        match (answer, expect_stale) {
+            (Ok(answer), true) => {
+                let answer = answer?;
+                assert_eq!(
+                    started.elapsed(),
+                    secs(5),
+                    "answered when the timeout passed"
+                );
+                assert_eq!(info(&answer).status, CacheStatus::StaleIfError);
+                assert_eq!(text(answer).await?, "v1");
+            }
+            (Err(_), false) => {} // still waiting for the origin after a minute, as asked
+            (answer, _) => panic!("origin_timeout({limit:?}): unexpected {:?}", answer.is_ok()),
+        }
+    }
     Ok(())
 }
 

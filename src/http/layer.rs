@@ -159,6 +159,7 @@ impl SwrLayer {
                 invalidate_on_unsafe: true,
                 convert_head: true,
                 surrogate_capability: None,
+                origin_timeout: Some(Duration::from_secs(30)),
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,
@@ -279,6 +280,16 @@ impl SwrLayer {
     /// cookies never change responses (e.g. analytics cookies only).
     pub fn cache_cookie_requests(mut self, enabled: bool) -> Self {
         self.config.policy.cookies_need_public = !enabled;
+        self.changed()
+    }
+
+    /// How long a request waits for the origin when a stale entry could answer it instead
+    /// (inside its stale-if-error window): past this, it gets the stale entry, as if the
+    /// origin had failed (default 30 s; `None` waits as long as the origin takes). Without
+    /// such an entry the origin's own answer is awaited however long it takes: put tower's
+    /// `TimeoutLayer` inside this layer for a hard limit.
+    pub fn origin_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.origin_timeout = timeout;
         self.changed()
     }
 

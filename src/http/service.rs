@@ -48,6 +48,9 @@ pub(crate) struct Config {
     /// [`render_surrogate_capability`](Self::render_surrogate_capability), rendered once per
     /// change of the settings instead of once per miss.
     pub(crate) surrogate_capability: Option<http::HeaderValue>,
+    /// How long a request that a stale entry could answer (stale-if-error) waits for the
+    /// origin before it is answered from that entry.
+    pub(crate) origin_timeout: Option<Duration>,
     /// Ask the origin with `GET` when a `HEAD` misses, and store the answer (nginx's
     /// `proxy_cache_convert_head`, Varnish's built-in `vcl_backend_fetch`).
     pub(crate) convert_head: bool,
@@ -1357,7 +1360,24 @@ where
         shared.config.prepare_origin_request(&mut request);
     }
     let started = Instant::now();
-    let response = match CatchUnwind::new(inner.oneshot(request)).await {
+    let call = CatchUnwind::new(inner.oneshot(request));
+    // With a stale entry to fall back on, the origin gets `origin_timeout`; without one, its
+    // own answer is awaited (there is nothing else to give, and no error to invent).
+    let outcome = match (usable_on_error(&expired), shared.config.origin_timeout) {
+        (Some(fallback), Some(limit)) => match tokio::time::timeout(limit, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                if let Some(leader) = leader {
+                    leader.land(Landing::Failed(None));
+                }
+                tracing::warn!(key = %key, timeout_ms = limit.as_millis() as u64,
+                    "the origin did not answer in time");
+                return Ok(shared.respond_stale_if_error(&fallback, None, ask));
+            }
+        },
+        _ => call.await,
+    };
+    let response = match outcome {
         Ok(Ok(response)) => response,
         Err(panic) => {
             // A panicking origin with a usable stale entry is an origin failure like any other;

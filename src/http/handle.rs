@@ -69,7 +69,8 @@ impl SwrHandle {
 
     /// Removes every entry.
     pub fn clear(&self) {
-        self.shared.engine.clear();
+        // Only this layer's entries: other layers may share the store (`share_memory_with`).
+        self.remove_where(|_| true);
     }
 
     /// Marks every entry for `target` stale (a soft purge): the next request is answered from it
@@ -77,14 +78,14 @@ impl SwrHandle {
     pub fn soft_purge(&self, target: &str) -> usize {
         self.shared
             .engine
-            .mark_stale_where(|key| key.target() == target)
+            .mark_stale_where(|key| self.owns(key) && key.target() == target)
     }
 
     /// Soft-purges every entry whose target starts with `prefix`. Returns how many.
     pub fn soft_purge_prefix(&self, prefix: &str) -> usize {
         self.shared
             .engine
-            .mark_stale_where(|key| key.target().starts_with(prefix))
+            .mark_stale_where(|key| self.owns(key) && key.target().starts_with(prefix))
     }
 
     /// Graceful shutdown: stop starting background refreshes and wait up to `deadline` for the
@@ -94,10 +95,15 @@ impl SwrHandle {
         self.shared.engine.shutdown(deadline).await
     }
 
+    /// Whether `key` is this layer's, in a store that layers may share.
+    fn owns(&self, key: &CacheKey) -> bool {
+        key.namespace() == self.shared.namespace
+    }
+
     fn remove_where(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
         let count = std::sync::atomic::AtomicUsize::new(0);
         self.shared.engine.remove_if(|key| {
-            let hit = matches(key);
+            let hit = self.owns(key) && matches(key);
             if hit {
                 count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }

@@ -21,6 +21,8 @@ pub struct CacheKey {
     /// entry and the flight of a miss each hold one).
     host_and_target: Arc<str>,
     host_len: usize,
+    /// Which layer stored it, among layers sharing one store (0 for the store's own layer).
+    namespace: u32,
     extra: Option<Arc<str>>,
     /// The request header values a `Vary` response is selected by (one entry per variant).
     variant: Option<Arc<[u8]>>,
@@ -42,6 +44,11 @@ impl CacheKey {
         &self.host_and_target[self.host_len..]
     }
 
+    /// Which of the layers sharing one store (`SwrLayer::share_memory_with`) the key is of.
+    pub(crate) fn namespace(&self) -> u32 {
+        self.namespace
+    }
+
     /// What the layer's key function added, if any.
     pub fn extra(&self) -> Option<&str> {
         self.extra.as_deref()
@@ -59,6 +66,7 @@ impl CacheKey {
             target: self.target(),
             extra: self.extra.as_deref(),
             variant: self.variant.as_deref(),
+            namespace: self.namespace,
         }
     }
 
@@ -97,6 +105,7 @@ pub(crate) struct KeyRef<'a> {
     target: &'a str,
     extra: Option<&'a str>,
     variant: Option<&'a [u8]>,
+    namespace: u32,
 }
 
 impl<'a> KeyRef<'a> {
@@ -116,7 +125,7 @@ impl<'a> KeyRef<'a> {
             .map(|a| a.as_str())
             .or_else(|| host_header.and_then(|h| h.to_str().ok()))
             .unwrap_or("");
-        Self::with_host(request, host, extra)
+        Self::with_host(request, host, extra, 0)
     }
 
     /// [`new`](Self::new) with the host already chosen (the URI's authority, else `Host`).
@@ -124,6 +133,7 @@ impl<'a> KeyRef<'a> {
         request: &'a Request<B>,
         host: &'a str,
         extra: Option<&'a str>,
+        namespace: u32,
     ) -> Self {
         let method = if request.method() == Method::HEAD {
             &Method::GET
@@ -137,7 +147,13 @@ impl<'a> KeyRef<'a> {
             target,
             extra,
             variant: None,
+            namespace,
         }
+    }
+
+    /// The same key, of the layer with this namespace (see [`CacheKey::namespace`]).
+    pub(crate) fn in_namespace(self, namespace: u32) -> Self {
+        Self { namespace, ..self }
     }
 
     /// The same key, for one variant.
@@ -160,6 +176,7 @@ impl<'a> KeyRef<'a> {
             target,
             extra,
             variant: None,
+            namespace: 0,
         }
     }
 
@@ -176,6 +193,7 @@ impl<'a> KeyRef<'a> {
             method: self.method.clone(),
             host_and_target: [self.host, self.target].concat().into(),
             host_len: self.host.len(),
+            namespace: self.namespace,
             extra: self.extra.map(Into::into),
             variant: self.variant.map(Into::into),
         }
@@ -222,6 +240,9 @@ impl Hash for KeyRef<'_> {
         if let Some(variant) = self.variant {
             state.write(variant);
         }
+        if self.namespace != 0 {
+            state.write_u32(self.namespace);
+        }
     }
 }
 
@@ -235,6 +256,7 @@ impl Equivalent<CacheKey> for KeyRef<'_> {
             && key.host_and_target.as_bytes()[..key.host_len] == *self.host.as_bytes()
             && self.extra == key.extra.as_deref()
             && self.variant == key.variant.as_deref()
+            && self.namespace == key.namespace
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`SwrLayer`] and its builder.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -462,9 +463,17 @@ impl SwrLayer {
                     builder.build()
                 }
             };
+            // A layer sharing another's store keys its entries apart from the other layers'.
+            static NAMESPACES: AtomicU32 = AtomicU32::new(1);
+            let namespace = if self.store.shared_with.is_some() {
+                NAMESPACES.fetch_add(1, Ordering::Relaxed)
+            } else {
+                0
+            };
             Arc::new(Shared {
                 engine,
                 config: self.config.clone(),
+                namespace,
                 vary_index: quick_cache::sync::Cache::new(64 * 1024),
             })
         })

@@ -117,6 +117,9 @@ pub(crate) struct BypassMarks {
 pub(crate) struct Shared {
     pub(crate) engine: SwrCache<CacheKey, CachedResponse>,
     pub(crate) config: Config,
+    /// This layer's part of a store shared with other layers (`share_memory_with`): its keys
+    /// carry it, so layers that see the same path keep, answer and purge their own entries.
+    pub(crate) namespace: u32,
     /// For keys whose responses vary: the header names, and the variants stored (bounded).
     pub(crate) vary_index: VaryIndexes,
 }
@@ -615,10 +618,6 @@ impl Shared {
             (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
                 let mut headers = storable_headers(parts.headers, strip);
                 self.config.strip_surrogate_control(&mut headers);
-                if !headers.contains_key(header::DATE) {
-                    // RFC 9110 §6.6.1: a cache storing a response without `Date` dates it.
-                    headers.insert(header::DATE, http_date_now());
-                }
                 (headers, true)
             }
             _ => (parts.headers, false),
@@ -851,7 +850,8 @@ impl Shared {
         if self.config.key_fn.is_none() {
             // Every key of a URI is its plain key plus indexed variants: remove exactly those.
             for t in targets {
-                let key = KeyRef::from_parts(&Method::GET, &target.host, &t, None);
+                let key = KeyRef::from_parts(&Method::GET, &target.host, &t, None)
+                    .in_namespace(self.namespace);
                 if self.remove_all_variants(key) {
                     tracing::debug!(target = %t, "invalidated by an unsafe request");
                 }
@@ -861,7 +861,9 @@ impl Shared {
         // A key function splits a URI into keys we cannot list (one per user, device, ...):
         // RFC 9111 §4.4 invalidates the URI, so every one of them goes.
         let matches = |key: &CacheKey| {
-            key.host() == &*target.host && targets.iter().any(|t| t == key.target())
+            key.namespace() == self.namespace
+                && key.host() == &*target.host
+                && targets.iter().any(|t| t == key.target())
         };
         self.engine.remove_if(matches);
         self.vary_index.retain(|key, _| !matches(key));
@@ -1020,7 +1022,7 @@ where
             shared.engine.counters().bypasses.inc();
             let safe = method == Method::OPTIONS || method == Method::TRACE;
             let invalidation = (config.invalidate_on_unsafe && !safe).then(|| {
-                let key = KeyRef::new(&request, extra.as_deref());
+                let key = KeyRef::new(&request, extra.as_deref()).in_namespace(shared.namespace);
                 (
                     Arc::clone(shared),
                     Invalidation {
@@ -1062,7 +1064,7 @@ where
             conditionals: conditional.then(|| request.headers()),
         };
         let now = Stamp::now();
-        let mut key = KeyRef::with_host(&request, host, extra.as_deref());
+        let mut key = KeyRef::with_host(&request, host, extra.as_deref(), shared.namespace);
         let mut found = shared.engine.entry(&key, now);
         let variant;
         let mut vary_miss = false;

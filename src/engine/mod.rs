@@ -640,11 +640,20 @@ where
         Fut: Future<Output = Result<Loaded<V>, E>>,
         E: fmt::Display,
     {
+        // One counter per request: a miss, unless a stale value may stand in for a failing
+        // loader; then it is counted with the outcome (a miss or a stale-if-error answer).
+        let miss_counted = existing
+            .as_ref()
+            .is_none_or(|e| !e.usable_on_error_at(Stamp::now()));
+        if miss_counted {
+            self.inner.counters.misses.inc();
+        }
         let started = Instant::now();
         match load().await.map(|l| l.with_load_time(started.elapsed())) {
             Ok(loaded) => {
-                // Counted with the outcome: a stale-if-error answer is not also a miss.
-                self.inner.counters.misses.inc();
+                if !miss_counted {
+                    self.inner.counters.misses.inc();
+                }
                 let value = loaded.value.clone();
                 let stored = self.store(key.clone(), loaded);
                 let now = Stamp::now();
@@ -670,7 +679,9 @@ where
                 match self.stale_on_error(&key, existing.as_ref(), &error) {
                     Some(lookup) => Ok(lookup),
                     None => {
-                        self.inner.counters.misses.inc();
+                        if !miss_counted {
+                            self.inner.counters.misses.inc();
+                        }
                         Err(error)
                     }
                 }

@@ -900,9 +900,12 @@ fn same_origin_target(location: &str, host: &str, base: &str) -> Option<String> 
         let uri = location.parse::<Uri>().ok()?;
         let authority = uri.authority()?;
         return (authority.as_str().eq_ignore_ascii_case(host)).then(|| {
-            uri.path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_owned()
+            match uri.path_and_query().map_or("", |pq| pq.as_str()) {
+                "" => "/".to_owned(),
+                // `http://host?q` has an empty path: the target is `/?q`.
+                query if query.starts_with('?') => format!("/{query}"),
+                target => target.to_owned(),
+            }
         });
     }
     if location.is_empty() {
@@ -1021,16 +1024,24 @@ where
         if method != Method::GET && method != Method::HEAD {
             shared.engine.counters().bypasses.inc();
             let safe = method == Method::OPTIONS || method == Method::TRACE;
-            let invalidation = (config.invalidate_on_unsafe && !safe).then(|| {
-                let key = KeyRef::new(&request, extra.as_deref()).in_namespace(shared.namespace);
-                (
-                    Arc::clone(shared),
-                    Invalidation {
-                        host: key.host().into(),
-                        target: key.target().into(),
-                    },
-                )
-            });
+            // A `Host` that is not text names no key (such requests bypass the cache).
+            let unreadable_host = request.uri().authority().is_none()
+                && request
+                    .headers()
+                    .get(header::HOST)
+                    .is_some_and(|host| host.to_str().is_err());
+            let invalidation =
+                (config.invalidate_on_unsafe && !safe && !unreadable_host).then(|| {
+                    let key =
+                        KeyRef::new(&request, extra.as_deref()).in_namespace(shared.namespace);
+                    (
+                        Arc::clone(shared),
+                        Invalidation {
+                            host: key.host().into(),
+                            target: key.target().into(),
+                        },
+                    )
+                });
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
                 config.headers.value(Member::Method),
@@ -1344,9 +1355,18 @@ where
         }
     }
 
-    // Counted as a miss once the answer is known not to be a stale-if-error one: every request
-    // lands in exactly one of the request counters.
-    let count_miss = || shared.engine.counters().misses.inc();
+    // Every request lands in exactly one request counter. Without a stale entry to fall back
+    // on, this is a miss whatever happens next (even if the client leaves): counted now. With
+    // one, the answer may be stale-if-error instead: counted once the origin has answered.
+    let miss_counted = usable_on_error(&expired).is_none();
+    if miss_counted {
+        shared.engine.counters().misses.inc();
+    }
+    let count_miss = || {
+        if !miss_counted {
+            shared.engine.counters().misses.inc();
+        }
+    };
     tracing::debug!(key = %key, status = "miss", "asking the origin");
     let template = (!pass_head).then(|| Arc::new(RequestTemplate::capture(&request)));
     let mut validating = None;
@@ -1362,20 +1382,25 @@ where
         shared.config.prepare_origin_request(&mut request);
     }
     let started = Instant::now();
-    let call = CatchUnwind::new(inner.oneshot(request));
+    let mut call = std::pin::pin!(CatchUnwind::new(inner.oneshot(request)));
     // With a stale entry to fall back on, the origin gets `origin_timeout`; without one, its
     // own answer is awaited (there is nothing else to give, and no error to invent).
     let outcome = match (usable_on_error(&expired), shared.config.origin_timeout) {
-        (Some(fallback), Some(limit)) => match tokio::time::timeout(limit, call).await {
+        (Some(_), Some(limit)) => match tokio::time::timeout(limit, call.as_mut()).await {
             Ok(outcome) => outcome,
-            Err(_) => {
-                if let Some(leader) = leader {
-                    leader.land(Landing::Failed(None));
+            // Only while the entry may still stand in: once its window has closed, the origin's
+            // own answer is awaited after all.
+            Err(_) => match usable_on_error(&expired) {
+                Some(fallback) => {
+                    if let Some(leader) = leader {
+                        leader.land(Landing::Failed(None));
+                    }
+                    tracing::warn!(key = %key, timeout_ms = limit.as_millis() as u64,
+                        "the origin did not answer in time");
+                    return Ok(shared.respond_stale_if_error(&fallback, None, ask));
                 }
-                tracing::warn!(key = %key, timeout_ms = limit.as_millis() as u64,
-                    "the origin did not answer in time");
-                return Ok(shared.respond_stale_if_error(&fallback, None, ask));
-            }
+                None => call.await,
+            },
         },
         _ => call.await,
     };

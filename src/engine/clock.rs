@@ -24,7 +24,15 @@ fn origin() -> std::time::Instant {
     static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
     *ORIGIN.get_or_init(|| {
         let now = std::time::Instant::now();
-        now.checked_sub(HEADROOM).unwrap_or(now)
+        // Where an `Instant` cannot go back before boot (not Linux), take what headroom there is.
+        let mut headroom = HEADROOM;
+        while !headroom.is_zero() {
+            if let Some(origin) = now.checked_sub(headroom) {
+                return origin;
+            }
+            headroom /= 2;
+        }
+        now
     })
 }
 

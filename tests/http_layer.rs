@@ -1261,6 +1261,32 @@ async fn head_is_answered_from_the_get_entry_with_an_empty_body() -> TestResult 
     Ok(())
 }
 
+#[tokio::test(start_paused = true)]
+async fn head_gets_the_length_of_the_get_body_when_the_origin_sent_none() -> TestResult {
+    // An axum handler's response has no Content-Length (hyper computes it when writing): a
+    // HEAD must still be told the GET's length, not that of its own empty body.
+    let (origin, calls) = origin(|_, _| async move { Ok(reply_cc("hello", "max-age=60")) });
+    let service = SwrLayer::new().layer(origin);
+    let miss = service.clone().oneshot(request(Method::HEAD, "/n")).await?;
+    assert_eq!(
+        header_value(&miss, header::CONTENT_LENGTH).as_deref(),
+        Some("5")
+    );
+    assert!(body(miss).await?.is_empty());
+    let hit = service.clone().oneshot(request(Method::HEAD, "/n")).await?;
+    assert_eq!(calls.get(), 1);
+    assert_eq!(
+        header_value(&hit, header::CONTENT_LENGTH).as_deref(),
+        Some("5")
+    );
+    assert!(body(hit).await?.is_empty());
+    // A GET's answer is left to the server to measure.
+    let get_hit = service.clone().oneshot(get("/n")).await?;
+    assert!(header_value(&get_hit, header::CONTENT_LENGTH).is_none());
+    assert_eq!(body(get_hit).await?, "hello");
+    Ok(())
+}
+
 // ---- CacheInfo and stats ----
 
 #[tokio::test(start_paused = true)]

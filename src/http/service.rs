@@ -471,6 +471,13 @@ impl Shared {
             if !ask.head && !whole {
                 *response.body_mut() = SwrBody::cached(cached.body.clone());
             }
+            if ask.head && !response.headers().contains_key(header::CONTENT_LENGTH) {
+                // A HEAD gets the length a GET would (RFC 9110 §9.3.2), not that of its own
+                // empty body, which a server would otherwise write.
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, cached.body.len().into());
+            }
         }
         let age = entry.age_at(now);
         let headers = response.headers_mut();
@@ -1513,12 +1520,22 @@ fn http_date_now() -> HeaderValue {
 
 /// The answer to a `HEAD` that was sent to the origin as a `GET`: the headers (with the length
 /// of the body a `GET` gets), no body.
-fn without_body_if<B: Body>(head: bool, response: Response<SwrBody<B>>) -> Response<SwrBody<B>> {
-    if head {
-        response.map(|_| SwrBody::empty())
-    } else {
-        response
+fn without_body_if<B: Body<Data = Bytes>>(
+    head: bool,
+    response: Response<SwrBody<B>>,
+) -> Response<SwrBody<B>> {
+    if !head {
+        return response;
     }
+    let mut response = response;
+    if !response.headers().contains_key(header::CONTENT_LENGTH) {
+        if let Some(len) = response.body().size_hint().exact() {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, len.into());
+        }
+    }
+    response.map(|_| SwrBody::empty())
 }
 
 /// Default lifetimes of the application preset (seed `stampede-prevention-strategy.md`).

@@ -32,6 +32,9 @@ pin_project! {
         B: Body,
     {
         Cached { data: Option<Bytes> },
+        // No data, and no length stated: the answer to a HEAD whose GET body has an unknown
+        // length (a stated 0 would tell the client the GET body is empty).
+        Unsized,
         Inner { #[pin] body: B },
         Prefix {
             chunks: VecDeque<Bytes>,
@@ -53,6 +56,13 @@ impl<B: Body> SwrBody<B> {
     pub(crate) fn empty() -> Self {
         Self {
             kind: Kind::Cached { data: None },
+        }
+    }
+
+    /// No data, with no length stated (see `Kind::Unsized`).
+    pub(crate) fn unsized_empty() -> Self {
+        Self {
+            kind: Kind::Unsized,
         }
     }
 
@@ -86,6 +96,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Cached { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Unsized => Poll::Ready(None),
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Prefix {
                 chunks,
@@ -110,6 +121,8 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Cached { data } => data.is_none(),
+            // Not "ended": a server would then state a length of 0.
+            Kind::Unsized => false,
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Prefix {
                 chunks,
@@ -128,6 +141,7 @@ where
             Kind::Cached { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Unsized => SizeHint::new(),
             Kind::Inner { body } => body.size_hint(),
             Kind::Prefix {
                 chunks,
@@ -160,6 +174,7 @@ impl<B: Body> std::fmt::Debug for SwrBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
             Kind::Cached { .. } => "Cached",
+            Kind::Unsized => "Unsized",
             Kind::Inner { .. } => "Inner",
             Kind::Prefix { .. } => "Prefix",
         };

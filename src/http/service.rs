@@ -1528,14 +1528,19 @@ fn without_body_if<B: Body<Data = Bytes>>(
         return response;
     }
     let mut response = response;
-    if !response.headers().contains_key(header::CONTENT_LENGTH) {
-        if let Some(len) = response.body().size_hint().exact() {
+    if response.headers().contains_key(header::CONTENT_LENGTH) {
+        return response.map(|_| SwrBody::empty());
+    }
+    match response.body().size_hint().exact() {
+        Some(len) => {
             response
                 .headers_mut()
                 .insert(header::CONTENT_LENGTH, len.into());
+            response.map(|_| SwrBody::empty())
         }
+        // The GET body's length is unknown: state none (not the 0 of an empty body).
+        None => response.map(|_| SwrBody::unsized_empty()),
     }
-    response.map(|_| SwrBody::empty())
 }
 
 /// Default lifetimes of the application preset (seed `stampede-prevention-strategy.md`).

@@ -812,6 +812,21 @@ async fn vary_keeps_a_variant_from_other_header_values() -> TestResult {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_purged_varying_resource_is_a_plain_miss_again() -> TestResult {
+    let (origin, calls) = by_language();
+    let layer = SwrLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(origin);
+    let en = || get_with("/v", header::ACCEPT_LANGUAGE, "en");
+    body(service.clone().oneshot(en()).await?).await?;
+    assert_eq!(handle.purge("/v"), 1);
+    let again = service.clone().oneshot(en()).await?;
+    assert_eq!(calls.get(), 2);
+    assert_eq!(cache_status(&again), "tower-swr; fwd=uri-miss; stored");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn vary_variants_are_stored_side_by_side() -> TestResult {
     let (origin, calls) = by_language();
     let service = SwrLayer::new().layer(origin);

@@ -109,6 +109,10 @@ impl SwrHandle {
             }
             hit
         });
+        // The purged keys' `Vary` indexes go too: the next request is a plain miss again.
+        self.shared
+            .vary_index
+            .retain(|key, _| !(self.owns(key) && matches(key)));
         count.into_inner()
     }
 }

@@ -97,6 +97,20 @@ impl fmt::Display for CacheKey {
     }
 }
 
+/// The host part of a request's key: the URI's authority (HTTP/2, absolute form), else the
+/// `Host` header, else `""`. `None` when that header is not text: such a host cannot be keyed
+/// apart from others (or from no `Host`), so its requests bypass the cache.
+pub(crate) fn key_host<'a, B>(
+    request: &'a Request<B>,
+    host_header: Option<&'a HeaderValue>,
+) -> Option<&'a str> {
+    match (request.uri().authority(), host_header) {
+        (Some(authority), _) => Some(authority.as_str()),
+        (None, Some(value)) => value.to_str().ok(),
+        (None, None) => Some(""),
+    }
+}
+
 /// A borrowed key, so a hit looks up without allocating.
 #[derive(Clone, Copy)]
 pub(crate) struct KeyRef<'a> {
@@ -109,26 +123,7 @@ pub(crate) struct KeyRef<'a> {
 }
 
 impl<'a> KeyRef<'a> {
-    pub(crate) fn new<B>(request: &'a Request<B>, extra: Option<&'a str>) -> Self {
-        Self::with_host_header(request, request.headers().get(header::HOST), extra)
-    }
-
-    /// [`new`](Self::new) with the request's `Host` header already looked up.
-    pub(crate) fn with_host_header<B>(
-        request: &'a Request<B>,
-        host_header: Option<&'a HeaderValue>,
-        extra: Option<&'a str>,
-    ) -> Self {
-        let host = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| host_header.and_then(|h| h.to_str().ok()))
-            .unwrap_or("");
-        Self::with_host(request, host, extra, 0)
-    }
-
-    /// [`new`](Self::new) with the host already chosen (the URI's authority, else `Host`).
+    /// A request's key, with its host already chosen by [`key_host`].
     pub(crate) fn with_host<B>(
         request: &'a Request<B>,
         host: &'a str,

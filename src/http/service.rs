@@ -19,7 +19,7 @@ use tower_service::Service;
 use super::body::{buffer, headers_weight, Buffered, SwrBody};
 use super::conditional::{self, ByteRange, CLIENT_CONDITIONALS};
 use super::future::ResponseFuture;
-use super::key::{request_variant, CacheKey, KeyRef, Vary, VaryValues};
+use super::key::{key_host, request_variant, CacheKey, KeyRef, Vary, VaryValues};
 use super::policy::{Decision, Policy, RequestFacts, SURROGATE_CONTROL};
 use super::status::{
     reserve_slots, without_slots, CacheInfo, CacheStatus, Member, Slots, StatusHeaders,
@@ -1032,15 +1032,10 @@ where
             shared.engine.counters().bypasses.inc();
             let safe = method == Method::OPTIONS || method == Method::TRACE;
             // A `Host` that is not text names no key (such requests bypass the cache).
-            let unreadable_host = request.uri().authority().is_none()
-                && request
-                    .headers()
-                    .get(header::HOST)
-                    .is_some_and(|host| host.to_str().is_err());
-            let invalidation =
-                (config.invalidate_on_unsafe && !safe && !unreadable_host).then(|| {
-                    let key =
-                        KeyRef::new(&request, extra.as_deref()).in_namespace(shared.namespace);
+            let invalidation = key_host(&request, request.headers().get(header::HOST))
+                .filter(|_| config.invalidate_on_unsafe && !safe)
+                .map(|host| {
+                    let key = KeyRef::with_host(&request, host, extra.as_deref(), 0);
                     (
                         Arc::clone(shared),
                         Invalidation {
@@ -1061,14 +1056,7 @@ where
             conditional,
             host,
         } = RequestFacts::scan(request.headers(), &config.policy);
-        // The host part of the key: a `Host` that is not text cannot be keyed apart from other
-        // such hosts (or from no `Host`), so its requests bypass the cache.
-        let host = match (request.uri().authority(), host) {
-            (Some(authority), _) => Some(authority.as_str()),
-            (None, Some(value)) => value.to_str().ok(),
-            (None, None) => Some(""),
-        };
-        let Some(host) = host.filter(|_| !skip) else {
+        let Some(host) = key_host(&request, host).filter(|_| !skip) else {
             shared.engine.counters().bypasses.inc();
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
@@ -1308,7 +1296,8 @@ where
             .cloned()
     };
 
-    // A HEAD response has no body to store: ask the origin, store nothing.
+    // A HEAD passed through (`convert_head(false)`) has no body to store: it asks the origin
+    // alone and stores nothing.
     let mut leader = None;
     if !pass_head {
         let deadline = shared.engine.lock_deadline();

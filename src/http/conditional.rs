@@ -172,10 +172,12 @@ pub(crate) fn byte_range(request: &HeaderMap, stored: &HeaderMap, len: usize) ->
             if first >= len {
                 return ByteRange::Unsatisfiable;
             }
-            (first, last.map_or(len, |last| (last + 1).min(len)))
+            // `last` is client input up to u64::MAX: clamp before adding (RFC 9110 §14.1.2: a
+            // last-pos past the end means the end).
+            (first, last.map_or(len, |last| last.min(len - 1) + 1))
         }
         (None, Some(suffix)) => {
-            if suffix == 0 {
+            if suffix == 0 || len == 0 {
                 return ByteRange::Unsatisfiable;
             }
             (len.saturating_sub(suffix), len)
@@ -207,6 +209,49 @@ mod tests {
         assert_eq!(r("bytes=10-"), ByteRange::Unsatisfiable);
         assert_eq!(r("bytes=0-1,3-4"), ByteRange::Whole);
         assert_eq!(r("items=0-1"), ByteRange::Whole);
+    }
+
+    #[test]
+    fn a_last_byte_position_past_u64_bounds_is_clamped_or_ignored() {
+        let none = HeaderMap::new();
+        let r = |spec: &'static str| byte_range(&headers(&[("range", spec)]), &none, 10);
+        assert_eq!(r("bytes=1-18446744073709551615"), ByteRange::Slice(1, 10));
+        assert_eq!(r("bytes=0-18446744073709551615"), ByteRange::Slice(0, 10));
+        assert_eq!(r("bytes=9-18446744073709551614"), ByteRange::Slice(9, 10));
+        assert_eq!(r("bytes=-18446744073709551615"), ByteRange::Slice(0, 10));
+        // Past u64: not a number we can read, so not a range we serve.
+        assert_eq!(r("bytes=0-99999999999999999999999"), ByteRange::Whole);
+        assert_eq!(r("bytes=99999999999999999999999-"), ByteRange::Whole);
+        assert_eq!(r("bytes=18446744073709551615-"), ByteRange::Unsatisfiable);
+        let empty = byte_range(
+            &headers(&[("range", "bytes=0-18446744073709551615")]),
+            &none,
+            0,
+        );
+        assert_eq!(empty, ByteRange::Unsatisfiable);
+    }
+
+    proptest::proptest! {
+        /// Any `Range` a client sends yields a slice inside the body, a 416 or the whole body.
+        #[test]
+        fn any_range_header_yields_a_slice_inside_the_body(
+            first in proptest::option::of(proptest::prop_oneof![
+                0u64..40, proptest::num::u64::ANY, (u64::MAX - 3)..=u64::MAX]),
+            last in proptest::option::of(proptest::prop_oneof![
+                0u64..40, proptest::num::u64::ANY, (u64::MAX - 3)..=u64::MAX]),
+            len in 0usize..32,
+        ) {
+            let spec = format!(
+                "bytes={}-{}",
+                first.map_or(String::new(), |n| n.to_string()),
+                last.map_or(String::new(), |n| n.to_string()),
+            );
+            let mut request = HeaderMap::new();
+            request.insert(header::RANGE, HeaderValue::try_from(spec).unwrap());
+            if let ByteRange::Slice(start, end) = byte_range(&request, &HeaderMap::new(), len) {
+                proptest::prop_assert!(start < end && end <= len);
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The fuzzed path: one origin response, built from the input's bytes, goes through
+//! The response target ([`run`]): one origin response, built from the input's bytes, goes through
 //! `SwrLayer::new()` or `SwrLayer::shared_cache()`; then the same request is sent again after
 //! a delay. Panics (from the layer, or from a broken invariant below) are what AFL reports.
 //!
@@ -7,6 +7,9 @@
 //! order, `Cache-Control`, `Expires`, `Age`, `Vary`, `Date`, `Last-Modified`, `ETag`,
 //! `Surrogate-Control`, `Content-Length`, the request's `x-v` (named by a `Vary: x-v`), and the response body.
 //! A field whose bytes are not a valid header value is left out.
+//!
+//! The request target ([`run_request`], module `request`) fuzzes clients' ranges and
+//! conditionals against a stored response.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -18,6 +21,9 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_swr::{CacheInfo, CacheStatus, SwrLayer};
+
+mod request;
+pub use request::{request_seeds, run_request};
 
 const STATUSES: [u16; 12] = [200, 203, 204, 206, 301, 304, 404, 410, 500, 501, 503, 599];
 const DELAYS: [u64; 8] = [0, 1, 5, 30, 61, 121, 400, 100_000];
@@ -36,6 +42,17 @@ const FIELDS: [&str; 9] = [
 /// One runtime for every input (a static: never dropped, so no refresh task is dropped while
 /// thread-locals are torn down, where a paused clock cannot be read).
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// The runtime every input runs on: one thread, time paused.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a runtime")
+    })
+}
 
 /// Assertions about bugs already reported (and pinned by ignored tests) are skipped while
 /// `SWR_FUZZ_SKIP_KNOWN=1`, so a long run looks for new ones.
@@ -77,14 +94,7 @@ pub fn run(data: &[u8]) {
     let variant = fields.next().and_then(|b| HeaderValue::from_bytes(b).ok());
     let body = Bytes::copy_from_slice(fields.next().unwrap_or_default());
 
-    let runtime = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("a runtime")
-    });
-    runtime.block_on(check(
+    runtime().block_on(check(
         status,
         shared,
         delay,

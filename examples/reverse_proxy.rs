@@ -122,7 +122,11 @@ async fn main() {
 
     let client = Client::builder(TokioExecutor::new()).build_http();
     let proxy = ServiceBuilder::new()
-        .layer(SwrLayer::shared_cache())
+        .layer(
+            // The upstream chooses by method itself: a HEAD miss may be asked as a GET and
+            // stored, as nginx and Varnish do.
+            SwrLayer::shared_cache().convert_head(true),
+        )
         .service(Upstream { client, base });
     let app = Router::new().fallback_service(proxy);
 

@@ -387,7 +387,7 @@ fn request(method: &str, path: &str, extra: &[&str]) -> String {
 #[tokio::test]
 async fn head_miss_and_hit_advertise_the_get_length_without_a_body() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
     let mut conn = Conn::open(addr).await;
 
     let miss = conn.exchange("HEAD", "/fixed", &[]).await;
@@ -422,7 +422,7 @@ async fn head_miss_and_hit_advertise_the_get_length_without_a_body() {
 #[tokio::test]
 async fn head_then_get_pipelined_in_one_write_stay_in_step() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
     let mut conn = Conn::open(addr).await;
     for round in 0..2 {
         // Round 0: HEAD miss, GET collapsed or hit; round 1: both hits.
@@ -452,7 +452,7 @@ async fn head_then_get_pipelined_in_one_write_stay_in_step() {
 #[tokio::test]
 async fn head_miss_on_a_chunked_handler_is_stored_and_advertises_its_length() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
     let mut conn = Conn::open(addr).await;
     let head = conn.exchange("HEAD", "/chunked", &[]).await;
     assert_eq!(head.status(), 200);
@@ -532,7 +532,7 @@ async fn control_head_of_a_chunked_body_has_no_length_without_conversion() {
 #[tokio::test]
 async fn head_through_hyper_client_matches_get() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     for path in ["/fixed", "/chunked"] {
         for _ in 0..2 {
@@ -1021,7 +1021,7 @@ async fn http_1_0_requests_get_http_1_0_framing() {
 #[tokio::test]
 async fn many_mixed_requests_on_one_keep_alive_connection() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
     let mut conn = Conn::open(addr).await;
     let body = fixed_body();
     for round in 0..3 {
@@ -1084,7 +1084,7 @@ async fn revalidated_entry_keeps_its_framing() {
     let addr = serve(
         Router::new()
             .route("/r", get(handler))
-            .layer(SwrLayer::new()),
+            .layer(SwrLayer::new().convert_head(true)),
     )
     .await;
     let mut conn = Conn::open(addr).await;

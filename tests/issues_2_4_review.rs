@@ -233,7 +233,7 @@ async fn issue2_head_after_get_is_answered_from_cache() -> TestResult {
 #[tokio::test(start_paused = true)]
 async fn issue2_head_alone_is_cached() -> TestResult {
     let (o, calls) = moody(None, Mode::default());
-    let service = SwrLayer::new().layer(o);
+    let service = SwrLayer::new().convert_head(true).layer(o);
     service.clone().oneshot(request(Method::HEAD, "/h")).await?;
     let second = service.clone().oneshot(request(Method::HEAD, "/h")).await?;
     assert_eq!(calls.get(), 1, "{}", cache_status(&second));

@@ -251,7 +251,7 @@ async fn a_head_miss_and_a_get_share_one_get_to_the_origin() -> TestResult {
             Ok::<_, BoxError>(with_header(response, header::CONTENT_LENGTH, "4"))
         }
     });
-    let service = SwrLayer::new().layer(o);
+    let service = SwrLayer::new().convert_head(true).layer(o);
     let head = tokio::spawn(service.clone().oneshot(request(Method::HEAD, "/r")));
     settle().await;
     let get = tokio::spawn(service.clone().oneshot(get("/r")));
@@ -292,7 +292,7 @@ async fn head_misses_get_no_body_on_every_path() -> TestResult {
             Ok::<_, BoxError>(with_header(response, header::CONTENT_LENGTH, "4"))
         }
     });
-    let service = SwrLayer::new().layer(o);
+    let service = SwrLayer::new().convert_head(true).layer(o);
 
     let head = service
         .clone()

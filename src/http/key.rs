@@ -6,7 +6,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request};
+use http::uri::Authority;
+use http::{Method, Request, Uri};
 use quick_cache::Equivalent;
 
 /// The key an HTTP response is stored under.
@@ -105,10 +106,42 @@ pub(crate) fn key_host<'a, B>(
     host_header: Option<&'a HeaderValue>,
 ) -> Option<&'a str> {
     match (request.uri().authority(), host_header) {
-        (Some(authority), _) => Some(authority.as_str()),
+        (Some(authority), _) => Some(authority_host(authority)),
         (None, Some(value)) => value.to_str().ok(),
         (None, None) => Some(""),
     }
+}
+
+/// An authority without its userinfo: `host[:port]`, as a `Host` header names it.
+fn authority_host(authority: &Authority) -> &str {
+    let text = authority.as_str();
+    text.rsplit_once('@').map_or(text, |(_, host)| host)
+}
+
+/// Makes the `Host` header agree with the request target's authority, which the key is made
+/// of: RFC 9112 §3.2.2 (absolute form: the target's authority wins, and a proxy forwards a
+/// `Host` made from it) and RFC 9113 §8.3.1 (HTTP/2: `:authority` and `Host` must name the
+/// same origin). A handler reading `Host` then renders the page of the host it is stored for.
+pub(crate) fn align_host<B>(request: &mut Request<B>) {
+    if let Some(host) = host_correction(request.uri(), request.headers()) {
+        request.headers_mut().insert(header::HOST, host);
+    }
+}
+
+/// The `Host` a request's headers must carry to agree with its target, if they do not.
+pub(crate) fn host_correction(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    let host = authority_host(uri.authority()?);
+    let mut lines = headers.get_all(header::HOST).iter();
+    let agrees = match (lines.next(), lines.next()) {
+        // HTTP/2 without `Host`: handlers read the authority itself.
+        (None, _) => true,
+        (Some(line), None) => line.as_bytes().eq_ignore_ascii_case(host.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if agrees {
+        return None;
+    }
+    HeaderValue::from_str(host).ok()
 }
 
 /// A borrowed key, so a hit looks up without allocating.

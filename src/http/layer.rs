@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::request::Parts;
+use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
 use super::handle::SwrHandle;
@@ -128,6 +129,7 @@ impl SwrLayer {
             cookies_need_public: true,
             revalidation_retention: Duration::from_secs(600),
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
+            credential_headers: Arc::new([]),
         })
     }
 
@@ -145,6 +147,7 @@ impl SwrLayer {
             cookies_need_public: true,
             revalidation_retention: Duration::from_secs(600),
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
+            credential_headers: Arc::new([]),
         })
     }
 
@@ -158,9 +161,13 @@ impl SwrLayer {
                 key_fn: None,
                 policy_fn: None,
                 invalidate_on_unsafe: true,
-                convert_head: true,
+                convert_head: false,
                 surrogate_capability: None,
                 origin_timeout: Some(Duration::from_secs(30)),
+                failure_statuses: Arc::new([
+                    StatusCode::REQUEST_TIMEOUT,
+                    StatusCode::TOO_MANY_REQUESTS,
+                ]),
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,
@@ -268,6 +275,44 @@ impl SwrLayer {
         self.changed()
     }
 
+    /// Request headers that carry a credential, treated like `Authorization` (default: none
+    /// besides `Authorization` and `Cookie`): an answer to a request carrying one is stored
+    /// and shared only when the response says `public`, `s-maxage` or `must-revalidate`, is
+    /// never served to such a request otherwise, and a refresh sends the storing request's
+    /// value, not the triggering client's.
+    ///
+    /// ```
+    /// use tower_swr::SwrLayer;
+    ///
+    /// let layer = SwrLayer::new().credential_headers(["x-api-key", "x-auth-token"]);
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If a name is not a valid header name.
+    pub fn credential_headers<N>(mut self, names: impl IntoIterator<Item = N>) -> Self
+    where
+        N: TryInto<HeaderName>,
+        N::Error: fmt::Debug,
+    {
+        self.config.policy.credential_headers = names
+            .into_iter()
+            .map(|name| name.try_into().expect("a valid header name"))
+            .collect();
+        self.changed()
+    }
+
+    /// Origin statuses, besides every 5xx, that mean the origin failed this time rather than
+    /// answered (default `408 Request Timeout` and `429 Too Many Requests`, as nginx's
+    /// `proxy_cache_use_stale timeout http_429`): a background refresh answered so keeps the
+    /// stored entry and backs off, and a request that a stale-if-error entry can answer gets
+    /// that entry instead. Without a usable entry the client gets the origin's answer.
+    pub fn failure_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.config.failure_statuses = statuses.into_iter().collect();
+        self.changed()
+    }
+
     /// Store `private` responses and answers to requests carrying `Authorization` (default
     /// `false`). Only safe when [`key_fn`](Self::key_fn) puts the user in the key.
     pub fn allow_private(mut self, allow: bool) -> Self {
@@ -294,10 +339,16 @@ impl SwrLayer {
         self.changed()
     }
 
-    /// Ask the origin with `GET` when a `HEAD` misses, store the answer and send the client its
-    /// headers only (default `true`, like nginx's `proxy_cache_convert_head` and Varnish). With
-    /// `false`, a `HEAD` miss goes to the origin as a `HEAD` and nothing is stored; a `HEAD` is
-    /// still answered from a stored `GET` either way.
+    /// Ask the inner service with `GET` when a `HEAD` misses, store the answer and send the
+    /// client its headers only (nginx's `proxy_cache_convert_head`, Varnish). Default `false`:
+    /// a `HEAD` miss goes to the inner service as a `HEAD` and nothing is stored; a `HEAD` is
+    /// answered from a stored `GET` either way.
+    ///
+    /// Turn it on only when the inner service chooses what to run by the request's method
+    /// itself, e.g. an HTTP client to an upstream (`examples/reverse_proxy.rs`) or a whole
+    /// `Router` wrapped as one service. Under axum's `Router::layer` the layer wraps each
+    /// method's handler separately: a converted `HEAD` would still run the route's `.head(..)`
+    /// handler, and its bodiless answer would be stored as the `GET` entry.
     pub fn convert_head(mut self, enabled: bool) -> Self {
         self.config.convert_head = enabled;
         self.changed()

@@ -263,6 +263,23 @@ pub(crate) fn directives(line: &str) -> Vec<(String, Option<String>)> {
     out
 }
 
+/// Why a response is not stored that is already past every window when it arrives.
+pub(crate) const NEVER_USABLE: &str = "already past every window";
+
+/// Whether a response is a `text/event-stream` (server-sent events).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        let essence = value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"text/event-stream")
+    })
+}
+
 /// Statuses a cache may store with heuristic freshness (RFC 9110 §15.1).
 pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
@@ -289,6 +306,9 @@ pub(crate) struct Policy {
     pub(crate) revalidation_retention: Duration,
     /// Our `Surrogate-Control` target token; `None` ignores the header.
     pub(crate) surrogate_token: Option<std::sync::Arc<str>>,
+    /// Request headers treated like `Authorization` (`X-Api-Key`, ...): answers to requests
+    /// carrying one are stored and shared only when explicitly shareable.
+    pub(crate) credential_headers: std::sync::Arc<[http::HeaderName]>,
 }
 
 /// What the policy needs to know of the request.
@@ -341,6 +361,10 @@ impl Policy {
             || status == StatusCode::NOT_MODIFIED
         {
             return Decision::Pass("status");
+        }
+        if is_event_stream(headers) {
+            // Server-sent events never end: buffering them would hold every event back.
+            return Decision::Pass("event stream");
         }
         let mut cc = CacheControl::from_headers(headers);
         let surrogate = self
@@ -411,7 +435,11 @@ impl Policy {
         } else {
             strip = cc.no_cache_fields.clone();
         }
-        let decision = |ttl: Duration, initial_age: Duration| {
+        // `arrives_stale`: the origin itself says the response is stale now (`max-age=0`, an
+        // invalid lifetime, `Expires` not after `Date`, an `Age` past its lifetime). Only the
+        // response's own stale directives then apply, never the layer's default windows
+        // (RFC 9111 §4.2.1: an invalid lifetime means stale).
+        let decision = |ttl: Duration, initial_age: Duration, arrives_stale: bool| {
             let stale_forbidden =
                 cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
             // RFC 9111 §4.2.4: must-revalidate, proxy-revalidate, s-maxage and no-cache forbid
@@ -419,15 +447,27 @@ impl Policy {
             let window = |directive: Option<Seconds>, default: Duration| match directive {
                 _ if stale_forbidden && self.respect_origin => Duration::ZERO,
                 Some(seconds) if self.respect_origin => seconds.duration(),
+                _ if arrives_stale && self.respect_origin => Duration::ZERO,
                 _ => default,
             };
+            let freshness = Freshness::new(ttl)
+                .with_stale_while_revalidate(window(
+                    cc.stale_while_revalidate,
+                    self.default_stale_while_revalidate,
+                ))
+                .with_stale_if_error(window(cc.stale_if_error, self.default_stale_if_error));
+            // Already past every window (and past the time kept to revalidate it): it could
+            // never answer a request, so storing it would only report `stored` falsely.
+            let last_use = freshness.ttl.saturating_add(
+                (freshness.stale_while_revalidate)
+                    .max(freshness.stale_if_error)
+                    .max(retain),
+            );
+            if initial_age >= last_use {
+                return Decision::Pass(NEVER_USABLE);
+            }
             Decision::Store {
-                freshness: Freshness::new(ttl)
-                    .with_stale_while_revalidate(window(
-                        cc.stale_while_revalidate,
-                        self.default_stale_while_revalidate,
-                    ))
-                    .with_stale_if_error(window(cc.stale_if_error, self.default_stale_if_error)),
+                freshness,
                 initial_age,
                 shared_with_auth: explicitly_shareable || self.store_private,
                 shared_with_cookie: cc.public
@@ -444,38 +484,38 @@ impl Policy {
             if !has_validators {
                 return Decision::Pass("no-cache without validators");
             }
-            return decision(Duration::ZERO, Duration::ZERO);
+            return decision(Duration::ZERO, Duration::ZERO, true);
         }
         if !self.respect_origin {
             let ttl = self.default_ttl.unwrap_or(Duration::ZERO);
             return if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
                 Decision::Pass("server error")
             } else {
-                decision(ttl, Duration::ZERO)
+                decision(ttl, Duration::ZERO, false)
             };
         }
         let Some(initial_age) = initial_age(headers, date, now, response_delay) else {
             // An unreadable `Age`: the response is stale (RFC 9111 §4.2.3, as tested by the
             // cache-tests suite); keep it only to revalidate it.
             return if has_validators {
-                decision(Duration::ZERO, Duration::ZERO)
+                decision(Duration::ZERO, Duration::ZERO, true)
             } else {
                 Decision::Pass("invalid age")
             };
         };
         if let Some(ttl) = explicit_lifetime(&cc, headers, date, now) {
-            return decision(ttl, initial_age);
+            return decision(ttl, initial_age, ttl <= initial_age);
         }
         if !heuristically_cacheable(status) {
             return Decision::Pass("no freshness");
         }
         if let Some(default) = self.default_ttl {
             // A default lifetime is counted from when we got the response.
-            return decision(default, Duration::ZERO);
+            return decision(default, Duration::ZERO, false);
         }
         match heuristic_lifetime(headers, date, now) {
-            Some(ttl) => decision(ttl, initial_age),
-            None if has_validators => decision(Duration::ZERO, initial_age),
+            Some(ttl) => decision(ttl, initial_age, false),
+            None if has_validators => decision(Duration::ZERO, initial_age, false),
             None => Decision::Pass("no freshness"),
         }
     }

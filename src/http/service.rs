@@ -19,8 +19,10 @@ use tower_service::Service;
 use super::body::{buffer, headers_weight, Buffered, SwrBody};
 use super::conditional::{self, ByteRange, CLIENT_CONDITIONALS};
 use super::future::ResponseFuture;
-use super::key::{key_host, request_variant, CacheKey, KeyRef, Vary, VaryValues};
-use super::policy::{Decision, Policy, RequestFacts, SURROGATE_CONTROL};
+use super::key::{
+    align_host, host_correction, key_host, request_variant, CacheKey, KeyRef, Vary, VaryValues,
+};
+use super::policy::{Decision, Policy, RequestFacts, NEVER_USABLE, SURROGATE_CONTROL};
 use super::status::{
     reserve_slots, without_slots, CacheInfo, CacheStatus, Member, Slots, StatusHeaders,
 };
@@ -54,9 +56,18 @@ pub(crate) struct Config {
     /// Ask the origin with `GET` when a `HEAD` misses, and store the answer (nginx's
     /// `proxy_cache_convert_head`, Varnish's built-in `vcl_backend_fetch`).
     pub(crate) convert_head: bool,
+    /// Statuses besides 5xx that mean "the origin failed this time" (408, 429 by default):
+    /// a refresh answered so keeps the entry, a miss with a stale-if-error entry gets it.
+    pub(crate) failure_statuses: Arc<[StatusCode]>,
 }
 
 impl Config {
+    /// Whether an origin status is a failure (5xx or one of `failure_statuses`), not an answer
+    /// to store or to drop the stored entry for.
+    pub(crate) fn is_failure(&self, status: StatusCode) -> bool {
+        status.is_server_error() || self.failure_statuses.contains(&status)
+    }
+
     /// `Surrogate-Capability` for origin requests, when `Surrogate-Control` is read.
     pub(crate) fn render_surrogate_capability(&self) -> Option<http::HeaderValue> {
         let token = self.policy.surrogate_token.as_deref()?;
@@ -151,6 +162,9 @@ pub(crate) struct RequestTemplate {
 impl RequestTemplate {
     fn capture<B>(request: &Request<B>) -> Self {
         let mut headers = request.headers().clone();
+        if let Some(host) = host_correction(request.uri(), &headers) {
+            headers.insert(header::HOST, host);
+        }
         // Conditionals, ranges and the connection's own headers belong to one client's
         // exchange, not to a refresh (a refresh has no body and its own connection).
         remove_present(&mut headers, &CLIENT_CONDITIONALS);
@@ -198,10 +212,10 @@ const CONNECTION_HEADERS: [HeaderName; 6] = [
 struct Credentials(Box<[(HeaderName, HeaderValue)]>);
 
 impl Credentials {
-    fn of(headers: &HeaderMap) -> Option<Box<Self>> {
+    fn of(headers: &HeaderMap, custom: &[HeaderName]) -> Option<Box<Self>> {
         let lines: Vec<(HeaderName, HeaderValue)> = headers
             .iter()
-            .filter(|(name, _)| *name == header::AUTHORIZATION || *name == header::COOKIE)
+            .filter(|(name, _)| is_credential(name, custom))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         (!lines.is_empty()).then(|| Box::new(Self(lines.into_boxed_slice())))
@@ -216,13 +230,21 @@ impl Credentials {
     }
 
     /// Puts the storing request's credentials (or none) in place of the trigger's.
-    fn apply(credentials: Option<&Self>, headers: &mut HeaderMap) {
+    fn apply(credentials: Option<&Self>, headers: &mut HeaderMap, custom: &[HeaderName]) {
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::COOKIE);
+        for name in custom {
+            headers.remove(name);
+        }
         for (name, value) in credentials.map_or(&[][..], |c| &c.0) {
             headers.append(name.clone(), value.clone());
         }
     }
+}
+
+/// `Authorization`, `Cookie`, or a header the layer was told is a credential.
+fn is_credential(name: &HeaderName, custom: &[HeaderName]) -> bool {
+    name == header::AUTHORIZATION || name == header::COOKIE || custom.contains(name)
 }
 
 /// A stored response, ready to be served without decoding anything.
@@ -348,6 +370,7 @@ impl RequestFacts {
         let mut facts = Self::default();
         let mut conditional = false;
         let mut host = None;
+        let mut upgrade = false;
         for (name, value) in headers {
             if name == header::HOST {
                 host = host.or(Some(value));
@@ -355,8 +378,13 @@ impl RequestFacts {
                 facts.has_auth = true;
             } else if name == header::COOKIE {
                 facts.has_cookie = true;
+            } else if name == header::UPGRADE {
+                upgrade = true;
             } else if CLIENT_CONDITIONALS.contains(name) {
                 conditional = true;
+            } else if policy.credential_headers.contains(name) {
+                // A custom credential (`X-Api-Key`, ...) is treated like `Authorization`.
+                facts.has_auth = true;
             }
         }
         if policy.store_private {
@@ -367,6 +395,7 @@ impl RequestFacts {
             facts,
             conditional,
             host,
+            upgrade,
         }
     }
 }
@@ -384,6 +413,8 @@ struct Scan<'a> {
     facts: RequestFacts,
     conditional: bool,
     host: Option<&'a HeaderValue>,
+    /// The request asks to switch protocols (a WebSocket handshake, `h2c`): never cached.
+    upgrade: bool,
 }
 
 impl Shared {
@@ -424,7 +455,7 @@ impl Shared {
                 strip,
             },
             // The route says how long; the never-shared rules still stand.
-            Decision::Pass("no freshness") => Decision::Store {
+            Decision::Pass("no freshness" | NEVER_USABLE) => Decision::Store {
                 freshness,
                 initial_age: Duration::ZERO,
                 shared_with_auth: false,
@@ -602,7 +633,7 @@ impl Shared {
         Verdict {
             decision: self.decide(template, parts, response_delay),
             vary: Vary::of(&parts.headers, &template.headers),
-            credentials: Credentials::of(&template.headers),
+            credentials: Credentials::of(&template.headers, &self.config.policy.credential_headers),
         }
     }
 
@@ -1030,7 +1061,10 @@ where
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
             shared.engine.counters().bypasses.inc();
-            let safe = method == Method::OPTIONS || method == Method::TRACE;
+            // CONNECT (and HTTP/2's extended CONNECT for WebSockets) opens a tunnel; it
+            // changes no resource, so it invalidates nothing.
+            let safe =
+                method == Method::OPTIONS || method == Method::TRACE || method == Method::CONNECT;
             // A `Host` that is not text names no key (such requests bypass the cache).
             let invalidation = key_host(&request, request.headers().get(header::HOST))
                 .filter(|_| config.invalidate_on_unsafe && !safe)
@@ -1044,6 +1078,10 @@ where
                         },
                     )
                 });
+            if invalidation.is_some() {
+                // The handler must act on the host whose entries the request invalidates.
+                align_host(&mut request);
+            }
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
                 config.headers.value(Member::Method),
@@ -1055,8 +1093,11 @@ where
             facts,
             conditional,
             host,
+            upgrade,
         } = RequestFacts::scan(request.headers(), &config.policy);
-        let Some(host) = key_host(&request, host).filter(|_| !skip) else {
+        // An upgrade request must reach the handler itself (its `101` switches the connection),
+        // never a stored page or another request's flight.
+        let Some(host) = key_host(&request, host).filter(|_| !skip && !upgrade) else {
             shared.engine.counters().bypasses.inc();
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
@@ -1181,7 +1222,11 @@ where
         }
     };
     let mut template = RequestTemplate::capture(trigger);
-    Credentials::apply(cached.credentials.as_deref(), &mut template.headers);
+    Credentials::apply(
+        cached.credentials.as_deref(),
+        &mut template.headers,
+        &shared.config.policy.credential_headers,
+    );
     let template = Arc::new(template);
     let mut request = template.rebuild::<ReqB>();
     shared.config.prepare_origin_request(&mut request);
@@ -1211,7 +1256,7 @@ where
             }
         };
         let status = response.status();
-        if status.is_server_error() {
+        if shared.config.is_failure(status) {
             land(&mut flight, Landing::Failed(Some(status.as_u16())));
             return Err(format!("the origin answered {status}"));
         }
@@ -1275,6 +1320,7 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Send + 'static,
 {
+    align_host(&mut request);
     let head = request.method() == Method::HEAD;
     // A HEAD miss fetches the whole resource (stored like a GET's, answered without the body),
     // unless the layer passes HEAD misses through unstored.
@@ -1428,7 +1474,7 @@ where
         }
     };
     let status = response.status();
-    if status.is_server_error() {
+    if shared.config.is_failure(status) {
         if let Some(entry) = usable_on_error(&expired) {
             if let Some(leader) = leader {
                 leader.land(Landing::Failed(Some(status.as_u16())));
@@ -1486,7 +1532,7 @@ where
         }
         Admission::Uncacheable(response, reason) | Admission::Unstorable(response, reason) => {
             if let Some(leader) = leader {
-                leader.land(if status.is_server_error() {
+                leader.land(if shared.config.is_failure(status) {
                     Landing::Failed(Some(status.as_u16()))
                 } else {
                     Landing::NotStored

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Check the declared MSRV without a second toolchain.
 
-For every feature combination we ship (default, no default features, each feature alone, all
-features), read `cargo metadata --locked` and fail if a resolved dependency declares a
-`rust-version` above ours. Two scopes are checked, both strictly:
+For every feature combination we ship (all, default, none, each feature alone: see
+.ci/feature_combos.py), read `cargo metadata --locked` and fail if a resolved dependency
+declares a `rust-version` above ours. Two scopes are checked, both strictly:
 
 - library: what a user of the crate compiles (normal and build edges from the crate);
 - dev: everything Cargo.lock resolves for tests, examples and benches.
@@ -21,7 +21,9 @@ import subprocess
 import sys
 from collections import deque
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+import feature_combos
+
+ROOT = feature_combos.ROOT
 
 
 def version(text):
@@ -58,21 +60,14 @@ def reachable(meta, with_dev):
 
 
 def main():
-    base = metadata(["--no-deps"])
-    root_pkg = next(p for p in base["packages"] if p["manifest_path"] == os.path.realpath(
-        os.path.join(ROOT, "Cargo.toml")))
+    root_pkg = feature_combos.root_package()
     if not root_pkg.get("rust_version"):
         print("msrv: Cargo.toml declares no rust-version", file=sys.stderr)
         return 1
     msrv = root_pkg["rust_version"]
-    features = sorted(f for f in root_pkg["features"] if f != "default")
-
-    combos = [("default features", []), ("no default features", ["--no-default-features"])]
-    combos += [(f"only `{f}`", ["--no-default-features", "--features", f]) for f in features]
-    combos.append(("all features", ["--all-features"]))
 
     failures = 0
-    for label, flags in combos:
+    for label, flags in feature_combos.combos(root_pkg):
         meta = metadata(flags)
         packages = {p["id"]: p for p in meta["packages"]}
         lib = reachable(meta, with_dev=False)

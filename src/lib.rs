@@ -67,6 +67,7 @@
 //! The engine underneath is usable on its own, e.g. for configuration loaded from a database:
 //! see [`engine`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -714,8 +713,11 @@ async fn issue4_evictions_counted() -> TestResult {
 
 /// Issue 4 §2: the `metrics` facade: `swr_requests_total{status=...}` and
 /// `swr_refreshes_total{outcome=...}`.
+#[cfg(feature = "metrics")]
 #[tokio::test(start_paused = true)]
 async fn issue4_metrics_names_and_labels() -> TestResult {
+    use std::collections::BTreeMap;
+
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();

@@ -517,6 +517,25 @@ where
     ///   otherwise the error is returned.
     ///
     /// Needs a tokio runtime (for the background refresh).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: SwrCache<String, u64> = SwrCache::builder().build();
+    ///
+    /// // Nothing stored and the load fails: its error, never an invented value.
+    /// let down = cache.get_or_load("rate".into(), || async { Err::<Loaded<u64>, _>("db down") });
+    /// assert_eq!(down.await.unwrap_err(), "db down");
+    ///
+    /// let fresh = Freshness::new(Duration::from_secs(60));
+    /// let load = move || async move { Ok::<_, &str>(Loaded::new(42, fresh)) };
+    /// let got = cache.get_or_load("rate".into(), load).await.unwrap();
+    /// assert_eq!((got.status, got.value), (Status::Miss, 42));
+    /// # }
+    /// ```
     pub async fn get_or_load<F, Fut, E>(&self, key: K, load: F) -> Result<Lookup<V>, E>
     where
         K: fmt::Debug,

@@ -138,6 +138,23 @@ pub(crate) struct Counters {
 /// A snapshot of a cache's counters and size.
 ///
 /// Counters only grow; take two snapshots and subtract for rates.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_swr::engine::{Freshness, Loaded, SwrCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cache: SwrCache<String, u64> = SwrCache::builder().build();
+/// let fresh = Freshness::new(Duration::from_secs(60));
+/// let load = move || async move { Ok::<_, String>(Loaded::new(42, fresh)) };
+/// for _ in 0..3 {
+///     cache.get_or_load("rate".to_string(), load).await.unwrap();
+/// }
+/// let stats = cache.stats(); // SwrLayer::stats and SwrHandle::stats give the same for HTTP
+/// assert_eq!((stats.misses, stats.fresh_hits, stats.entries), (1, 2, 1));
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

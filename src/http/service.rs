@@ -980,6 +980,29 @@ enum Admission<B: Body> {
 /// Middleware that caches responses of the inner service with stale-while-revalidate.
 ///
 /// Made by [`SwrLayer`](crate::SwrLayer); see the [crate docs](crate) for the behaviour.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{service_fn, Layer, ServiceExt};
+/// use tower_swr::{CacheInfo, CacheStatus, SwrLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Infallible> {
+/// let origin = service_fn(|_: Request<()>| async {
+///     Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from("42"))))
+/// });
+/// let service = SwrLayer::new().layer(origin);
+///
+/// let first = service.clone().oneshot(Request::new(())).await?;
+/// let second = service.oneshot(Request::new(())).await?;
+/// let status = |r: &Response<_>| r.extensions().get::<CacheInfo>().map(|i| i.status);
+/// assert_eq!(status(&first), Some(CacheStatus::Miss));
+/// assert_eq!(status(&second), Some(CacheStatus::Fresh)); // the origin was not called
+/// # Ok(())
+/// # }
+/// ```
 pub struct SwrService<S> {
     inner: S,
     shared: Arc<Shared>,

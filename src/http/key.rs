@@ -112,6 +112,18 @@ pub(crate) fn key_host<'a, B>(
     }
 }
 
+/// The URI the client sent. Inside axum's `Router::nest` the request's URI has lost the nest's
+/// prefix (`/api/x` arrives as `/x`), so layers in two nests would share keys and purges of the
+/// path users see would find nothing: axum keeps the original in its `OriginalUri` extension.
+#[inline]
+fn client_uri<B>(request: &Request<B>) -> &Uri {
+    #[cfg(feature = "axum")]
+    if let Some(original) = request.extensions().get::<axum::extract::OriginalUri>() {
+        return &original.0;
+    }
+    request.uri()
+}
+
 /// An authority without its userinfo: `host[:port]`, as a `Host` header names it.
 fn authority_host(authority: &Authority) -> &str {
     let text = authority.as_str();
@@ -168,7 +180,9 @@ impl<'a> KeyRef<'a> {
         } else {
             request.method()
         };
-        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let target = client_uri(request)
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
         Self {
             method,
             host,

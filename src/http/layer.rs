@@ -14,7 +14,7 @@ use super::key::CacheKey;
 use super::policy::Policy;
 use super::service::{
     CachedResponse, Config, PolicyFn, Shared, SwrService, DEFAULT_STALE_IF_ERROR,
-    DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
+    DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL, PASS_KEYS,
 };
 use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
 use crate::engine::{Freshness, Stats, SwrCache};
@@ -526,6 +526,7 @@ impl SwrLayer {
                 config: self.config.clone(),
                 namespace,
                 vary_index: quick_cache::sync::Cache::new(64 * 1024),
+                passes: quick_cache::sync::Cache::new(PASS_KEYS),
             })
         })
     }

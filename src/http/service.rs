@@ -133,7 +133,16 @@ pub(crate) struct Shared {
     pub(crate) namespace: u32,
     /// For keys whose responses vary: the header names, and the variants stored (bounded).
     pub(crate) vary_index: VaryIndexes,
+    /// Keys whose last origin answer could not be stored, until when (Varnish's hit-for-miss):
+    /// a conditional or range request for one goes to the origin as the client sent it.
+    pub(crate) passes: quick_cache::sync::Cache<CacheKey, Stamp>,
 }
+
+/// Most keys remembered as not storable ([`Shared::passes`]).
+pub(crate) const PASS_KEYS: usize = 4096;
+
+/// How long a key is remembered as not storable (Varnish's built-in hit-for-miss lifetime).
+const PASS_FOR: Duration = Duration::from_secs(120);
 
 /// Most variants kept per key; storing one more drops the oldest.
 pub(crate) const MAX_VARIANTS: usize = 32;
@@ -1365,10 +1374,20 @@ where
             .cloned()
     };
 
+    // A conditional or range request for a key whose last answer could not be stored goes to
+    // the origin as the client sent it: the origin's 304 or 206 is what the client asked for,
+    // and asking without them would fetch a whole body only to drop it.
+    let known_pass = client_headers.is_some()
+        && shared
+            .passes
+            .get(&key)
+            .is_some_and(|until| Stamp::now() < until);
+    let pass_as_sent = pass_head || known_pass;
+
     // A HEAD passed through (`convert_head(false)`) has no body to store: it asks the origin
     // alone and stores nothing.
     let mut leader = None;
-    if !pass_head {
+    if !pass_as_sent {
         let deadline = shared.engine.lock_deadline();
         let mut rekeyed = false;
         loop {
@@ -1435,7 +1454,7 @@ where
     tracing::debug!(key = %key, status = "miss", "asking the origin");
     let template = (!pass_head).then(|| Arc::new(RequestTemplate::capture(&request)));
     let mut validating = None;
-    if !pass_head {
+    if !pass_as_sent {
         remove_present(request.headers_mut(), &CLIENT_CONDITIONALS);
         if let Some(entry) = &expired {
             if conditional::add_validators(request.headers_mut(), &entry.value().headers) {
@@ -1446,6 +1465,9 @@ where
     if !pass_head {
         shared.config.prepare_origin_request(&mut request);
     }
+    // Asked without the client's conditionals or range: if the answer cannot be stored, the
+    // client's own request is sent after all, on this clone.
+    let ask_again = (client_headers.is_some() && !pass_as_sent).then(|| inner.clone());
     let started = Instant::now();
     let mut call = std::pin::pin!(CatchUnwind::new(inner.oneshot(request)));
     // With a stale entry to fall back on, the origin gets `origin_timeout`; without one, its
@@ -1538,13 +1560,25 @@ where
     let Some(template) = template else {
         return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
     };
+    if known_pass && status != StatusCode::OK {
+        // The origin answered the client's conditional or range itself (304, 206, 412, 416).
+        return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
+    }
     match shared
-        .admit(key.clone(), template, response, started.elapsed())
+        .admit(
+            key.clone(),
+            Arc::clone(&template),
+            response,
+            started.elapsed(),
+        )
         .await
     {
         Admission::Stored(entry) => {
             if let Some(leader) = leader {
                 leader.land(Landing::Stored(Arc::clone(&entry)));
+            }
+            if known_pass {
+                shared.passes.remove(&key);
             }
             let member = if vary_miss {
                 Member::VaryMiss { stored: true }
@@ -1562,6 +1596,27 @@ where
                 });
             }
             tracing::debug!(reason, "response not stored");
+            if status.is_success() {
+                shared
+                    .passes
+                    .insert(key.clone(), Stamp::now().after(PASS_FOR));
+            }
+            if let (Some(inner), Some(client_headers), StatusCode::OK) =
+                (ask_again, &client_headers, status)
+            {
+                // The whole answer cannot be kept, so the client's conditional or range is
+                // not ours to apply: the origin answers the request as the client sent it.
+                drop(response);
+                let mut again = template.rebuild::<ReqB>();
+                if head {
+                    *again.method_mut() = Method::HEAD;
+                }
+                *again.headers_mut() = client_headers.clone();
+                align_host(&mut again);
+                shared.config.prepare_origin_request(&mut again);
+                let response = inner.oneshot(again).await?;
+                return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
+            }
             Ok(without_body_if(
                 head,
                 shared.pass(response, &key, vary_miss),

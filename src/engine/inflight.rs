@@ -254,9 +254,25 @@ pub(crate) enum Landing<V> {
 }
 
 /// The shared set of foreground loads (request coalescing).
+///
+/// One flight per key, with one channel its waiters listen on. A load slower than the lock
+/// timeout does not set every waiter loose on the origin: once the flight's youngest attempt
+/// is older than the lock timeout, ONE waiter may start another attempt ([`Flights::rejoin`]),
+/// and every waiter (that one included) takes whichever attempt lands first. So a slow origin
+/// sees at most one more call per lock timeout per key, and nobody waits longer than the
+/// fastest attempt (Varnish's waiting list waits for the one fetch; this bounds a hung one).
 #[derive(Debug)]
 pub(crate) struct Flights<K, V> {
-    map: Mutex<HashMap<K, watch::Sender<Landing<V>>>>,
+    map: Mutex<HashMap<K, Flight<V>>>,
+}
+
+#[derive(Debug)]
+struct Flight<V> {
+    tx: watch::Sender<Landing<V>>,
+    /// Attempts under way.
+    running: usize,
+    /// When the youngest attempt started.
+    youngest: Instant,
 }
 
 /// The outcome of joining a flight.
@@ -264,7 +280,18 @@ pub(crate) enum Join<K: Hash + Eq + Clone, V> {
     /// The caller loads; waiters hear from its guard.
     Leader(FlightLeader<K, V>),
     /// Someone else loads; wait on this.
-    Waiter(watch::Receiver<Landing<V>>),
+    Waiter(Waiting<V>),
+    /// The flight's attempts are older than the lock timeout: the caller makes one more, and
+    /// should still take an earlier attempt's answer if it lands first.
+    Backup(FlightLeader<K, V>, Waiting<V>),
+}
+
+/// A waiter's view of a flight.
+#[derive(Debug)]
+pub(crate) struct Waiting<V> {
+    rx: watch::Receiver<Landing<V>>,
+    /// When the caller may start another attempt of its own (see [`Flights::rejoin`]).
+    another_attempt_at: Instant,
 }
 
 /// What a waiter learned.
@@ -275,7 +302,7 @@ pub(crate) enum Waited<V> {
     Failed(Option<u16>),
     /// The leader went away without an answer: compete again.
     Abandoned,
-    /// The lock timeout passed: go to the origin alone.
+    /// The lock timeout passed: [`Flights::rejoin`] says whether to start another attempt.
     TimedOut,
 }
 
@@ -286,18 +313,57 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
         }
     }
 
-    pub(crate) fn join(self: &Arc<Self>, key: &K) -> Join<K, V> {
+    /// Leads the key's flight, or waits on the one under way.
+    pub(crate) fn join(self: &Arc<Self>, key: &K, lock_timeout: Duration) -> Join<K, V> {
+        self.enter(key, lock_timeout, false)
+    }
+
+    /// After a wait timed out: leads a new attempt if the flight's youngest attempt is older
+    /// than the lock timeout (or the flight has ended), else waits on.
+    pub(crate) fn rejoin(self: &Arc<Self>, key: &K, lock_timeout: Duration) -> Join<K, V> {
+        self.enter(key, lock_timeout, true)
+    }
+
+    fn enter(self: &Arc<Self>, key: &K, lock_timeout: Duration, backup: bool) -> Join<K, V> {
+        let now = Instant::now();
         let mut map = lock(&self.map);
-        if let Some(tx) = map.get(key) {
-            return Join::Waiter(tx.subscribe());
+        if let Some(flight) = map.get_mut(key) {
+            let due = flight.youngest + lock_timeout;
+            if backup && now >= due {
+                flight.running += 1;
+                flight.youngest = now;
+                let waiting = Waiting {
+                    rx: flight.tx.subscribe(),
+                    another_attempt_at: now + lock_timeout,
+                };
+                return Join::Backup(self.leader(key, flight.tx.clone()), waiting);
+            }
+            return Join::Waiter(Waiting {
+                rx: flight.tx.subscribe(),
+                // A new waiter is patient for a lock timeout of its own; one that timed out
+                // waits until the youngest attempt is that old.
+                another_attempt_at: if backup { due } else { now + lock_timeout },
+            });
         }
         let (tx, _) = watch::channel(Landing::Pending);
-        map.insert(key.clone(), tx.clone());
-        Join::Leader(FlightLeader {
+        map.insert(
+            key.clone(),
+            Flight {
+                tx: tx.clone(),
+                running: 1,
+                youngest: now,
+            },
+        );
+        drop(map);
+        Join::Leader(self.leader(key, tx))
+    }
+
+    fn leader(self: &Arc<Self>, key: &K, tx: watch::Sender<Landing<V>>) -> FlightLeader<K, V> {
+        FlightLeader {
             flights: Arc::clone(self),
             key: Some(key.clone()),
             tx,
-        })
+        }
     }
 
     /// Number of loads under way.
@@ -305,33 +371,55 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
         lock(&self.map).len()
     }
 
-    fn land(&self, key: &K, tx: &watch::Sender<Landing<V>>, landing: Landing<V>) {
+    /// One attempt ended (`landing` is `None` when its leader went away without an answer).
+    fn end_attempt(&self, key: &K, tx: &watch::Sender<Landing<V>>, landing: Option<Landing<V>>) {
         let mut map = lock(&self.map);
-        // Only remove our own flight: a timed-out waiter never registers one, but be exact.
-        if map.get(key).is_some_and(|current| current.same_channel(tx)) {
-            map.remove(key);
+        // Only our own flight: a later flight of the key has a channel of its own.
+        if let Some(flight) = map.get_mut(key).filter(|f| f.tx.same_channel(tx)) {
+            flight.running -= 1;
+            // A stored answer ends the flight (later requests find the entry); so does the end
+            // of its last attempt.
+            if flight.running == 0 || matches!(landing, Some(Landing::Stored(_))) {
+                map.remove(key);
+            }
         }
-        tx.send_replace(landing);
+        drop(map);
+        if let Some(landing) = landing {
+            tx.send_replace(landing);
+        }
+        // Without a landing: once every sender is gone (the map's and the attempts'), the
+        // channel closes and the waiters see `Abandoned`.
     }
 }
 
-/// Waits for a flight's landing, until `deadline` at the latest (one deadline for all the
-/// flights a caller may wait on in turn, so the lock timeout bounds the whole wait).
-pub(crate) async fn wait<V>(mut rx: watch::Receiver<Landing<V>>, deadline: Instant) -> Waited<V> {
-    let landed = tokio::time::timeout_at(
-        deadline,
-        rx.wait_for(|landing| !matches!(landing, Landing::Pending)),
-    )
-    .await;
-    match landed {
+/// Waits for the flight's next landing, or until another attempt may start (`TimedOut`).
+pub(crate) async fn wait<V>(waiting: Waiting<V>) -> Waited<V> {
+    let Waiting {
+        mut rx,
+        another_attempt_at,
+    } = waiting;
+    match tokio::time::timeout_at(another_attempt_at, rx.changed()).await {
         Err(_) => Waited::TimedOut,
         Ok(Err(_)) => Waited::Abandoned,
-        Ok(Ok(landing)) => match &*landing {
+        Ok(Ok(())) => match &*rx.borrow_and_update() {
             Landing::Stored(entry) => Waited::Stored(Arc::clone(entry)),
             Landing::NotStored => Waited::NotStored,
             Landing::Failed(status) => Waited::Failed(*status),
             Landing::Pending => Waited::Abandoned,
         },
+    }
+}
+
+/// Resolves with the entry an earlier attempt of the flight stores; never, if none does.
+pub(crate) async fn stored_by_another<V>(waiting: Waiting<V>) -> Arc<Entry<V>> {
+    let mut rx = waiting.rx;
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Landing::Stored(entry) = &*rx.borrow_and_update() {
+            return Arc::clone(entry);
+        }
     }
 }
 
@@ -345,7 +433,7 @@ pub(crate) struct FlightLeader<K: Hash + Eq + Clone, V> {
 impl<K: Hash + Eq + Clone, V> FlightLeader<K, V> {
     pub(crate) fn land(mut self, landing: Landing<V>) {
         if let Some(key) = self.key.take() {
-            self.flights.land(&key, &self.tx, landing);
+            self.flights.end_attempt(&key, &self.tx, Some(landing));
         }
     }
 }
@@ -353,14 +441,7 @@ impl<K: Hash + Eq + Clone, V> FlightLeader<K, V> {
 impl<K: Hash + Eq + Clone, V> Drop for FlightLeader<K, V> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let mut map = lock(&self.flights.map);
-            if map
-                .get(&key)
-                .is_some_and(|current| current.same_channel(&self.tx))
-            {
-                map.remove(&key);
-            }
-            // Dropping the map's sender and ours closes the channel: waiters see `Abandoned`.
+            self.flights.end_attempt(&key, &self.tx, None);
         }
     }
 }

@@ -69,7 +69,9 @@ pub use self::entry::{Entry, Freshness, Loaded};
 pub use self::stats::Stats;
 
 pub(crate) use self::entry::Phase;
-pub(crate) use self::inflight::{wait, FlightLeader, Join, Landing, RefreshGuard, Waited};
+pub(crate) use self::inflight::{
+    stored_by_another, wait, FlightLeader, Join, Landing, RefreshGuard, Waited,
+};
 use self::inflight::{Backoff, Breaker, Flights, Refreshes};
 use self::stats::Counters;
 use self::store::{CountEvictions, Store};
@@ -206,8 +208,11 @@ where
         self
     }
 
-    /// How long a caller waits for another caller's load of the same key before loading on its
-    /// own (default 5 s).
+    /// How long a caller waits for another caller's load of the same key before ONE of the
+    /// waiters starts another load (default 5 s). Every waiter, that one included, takes
+    /// whichever load stores first; a load still running after another lock timeout lets one
+    /// more start. So a slow loader gets at most one extra call per lock timeout per key.
+    /// When loads keep failing, a caller that has waited this long loads on its own.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
         self
@@ -511,8 +516,9 @@ where
     /// - stale inside the stale-while-revalidate window: returned at once, and `load` runs in a
     ///   spawned task unless a refresh of `key` is already running (or backing off after a
     ///   failure); its result replaces the value, its failure keeps it;
-    /// - otherwise: one caller per key runs `load`, the others wait for its result (at most the
-    ///   lock timeout, then they load on their own). If the load fails and the old value is
+    /// - otherwise: one caller per key runs `load`, the others wait for its result (past the
+    ///   lock timeout one of them starts a second load, and all take whichever stores first;
+    ///   see [`SwrCacheBuilder::lock_timeout`]). If the load fails and the old value is
     ///   inside its stale-if-error window, the old value is returned (and a warning logged);
     ///   otherwise the error is returned.
     ///
@@ -565,14 +571,37 @@ where
         }
 
         let mut load = Some(load);
-        let deadline = Instant::now() + self.inner.lock_timeout;
+        let mut timed_out = false;
+        // Loads that keep failing hand nothing to their waiters: past this, a waiter that is
+        // told so loads on its own rather than queue for the next leader.
+        let give_up_at = Instant::now() + self.inner.lock_timeout;
         loop {
-            match self.join(&key) {
+            let join = if timed_out {
+                self.rejoin(&key)
+            } else {
+                self.join(&key)
+            };
+            timed_out = false;
+            match join {
                 Join::Leader(leader) => {
                     let load = load.take().expect("a caller leads at most once");
                     return self.load_now(key, load, existing, Some(leader)).await;
                 }
-                Join::Waiter(rx) => match wait(rx, deadline).await {
+                Join::Backup(leader, earlier) => {
+                    // One more attempt after the lock timeout, but an earlier attempt's value
+                    // is taken if it comes first (the own load is then dropped).
+                    let load = load.take().expect("a caller leads at most once");
+                    let own = self.load_now(key.clone(), load, existing, Some(leader));
+                    return tokio::select! {
+                        biased;
+                        entry = stored_by_another(earlier) => {
+                            self.inner.counters.coalesced_waits.inc();
+                            Ok(self.lookup(&key, &entry, Status::Coalesced, Stamp::now()))
+                        }
+                        result = own => result,
+                    };
+                }
+                Join::Waiter(waiting) => match wait(waiting).await {
                     Waited::Stored(entry) => {
                         self.inner.counters.coalesced_waits.inc();
                         return Ok(self.lookup(&key, &entry, Status::Coalesced, Stamp::now()));
@@ -586,12 +615,18 @@ where
                                 "serving stale value: the loader failed");
                             return Ok(self.lookup(&key, entry, Status::StaleIfError, now));
                         }
+                        if Instant::now() >= give_up_at {
+                            let load = load.take().expect("a caller loads at most once");
+                            return self.load_now(key, load, existing, None).await;
+                        }
                     }
-                    Waited::TimedOut | Waited::NotStored => {
+                    Waited::NotStored => {
                         // Load alone, outside the flight.
                         let load = load.take().expect("a caller loads at most once");
                         return self.load_now(key, load, existing, None).await;
                     }
+                    // The load is slower than the lock timeout: one waiter starts another.
+                    Waited::TimedOut => timed_out = true,
                     // Compete again: one of the waiters becomes the leader.
                     Waited::Abandoned => {}
                 },
@@ -614,7 +649,7 @@ where
         };
         let flight = match self.join(key) {
             Join::Leader(flight) => flight,
-            Join::Waiter(_) => {
+            Join::Waiter(_) | Join::Backup(..) => {
                 guard.cancel();
                 return;
             }
@@ -823,12 +858,17 @@ where
     }
 
     pub(crate) fn join(&self, key: &K) -> Join<K, V> {
-        self.inner.flights.join(key)
+        self.inner.flights.join(key, self.inner.lock_timeout)
     }
 
-    /// When a caller starting to wait now must give up waiting for other callers' loads.
-    pub(crate) fn lock_deadline(&self) -> Instant {
-        Instant::now() + self.inner.lock_timeout
+    /// How long a caller waits for another caller's load before it may start one itself.
+    pub(crate) fn lock_timeout(&self) -> Duration {
+        self.inner.lock_timeout
+    }
+
+    /// Joins again after a wait reached the lock timeout (see [`inflight::Flights::rejoin`]).
+    pub(crate) fn rejoin(&self, key: &K) -> Join<K, V> {
+        self.inner.flights.rejoin(key, self.inner.lock_timeout)
     }
 
     pub(crate) fn counters(&self) -> &Counters {

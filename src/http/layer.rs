@@ -245,8 +245,11 @@ impl SwrLayer {
         self.changed()
     }
 
-    /// How long a request waits for another request's origin call for the same key before going
-    /// to the origin itself (default 5 s).
+    /// How long a request waits for another request's origin call for the same key before ONE
+    /// waiting request asks the origin again (default 5 s). Every waiter takes whichever call
+    /// stores first, so an origin slower than this gets at most one extra call per lock timeout
+    /// per key (Varnish waits for the one fetch; this also bounds a hung one). When calls keep
+    /// failing, a request that has waited this long asks the origin itself.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.store.lock_timeout = timeout;
         self.changed()

@@ -27,7 +27,8 @@ use super::status::{
     reserve_slots, without_slots, CacheInfo, CacheStatus, Member, Slots, StatusHeaders,
 };
 use crate::engine::{
-    wait, CatchUnwind, Entry, Freshness, Join, Landing, Loaded, Phase, Stamp, SwrCache, Waited,
+    stored_by_another, wait, CatchUnwind, Entry, Freshness, Join, Landing, Loaded, Phase, Stamp,
+    SwrCache, Waited,
 };
 
 /// Adds to a request's key; `None` means "do not cache this request".
@@ -1247,7 +1248,7 @@ where
     // window) waits for it instead of making a second origin call.
     let flight = match shared.engine.join(&cached.key) {
         Join::Leader(flight) => flight,
-        Join::Waiter(_) => {
+        Join::Waiter(_) | Join::Backup(..) => {
             // A foreground load of the key is under way: it will store the new response.
             guard.cancel();
             return false;
@@ -1387,16 +1388,32 @@ where
     // A HEAD passed through (`convert_head(false)`) has no body to store: it asks the origin
     // alone and stores nothing.
     let mut leader = None;
+    // Leading one more attempt after the lock timeout: the flight's earlier attempts.
+    let mut earlier_attempts = None;
     if !pass_as_sent {
-        let deadline = shared.engine.lock_deadline();
         let mut rekeyed = false;
+        let mut timed_out = false;
+        // Origin calls that keep failing hand nothing to their waiters: past this, a waiter
+        // told so asks the origin alone rather than queue for the next leader.
+        let give_up_at = Instant::now() + shared.engine.lock_timeout();
         loop {
-            match shared.engine.join(&key) {
+            let join = if timed_out {
+                shared.engine.rejoin(&key)
+            } else {
+                shared.engine.join(&key)
+            };
+            timed_out = false;
+            match join {
                 Join::Leader(guard) => {
                     leader = Some(guard);
                     break;
                 }
-                Join::Waiter(rx) => match wait(rx, deadline).await {
+                Join::Backup(guard, earlier) => {
+                    leader = Some(guard);
+                    earlier_attempts = Some(earlier);
+                    break;
+                }
+                Join::Waiter(waiting) => match wait(waiting).await {
                     Waited::Stored(entry) if entry.value().serves(request.headers(), facts) => {
                         shared.engine.counters().coalesced_waits.inc();
                         tracing::debug!(key = %key, status = "collapsed", "answered by another request's origin call");
@@ -1412,6 +1429,9 @@ where
                     Waited::Failed(fwd_status) => {
                         if let Some(entry) = usable_on_error(&expired) {
                             return Ok(shared.respond_stale_if_error(&entry, fwd_status, ask));
+                        }
+                        if Instant::now() >= give_up_at {
+                            break;
                         }
                     }
                     Waited::Abandoned => {}
@@ -1432,8 +1452,10 @@ where
                         key = key.base().with_variant(&variant).to_owned();
                         rekeyed = true;
                     }
-                    // Not stored, or waited too long: ask the origin alone.
-                    Waited::Stored(_) | Waited::NotStored | Waited::TimedOut => break,
+                    // The origin is slower than the lock timeout: one waiter asks it again.
+                    Waited::TimedOut => timed_out = true,
+                    // Not stored: ask the origin alone.
+                    Waited::Stored(_) | Waited::NotStored => break,
                 },
             }
         }
@@ -1470,10 +1492,36 @@ where
     let ask_again = (client_headers.is_some() && !pass_as_sent).then(|| inner.clone());
     let started = Instant::now();
     let mut call = std::pin::pin!(CatchUnwind::new(inner.oneshot(request)));
+    // A backup attempt still takes an earlier attempt's answer when that comes first.
+    let mut early = None;
+    if let (Some(earlier), Some(template)) = (earlier_attempts, &template) {
+        tokio::select! {
+            biased;
+            outcome = call.as_mut() => early = Some(outcome),
+            entry = stored_by_another(earlier) => {
+                if entry.value().serves(&template.headers, facts) {
+                    tracing::debug!(key = %key, status = "collapsed", "answered by an earlier attempt");
+                    return Ok(shared.respond(
+                        &entry,
+                        CacheStatus::Collapsed,
+                        Member::Collapsed,
+                        ask,
+                        false,
+                        Stamp::now(),
+                    ));
+                }
+            }
+        }
+    }
     // With a stale entry to fall back on, the origin gets `origin_timeout`; without one, its
     // own answer is awaited (there is nothing else to give, and no error to invent).
-    let outcome = match (usable_on_error(&expired), shared.config.origin_timeout) {
-        (Some(_), Some(limit)) => match tokio::time::timeout(limit, call.as_mut()).await {
+    let outcome = match (
+        early,
+        usable_on_error(&expired),
+        shared.config.origin_timeout,
+    ) {
+        (Some(outcome), ..) => outcome,
+        (None, Some(_), Some(limit)) => match tokio::time::timeout(limit, call.as_mut()).await {
             Ok(outcome) => outcome,
             // Only while the entry may still stand in: once its window has closed, the origin's
             // own answer is awaited after all.

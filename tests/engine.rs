@@ -76,7 +76,8 @@ async fn fresh_value_is_answered_without_calling_the_loader() -> Result<(), Stri
 
     let first = cache
         .get_or_load(key("k"), load_ok(&calls, "v1", freshness(60, 0, 0)))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(first.status, Status::Miss);
     assert_eq!(first.value, "v1");
     assert_eq!(calls.get(), 1);
@@ -84,7 +85,8 @@ async fn fresh_value_is_answered_without_calling_the_loader() -> Result<(), Stri
     advance(secs(30)).await;
     let second = cache
         .get_or_load(key("k"), load_ok(&calls, "v2", freshness(60, 0, 0)))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(second.status, Status::Fresh);
     assert_eq!(second.value, "v1");
     assert_eq!(second.age, secs(30));
@@ -148,7 +150,8 @@ async fn past_the_stale_while_revalidate_window_is_a_miss() -> Result<(), String
     let calls = Calls::default();
     let lookup = cache
         .get_or_load(key("k"), load_ok(&calls, "new", freshness(10, 5, 0)))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(calls.get(), 1, "the loader runs in the foreground");
     assert_eq!(lookup.status, Status::Miss);
     assert_eq!(lookup.value, "new");
@@ -166,15 +169,25 @@ async fn cold_start_with_a_failing_loader_returns_its_error() {
         .get_or_load(key("k"), load_err(&calls, "database down"))
         .await
         .expect_err("nothing to fall back on");
-    assert_eq!(error, "database down");
+    assert_eq!(*error, "database down");
     assert!(cache.get("k").is_none(), "a failure stores nothing");
 
-    // The failure is not cached either: the next caller loads again.
+    // For a moment (1 s by default) the failure is the key's answer, without a load.
+    let error = cache
+        .get_or_load(key("k"), load_err(&calls, "not called"))
+        .await
+        .expect_err("the remembered failure");
+    assert_eq!(*error, "database down");
+    assert_eq!(calls.get(), 1);
+    assert_eq!(cache.stats().failure_hits, 1);
+
+    // Then the next caller loads again.
+    advance(Duration::from_millis(1001)).await;
     let error = cache
         .get_or_load(key("k"), load_err(&calls, "still down"))
         .await
         .expect_err("still nothing to fall back on");
-    assert_eq!(error, "still down");
+    assert_eq!(*error, "still down");
     assert_eq!(calls.get(), 2);
 }
 
@@ -188,7 +201,8 @@ async fn failing_loader_inside_stale_if_error_serves_the_stale_value() -> Result
     let calls = Calls::default();
     let lookup = cache
         .get_or_load(key("k"), load_err(&calls, "database down"))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(calls.get(), 1);
     assert_eq!(lookup.status, Status::StaleIfError);
     assert_eq!(lookup.value, "old");
@@ -208,7 +222,7 @@ async fn failing_loader_past_stale_if_error_returns_the_error() {
         .get_or_load(key("k"), load_err(&calls, "database down"))
         .await
         .expect_err("the stale value is past its stale-if-error window");
-    assert_eq!(error, "database down");
+    assert_eq!(*error, "database down");
     assert_eq!(calls.get(), 1);
     assert_eq!(cache.stats().stale_if_error, 0);
 }
@@ -322,7 +336,8 @@ async fn panicking_background_refresh_is_retried_after_the_backoff() -> Result<(
             }
             Ok::<_, String>(Loaded::new("never".to_owned(), freshness(10, 600, 0)))
         })
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(lookup.status, Status::Stale);
     settle().await;
     let stats = cache.stats();
@@ -338,7 +353,8 @@ async fn panicking_background_refresh_is_retried_after_the_backoff() -> Result<(
     let calls = Calls::default();
     let lookup = cache
         .get_or_load(key("k"), load_ok(&calls, "new", freshness(10, 600, 0)))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(lookup.value, "old");
     settle().await;
     assert_eq!(calls.get(), 0, "a failed key backs off");
@@ -347,7 +363,8 @@ async fn panicking_background_refresh_is_retried_after_the_backoff() -> Result<(
     advance(secs(2)).await;
     let lookup = cache
         .get_or_load(key("k"), load_ok(&calls, "new", freshness(10, 600, 0)))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(lookup.value, "old");
     settle().await;
     assert_eq!(calls.get(), 1);
@@ -377,7 +394,8 @@ async fn refresh_timeout_counts_as_a_failure() -> Result<(), String> {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok::<_, String>(Loaded::new("too late".to_owned(), freshness(10, 600, 0)))
         })
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(lookup.status, Status::Stale);
     settle().await;
     assert_eq!(cache.stats().refreshes_running, 1);
@@ -395,7 +413,8 @@ async fn refresh_timeout_counts_as_a_failure() -> Result<(), String> {
     let calls = Calls::default();
     cache
         .get_or_load(key("k"), load_ok(&calls, "new", freshness(10, 600, 0)))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     settle().await;
     assert_eq!(calls.get(), 0, "a timed-out key backs off");
     Ok(())
@@ -410,7 +429,8 @@ async fn failed_background_refresh_keeps_the_old_value() -> Result<(), String> {
     let calls = Calls::default();
     let lookup = cache
         .get_or_load(key("k"), load_err(&calls, "database down"))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(lookup.value, "old");
     settle().await;
     assert_eq!(calls.get(), 1);
@@ -511,7 +531,8 @@ async fn refresh_too_heavy_to_store_counts_as_a_failure() -> Result<(), String> 
                 calls.record();
                 Ok::<_, String>(Loaded::new(vec![2; heavy], freshness(10, 600, 0)))
             })
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         assert_eq!(lookup.value, vec![1; 16], "the old value is kept");
         settle().await;
     }
@@ -557,7 +578,7 @@ async fn lock_timeout_bounds_the_whole_wait_when_loads_keep_failing() {
                 .await
                 .expect("caller task")
                 .expect_err("no value anywhere");
-            assert_eq!(error, "database down");
+            assert_eq!(*error, "database down");
         }
     };
     tokio::time::timeout(secs(5) + secs(1) + SECOND, all)

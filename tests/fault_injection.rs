@@ -525,6 +525,14 @@ async fn one_request(
         }
         Err(error) => return Err(format!("{target}: unexpected body error {error}")),
     };
+    // Another request's origin error, shared as the layer's documented 502.
+    let shared_failure = matches!(
+        info.status,
+        CacheStatus::Collapsed | CacheStatus::FailureHit
+    );
+    if status == StatusCode::BAD_GATEWAY && shared_failure && body.is_empty() && !info.stored {
+        return Ok(Outcome::OriginError);
+    }
     let text = String::from_utf8_lossy(&body);
     let mut fields = text.split(';');
     let (Some(served_key), Some(served_variant)) = (fields.next(), fields.next()) else {
@@ -556,7 +564,10 @@ async fn one_request(
             text.split(';').nth(2).unwrap_or_default()
         );
     }
-    if no_store(key) && (info.stored || info.status != CacheStatus::Miss) {
+    // A no-store key's 200s are never reused; its failures (which say nothing of storing) may
+    // be shared like any other key's.
+    let reused = info.stored || (info.status != CacheStatus::Miss && !shared_failure);
+    if no_store(key) && (reused || (status == StatusCode::OK && shared_failure)) {
         return Err(format!(
             "{target} is no-store but was answered {:?}",
             info.status
@@ -564,7 +575,10 @@ async fn one_request(
     }
     match status {
         StatusCode::OK => Ok(Outcome::Answered(info.status)),
-        StatusCode::SERVICE_UNAVAILABLE if info.status == CacheStatus::Miss && !info.stored => {
+        // The origin's own 503: to this request, or shared by the one call that failed.
+        StatusCode::SERVICE_UNAVAILABLE
+            if (info.status == CacheStatus::Miss || shared_failure) && !info.stored =>
+        {
             Ok(Outcome::ServerError)
         }
         other => Err(format!(
@@ -1115,7 +1129,7 @@ async fn stress_engine_flights_on_many_threads() {
                     Ok(Ok(Some(Ok(lookup)))) if lookup.value != format!("value of {key}") => {
                         violations.push(format!("key {key} got {}", lookup.value));
                     }
-                    Ok(Ok(Some(Err(error)))) if error != format!("injected error {key}") => {
+                    Ok(Ok(Some(Err(error)))) if *error != format!("injected error {key}") => {
                         violations.push(format!("key {key} got error {error}"));
                     }
                     Ok(Err(join)) if join.is_panic() => {

@@ -477,6 +477,13 @@ async fn panicking_miss_leader_does_not_strand_its_waiter() -> TestResult {
     let response = timeout(secs(1), waiter)
         .await
         .expect("the waiter hung after its leader panicked")??;
+    // The one origin call failed for both: the waiter gets the layer's documented 502.
+    assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+    assert!(cache_status(&response).ends_with("detail=origin-error"));
+    assert_eq!(calls.get(), 1);
+    // Once the failure is no longer remembered, the origin is asked again.
+    tokio::time::advance(secs(2)).await;
+    let response = service.oneshot(get("/boom")).await?;
     assert_eq!(calls.get(), 2);
     assert_eq!(body(response).await?, "v2");
     Ok(())

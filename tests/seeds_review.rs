@@ -344,7 +344,8 @@ async fn seed_config_stale_entries_are_never_deleted() -> TestResult {
         .get_or_load(key.clone(), || async {
             Ok::<_, DbDown>(Loaded::new("qwen3".to_owned(), Freshness::new(secs(300))))
         })
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(loaded.status, Status::Miss);
 
     advance(secs(600)).await;
@@ -415,15 +416,22 @@ async fn seed_config_four_steps_with_a_warning_on_stale() -> TestResult {
     assert_eq!(
         cache
             .get_or_load(key(), db(true, calls.clone()))
-            .await?
+            .await
+            .map_err(|e| e.to_string())?
             .value,
         "model-v1"
     );
-    let fresh = cache.get_or_load(key(), db(true, calls.clone())).await?;
+    let fresh = cache
+        .get_or_load(key(), db(true, calls.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!((fresh.status, calls.get()), (Status::Fresh, 1));
 
     advance(secs(301)).await;
-    let reloaded = cache.get_or_load(key(), db(true, calls.clone())).await?;
+    let reloaded = cache
+        .get_or_load(key(), db(true, calls.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(
         reloaded.value, "model-v2",
         "stale: the database is asked first"
@@ -431,7 +439,10 @@ async fn seed_config_four_steps_with_a_warning_on_stale() -> TestResult {
     assert!(!reloaded.is_stale());
 
     advance(secs(3 * 3600)).await;
-    let fallback = cache.get_or_load(key(), db(false, calls.clone())).await?;
+    let fallback = cache
+        .get_or_load(key(), db(false, calls.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(fallback.status, Status::StaleIfError);
     assert_eq!(fallback.value, "model-v2");
     assert!(fallback.is_stale());

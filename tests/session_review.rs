@@ -166,6 +166,8 @@ async fn every_outcome_of_a_miss_is_counted_once() -> TestResult {
     assert_eq!(info(&answer).status, CacheStatus::StaleIfError);
     set("error");
     assert!(service.clone().oneshot(get("/b")).await.is_err());
+    // Past the moment a failure stays the key's answer (`remember_failures`).
+    advance(secs(2)).await;
     set("503");
     let answer = service.clone().oneshot(get("/b")).await?;
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -16,6 +16,7 @@ use std::collections::HashMap as StdHashMap;
 /// whose refresh runs hashes the key once under the lock, and SipHash over host + target was
 /// most of that hit's extra cost (callgrind).
 type HashMap<K, V> = StdHashMap<K, V, quick_cache::DefaultHashBuilder>;
+use std::any::Any;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -239,21 +240,40 @@ impl<K: Hash + Eq + Clone> Drop for RefreshGuard<K> {
     }
 }
 
+/// A load's failure as its waiters get it: the adapter's own type behind `Any` (the engine's
+/// `Arc<E>`, the HTTP layer's origin answer), so that one failure answers every caller.
+pub(crate) type Failure = Arc<dyn Any + Send + Sync>;
+
 /// How a foreground load ended, as its waiters see it.
 #[derive(Debug)]
 pub(crate) enum Landing<V> {
     /// Still running.
     Pending,
-    /// Stored: waiters answer from this entry.
+    /// Loaded: waiters answer from this entry (stored, unless an invalidation fenced the load).
     Stored(Arc<Entry<V>>),
-    /// The origin answered, but nothing was stored: each waiter asks the origin itself.
+    /// Loaded, but nothing was stored: each waiter loads itself.
     NotStored,
-    /// The origin failed (with this HTTP status, for a 5xx): waiters serve stale-if-error if
-    /// they can, else compete again.
-    Failed(Option<u16>),
+    /// The load failed. Waiters serve stale-if-error if they can, else take `failure` if there
+    /// is one (else they compete again); `remember` keeps it as the key's answer for the
+    /// flights' failure memory.
+    Failed {
+        failure: Option<Failure>,
+        remember: bool,
+    },
 }
 
-/// The shared set of foreground loads (request coalescing).
+impl<V> Landing<V> {
+    /// A failure nobody else can be answered with.
+    pub(crate) const FAILED: Self = Self::Failed {
+        failure: None,
+        remember: false,
+    };
+}
+
+/// Most keys whose last failure is remembered; past this, failures go unremembered.
+const MAX_REMEMBERED_FAILURES: usize = 4096;
+
+/// The shared set of foreground loads (request coalescing), with the failures of recent ones.
 ///
 /// One flight per key, with one channel its waiters listen on. A load slower than the lock
 /// timeout does not set every waiter loose on the origin: once the flight's youngest attempt
@@ -261,9 +281,32 @@ pub(crate) enum Landing<V> {
 /// and every waiter (that one included) takes whichever attempt lands first. So a slow origin
 /// sees at most one more call per lock timeout per key, and nobody waits longer than the
 /// fastest attempt (Varnish's waiting list waits for the one fetch; this bounds a hung one).
+///
+/// A failed load answers its waiters with its failure, and for `remember_failures` after it
+/// every new caller too ([`Join::Failed`]), so a failing origin gets one call per key, not one
+/// per caller.
+///
+/// Invalidations fence loads: [`Flights::fence`] takes a key's flight out of the set, so a later
+/// caller starts a new one, and a fenced load may no longer store
+/// ([`FlightLeader::store_if_current`]).
 #[derive(Debug)]
 pub(crate) struct Flights<K, V> {
-    map: Mutex<HashMap<K, Flight<V>>>,
+    book: Mutex<FlightBook<K, V>>,
+    remember_failures: Duration,
+}
+
+#[derive(Debug)]
+struct FlightBook<K, V> {
+    flights: HashMap<K, Flight<V>>,
+    failures: HashMap<K, Remembered>,
+    /// Bumped by every fence: a load outside any flight stores only if it has not moved.
+    epoch: u64,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    failure: Failure,
+    until: Instant,
 }
 
 #[derive(Debug)]
@@ -284,6 +327,8 @@ pub(crate) enum Join<K: Hash + Eq + Clone, V> {
     /// The flight's attempts are older than the lock timeout: the caller makes one more, and
     /// should still take an earlier attempt's answer if it lands first.
     Backup(FlightLeader<K, V>, Waiting<V>),
+    /// A load of the key failed a moment ago: this is its failure, the answer for now.
+    Failed(Failure),
 }
 
 /// A waiter's view of a flight.
@@ -299,7 +344,7 @@ pub(crate) struct Waiting<V> {
 pub(crate) enum Waited<V> {
     Stored(Arc<Entry<V>>),
     NotStored,
-    Failed(Option<u16>),
+    Failed(Option<Failure>),
     /// The leader went away without an answer: compete again.
     Abandoned,
     /// The lock timeout passed: [`Flights::rejoin`] says whether to start another attempt.
@@ -307,9 +352,14 @@ pub(crate) enum Waited<V> {
 }
 
 impl<K: Hash + Eq + Clone, V> Flights<K, V> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(remember_failures: Duration) -> Self {
         Self {
-            map: Mutex::new(HashMap::default()),
+            book: Mutex::new(FlightBook {
+                flights: HashMap::default(),
+                failures: HashMap::default(),
+                epoch: 0,
+            }),
+            remember_failures,
         }
     }
 
@@ -326,8 +376,8 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
 
     fn enter(self: &Arc<Self>, key: &K, lock_timeout: Duration, backup: bool) -> Join<K, V> {
         let now = Instant::now();
-        let mut map = lock(&self.map);
-        if let Some(flight) = map.get_mut(key) {
+        let mut book = lock(&self.book);
+        if let Some(flight) = book.flights.get_mut(key) {
             let due = flight.youngest + lock_timeout;
             if backup && now >= due {
                 flight.running += 1;
@@ -345,8 +395,14 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
                 another_attempt_at: if backup { due } else { now + lock_timeout },
             });
         }
+        if let Some(remembered) = book.failures.get(key) {
+            if now < remembered.until {
+                return Join::Failed(Arc::clone(&remembered.failure));
+            }
+            book.failures.remove(key);
+        }
         let (tx, _) = watch::channel(Landing::Pending);
-        map.insert(
+        book.flights.insert(
             key.clone(),
             Flight {
                 tx: tx.clone(),
@@ -354,7 +410,7 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
                 youngest: now,
             },
         );
-        drop(map);
+        drop(book);
         Join::Leader(self.leader(key, tx))
     }
 
@@ -368,22 +424,79 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
 
     /// Number of loads under way.
     pub(crate) fn len(&self) -> usize {
-        lock(&self.map).len()
+        lock(&self.book).flights.len()
+    }
+
+    /// The fence a load outside any flight stores under ([`Flights::store_if_unfenced`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        lock(&self.book).epoch
+    }
+
+    /// Runs `store` (under the book's lock) unless a fence went up since `epoch`.
+    pub(crate) fn store_if_unfenced<R>(&self, epoch: u64, store: impl FnOnce() -> R) -> Option<R> {
+        let book = lock(&self.book);
+        (book.epoch == epoch).then(store)
+    }
+
+    /// Fences every load of a key matching `fenced`: their flights leave the set (a later
+    /// caller starts its own) and can no longer store; their failures are forgotten.
+    ///
+    /// Call it before removing what is stored: a load that stored first is then removed with
+    /// the rest, and one that comes later finds its flight gone.
+    pub(crate) fn fence_where(&self, fenced: impl Fn(&K) -> bool) {
+        let mut book = lock(&self.book);
+        book.epoch = book.epoch.wrapping_add(1);
+        book.flights.retain(|key, _| !fenced(key));
+        book.failures.retain(|key, _| !fenced(key));
+    }
+
+    /// Fences the loads of one key (see [`fence_where`](Self::fence_where)).
+    pub(crate) fn fence<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut book = lock(&self.book);
+        book.epoch = book.epoch.wrapping_add(1);
+        book.flights.remove(key);
+        book.failures.remove(key);
     }
 
     /// One attempt ended (`landing` is `None` when its leader went away without an answer).
     fn end_attempt(&self, key: &K, tx: &watch::Sender<Landing<V>>, landing: Option<Landing<V>>) {
-        let mut map = lock(&self.map);
-        // Only our own flight: a later flight of the key has a channel of its own.
-        if let Some(flight) = map.get_mut(key).filter(|f| f.tx.same_channel(tx)) {
+        let mut book = lock(&self.book);
+        // Only our own flight: a later flight of the key has a channel of its own, and a
+        // fenced one is gone.
+        if let Some(flight) = book.flights.get_mut(key).filter(|f| f.tx.same_channel(tx)) {
             flight.running -= 1;
             // A stored answer ends the flight (later requests find the entry); so does the end
             // of its last attempt.
             if flight.running == 0 || matches!(landing, Some(Landing::Stored(_))) {
-                map.remove(key);
+                book.flights.remove(key);
+            }
+            match &landing {
+                Some(Landing::Stored(_)) => {
+                    book.failures.remove(key);
+                }
+                Some(Landing::Failed {
+                    failure: Some(failure),
+                    remember: true,
+                }) if !self.remember_failures.is_zero() => {
+                    let now = Instant::now();
+                    if book.failures.len() >= MAX_REMEMBERED_FAILURES {
+                        book.failures.retain(|_, r| now < r.until);
+                    }
+                    if book.failures.len() < MAX_REMEMBERED_FAILURES {
+                        let until = now + self.remember_failures;
+                        let failure = Arc::clone(failure);
+                        book.failures
+                            .insert(key.clone(), Remembered { failure, until });
+                    }
+                }
+                _ => {}
             }
         }
-        drop(map);
+        drop(book);
         if let Some(landing) = landing {
             tx.send_replace(landing);
         }
@@ -404,7 +517,7 @@ pub(crate) async fn wait<V>(waiting: Waiting<V>) -> Waited<V> {
         Ok(Ok(())) => match &*rx.borrow_and_update() {
             Landing::Stored(entry) => Waited::Stored(Arc::clone(entry)),
             Landing::NotStored => Waited::NotStored,
-            Landing::Failed(status) => Waited::Failed(*status),
+            Landing::Failed { failure, .. } => Waited::Failed(failure.clone()),
             Landing::Pending => Waited::Abandoned,
         },
     }
@@ -435,6 +548,18 @@ impl<K: Hash + Eq + Clone, V> FlightLeader<K, V> {
         if let Some(key) = self.key.take() {
             self.flights.end_attempt(&key, &self.tx, Some(landing));
         }
+    }
+
+    /// Runs `store` (under the flights' lock) if this load's flight has not been fenced by an
+    /// invalidation since it began.
+    pub(crate) fn store_if_current<R>(&self, store: impl FnOnce() -> R) -> Option<R> {
+        let key = self.key.as_ref()?;
+        let book = lock(&self.flights.book);
+        let current = book
+            .flights
+            .get(key)
+            .is_some_and(|flight| flight.tx.same_channel(&self.tx));
+        current.then(store)
     }
 }
 

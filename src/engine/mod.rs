@@ -21,7 +21,7 @@
 //! use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), String> {
+//! # async fn main() -> Result<(), std::sync::Arc<String>> {
 //! let cache: SwrCache<String, String> = SwrCache::builder()
 //!     .capacity_bytes(1 << 20)
 //!     .build();
@@ -70,7 +70,7 @@ pub use self::stats::Stats;
 
 pub(crate) use self::entry::Phase;
 pub(crate) use self::inflight::{
-    stored_by_another, wait, FlightLeader, Join, Landing, RefreshGuard, Waited,
+    stored_by_another, wait, Failure, FlightLeader, Join, Landing, RefreshGuard, Waited,
 };
 use self::inflight::{Backoff, Breaker, Flights, Refreshes};
 use self::stats::Counters;
@@ -136,6 +136,7 @@ pub struct SwrCacheBuilder<K, V> {
     ttl_jitter: f64,
     early_refresh_beta: Option<f64>,
     stale_alert_age: Option<Duration>,
+    remember_failures: Duration,
 }
 
 impl<K, V> fmt::Debug for SwrCacheBuilder<K, V> {
@@ -155,6 +156,7 @@ impl<K, V> fmt::Debug for SwrCacheBuilder<K, V> {
             .field("ttl_jitter", &self.ttl_jitter)
             .field("early_refresh_beta", &self.early_refresh_beta)
             .field("stale_alert_age", &self.stale_alert_age)
+            .field("remember_failures", &self.remember_failures)
             .finish()
     }
 }
@@ -179,6 +181,7 @@ impl<K, V> Default for SwrCacheBuilder<K, V> {
             ttl_jitter: 0.0,
             early_refresh_beta: None,
             stale_alert_age: None,
+            remember_failures: DEFAULT_REMEMBER_FAILURES,
         }
     }
 }
@@ -270,6 +273,15 @@ where
         self
     }
 
+    /// How long a failed load of a key stays that key's answer (default 1 s; zero turns it
+    /// off). Meanwhile, callers that find nothing usable get the same error at once, without
+    /// calling the loader, so a failing database or partner API sees one call per key per
+    /// while, not one per caller. A value inside its stale-if-error window still wins.
+    pub fn remember_failures(mut self, duration: Duration) -> Self {
+        self.remember_failures = duration;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> SwrCache<K, V> {
         let evictions = CountEvictions::default();
@@ -287,7 +299,7 @@ where
                 store,
                 weigher,
                 refreshes: Arc::new(Refreshes::new(self.backoff, self.breaker)),
-                flights: Arc::new(Flights::new()),
+                flights: Arc::new(Flights::new(self.remember_failures)),
                 lock_timeout: self.lock_timeout,
                 refresh_timeout: self.refresh_timeout,
                 counters: Counters::new(&self.name),
@@ -343,6 +355,9 @@ impl<K: Hash + Eq, V> fmt::Debug for SwrCache<K, V> {
     }
 }
 
+/// How long a failed load stays its key's answer unless configured otherwise.
+pub(crate) const DEFAULT_REMEMBER_FAILURES: Duration = Duration::from_secs(1);
+
 /// Why a background refresh failed, for the log.
 pub(crate) type RefreshFailure = String;
 
@@ -390,16 +405,28 @@ where
 
     /// Stores `value`, fresh for `freshness`, replacing what was there. Returns whether it was
     /// stored (it is not when heavier than the largest storable entry; the old value then stays).
+    ///
+    /// A load of `key` under way when this is called stores nothing: the inserted value wins.
     pub fn insert(&self, key: K, value: V, freshness: Freshness) -> bool {
-        self.store(key, Loaded::new(value, freshness)).is_some()
+        let Some(entry) = self.new_entry(&key, Loaded::new(value, freshness)) else {
+            return false;
+        };
+        self.inner.flights.fence(&key);
+        self.insert_entry(key, &entry);
+        true
     }
 
     /// Removes `key`. Returns whether something was there.
+    ///
+    /// Like every invalidation ([`mark_stale`](Self::mark_stale), [`remove_if`](Self::remove_if),
+    /// [`clear`](Self::clear)), this fences the loads of the key under way: they store nothing,
+    /// and a caller that comes after it starts a load of its own rather than wait for theirs.
     pub fn remove<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.inner.flights.fence(key);
         self.inner.store.remove(key).is_some()
     }
 
@@ -410,6 +437,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.inner.flights.fence(key);
         let Some(entry) = self.inner.store.peek(key) else {
             return false;
         };
@@ -432,6 +460,7 @@ where
     /// Marks every entry whose key matches `predicate` stale (see [`mark_stale`](Self::mark_stale)).
     /// Returns how many.
     pub fn mark_stale_where(&self, predicate: impl Fn(&K) -> bool) -> usize {
+        self.inner.flights.fence_where(&predicate);
         let keys: Vec<K> = self
             .inner
             .store
@@ -443,12 +472,21 @@ where
     }
 
     /// Removes every entry whose key matches `predicate`.
-    pub fn remove_if(&self, predicate: impl Fn(&K) -> bool) {
-        self.inner.store.retain(|key, _| !predicate(key));
+    /// Returns how many.
+    pub fn remove_if(&self, predicate: impl Fn(&K) -> bool) -> usize {
+        self.inner.flights.fence_where(&predicate);
+        let removed = std::sync::atomic::AtomicUsize::new(0);
+        self.inner.store.retain(|key, _| {
+            let remove = predicate(key);
+            removed.fetch_add(usize::from(remove), std::sync::atomic::Ordering::Relaxed);
+            !remove
+        });
+        removed.into_inner()
     }
 
     /// Removes every entry.
     pub fn clear(&self) {
+        self.inner.flights.fence_where(|_| true);
         self.inner.store.clear();
     }
 
@@ -520,7 +558,10 @@ where
     ///   lock timeout one of them starts a second load, and all take whichever stores first;
     ///   see [`SwrCacheBuilder::lock_timeout`]). If the load fails and the old value is
     ///   inside its stale-if-error window, the old value is returned (and a warning logged);
-    ///   otherwise the error is returned.
+    ///   otherwise the error is returned, to the caller that loaded and to every caller that
+    ///   waited for it: one failing load, one error shared as an `Arc`, as moka's
+    ///   `try_get_with` does. For a while after ([`SwrCacheBuilder::remember_failures`], 1 s
+    ///   by default) that error is the key's answer without calling `load`.
     ///
     /// Needs a tokio runtime (for the background refresh).
     ///
@@ -534,20 +575,23 @@ where
     ///
     /// // Nothing stored and the load fails: its error, never an invented value.
     /// let down = cache.get_or_load("rate".into(), || async { Err::<Loaded<u64>, _>("db down") });
-    /// assert_eq!(down.await.unwrap_err(), "db down");
+    /// assert_eq!(*down.await.unwrap_err(), "db down");
+    /// // For a moment, the same error answers without asking the database again.
+    /// let again = cache.get_or_load("rate".into(), || async { Err::<Loaded<u64>, _>("not called") });
+    /// assert_eq!(*again.await.unwrap_err(), "db down");
     ///
     /// let fresh = Freshness::new(Duration::from_secs(60));
     /// let load = move || async move { Ok::<_, &str>(Loaded::new(42, fresh)) };
-    /// let got = cache.get_or_load("rate".into(), load).await.unwrap();
+    /// let got = cache.get_or_load("ratio".into(), load).await.unwrap();
     /// assert_eq!((got.status, got.value), (Status::Miss, 42));
     /// # }
     /// ```
-    pub async fn get_or_load<F, Fut, E>(&self, key: K, load: F) -> Result<Lookup<V>, E>
+    pub async fn get_or_load<F, Fut, E>(&self, key: K, load: F) -> Result<Lookup<V>, Arc<E>>
     where
         K: fmt::Debug,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
-        E: fmt::Display + Send + 'static,
+        E: fmt::Display + Send + Sync + 'static,
     {
         let now = Stamp::now();
         let existing = self.entry(&key, now);
@@ -601,19 +645,38 @@ where
                         result = own => result,
                     };
                 }
+                Join::Failed(failure) => {
+                    if let Some(lookup) =
+                        self.stale_on_error(&key, existing.as_ref(), &"a load failed a moment ago")
+                    {
+                        return Ok(lookup);
+                    }
+                    match failure.downcast::<E>() {
+                        Ok(error) => {
+                            self.inner.counters.failure_hits.inc();
+                            return Err(error);
+                        }
+                        // Another caller's loader failed with another error type: load alone.
+                        Err(_) => {
+                            let load = load.take().expect("a caller loads at most once");
+                            return self.load_now(key, load, existing, None).await;
+                        }
+                    }
+                }
                 Join::Waiter(waiting) => match wait(waiting).await {
                     Waited::Stored(entry) => {
                         self.inner.counters.coalesced_waits.inc();
                         return Ok(self.lookup(&key, &entry, Status::Coalesced, Stamp::now()));
                     }
-                    Waited::Failed(_) => {
-                        let now = Stamp::now();
-                        if let Some(entry) = existing.as_ref().filter(|e| e.usable_on_error_at(now))
+                    Waited::Failed(failure) => {
+                        if let Some(lookup) =
+                            self.stale_on_error(&key, existing.as_ref(), &"the loader failed")
                         {
-                            self.inner.counters.stale_if_error.inc();
-                            tracing::warn!(key = ?key, age_secs = entry.age_at(now).as_secs(),
-                                "serving stale value: the loader failed");
-                            return Ok(self.lookup(&key, entry, Status::StaleIfError, now));
+                            return Ok(lookup);
+                        }
+                        if let Some(Ok(error)) = failure.map(|f| f.downcast::<E>()) {
+                            self.inner.counters.coalesced_waits.inc();
+                            return Err(error);
                         }
                         if Instant::now() >= give_up_at {
                             let load = load.take().expect("a caller loads at most once");
@@ -642,14 +705,14 @@ where
         K: fmt::Debug,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
-        E: fmt::Display + Send + 'static,
+        E: fmt::Display + Send + Sync + 'static,
     {
         let Some(guard) = self.claim_refresh(key, now) else {
             return;
         };
         let flight = match self.join(key) {
             Join::Leader(flight) => flight,
-            Join::Waiter(_) | Join::Backup(..) => {
+            Join::Waiter(_) | Join::Backup(..) | Join::Failed(_) => {
                 guard.cancel();
                 return;
             }
@@ -661,11 +724,16 @@ where
             let loaded = match load().await {
                 Ok(loaded) => loaded,
                 Err(error) => {
-                    flight.land(Landing::Failed(None));
-                    return Err(error.to_string());
+                    let reason = error.to_string();
+                    flight.land(Landing::Failed {
+                        failure: Some(Arc::new(error)),
+                        remember: true,
+                    });
+                    return Err(reason);
                 }
             };
-            match cache.store(refresh_key, loaded.with_load_time(started.elapsed())) {
+            let loaded = loaded.with_load_time(started.elapsed());
+            match cache.store_loaded(refresh_key, loaded, Some(&flight), 0) {
                 Some(entry) => {
                     flight.land(Landing::Stored(entry));
                     Ok(())
@@ -687,12 +755,12 @@ where
         load: F,
         existing: Option<Arc<Entry<V>>>,
         leader: Option<inflight::FlightLeader<K, V>>,
-    ) -> Result<Lookup<V>, E>
+    ) -> Result<Lookup<V>, Arc<E>>
     where
         K: fmt::Debug,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<V>, E>>,
-        E: fmt::Display,
+        E: fmt::Display + Send + Sync + 'static,
     {
         // One counter per request: a miss, unless a stale value may stand in for a failing
         // loader; then it is counted with the outcome (a miss or a stale-if-error answer).
@@ -702,6 +770,8 @@ where
         if miss_counted {
             self.inner.counters.misses.inc();
         }
+        // A load outside any flight is fenced by any invalidation after this.
+        let epoch = self.inner.flights.epoch();
         let started = Instant::now();
         match load().await.map(|l| l.with_load_time(started.elapsed())) {
             Ok(loaded) => {
@@ -709,7 +779,7 @@ where
                     self.inner.counters.misses.inc();
                 }
                 let value = loaded.value.clone();
-                let stored = self.store(key.clone(), loaded);
+                let stored = self.store_loaded(key.clone(), loaded, leader.as_ref(), epoch);
                 let now = Stamp::now();
                 let lookup = match &stored {
                     Some(entry) => self.lookup(&key, entry, Status::Miss, now),
@@ -727,8 +797,12 @@ where
                 Ok(lookup)
             }
             Err(error) => {
+                let error = Arc::new(error);
                 if let Some(leader) = leader {
-                    leader.land(Landing::Failed(None));
+                    leader.land(Landing::Failed {
+                        failure: Some(Arc::clone(&error) as Failure),
+                        remember: true,
+                    });
                 }
                 match self.stale_on_error(&key, existing.as_ref(), &error) {
                     Some(lookup) => Ok(lookup),
@@ -787,7 +861,7 @@ where
         Some(entry)
     }
 
-    /// Removes the entry of a borrowed key.
+    /// Removes the entry of a borrowed key (upkeep, not an invalidation: loads go on).
     pub(crate) fn remove_equivalent<Q>(&self, key: &Q) -> bool
     where
         Q: Hash + Equivalent<K> + ?Sized,
@@ -795,10 +869,18 @@ where
         self.inner.store.remove(key).is_some()
     }
 
-    /// Stores a loaded value; `None` when it is too heavy to store (the old entry is kept).
-    pub(crate) fn store(&self, key: K, loaded: Loaded<V>) -> Option<Arc<Entry<V>>> {
-        let weight =
-            (self.inner.weigher)(&key, &loaded.value).saturating_add(store::ENTRY_OVERHEAD);
+    /// Invalidates the entry of a borrowed key, fencing its loads (see [`SwrCache::remove`]).
+    pub(crate) fn purge_equivalent<Q>(&self, key: &Q) -> bool
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        self.inner.flights.fence_where(|k| key.equivalent(k));
+        self.inner.store.remove(key).is_some()
+    }
+
+    /// The entry a loaded value becomes; `None` when it is too heavy to store.
+    fn new_entry(&self, key: &K, loaded: Loaded<V>) -> Option<Arc<Entry<V>>> {
+        let weight = (self.inner.weigher)(key, &loaded.value).saturating_add(store::ENTRY_OVERHEAD);
         if weight > self.inner.max_entry_weight {
             self.inner.counters.store_rejections.inc();
             return None;
@@ -808,9 +890,12 @@ where
             let spread = (fastrand::f64() * 2.0 - 1.0) * self.inner.ttl_jitter;
             loaded.freshness.ttl = loaded.freshness.ttl.mul_f64(1.0 + spread);
         }
-        let entry = Arc::new(Entry::new(loaded, Stamp::now(), weight));
+        Some(Arc::new(Entry::new(loaded, Stamp::now(), weight)))
+    }
+
+    fn insert_entry(&self, key: K, entry: &Arc<Entry<V>>) {
         self.inner.refreshes.reset(&key);
-        self.inner.store.insert(key, Arc::clone(&entry));
+        self.inner.store.insert(key, Arc::clone(entry));
         self.inner.counters.stores.inc();
         #[cfg(feature = "metrics")]
         self.inner.counters.gauges.set(
@@ -818,7 +903,36 @@ where
             self.inner.store.weight(),
             self.inner.refreshes.running() as u64,
         );
+    }
+
+    /// Stores what a load produced, unless an invalidation fenced the load since it began:
+    /// the load's flight (`leader`) was fenced, or, for a load outside any flight, any fence
+    /// went up since `epoch` ([`fence_epoch`](Self::fence_epoch)). Returns the entry either way
+    /// (the load's own callers may still be answered from it); `None` when it is too heavy to
+    /// store (the old entry is kept).
+    pub(crate) fn store_loaded(
+        &self,
+        key: K,
+        loaded: Loaded<V>,
+        leader: Option<&FlightLeader<K, V>>,
+        epoch: u64,
+    ) -> Option<Arc<Entry<V>>> {
+        let entry = self.new_entry(&key, loaded)?;
+        let stored = match leader {
+            Some(leader) => leader.store_if_current(|| self.insert_entry(key, &entry)),
+            None => {
+                (self.inner.flights).store_if_unfenced(epoch, || self.insert_entry(key, &entry))
+            }
+        };
+        if stored.is_none() {
+            tracing::debug!("an invalidation came after this load began: not stored");
+        }
         Some(entry)
+    }
+
+    /// The fence a load outside any flight passes to [`store_loaded`](Self::store_loaded).
+    pub(crate) fn fence_epoch(&self) -> u64 {
+        self.inner.flights.epoch()
     }
 
     /// XFetch: whether a fresh hit should start the refresh now (`-load_time·β·ln(U) ≥ time

@@ -132,6 +132,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes_timed_out: Counter,
     pub(crate) refreshes_panicked: Counter,
     pub(crate) stale_if_error: Counter,
+    pub(crate) failure_hits: Counter,
     pub(crate) gauges: Gauges,
 }
 
@@ -186,6 +187,9 @@ pub struct Stats {
     pub refreshes_panicked: u64,
     /// Answers from a stale entry because the origin failed (stale-if-error).
     pub stale_if_error: u64,
+    /// Requests answered with the failure of a load of their key that ended a moment ago
+    /// (see `remember_failures`), without calling the loader or origin.
+    pub failure_hits: u64,
     /// Entries evicted under memory pressure.
     pub evictions: u64,
     /// Entries held now.
@@ -218,6 +222,7 @@ impl Counters {
             coalesced_waits: request("coalesced"),
             bypasses: request("bypass"),
             stale_if_error: request("stale_if_error"),
+            failure_hits: request("failure_hit"),
             stores: Counter::new(cache, STORES, ("result", "stored")),
             store_rejections: Counter::new(cache, STORES, ("result", "too_large")),
             refreshes_started: refresh("started"),
@@ -244,6 +249,7 @@ impl Counters {
             refreshes_timed_out: self.refreshes_timed_out.get(),
             refreshes_panicked: self.refreshes_panicked.get(),
             stale_if_error: self.stale_if_error.get(),
+            failure_hits: self.failure_hits.get(),
             ..Stats::default()
         }
     }

@@ -101,18 +101,11 @@ impl SwrHandle {
     }
 
     fn remove_where(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
-        let count = std::sync::atomic::AtomicUsize::new(0);
-        self.shared.engine.remove_if(|key| {
-            let hit = self.owns(key) && matches(key);
-            if hit {
-                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            hit
-        });
+        let count = (self.shared.engine).remove_if(|key| self.owns(key) && matches(key));
         // The purged keys' `Vary` indexes go too: the next request is a plain miss again.
         self.shared
             .vary_index
             .retain(|key, _| !(self.owns(key) && matches(key)));
-        count.into_inner()
+        count
     }
 }

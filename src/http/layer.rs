@@ -17,7 +17,7 @@ use super::service::{
     DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL, PASS_KEYS,
 };
 use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
-use crate::engine::{Freshness, Stats, SwrCache};
+use crate::engine::{Freshness, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
 
 /// Settings that shape the store; changing them means a new store.
 #[derive(Debug, Clone)]
@@ -30,6 +30,7 @@ struct StoreSettings {
     ttl_jitter: f64,
     early_refresh_beta: Option<f64>,
     stale_alert_age: Option<Duration>,
+    remember_failures: Duration,
     /// Another layer's store, when this layer shares its memory budget.
     shared_with: Option<SwrCache<CacheKey, CachedResponse>>,
 }
@@ -178,6 +179,7 @@ impl SwrLayer {
                 ttl_jitter: 0.0,
                 early_refresh_beta: None,
                 stale_alert_age: None,
+                remember_failures: DEFAULT_REMEMBER_FAILURES,
                 shared_with: None,
             },
             cache_name,
@@ -434,6 +436,22 @@ impl SwrLayer {
         self.changed()
     }
 
+    /// How long an origin failure stays a key's answer (default 1 s; zero turns it off).
+    ///
+    /// Requests that wait for one origin call get its failure too: the origin's own failure
+    /// response (status, headers, a body up to 64 KiB), or for an error of the inner service a
+    /// `502 Bad Gateway` marked `detail=origin-error`. For `duration` after it, requests of the
+    /// key that find nothing usable get that failure without calling the origin, marked
+    /// `Cache-Status: tower-swr; hit; detail=failure` (and counted in
+    /// [`Stats::failure_hits`]). A stale entry inside its stale-if-error window still wins.
+    /// Only requests without credentials share a failure, and only one that is the same for
+    /// everyone: no `private`, `no-store`, `Set-Cookie` or `Vary` (each waiter of such a
+    /// failure asks the origin itself, as before).
+    pub fn remember_failures(mut self, duration: Duration) -> Self {
+        self.store.remember_failures = duration;
+        self.changed()
+    }
+
     /// Log a warning whenever a response older than `age` is served stale (default: never).
     pub fn stale_alert_age(mut self, age: Duration) -> Self {
         self.store.stale_alert_age = Some(age);
@@ -507,7 +525,8 @@ impl SwrLayer {
                         .refresh_timeout(self.store.refresh_timeout)
                         .refresh_backoff(self.store.backoff.0, self.store.backoff.1)
                         .circuit_breaker(self.store.breaker.0, self.store.breaker.1)
-                        .ttl_jitter(self.store.ttl_jitter);
+                        .ttl_jitter(self.store.ttl_jitter)
+                        .remember_failures(self.store.remember_failures);
                     if let Some(beta) = self.store.early_refresh_beta {
                         builder = builder.early_refresh(beta);
                     }

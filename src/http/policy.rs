@@ -280,6 +280,23 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether an origin's failure answer (one that is not stored) may also answer the requests
+/// that waited for its origin call, and for a moment later ones (`remember_failures`).
+///
+/// Only between requests without credentials, and only an answer that is the same for
+/// everyone: not `private`, not `no-store` (it must not be reused at all), no `Set-Cookie`,
+/// no `Vary` (it might not be the waiter's variant).
+pub(crate) fn failure_is_shareable(request_has_credentials: bool, response: &HeaderMap) -> bool {
+    if request_has_credentials
+        || response.contains_key(header::SET_COOKIE)
+        || response.contains_key(header::VARY)
+    {
+        return false;
+    }
+    let cc = CacheControl::from_headers(response);
+    !(cc.private || !cc.private_fields.is_empty() || cc.no_store)
+}
+
 /// Statuses a cache may store with heuristic freshness (RFC 9110 §15.1).
 pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(

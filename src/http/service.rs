@@ -22,13 +22,15 @@ use super::future::ResponseFuture;
 use super::key::{
     align_host, host_correction, key_host, request_variant, CacheKey, KeyRef, Vary, VaryValues,
 };
-use super::policy::{Decision, Policy, RequestFacts, NEVER_USABLE, SURROGATE_CONTROL};
+use super::policy::{
+    failure_is_shareable, Decision, Policy, RequestFacts, NEVER_USABLE, SURROGATE_CONTROL,
+};
 use super::status::{
     reserve_slots, without_slots, CacheInfo, CacheStatus, Member, Slots, StatusHeaders,
 };
 use crate::engine::{
-    stored_by_another, wait, CatchUnwind, Entry, Freshness, Join, Landing, Loaded, Phase, Stamp,
-    SwrCache, Waited,
+    stored_by_another, wait, CatchUnwind, Entry, Failure, FlightLeader, Freshness, Join, Landing,
+    Loaded, Phase, Stamp, SwrCache, Waited,
 };
 
 /// Adds to a request's key; `None` means "do not cache this request".
@@ -255,6 +257,80 @@ impl Credentials {
 /// `Authorization`, `Cookie`, or a header the layer was told is a credential.
 fn is_credential(name: &HeaderName, custom: &[HeaderName]) -> bool {
     name == header::AUTHORIZATION || name == header::COOKIE || custom.contains(name)
+}
+
+/// Whether a request carries `Authorization`, `Cookie` or a configured credential header.
+fn has_credentials(headers: &HeaderMap, custom: &[HeaderName]) -> bool {
+    headers.keys().any(|name| is_credential(name, custom))
+}
+
+/// Most bytes of an origin's failure body kept to answer the requests that waited for it.
+const FAILURE_BODY_LIMIT: usize = 64 * 1024;
+
+/// An origin failure as the requests that waited for it (and for a moment later ones) get it.
+#[derive(Debug)]
+pub(crate) enum OriginFailure {
+    /// The origin's own failure response, whole.
+    Answer {
+        status: StatusCode,
+        version: Version,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    /// The inner service returned an error. It cannot be cloned, so the others get the
+    /// layer's `502 Bad Gateway` (marked `detail=origin-error` in `Cache-Status`).
+    Error,
+    /// Not for others to see (credentials, `private`, a body over the limit, a refresh):
+    /// only tells a stale-if-error answer the origin's status.
+    Withheld { status: Option<u16> },
+}
+
+impl OriginFailure {
+    fn landing<V>(self, remember: bool) -> Landing<V> {
+        Landing::Failed {
+            failure: Some(Arc::new(self) as Failure),
+            remember,
+        }
+    }
+
+    fn fwd_status(&self) -> Option<u16> {
+        match self {
+            Self::Answer { status, .. } => Some(status.as_u16()),
+            Self::Error => None,
+            Self::Withheld { status } => *status,
+        }
+    }
+
+    /// A copy of the failure for one request (`None`: it must ask the origin itself).
+    fn respond<B: Body>(&self, head: bool) -> Option<Response<SwrBody<B>>> {
+        let mut response = match self {
+            Self::Answer {
+                status,
+                version,
+                headers,
+                body,
+            } => {
+                let mut response = Response::new(SwrBody::cached(body.clone()));
+                *response.status_mut() = *status;
+                *response.version_mut() = *version;
+                *response.headers_mut() = headers.clone();
+                response
+            }
+            Self::Error => {
+                let mut response = Response::new(SwrBody::cached(Bytes::new()));
+                *response.status_mut() = StatusCode::BAD_GATEWAY;
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                response
+            }
+            Self::Withheld { .. } => return None,
+        };
+        if head {
+            *response.body_mut() = SwrBody::empty();
+        }
+        Some(response)
+    }
 }
 
 /// A stored response, ready to be served without decoding anything.
@@ -633,6 +709,30 @@ impl Shared {
         response
     }
 
+    /// Another request's origin failure (or one remembered a moment), as this request's answer;
+    /// `None` when it is not for others to see.
+    fn respond_failure<B: Body>(
+        &self,
+        failure: &OriginFailure,
+        remembered: bool,
+        key: &CacheKey,
+        head: bool,
+    ) -> Option<Response<SwrBody<B>>> {
+        let mut response = failure.respond(head)?;
+        let error = matches!(failure, OriginFailure::Error);
+        let (member, status) = if remembered {
+            self.engine.counters().failure_hits.inc();
+            (Member::FailureHit { error }, CacheStatus::FailureHit)
+        } else {
+            self.engine.counters().coalesced_waits.inc();
+            (Member::FailureCollapsed { error }, CacheStatus::Collapsed)
+        };
+        tracing::debug!(key = %key, remembered, "answered with another origin call's failure");
+        (self.config.headers).write(response.headers_mut(), member, status, None, Some(key));
+        (self.config.headers).attach(response.extensions_mut(), || CacheInfo::uncached(status));
+        Some(response)
+    }
+
     /// What the policy says of a response to a request: made once per response.
     fn judge(
         &self,
@@ -657,10 +757,10 @@ impl Shared {
             vary,
             credentials,
         }: Verdict,
-        parts: http::response::Parts,
-        body: Bytes,
+        (parts, body): (http::response::Parts, Bytes),
         declared_len: Option<u64>,
         load_time: Duration,
+        fence: Fence<'_>,
     ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
         let (mut headers, stored) = match (&decision, &vary) {
             (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
@@ -730,7 +830,7 @@ impl Shared {
             .with_initial_age(initial_age)
             .with_retention(retain)
             .with_load_time(load_time);
-        match self.engine.store(key.clone(), loaded.clone()) {
+        match (self.engine).store_loaded(key.clone(), loaded.clone(), fence.leader, fence.epoch) {
             Some(entry) => {
                 self.index_variant(&key, entry.value().vary.as_ref());
                 Ok(entry)
@@ -783,11 +883,11 @@ impl Shared {
 
     /// Removes a key's plain entry and every indexed variant.
     fn remove_all_variants(&self, base: KeyRef<'_>) -> bool {
-        let mut removed = self.engine.remove_equivalent(&base);
+        let mut removed = self.engine.purge_equivalent(&base);
         if let Some((_, index)) = self.vary_index.remove(&base) {
             let variants = index.variants.lock().unwrap_or_else(|e| e.into_inner());
             for variant in variants.iter() {
-                removed |= self.engine.remove_equivalent(&base.with_variant(variant));
+                removed |= self.engine.purge_equivalent(&base.with_variant(variant));
             }
         }
         removed
@@ -795,12 +895,15 @@ impl Shared {
 
     /// Turns an origin response into an entry, if policy and size allow. Otherwise the response
     /// goes to the client as it is (with a body that is the buffered prefix plus the rest).
+    /// A failure that is not stored is kept whole for the requests that waited, if `share`.
     async fn admit<B>(
         &self,
         key: CacheKey,
         template: Arc<RequestTemplate>,
         response: Response<B>,
         load_time: Duration,
+        fence: Fence<'_>,
+        share: bool,
     ) -> Admission<B>
     where
         B: Body<Data = Bytes>,
@@ -809,19 +912,37 @@ impl Shared {
         // Decide before buffering, so an uncacheable body streams straight through.
         // `load_time` runs until the response's head arrived: the response delay.
         let verdict = self.judge(&template, &parts, load_time);
-        if let Decision::Pass(reason) = verdict.decision {
-            return Admission::Uncacheable(
-                Response::from_parts(parts, SwrBody::inner(body)),
-                reason,
-            );
-        }
-        if matches!(verdict.vary, Vary::Never) {
-            return Admission::Uncacheable(
-                Response::from_parts(parts, SwrBody::inner(body)),
-                "vary",
-            );
-        }
         let limit = self.config.max_body_bytes;
+        let pass = match (&verdict.decision, &verdict.vary) {
+            (Decision::Pass(reason), _) => Some(*reason),
+            (_, Vary::Never) => Some("vary"),
+            _ => None,
+        };
+        if let Some(reason) = pass {
+            let shareable = share
+                && self.config.is_failure(parts.status)
+                && failure_is_shareable(false, &parts.headers);
+            if !shareable {
+                return Admission::Uncacheable(
+                    Response::from_parts(parts, SwrBody::inner(body)),
+                    reason,
+                );
+            }
+            return match buffer(body, FAILURE_BODY_LIMIT.min(limit)).await {
+                Buffered::Complete(body) => Admission::Failure {
+                    failure: Arc::new(OriginFailure::Answer {
+                        status: parts.status,
+                        version: parts.version,
+                        headers: storable_headers(parts.headers, &[]),
+                        body,
+                    }),
+                    reason,
+                },
+                Buffered::Partial(body) => {
+                    Admission::Uncacheable(Response::from_parts(parts, body), reason)
+                }
+            };
+        }
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -842,7 +963,7 @@ impl Shared {
                 )
             }
         };
-        match self.admit_buffered(key, verdict, parts, body, declared, load_time) {
+        match self.admit_buffered(key, verdict, (parts, body), declared, load_time, fence) {
             Ok(entry) => Admission::Stored(entry),
             Err(not_stored) => {
                 let (cached, reason) = *not_stored;
@@ -857,6 +978,7 @@ impl Shared {
         entry: &Entry<CachedResponse>,
         template: Arc<RequestTemplate>,
         not_modified: http::response::Parts,
+        fence: Fence<'_>,
     ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
         let cached = entry.value();
         let mut parts = not_modified;
@@ -873,10 +995,10 @@ impl Shared {
         self.admit_buffered(
             cached.key.clone(),
             verdict,
-            parts,
-            cached.body.clone(),
+            (parts, cached.body.clone()),
             None,
             entry.load_time(),
+            fence,
         )
     }
 
@@ -975,12 +1097,26 @@ impl CachedResponse {
     }
 }
 
+/// What a store must pass to be kept: the flight it leads, else the fence epoch it began in
+/// (see [`SwrCache::store_loaded`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Fence<'a> {
+    leader: Option<&'a FlightLeader<CacheKey, CachedResponse>>,
+    epoch: u64,
+}
+
 /// A response that was not stored, and why.
 type NotStored = Box<(CachedResponse, &'static str)>;
 
 /// What became of an origin response.
 enum Admission<B: Body> {
     Stored(Arc<Entry<CachedResponse>>),
+    /// A failure the policy forbids storing, kept whole for the requests that waited and
+    /// for a moment for later ones.
+    Failure {
+        failure: Arc<OriginFailure>,
+        reason: &'static str,
+    },
     /// The policy forbids storing it (reason given).
     Uncacheable(Response<SwrBody<B>>, &'static str),
     /// Cacheable, but too large to hold (reason given).
@@ -1248,8 +1384,9 @@ where
     // window) waits for it instead of making a second origin call.
     let flight = match shared.engine.join(&cached.key) {
         Join::Leader(flight) => flight,
-        Join::Waiter(_) | Join::Backup(..) => {
-            // A foreground load of the key is under way: it will store the new response.
+        // A foreground load of the key is under way (it will store the new response), or one
+        // failed a moment ago (the origin is not asked again so soon).
+        Join::Waiter(_) | Join::Backup(..) | Join::Failed(_) => {
             guard.cancel();
             return false;
         }
@@ -1284,18 +1421,25 @@ where
         let response = match inner.oneshot(request).await {
             Ok(response) => response,
             Err(_) => {
-                land(&mut flight, Landing::Failed(None));
+                land(&mut flight, Landing::FAILED);
                 return Err("the inner service returned an error".to_string());
             }
         };
         let status = response.status();
         if shared.config.is_failure(status) {
-            land(&mut flight, Landing::Failed(Some(status.as_u16())));
+            let failure = OriginFailure::Withheld {
+                status: Some(status.as_u16()),
+            };
+            land(&mut flight, failure.landing(true));
             return Err(format!("the origin answered {status}"));
         }
+        let fence = Fence {
+            leader: flight.as_ref(),
+            epoch: 0,
+        };
         if status == StatusCode::NOT_MODIFIED {
             let (parts, _) = response.into_parts();
-            return match shared.freshen(&entry, template, parts) {
+            return match shared.freshen(&entry, template, parts, fence) {
                 Ok(stored) => {
                     land(&mut flight, Landing::Stored(stored));
                     Ok(())
@@ -1309,14 +1453,15 @@ where
                 }
             };
         }
-        match shared
-            .admit(key.clone(), template, response, started.elapsed())
-            .await
-        {
+        let admission = shared
+            .admit(key.clone(), template, response, started.elapsed(), fence, false)
+            .await;
+        match admission {
             Admission::Stored(stored) => {
                 land(&mut flight, Landing::Stored(stored));
                 Ok(())
             }
+            Admission::Failure { .. } => unreachable!("a refresh shares no failure"),
             // Keep the stale copy rather than lose it to a body we cannot hold.
             Admission::Unstorable(_, reason) => {
                 land(&mut flight, Landing::NotStored);
@@ -1384,6 +1529,11 @@ where
             .get(&key)
             .is_some_and(|until| Stamp::now() < until);
     let pass_as_sent = pass_head || known_pass;
+    // A failure is shared only among requests without credentials.
+    let credentialed = has_credentials(request.headers(), &shared.config.policy.credential_headers);
+    let failure_of = |failure: Option<Failure>| {
+        failure.and_then(|failure| failure.downcast::<OriginFailure>().ok())
+    };
 
     // A HEAD passed through (`convert_head(false)`) has no body to store: it asks the origin
     // alone and stores nothing.
@@ -1413,6 +1563,22 @@ where
                     earlier_attempts = Some(earlier);
                     break;
                 }
+                // The key's last origin call failed a moment ago: its failure is the answer,
+                // unless a stale entry may stand in.
+                Join::Failed(failure) => {
+                    let failure = failure_of(Some(failure));
+                    if let Some(entry) = usable_on_error(&expired) {
+                        let fwd_status = failure.as_ref().and_then(|f| f.fwd_status());
+                        return Ok(shared.respond_stale_if_error(&entry, fwd_status, ask));
+                    }
+                    let remembered = failure
+                        .filter(|_| !credentialed)
+                        .and_then(|f| shared.respond_failure(&f, true, &key, head));
+                    if let Some(response) = remembered {
+                        return Ok(response);
+                    }
+                    break;
+                }
                 Join::Waiter(waiting) => match wait(waiting).await {
                     Waited::Stored(entry) if entry.value().serves(request.headers(), facts) => {
                         shared.engine.counters().coalesced_waits.inc();
@@ -1426,9 +1592,18 @@ where
                             Stamp::now(),
                         ));
                     }
-                    Waited::Failed(fwd_status) => {
+                    Waited::Failed(failure) => {
+                        let failure = failure_of(failure);
                         if let Some(entry) = usable_on_error(&expired) {
+                            let fwd_status = failure.as_ref().and_then(|f| f.fwd_status());
                             return Ok(shared.respond_stale_if_error(&entry, fwd_status, ask));
+                        }
+                        // One origin call failed for every request that waited for it.
+                        let shared_failure = failure
+                            .filter(|_| !credentialed)
+                            .and_then(|f| shared.respond_failure(&f, false, &key, head));
+                        if let Some(response) = shared_failure {
+                            return Ok(response);
                         }
                         if Instant::now() >= give_up_at {
                             break;
@@ -1490,6 +1665,13 @@ where
     // Asked without the client's conditionals or range: if the answer cannot be stored, the
     // client's own request is sent after all, on this clone.
     let ask_again = (client_headers.is_some() && !pass_as_sent).then(|| inner.clone());
+    // Loads outside a flight are fenced by any invalidation from now on.
+    let epoch = shared.engine.fence_epoch();
+    // What the others get if this call fails: the origin's own failure, or the layer's 502.
+    let error_landing = || match credentialed {
+        false => OriginFailure::Error.landing(true),
+        true => Landing::FAILED,
+    };
     let started = Instant::now();
     let mut call = std::pin::pin!(CatchUnwind::new(inner.oneshot(request)));
     // A backup attempt still takes an earlier attempt's answer when that comes first.
@@ -1528,7 +1710,7 @@ where
             Err(_) => match usable_on_error(&expired) {
                 Some(fallback) => {
                     if let Some(leader) = leader {
-                        leader.land(Landing::Failed(None));
+                        leader.land(Landing::FAILED);
                     }
                     tracing::warn!(key = %key, timeout_ms = limit.as_millis() as u64,
                         "the origin did not answer in time");
@@ -1545,7 +1727,7 @@ where
             // A panicking origin with a usable stale entry is an origin failure like any other;
             // without one, the panic is the origin's own answer and goes on up.
             if let Some(leader) = leader {
-                leader.land(Landing::Failed(None));
+                leader.land(error_landing());
             }
             match usable_on_error(&expired) {
                 Some(entry) => return Ok(shared.respond_stale_if_error(&entry, None, ask)),
@@ -1557,7 +1739,7 @@ where
         }
         Ok(Err(error)) => {
             if let Some(leader) = leader {
-                leader.land(Landing::Failed(None));
+                leader.land(error_landing());
             }
             if let Some(entry) = usable_on_error(&expired) {
                 return Ok(shared.respond_stale_if_error(&entry, None, ask));
@@ -1570,7 +1752,8 @@ where
     if shared.config.is_failure(status) {
         if let Some(entry) = usable_on_error(&expired) {
             if let Some(leader) = leader {
-                leader.land(Landing::Failed(Some(status.as_u16())));
+                let status = Some(status.as_u16());
+                leader.land(OriginFailure::Withheld { status }.landing(true));
             }
             return Ok(shared.respond_stale_if_error(&entry, Some(status.as_u16()), ask));
         }
@@ -1581,29 +1764,35 @@ where
         (status, &validating, &template)
     {
         let (parts, _) = response.into_parts();
-        return Ok(match shared.freshen(entry, Arc::clone(template), parts) {
-            Ok(entry) => {
-                if let Some(leader) = leader {
-                    leader.land(Landing::Stored(Arc::clone(&entry)));
+        let fence = Fence {
+            leader: leader.as_ref(),
+            epoch,
+        };
+        return Ok(
+            match shared.freshen(entry, Arc::clone(template), parts, fence) {
+                Ok(entry) => {
+                    if let Some(leader) = leader {
+                        leader.land(Landing::Stored(Arc::clone(&entry)));
+                    }
+                    shared.respond(
+                        &entry,
+                        CacheStatus::Miss,
+                        Member::Revalidated,
+                        ask,
+                        false,
+                        Stamp::now(),
+                    )
                 }
-                shared.respond(
-                    &entry,
-                    CacheStatus::Miss,
-                    Member::Revalidated,
-                    ask,
-                    false,
-                    Stamp::now(),
-                )
-            }
-            Err(not_stored) => {
-                let (cached, reason) = *not_stored;
-                if let Some(leader) = leader {
-                    leader.land(Landing::NotStored);
+                Err(not_stored) => {
+                    let (cached, reason) = *not_stored;
+                    if let Some(leader) = leader {
+                        leader.land(Landing::NotStored);
+                    }
+                    tracing::debug!(reason, "revalidated response not stored");
+                    without_body_if(head, shared.pass(cached.into_response(), &key, vary_miss))
                 }
-                tracing::debug!(reason, "revalidated response not stored");
-                without_body_if(head, shared.pass(cached.into_response(), &key, vary_miss))
-            }
-        });
+            },
+        );
     }
     let Some(template) = template else {
         return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
@@ -1612,15 +1801,22 @@ where
         // The origin answered the client's conditional or range itself (304, 206, 412, 416).
         return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
     }
-    match shared
+    let fence = Fence {
+        leader: leader.as_ref(),
+        epoch,
+    };
+    let share = leader.is_some() && !credentialed;
+    let admission = shared
         .admit(
             key.clone(),
             Arc::clone(&template),
             response,
             started.elapsed(),
+            fence,
+            share,
         )
-        .await
-    {
+        .await;
+    match admission {
         Admission::Stored(entry) => {
             if let Some(leader) = leader {
                 leader.land(Landing::Stored(Arc::clone(&entry)));
@@ -1635,10 +1831,25 @@ where
             };
             Ok(shared.respond(&entry, CacheStatus::Miss, member, ask, false, Stamp::now()))
         }
+        Admission::Failure { failure, reason } => {
+            if let Some(leader) = leader {
+                leader.land(Landing::Failed {
+                    failure: Some(Arc::clone(&failure) as Failure),
+                    remember: true,
+                });
+            }
+            tracing::debug!(
+                reason,
+                "failure not stored; shared with the requests that waited"
+            );
+            let response = failure.respond(head).expect("an origin answer");
+            Ok(shared.pass(response, &key, vary_miss))
+        }
         Admission::Uncacheable(response, reason) | Admission::Unstorable(response, reason) => {
             if let Some(leader) = leader {
                 leader.land(if shared.config.is_failure(status) {
-                    Landing::Failed(Some(status.as_u16()))
+                    let status = Some(status.as_u16());
+                    OriginFailure::Withheld { status }.landing(true)
                 } else {
                     Landing::NotStored
                 });

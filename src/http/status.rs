@@ -33,13 +33,16 @@ pub enum CacheStatus {
     Collapsed,
     /// Not eligible for caching: passed straight to the origin.
     Bypass,
+    /// With the failure of this key's origin call that ended a moment ago (the layer's
+    /// `remember_failures`); the origin was not called.
+    FailureHit,
 }
 
 impl CacheStatus {
     /// The `X-Cache` value: `HIT`, `STALE`, `MISS` or `BYPASS`.
     pub fn x_cache(self) -> &'static str {
         match self {
-            Self::Fresh | Self::Collapsed => "HIT",
+            Self::Fresh | Self::Collapsed | Self::FailureHit => "HIT",
             Self::Stale | Self::StaleIfError => "STALE",
             Self::Miss => "MISS",
             Self::Bypass => "BYPASS",
@@ -103,6 +106,15 @@ pub(crate) enum Member {
         stored: bool,
     },
     Collapsed,
+    /// Another request's origin call failed and this one gets its failure; `error`: the
+    /// inner service returned an error, and this is the layer's `502`.
+    FailureCollapsed {
+        error: bool,
+    },
+    /// A failure of this key's origin call remembered for a moment.
+    FailureHit {
+        error: bool,
+    },
     /// A stored response revalidated with the origin (304).
     Revalidated,
     Bypass,
@@ -222,6 +234,12 @@ impl StatusHeaders {
             Member::Revalidated => return self.revalidated.clone(),
             Member::UriMiss { stored } => return self.misses[usize::from(stored)].clone(),
             Member::VaryMiss { stored } => return self.misses[2 + usize::from(stored)].clone(),
+            Member::FailureCollapsed { error: false } => format!("{name}; fwd=uri-miss; collapsed"),
+            Member::FailureCollapsed { error: true } => {
+                format!("{name}; fwd=uri-miss; collapsed; detail=origin-error")
+            }
+            Member::FailureHit { error: false } => format!("{name}; hit; detail=failure"),
+            Member::FailureHit { error: true } => format!("{name}; hit; detail=origin-error"),
         };
         HeaderValue::from_str(&text).expect("checked cache name")
     }

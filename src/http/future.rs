@@ -11,8 +11,9 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::SwrBody;
+use super::config::{BypassMarks, Shared};
+use super::invalidation::Invalidation;
 use super::policy::SURROGATE_CONTROL;
-use super::service::{BypassMarks, Invalidation, Shared};
 use super::status::{CacheInfo, CacheStatus, CACHE_STATUS, X_CACHE};
 
 pub(crate) type BoxResponseFuture<B, E> =

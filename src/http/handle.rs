@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::config::Shared;
 use super::key::CacheKey;
-use super::service::Shared;
 use crate::engine::Stats;
 
 /// A cloneable handle on a [`SwrLayer`](crate::SwrLayer)'s cache, from

@@ -9,14 +9,16 @@ use http::request::Parts;
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
+use super::config::{
+    Config, PolicyFn, Shared, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
+    PASS_KEYS,
+};
 use super::handle::SwrHandle;
 use super::key::CacheKey;
 use super::policy::Policy;
-use super::service::{
-    CachedResponse, Config, PolicyFn, Shared, SwrService, DEFAULT_STALE_IF_ERROR,
-    DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL, PASS_KEYS,
-};
+use super::service::SwrService;
 use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
+use super::stored::CachedResponse;
 use crate::engine::{Freshness, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
 
 /// Settings that shape the store; changing them means a new store.

@@ -1,14 +1,22 @@
 //! The tower adapter: [`SwrLayer`], [`SwrService`] and what they put on responses.
 
+mod admission;
 mod body;
 mod conditional;
+mod config;
+mod failure;
 mod future;
 mod handle;
+mod invalidation;
 mod key;
 mod layer;
+mod origin;
 mod policy;
+mod render;
 mod service;
 mod status;
+mod stored;
+mod vary_index;
 
 pub use self::body::SwrBody;
 pub use self::future::ResponseFuture;

@@ -1,0 +1,329 @@
+//! Admission: what the policy says of an origin response, and storing it (or a 304's update).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::Response;
+use http_body::Body;
+
+use super::body::{buffer, Buffered, SwrBody};
+use super::conditional;
+use super::config::Shared;
+use super::failure::{OriginFailure, FAILURE_BODY_LIMIT};
+use super::key::{CacheKey, Vary};
+use super::origin::RequestTemplate;
+use super::policy::{failure_is_shareable, Decision, RequestFacts, NEVER_USABLE};
+use super::status::{reserve_slots, without_slots};
+use super::stored::{storable_headers, CachedResponse, Credentials};
+use crate::engine::{Entry, FlightLeader, Loaded};
+
+/// What [`Shared::judge`] said of a response.
+pub(crate) struct Verdict {
+    pub(crate) decision: Decision,
+    pub(crate) vary: Vary,
+    /// The request's credentials, kept with the entry for its refreshes.
+    pub(crate) credentials: Option<Box<Credentials>>,
+}
+
+/// What a store must pass to be kept: the flight it leads, else the fence epoch it began in
+/// (see [`SwrCache::store_loaded`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Fence<'a> {
+    pub(crate) leader: Option<&'a FlightLeader<CacheKey, CachedResponse>>,
+    pub(crate) epoch: u64,
+}
+
+/// A response that was not stored, and why.
+pub(crate) type NotStored = Box<(CachedResponse, &'static str)>;
+
+/// What became of an origin response.
+pub(crate) enum Admission<B: Body> {
+    Stored(Arc<Entry<CachedResponse>>),
+    /// A failure the policy forbids storing, kept whole for the requests that waited and
+    /// for a moment for later ones.
+    Failure {
+        failure: Arc<OriginFailure>,
+        reason: &'static str,
+    },
+    /// The policy forbids storing it (reason given).
+    Uncacheable(Response<SwrBody<B>>, &'static str),
+    /// Cacheable, but too large to hold (reason given).
+    Unstorable(Response<SwrBody<B>>, &'static str),
+}
+
+/// The current time as an HTTP date (`Date` for responses that came without one).
+pub(crate) fn http_date_now() -> HeaderValue {
+    HeaderValue::try_from(httpdate::fmt_http_date(SystemTime::now()))
+        .expect("an HTTP date is a valid header value")
+}
+
+impl Shared {
+    /// The policy's decision, adjusted by the layer's policy function.
+    pub(crate) fn decide(
+        &self,
+        template: &RequestTemplate,
+        parts: &http::response::Parts,
+        response_delay: Duration,
+    ) -> Decision {
+        let facts = RequestFacts::of(&template.headers, &self.config.policy);
+        let decision = self.config.policy.decide(
+            facts,
+            parts.status,
+            &parts.headers,
+            SystemTime::now(),
+            response_delay,
+        );
+        let Some(policy_fn) = &self.config.policy_fn else {
+            return decision;
+        };
+        let Some(freshness) = policy_fn(&template.parts(), parts) else {
+            return decision;
+        };
+        match decision {
+            Decision::Store {
+                shared_with_auth,
+                shared_with_cookie,
+                retain,
+                strip,
+                ..
+            } => Decision::Store {
+                freshness,
+                initial_age: Duration::ZERO,
+                shared_with_auth,
+                shared_with_cookie,
+                retain,
+                strip,
+            },
+            // The route says how long; the never-shared rules still stand.
+            Decision::Pass("no freshness" | NEVER_USABLE) => Decision::Store {
+                freshness,
+                initial_age: Duration::ZERO,
+                shared_with_auth: false,
+                shared_with_cookie: false,
+                retain: Duration::ZERO,
+                strip: Vec::new(),
+            },
+            pass => pass,
+        }
+    }
+
+    /// What the policy says of a response to a request: made once per response.
+    pub(crate) fn judge(
+        &self,
+        template: &RequestTemplate,
+        parts: &http::response::Parts,
+        response_delay: Duration,
+    ) -> Verdict {
+        Verdict {
+            decision: self.decide(template, parts, response_delay),
+            vary: Vary::of(&parts.headers, &template.headers),
+            credentials: Credentials::of(&template.headers, &self.config.policy.credential_headers),
+        }
+    }
+
+    /// Stores a response whose body is already in memory, given what [`judge`](Self::judge)
+    /// said of it.
+    pub(crate) fn admit_buffered(
+        &self,
+        key: CacheKey,
+        Verdict {
+            decision,
+            vary,
+            credentials,
+        }: Verdict,
+        (parts, body): (http::response::Parts, Bytes),
+        declared_len: Option<u64>,
+        load_time: Duration,
+        fence: Fence<'_>,
+    ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
+        let (mut headers, stored) = match (&decision, &vary) {
+            (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
+                let mut headers = storable_headers(parts.headers, strip);
+                self.config.strip_surrogate_control(&mut headers);
+                (headers, true)
+            }
+            _ => (parts.headers, false),
+        };
+        let length_wrong = headers.contains_key(header::CONTENT_LENGTH)
+            && declared_len.is_none_or(|len| len != body.len() as u64);
+        if length_wrong {
+            // The origin's Content-Length lied or was unreadable; serve what we really hold.
+            headers.insert(header::CONTENT_LENGTH, body.len().into());
+        }
+        let (headers, slots) = if stored {
+            let (headers, slots) = reserve_slots(headers);
+            (headers, Some(slots))
+        } else {
+            (headers, None)
+        };
+        let (shared_with_auth, shared_with_cookie) = match &decision {
+            Decision::Store {
+                shared_with_auth,
+                shared_with_cookie,
+                ..
+            } => (*shared_with_auth, *shared_with_cookie),
+            Decision::Pass(_) => (false, false),
+        };
+        // A response with `Vary` is stored under its variant's key; one without, under the
+        // plain key.
+        let key = match &vary {
+            Vary::On(values) => key.base().with_variant(&values.variant()).to_owned(),
+            Vary::None | Vary::Never => key.base().to_owned(),
+        };
+        let cached = CachedResponse {
+            key: key.clone(),
+            status: parts.status,
+            version: parts.version,
+            headers,
+            slots,
+            body,
+            vary: match vary {
+                Vary::On(values) => Some(values),
+                Vary::None | Vary::Never => None,
+            },
+            shared_with_auth,
+            shared_with_cookie,
+            credentials,
+        };
+        let Decision::Store {
+            freshness,
+            initial_age,
+            retain,
+            ..
+        } = decision
+        else {
+            let Decision::Pass(reason) = decision else {
+                unreachable!("matched above")
+            };
+            return Err(Box::new((cached, reason)));
+        };
+        if !stored {
+            return Err(Box::new((cached, "vary")));
+        }
+        let loaded = Loaded::new(cached, freshness)
+            .with_initial_age(initial_age)
+            .with_retention(retain)
+            .with_load_time(load_time);
+        match (self.engine).store_loaded(key.clone(), loaded.clone(), fence.leader, fence.epoch) {
+            Some(entry) => {
+                self.index_variant(&key, entry.value().vary.as_ref());
+                Ok(entry)
+            }
+            None => Err(Box::new((
+                loaded.value,
+                "entry heavier than the store allows",
+            ))),
+        }
+    }
+
+    /// Turns an origin response into an entry, if policy and size allow. Otherwise the response
+    /// goes to the client as it is (with a body that is the buffered prefix plus the rest).
+    /// A failure that is not stored is kept whole for the requests that waited, if `share`.
+    pub(crate) async fn admit<B>(
+        &self,
+        key: CacheKey,
+        template: Arc<RequestTemplate>,
+        response: Response<B>,
+        load_time: Duration,
+        fence: Fence<'_>,
+        share: bool,
+    ) -> Admission<B>
+    where
+        B: Body<Data = Bytes>,
+    {
+        let (parts, body) = response.into_parts();
+        // Decide before buffering, so an uncacheable body streams straight through.
+        // `load_time` runs until the response's head arrived: the response delay.
+        let verdict = self.judge(&template, &parts, load_time);
+        let limit = self.config.max_body_bytes;
+        let pass = match (&verdict.decision, &verdict.vary) {
+            (Decision::Pass(reason), _) => Some(*reason),
+            (_, Vary::Never) => Some("vary"),
+            _ => None,
+        };
+        if let Some(reason) = pass {
+            let shareable = share
+                && self.config.is_failure(parts.status)
+                && failure_is_shareable(false, &parts.headers);
+            if !shareable {
+                return Admission::Uncacheable(
+                    Response::from_parts(parts, SwrBody::inner(body)),
+                    reason,
+                );
+            }
+            return match buffer(body, FAILURE_BODY_LIMIT.min(limit)).await {
+                Buffered::Complete(body) => Admission::Failure {
+                    failure: Arc::new(OriginFailure::Answer {
+                        status: parts.status,
+                        version: parts.version,
+                        headers: storable_headers(parts.headers, &[]),
+                        body,
+                    }),
+                    reason,
+                },
+                Buffered::Partial(body) => {
+                    Admission::Uncacheable(Response::from_parts(parts, body), reason)
+                }
+            };
+        }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Admission::Unstorable(
+                Response::from_parts(parts, SwrBody::inner(body)),
+                "body over max_body_bytes",
+            );
+        }
+        let body = match buffer(body, limit).await {
+            Buffered::Complete(bytes) => bytes,
+            Buffered::Partial(body) => {
+                return Admission::Unstorable(
+                    Response::from_parts(parts, body),
+                    "body over max_body_bytes, or it failed",
+                )
+            }
+        };
+        match self.admit_buffered(key, verdict, (parts, body), declared, load_time, fence) {
+            Ok(entry) => Admission::Stored(entry),
+            Err(not_stored) => {
+                let (cached, reason) = *not_stored;
+                Admission::Unstorable(cached.into_response(), reason)
+            }
+        }
+    }
+
+    /// Applies a 304 from the origin to a stored entry (RFC 9111 §3.2, §4.3.4).
+    pub(crate) fn freshen(
+        &self,
+        entry: &Entry<CachedResponse>,
+        template: Arc<RequestTemplate>,
+        not_modified: http::response::Parts,
+        fence: Fence<'_>,
+    ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
+        let cached = entry.value();
+        let mut parts = not_modified;
+        if !parts.headers.contains_key(header::DATE) {
+            // RFC 9110 §6.6.1: a response without `Date` is dated when it is received, so the
+            // stored `Date` does not age the freshened entry from the original response.
+            parts.headers.insert(header::DATE, http_date_now());
+        }
+        parts.headers =
+            conditional::merge_304(&without_slots(cached.headers.clone()), &parts.headers);
+        parts.status = cached.status;
+        parts.version = cached.version;
+        let verdict = self.judge(&template, &parts, Duration::ZERO);
+        self.admit_buffered(
+            cached.key.clone(),
+            verdict,
+            (parts, cached.body.clone()),
+            None,
+            entry.load_time(),
+            fence,
+        )
+    }
+}

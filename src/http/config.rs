@@ -1,0 +1,135 @@
+//! The layer's settings, fixed once the layer is built, and what its services share.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName};
+use http::request::Parts;
+use http::{Request, StatusCode};
+
+use super::key::CacheKey;
+use super::policy::{Policy, SURROGATE_CONTROL};
+use super::status::StatusHeaders;
+use super::stored::CachedResponse;
+use super::vary_index::VaryIndexes;
+use crate::engine::{Freshness, Stamp, SwrCache};
+
+/// Adds to a request's key; `None` means "do not cache this request".
+pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Per-route freshness: `Some` overrides the lifetimes of a storable response.
+pub(crate) type PolicyFn =
+    Arc<dyn Fn(&Parts, &http::response::Parts) -> Option<Freshness> + Send + Sync>;
+
+/// The layer's settings, fixed once the layer is built.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) policy: Policy,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) headers: StatusHeaders,
+    pub(crate) key_fn: Option<KeyFn>,
+    pub(crate) policy_fn: Option<PolicyFn>,
+    /// Remove stored responses for a URI after a successful unsafe request to it (§4.4).
+    pub(crate) invalidate_on_unsafe: bool,
+    /// [`render_surrogate_capability`](Self::render_surrogate_capability), rendered once per
+    /// change of the settings instead of once per miss.
+    pub(crate) surrogate_capability: Option<http::HeaderValue>,
+    /// How long a request that a stale entry could answer (stale-if-error) waits for the
+    /// origin before it is answered from that entry.
+    pub(crate) origin_timeout: Option<Duration>,
+    /// Ask the origin with `GET` when a `HEAD` misses, and store the answer (nginx's
+    /// `proxy_cache_convert_head`, Varnish's built-in `vcl_backend_fetch`).
+    pub(crate) convert_head: bool,
+    /// Statuses besides 5xx that mean "the origin failed this time" (408, 429 by default):
+    /// a refresh answered so keeps the entry, a miss with a stale-if-error entry gets it.
+    pub(crate) failure_statuses: Arc<[StatusCode]>,
+}
+
+impl Config {
+    /// Whether an origin status is a failure (5xx or one of `failure_statuses`), not an answer
+    /// to store or to drop the stored entry for.
+    pub(crate) fn is_failure(&self, status: StatusCode) -> bool {
+        status.is_server_error() || self.failure_statuses.contains(&status)
+    }
+
+    /// `Surrogate-Capability` for origin requests, when `Surrogate-Control` is read.
+    pub(crate) fn render_surrogate_capability(&self) -> Option<http::HeaderValue> {
+        let token = self.policy.surrogate_token.as_deref()?;
+        http::HeaderValue::try_from(format!("{token}=\"Surrogate/1.0\"")).ok()
+    }
+
+    /// Prepares a request for the origin.
+    pub(crate) fn prepare_origin_request<B>(&self, request: &mut Request<B>) {
+        if let Some(capability) = &self.surrogate_capability {
+            request.headers_mut().append(
+                HeaderName::from_static("surrogate-capability"),
+                capability.clone(),
+            );
+        }
+    }
+
+    /// What a bypassed response gets besides `Cache-Status`.
+    pub(crate) fn bypass_marks(&self) -> BypassMarks {
+        BypassMarks {
+            x_cache: self.headers.x_cache,
+            cache_info: self.headers.cache_info,
+            strip_surrogate_control: self.policy.surrogate_token.is_some(),
+        }
+    }
+
+    /// Removes what the origin meant for this cache only.
+    pub(crate) fn strip_surrogate_control(&self, headers: &mut HeaderMap) {
+        if self.policy.surrogate_token.is_some() {
+            headers.remove(&SURROGATE_CONTROL);
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("policy", &self.policy)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("headers", &self.headers)
+            .field(
+                "key_fn",
+                &self.key_fn.as_ref().map(|_| "Fn(&Parts) -> Option<String>"),
+            )
+            .finish()
+    }
+}
+
+/// Marks put on a bypassed response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BypassMarks {
+    pub(crate) x_cache: bool,
+    pub(crate) cache_info: bool,
+    pub(crate) strip_surrogate_control: bool,
+}
+
+/// What a layer's services share: the engine and the settings.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) engine: SwrCache<CacheKey, CachedResponse>,
+    pub(crate) config: Config,
+    /// This layer's part of a store shared with other layers (`share_memory_with`): its keys
+    /// carry it, so layers that see the same path keep, answer and purge their own entries.
+    pub(crate) namespace: u32,
+    /// For keys whose responses vary: the header names, and the variants stored (bounded).
+    pub(crate) vary_index: VaryIndexes,
+    /// Keys whose last origin answer could not be stored, until when (Varnish's hit-for-miss):
+    /// a conditional or range request for one goes to the origin as the client sent it.
+    pub(crate) passes: quick_cache::sync::Cache<CacheKey, Stamp>,
+}
+
+/// Most keys remembered as not storable ([`Shared::passes`]).
+pub(crate) const PASS_KEYS: usize = 4096;
+
+/// How long a key is remembered as not storable (Varnish's built-in hit-for-miss lifetime).
+pub(crate) const PASS_FOR: Duration = Duration::from_secs(120);
+
+/// Default lifetimes of the application preset (seed `stampede-prevention-strategy.md`).
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);

@@ -1,0 +1,93 @@
+//! Invalidation after a successful unsafe request (RFC 9111 §4.4).
+
+use http::header::{self, HeaderMap};
+use http::{Method, Uri};
+
+use super::config::Shared;
+use super::key::{CacheKey, KeyRef};
+
+/// Where an unsafe request was sent, to invalidate it once it succeeds.
+#[derive(Debug)]
+pub(crate) struct Invalidation {
+    pub(crate) host: Box<str>,
+    pub(crate) target: Box<str>,
+}
+
+/// The path and query of `location` if it names the same origin as `host`.
+pub(crate) fn same_origin_target(location: &str, host: &str, base: &str) -> Option<String> {
+    let location = location.trim();
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(location.to_owned());
+    }
+    if let Some(rest) = location.strip_prefix("//") {
+        // A network-path reference: `//host/path`.
+        let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        return authority.eq_ignore_ascii_case(host).then(|| match path {
+            "" => "/".to_owned(),
+            p if p.starts_with('?') => format!("/{p}"),
+            p => p.to_owned(),
+        });
+    }
+    // Only a reference with a scheme is absolute: `sibling` or `a.html` parse as a URI
+    // authority too, but are relative paths (RFC 3986 §4.2).
+    let scheme_end = location.find(':');
+    if scheme_end.is_some_and(|end| !location[..end].contains(['/', '?', '#'])) {
+        let uri = location.parse::<Uri>().ok()?;
+        let authority = uri.authority()?;
+        return (authority.as_str().eq_ignore_ascii_case(host)).then(|| {
+            match uri.path_and_query().map_or("", |pq| pq.as_str()) {
+                "" => "/".to_owned(),
+                // `http://host?q` has an empty path: the target is `/?q`.
+                query if query.starts_with('?') => format!("/{query}"),
+                target => target.to_owned(),
+            }
+        });
+    }
+    if location.is_empty() {
+        return None;
+    }
+    // A relative reference: resolve against the request's path (RFC 3986 §5.2, simply).
+    let path = base.split('?').next().unwrap_or("/");
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    Some(format!("{dir}{location}"))
+}
+
+impl Shared {
+    /// After a successful unsafe request: drop what is stored for its URI and for the
+    /// same-origin `Location` / `Content-Location` (RFC 9111 §4.4).
+    pub(crate) fn invalidate(&self, target: &Invalidation, response: &HeaderMap) {
+        let mut targets = vec![target.target.to_string()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            for value in response.get_all(name) {
+                if let Some(t) = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| same_origin_target(v, &target.host, &target.target))
+                {
+                    targets.push(t);
+                }
+            }
+        }
+        if self.config.key_fn.is_none() {
+            // Every key of a URI is its plain key plus indexed variants: remove exactly those.
+            for t in targets {
+                let key = KeyRef::from_parts(&Method::GET, &target.host, &t, None)
+                    .in_namespace(self.namespace);
+                if self.remove_all_variants(key) {
+                    tracing::debug!(target = %t, "invalidated by an unsafe request");
+                }
+            }
+            return;
+        }
+        // A key function splits a URI into keys we cannot list (one per user, device, ...):
+        // RFC 9111 §4.4 invalidates the URI, so every one of them goes.
+        let matches = |key: &CacheKey| {
+            key.namespace() == self.namespace
+                && key.host() == &*target.host
+                && targets.iter().any(|t| t == key.target())
+        };
+        self.engine.remove_if(matches);
+        self.vary_index.retain(|key, _| !matches(key));
+        tracing::debug!(target = %target.target, "invalidated by an unsafe request");
+    }
+}

@@ -1,0 +1,179 @@
+//! The stored response, the credentials it was stored for, and which headers are stored.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, Version};
+use http_body::Body;
+
+use super::body::{headers_weight, SwrBody};
+use super::key::{CacheKey, VaryValues};
+use super::policy::RequestFacts;
+use super::status::{without_slots, Slots};
+
+/// The `Authorization` and `Cookie` lines of the request a response was stored from.
+///
+/// A refresh replays these, not the triggering client's: a shared entry is refreshed as the
+/// client it was stored for, so another client's credentials (a junk token, a session
+/// cookie) can neither evict it (401, `private`, `Set-Cookie`) nor replace it with a
+/// personalised page. `None` (the usual case) costs the entry one pointer.
+#[derive(Clone, Debug)]
+pub(crate) struct Credentials(pub(crate) Box<[(HeaderName, HeaderValue)]>);
+
+impl Credentials {
+    pub(crate) fn of(headers: &HeaderMap, custom: &[HeaderName]) -> Option<Box<Self>> {
+        let lines: Vec<(HeaderName, HeaderValue)> = headers
+            .iter()
+            .filter(|(name, _)| is_credential(name, custom))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        (!lines.is_empty()).then(|| Box::new(Self(lines.into_boxed_slice())))
+    }
+
+    pub(crate) fn weight(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(_, value)| value.len() + 64)
+            .sum::<usize>()
+            + 16
+    }
+
+    /// Puts the storing request's credentials (or none) in place of the trigger's.
+    pub(crate) fn apply(
+        credentials: Option<&Self>,
+        headers: &mut HeaderMap,
+        custom: &[HeaderName],
+    ) {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::COOKIE);
+        for name in custom {
+            headers.remove(name);
+        }
+        for (name, value) in credentials.map_or(&[][..], |c| &c.0) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// `Authorization`, `Cookie`, or a header the layer was told is a credential.
+pub(crate) fn is_credential(name: &HeaderName, custom: &[HeaderName]) -> bool {
+    name == header::AUTHORIZATION || name == header::COOKIE || custom.contains(name)
+}
+
+/// Whether a request carries `Authorization`, `Cookie` or a configured credential header.
+pub(crate) fn has_credentials(headers: &HeaderMap, custom: &[HeaderName]) -> bool {
+    headers.keys().any(|name| is_credential(name, custom))
+}
+
+/// A stored response, ready to be served without decoding anything.
+#[derive(Clone, Debug)]
+pub(crate) struct CachedResponse {
+    pub(crate) key: CacheKey,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    /// Where `headers` hold `Age` and `Cache-Status` for a hit to fill in.
+    pub(crate) slots: Option<Slots>,
+    pub(crate) body: Bytes,
+    pub(crate) vary: Option<VaryValues>,
+    /// May answer requests carrying `Authorization` (RFC 9111 §3.5).
+    pub(crate) shared_with_auth: bool,
+    /// May answer requests carrying `Cookie`.
+    pub(crate) shared_with_cookie: bool,
+    /// The storing request's credentials, which a refresh sends again.
+    pub(crate) credentials: Option<Box<Credentials>>,
+}
+
+impl CachedResponse {
+    pub(crate) fn weight(&self) -> u64 {
+        (self.body.len()
+            + headers_weight(&self.headers)
+            + self.vary.as_ref().map_or(0, VaryValues::weight)
+            + self.credentials.as_ref().map_or(0, |c| c.weight())
+            + self.key.target().len()
+            + self.key.host().len()
+            + 128) as u64
+    }
+
+    /// Whether this entry may answer a request with these headers.
+    pub(crate) fn serves(&self, headers: &HeaderMap, facts: RequestFacts) -> bool {
+        self.refusal(headers, facts).is_none()
+    }
+
+    /// Why this entry may not answer a request with these headers, if it may not.
+    pub(crate) fn refusal(&self, headers: &HeaderMap, facts: RequestFacts) -> Option<Refusal> {
+        if (facts.has_auth && !self.shared_with_auth)
+            || (facts.has_cookie && !self.shared_with_cookie)
+        {
+            Some(Refusal::Credentials)
+        } else if self
+            .vary
+            .as_ref()
+            .is_some_and(|vary| !vary.matches(headers))
+        {
+            Some(Refusal::Vary)
+        } else {
+            None
+        }
+    }
+}
+
+impl CachedResponse {
+    pub(crate) fn into_response<B: Body>(self) -> Response<SwrBody<B>> {
+        let mut response = Response::new(SwrBody::cached(self.body));
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = without_slots(self.headers);
+        response
+    }
+}
+
+/// Why a stored entry does not answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The request carries `Authorization`/`Cookie` and the entry is not explicitly shareable.
+    Credentials,
+    /// Another variant.
+    Vary,
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) are never stored, nor is `Age` (we compute our own).
+pub(crate) fn storable_headers(mut headers: HeaderMap, strip: &[String]) -> HeaderMap {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .chain(strip.iter().map(String::as_str))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    remove_present(&mut headers, &UNSTORED_HEADERS);
+    headers
+}
+
+/// Response fields never stored: hop-by-hop (RFC 9110 §7.6.1) and `Age` (we compute our own).
+pub(crate) const UNSTORED_HEADERS: [HeaderName; 11] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::AGE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authentication-info"),
+];
+
+/// Removes `names` from `headers`. Most maps hold none of them: comparing each present name
+/// costs a few instructions, where removing an absent one hashes it (~80 per name).
+pub(crate) fn remove_present(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if headers.keys().any(|present| names.contains(present)) {
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}

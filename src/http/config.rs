@@ -117,10 +117,10 @@ pub(crate) struct Shared {
     /// carry it, so layers that see the same path keep, answer and purge their own entries.
     pub(crate) namespace: u32,
     /// For keys whose responses vary: the header names, and the variants stored (bounded).
-    pub(crate) vary_index: VaryIndexes,
+    pub(crate) vary_index: Arc<VaryIndexes>,
     /// Keys whose last origin answer could not be stored, until when (Varnish's hit-for-miss):
     /// a conditional or range request for one goes to the origin as the client sent it.
-    pub(crate) passes: quick_cache::sync::Cache<CacheKey, Stamp>,
+    pub(crate) passes: Arc<quick_cache::sync::Cache<CacheKey, Stamp>>,
 }
 
 /// Most keys remembered as not storable ([`Shared::passes`]).

@@ -19,7 +19,8 @@ use super::policy::Policy;
 use super::service::SwrService;
 use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
 use super::stored::CachedResponse;
-use crate::engine::{Freshness, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
+use super::vary_index::VaryIndexes;
+use crate::engine::{Freshness, Stamp, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
 
 /// Settings that shape the store; changing them means a new store.
 #[derive(Debug, Clone)]
@@ -35,6 +36,18 @@ struct StoreSettings {
     remember_failures: Duration,
     /// Another layer's store, when this layer shares its memory budget.
     shared_with: Option<SwrCache<CacheKey, CachedResponse>>,
+    /// Whether a setting above was set (they are unused while sharing another's store).
+    touched: bool,
+}
+
+/// One cache: the store and what is kept beside it. Settings that only change how responses
+/// are judged or marked keep it; settings that shape it make a new one.
+#[derive(Debug)]
+struct CacheInstance {
+    engine: SwrCache<CacheKey, CachedResponse>,
+    namespace: u32,
+    vary_index: Arc<VaryIndexes>,
+    passes: Arc<quick_cache::sync::Cache<CacheKey, Stamp>>,
 }
 
 /// Layer that gives a service stale-while-revalidate caching.
@@ -92,6 +105,31 @@ struct StoreSettings {
 ///
 /// Clones of a layer share one cache; so do all the services one layer makes (axum calls
 /// [`Layer::layer`] once per route).
+///
+/// # Settings and the cache
+///
+/// A layer is a value of settings until its cache is first used: by [`Layer::layer`],
+/// [`handle`](Self::handle) or [`stats`](Self::stats). Until then each setter gives a layer
+/// of its own. After that, settings that only change how responses are judged or marked
+/// (`ttl`, `key_fn`, `x_cache_header`, ...) keep the cache, so a handle taken before them
+/// still sees the cache the layer serves from:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_swr::SwrLayer;
+///
+/// let layer = SwrLayer::new();
+/// let handle = layer.handle();
+/// let layer = layer.ttl(Duration::from_secs(5)); // same cache: `handle` purges what it stores
+/// # let _ = (layer, handle);
+/// ```
+///
+/// Settings that shape the store (`capacity_bytes`, `max_body_bytes`, `lock_timeout`,
+/// `refresh_timeout`, `refresh_backoff`, `circuit_breaker`, `ttl_jitter`, `early_refresh`,
+/// `stale_alert_age`, `remember_failures`, `cache_name`) cannot change a store that exists:
+/// set after first use, they give the layer a new, empty cache and log a warning. Set them
+/// first. A layer that [`share_memory_with`](Self::share_memory_with)s another uses that
+/// layer's store and its store settings; its own are unused, and setting them logs a warning.
 #[must_use]
 #[derive(Clone)]
 pub struct SwrLayer {
@@ -101,6 +139,10 @@ pub struct SwrLayer {
     x_cache: bool,
     x_cache_key: bool,
     cache_info: bool,
+    /// The cache, created on first use and kept by every later value of this layer unless a
+    /// setting that shapes the store changes.
+    cache: Arc<OnceLock<CacheInstance>>,
+    /// The cache with this value's settings, as its services and handles see it.
     shared: Arc<OnceLock<Arc<Shared>>>,
 }
 
@@ -183,18 +225,39 @@ impl SwrLayer {
                 stale_alert_age: None,
                 remember_failures: DEFAULT_REMEMBER_FAILURES,
                 shared_with: None,
+                touched: false,
             },
             cache_name,
             x_cache: false,
             x_cache_key: false,
             cache_info: true,
+            cache: Arc::new(OnceLock::new()),
             shared: Arc::new(OnceLock::new()),
         }
         .changed()
     }
 
-    /// A new, unbuilt cache for the changed settings.
+    /// A setting that shapes the store changed: a new cache, unless none was created yet.
+    fn store_changed(mut self) -> Self {
+        self.store.touched = true;
+        if self.cache.get().is_some() {
+            tracing::warn!(
+                "a setting that shapes the store was changed after the layer's cache was \
+                 created (by `layer`, `handle` or `stats`): this value of the layer gets a new, \
+                 empty cache; handles taken before keep the old one"
+            );
+            self.cache = Arc::new(OnceLock::new());
+        }
+        self.changed()
+    }
+
+    /// A setting changed. Once the cache exists (a handle was taken, a service made), this
+    /// value keeps it and sees it with the new settings; before that, the value is a new
+    /// layer of its own (so `base.clone().ttl(..)` per route gives each route its own cache).
     fn changed(mut self) -> Self {
+        if self.cache.get().is_none() {
+            self.cache = Arc::new(OnceLock::new());
+        }
         self.config.surrogate_capability = self.config.render_surrogate_capability();
         self.config.headers = StatusHeaders::new(
             &self.cache_name,
@@ -240,13 +303,13 @@ impl SwrLayer {
     /// client untouched and is not stored.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.config.max_body_bytes = bytes;
-        self.changed()
+        self.store_changed()
     }
 
     /// Memory budget of the cache in bytes (default 128 MiB).
     pub fn capacity_bytes(mut self, bytes: u64) -> Self {
         self.store.capacity_bytes = bytes;
-        self.changed()
+        self.store_changed()
     }
 
     /// How long a request waits for another request's origin call for the same key before ONE
@@ -256,20 +319,20 @@ impl SwrLayer {
     /// failing, a request that has waited this long asks the origin itself.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.store.lock_timeout = timeout;
-        self.changed()
+        self.store_changed()
     }
 
     /// How long a background refresh may take before it counts as failed (default 30 s).
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
         self.store.refresh_timeout = timeout;
-        self.changed()
+        self.store_changed()
     }
 
     /// Backoff after a failed refresh: `base`, doubling per failure, capped at `max`
     /// (default 1 s to 60 s). Stale keeps being served meanwhile.
     pub fn refresh_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.store.backoff = (base, max);
-        self.changed()
+        self.store_changed()
     }
 
     /// Adds to every request's key what `key_fn` returns (e.g. a user id), or skips the cache
@@ -380,7 +443,7 @@ impl SwrLayer {
         if self.config.policy.surrogate_token.is_some() {
             self.config.policy.surrogate_token = Some(Arc::from(self.cache_name.as_str()));
         }
-        self.changed()
+        self.store_changed()
     }
 
     /// Read `Surrogate-Control` (default on): directives untargeted or targeted at this cache's
@@ -420,14 +483,14 @@ impl SwrLayer {
     /// for `cooldown` while stale keeps being served (default 10 failures, 30 s; 0 disables).
     pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
         self.store.breaker = (threshold, cooldown);
-        self.changed()
+        self.store_changed()
     }
 
     /// Spread fresh lifetimes by ± `fraction` (`0.1` = ±10 %) so entries stored together do not
     /// expire together (default off).
     pub fn ttl_jitter(mut self, fraction: f64) -> Self {
         self.store.ttl_jitter = fraction;
-        self.changed()
+        self.store_changed()
     }
 
     /// Probabilistic early refresh (XFetch): a fresh hit starts the background refresh early,
@@ -435,7 +498,7 @@ impl SwrLayer {
     /// usual). Default off.
     pub fn early_refresh(mut self, beta: f64) -> Self {
         self.store.early_refresh_beta = (beta > 0.0).then_some(beta);
-        self.changed()
+        self.store_changed()
     }
 
     /// How long an origin failure stays a key's answer (default 1 s; zero turns it off).
@@ -451,13 +514,13 @@ impl SwrLayer {
     /// failure asks the origin itself, as before).
     pub fn remember_failures(mut self, duration: Duration) -> Self {
         self.store.remember_failures = duration;
-        self.changed()
+        self.store_changed()
     }
 
     /// Log a warning whenever a response older than `age` is served stale (default: never).
     pub fn stale_alert_age(mut self, age: Duration) -> Self {
         self.store.stale_alert_age = Some(age);
-        self.changed()
+        self.store_changed()
     }
 
     /// Per-route freshness decided by a function of the request and the response. Return
@@ -509,13 +572,22 @@ impl SwrLayer {
     /// ```
     pub fn share_memory_with(mut self, other: &SwrLayer) -> Self {
         self.store.shared_with = Some(other.shared().engine.clone());
+        self.cache = Arc::new(OnceLock::new());
         self.changed()
     }
 
-    fn shared(&self) -> &Arc<Shared> {
-        self.shared.get_or_init(|| {
+    fn cache(&self) -> &CacheInstance {
+        self.cache.get_or_init(|| {
             let engine = match &self.store.shared_with {
-                Some(engine) => engine.clone(),
+                Some(engine) => {
+                    if self.store.touched {
+                        tracing::warn!(
+                            "this layer shares another layer's store (`share_memory_with`): \
+                             its own store settings are unused; set them on that layer"
+                        );
+                    }
+                    engine.clone()
+                }
                 None => {
                     let largest = self.config.max_body_bytes as u64 + (64 << 10);
                     let mut builder = SwrCache::builder()
@@ -545,12 +617,24 @@ impl SwrLayer {
             } else {
                 0
             };
-            Arc::new(Shared {
+            CacheInstance {
                 engine,
-                config: self.config.clone(),
                 namespace,
-                vary_index: quick_cache::sync::Cache::new(64 * 1024),
-                passes: quick_cache::sync::Cache::new(PASS_KEYS),
+                vary_index: Arc::new(quick_cache::sync::Cache::new(64 * 1024)),
+                passes: Arc::new(quick_cache::sync::Cache::new(PASS_KEYS)),
+            }
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        self.shared.get_or_init(|| {
+            let cache = self.cache();
+            Arc::new(Shared {
+                engine: cache.engine.clone(),
+                config: self.config.clone(),
+                namespace: cache.namespace,
+                vary_index: Arc::clone(&cache.vary_index),
+                passes: Arc::clone(&cache.passes),
             })
         })
     }

@@ -140,7 +140,7 @@ async fn a_stale_if_error_entry_wins_over_a_remembered_failure() -> TestResult {
             reply_status(StatusCode::SERVICE_UNAVAILABLE, "down")
         })
     });
-    let layer = SwrLayer::shared_cache();
+    let layer = SwrLayer::shared_cache().remember_failures(Duration::from_secs(1));
     let service = layer.clone().layer(origin);
     service.clone().oneshot(get("http://example.com/s")).await?;
     tokio::time::advance(Duration::from_secs(5)).await;
@@ -306,4 +306,18 @@ async fn engine_stale_if_error_value_wins_over_a_remembered_failure() {
     assert_eq!((first.status, first.value), (Status::StaleIfError, 1));
     let second = cache.get_or_load("rate", failing).await.unwrap();
     assert_eq!((second.status, second.value), (Status::StaleIfError, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_shared_cache_preset_remembers_no_failure_for_later_requests() -> TestResult {
+    let (origin, calls) =
+        origin(|_, _| async { Ok(reply_status(StatusCode::SERVICE_UNAVAILABLE, "down")) });
+    let service = SwrLayer::shared_cache().layer(origin);
+    for expected in [1, 2] {
+        let response = service.clone().oneshot(get("http://example.com/f")).await?;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(info(&response).status, CacheStatus::Miss);
+        assert_eq!(calls.get(), expected);
+    }
+    Ok(())
 }

@@ -181,9 +181,12 @@ impl SwrLayer {
     /// The strict shared-cache preset, for a caching proxy in front of origins you do not
     /// control: only responses with explicit freshness (or RFC 9111 heuristics from
     /// `Last-Modified`) are reused, and stale is served only as the response's own
-    /// `stale-while-revalidate=` / `stale-if-error=` allow.
+    /// `stale-while-revalidate=` / `stale-if-error=` allow. Failures are shared only with the
+    /// requests that waited for the failing origin call: none is remembered for later
+    /// requests (see [`remember_failures`](Self::remember_failures)), as RFC 9111 does not let
+    /// a cache reuse a response it did not store.
     pub fn shared_cache() -> Self {
-        Self::with_policy(Policy {
+        let mut layer = Self::with_policy(Policy {
             default_ttl: None,
             default_stale_while_revalidate: Duration::ZERO,
             default_stale_if_error: Duration::ZERO,
@@ -193,7 +196,9 @@ impl SwrLayer {
             revalidation_retention: Duration::from_secs(600),
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
             credential_headers: Arc::new([]),
-        })
+        });
+        layer.store.remember_failures = Duration::ZERO;
+        layer
     }
 
     fn with_policy(policy: Policy) -> Self {
@@ -501,7 +506,8 @@ impl SwrLayer {
         self.store_changed()
     }
 
-    /// How long an origin failure stays a key's answer (default 1 s; zero turns it off).
+    /// How long an origin failure stays a key's answer (default 1 s with [`new`](Self::new),
+    /// off with [`shared_cache`](Self::shared_cache); zero turns it off).
     ///
     /// Requests that wait for one origin call get its failure too: the origin's own failure
     /// response (status, headers, a body up to 64 KiB), or for an error of the inner service a

@@ -3,83 +3,26 @@
 //! 1,000 headers, and a body whose `Content-Length` lies. Each answer is the origin's own bytes,
 //! and the second request shows whether it was stored.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+mod common;
+
+use axum::body::Body;
+use axum::{routing, Router};
+use bytes::Bytes;
+use common::*;
+use common::{body, Calls};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderName};
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use tower::util::BoxCloneService;
-use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_swr::{CacheInfo, CacheStatus, SwrBody, SwrLayer};
+use tokio::time::advance;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_swr::{CacheStatus, SwrLayer};
 
 type Error = std::io::Error;
-type Origin = BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, Error>;
-
-/// An origin answering with `headers` and the body `call <n>` (or `body` when given).
-fn origin(
-    headers: Vec<(HeaderName, HeaderValue)>,
-    body: Option<Bytes>,
-) -> (Origin, Arc<AtomicUsize>) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let headers = Arc::new(headers);
-    let service = service_fn(move |_request: Request<Full<Bytes>>| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        let headers = Arc::clone(&headers);
-        let body = body
-            .clone()
-            .unwrap_or_else(|| Bytes::from(format!("call {n}")));
-        async move {
-            let mut response = Response::new(Full::new(body));
-            for (name, value) in headers.iter() {
-                response.headers_mut().append(name.clone(), value.clone());
-            }
-            Ok::<_, Error>(response)
-        }
-    });
-    (BoxCloneService::new(service), calls)
-}
 
 fn value(bytes: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(bytes).expect("a valid header value")
-}
-
-fn get(target: &str) -> Request<Full<Bytes>> {
-    Request::get(target)
-        .body(Full::default())
-        .expect("a valid request")
-}
-
-struct Answer {
-    status: StatusCode,
-    info: CacheInfo,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-async fn send<S>(service: &S, request: Request<Full<Bytes>>) -> Answer
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<SwrBody<Full<Bytes>>>> + Clone,
-    S::Error: std::fmt::Debug,
-{
-    let response = service
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("the origin never fails here");
-    let (parts, body) = response.into_parts();
-    Answer {
-        status: parts.status,
-        info: *parts
-            .extensions
-            .get::<CacheInfo>()
-            .expect("every answer has a CacheInfo"),
-        headers: parts.headers,
-        body: body.collect().await.expect("in memory").to_bytes(),
-    }
 }
 
 /// Sends two requests for `/x`, `after` apart, through `layer` over an origin answering with
@@ -90,15 +33,15 @@ async fn stored_and_reused(
     headers: Vec<(HeaderName, HeaderValue)>,
     after: Duration,
 ) -> bool {
-    let (origin, calls) = origin(headers, None);
+    let (origin, calls) = fixed_origin(headers, StatusCode::OK, None);
     let service = layer.layer(origin);
-    let first = send(&service, get("/x")).await;
+    let first = send_whole(&service, get("/x")).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.body, "call 1");
     tokio::time::advance(after).await;
-    let second = send(&service, get("/x")).await;
+    let second = send_whole(&service, get("/x")).await;
     assert_eq!(second.status, StatusCode::OK);
-    let reused = calls.load(Ordering::SeqCst) == 1;
+    let reused = calls.get() == 1;
     assert_eq!(second.body, if reused { "call 1" } else { "call 2" });
     assert_eq!(
         reused,
@@ -306,7 +249,7 @@ async fn vary_naming_a_thousand_headers_is_answered_and_not_stored() {
         (header::CACHE_CONTROL, value(b"max-age=60")),
         (header::VARY, value(names.join(", ").as_bytes())),
     ];
-    let (origin, calls) = origin(headers, None);
+    let (origin, calls) = fixed_origin(headers, StatusCode::OK, None);
     let layer = SwrLayer::new();
     let service = layer.layer(origin);
     let mut request = get("/v");
@@ -316,13 +259,13 @@ async fn vary_naming_a_thousand_headers_is_answered_and_not_stored() {
             HeaderValue::from_static("v"),
         );
     }
-    let first = send(&service, request).await;
+    let first = send_whole(&service, request).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.body, "call 1");
     assert!(!first.info.stored);
-    let second = send(&service, get("/v")).await;
+    let second = send_whole(&service, get("/v")).await;
     assert_eq!(second.body, "call 2");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.get(), 2);
     assert_eq!(layer.stats().entries, 0);
     // A Vary of 1,000 lines of one name each: the same.
     let lines: Vec<(HeaderName, HeaderValue)> = names
@@ -335,10 +278,10 @@ async fn vary_naming_a_thousand_headers_is_answered_and_not_stored() {
 
 #[tokio::test(start_paused = true)]
 async fn non_utf8_request_header_values_key_their_own_variant() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
+    let calls = Calls::default();
+    let counter = calls.clone();
     let origin = service_fn(move |request: Request<Full<Bytes>>| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = counter.record();
         let mut body = request
             .headers()
             .get("x-lang")
@@ -362,12 +305,12 @@ async fn non_utf8_request_header_values_key_their_own_variant() {
         request.headers_mut().insert("x-lang", value(bytes));
         request
     };
-    let first = send(&service, with(b"caf\xe9")).await;
+    let first = send_whole(&service, with(b"caf\xe9")).await;
     assert_eq!(first.body, &b"caf\xe9|1"[..]);
-    let again = send(&service, with(b"caf\xe9")).await;
+    let again = send_whole(&service, with(b"caf\xe9")).await;
     assert_eq!(again.body, &b"caf\xe9|1"[..]);
     assert_eq!(again.info.status, CacheStatus::Fresh);
-    let other = send(&service, with(b"caf\xc3\xa9")).await;
+    let other = send_whole(&service, with(b"caf\xc3\xa9")).await;
     assert_eq!(
         other.body,
         &b"caf\xc3\xa9|2"[..],
@@ -380,10 +323,10 @@ async fn non_utf8_request_header_values_key_their_own_variant() {
             .insert(header::HOST, value(b"h\xf6st"));
         request
     };
-    let answer = send(&service, host).await;
+    let answer = send_whole(&service, host).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, &b"-|3"[..]);
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(calls.get(), 3);
 }
 
 // ---- a 64 KiB URI ----
@@ -397,19 +340,21 @@ async fn a_uri_of_64_kib_is_cached_like_any_other() {
         "b".repeat(65_534 - 32 * 1024 - 4)
     );
     assert_eq!(long.len(), 65_534);
-    let (origin, calls) = origin(cc(b"max-age=60"), None);
+    let (origin, calls) = fixed_origin(cc(b"max-age=60"), StatusCode::OK, None);
     let layer = SwrLayer::new();
     let service = layer.layer(origin);
-    assert_eq!(send(&service, get(&long)).await.body, "call 1");
-    let again = send(&service, get(&long)).await;
+    assert_eq!(send_whole(&service, get(&long)).await.body, "call 1");
+    let again = send_whole(&service, get(&long)).await;
     assert_eq!(again.body, "call 1");
     assert_eq!(again.info.status, CacheStatus::Fresh);
     // One byte less in the query is another key.
     assert_eq!(
-        send(&service, get(&long[..long.len() - 1])).await.body,
+        send_whole(&service, get(&long[..long.len() - 1]))
+            .await
+            .body,
         "call 2"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.get(), 2);
     let stats = layer.stats();
     assert!(stats.bytes <= stats.capacity_bytes);
     // 64 KiB and more cannot even be built as a request: nothing reaches the layer.
@@ -427,10 +372,10 @@ async fn a_lying_content_length_is_corrected_in_what_is_served() {
             (header::CACHE_CONTROL, value(b"max-age=60")),
             (header::CONTENT_LENGTH, value(declared)),
         ];
-        let (origin, calls) = origin(headers, Some(body.clone()));
+        let (origin, calls) = fixed_origin(headers, StatusCode::OK, Some(body.clone()));
         let service = SwrLayer::new().layer(origin);
         for round in 0..2 {
-            let answer = send(&service, get("/cl")).await;
+            let answer = send_whole(&service, get("/cl")).await;
             assert_eq!(
                 answer.body, body,
                 "Content-Length {declared:?}, round {round}"
@@ -442,7 +387,7 @@ async fn a_lying_content_length_is_corrected_in_what_is_served() {
                 String::from_utf8_lossy(declared)
             );
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(calls.get(), 1);
     }
 }
 
@@ -458,10 +403,10 @@ async fn an_unparseable_content_length_is_not_served_from_the_cache() {
             (header::CACHE_CONTROL, value(b"max-age=60")),
             (header::CONTENT_LENGTH, value(declared)),
         ];
-        let (origin, _calls) = origin(headers, Some(body.clone()));
+        let (origin, _calls) = fixed_origin(headers, StatusCode::OK, Some(body.clone()));
         let service = SwrLayer::new().layer(origin);
-        send(&service, get("/cl")).await;
-        let hit = send(&service, get("/cl")).await;
+        send_whole(&service, get("/cl")).await;
+        let hit = send_whole(&service, get("/cl")).await;
         assert_eq!(hit.body, body);
         let served: Vec<_> = hit.headers.get_all(header::CONTENT_LENGTH).iter().collect();
         assert!(
@@ -479,11 +424,427 @@ async fn a_content_length_over_the_limit_streams_the_real_body_and_is_not_stored
         (header::CACHE_CONTROL, value(b"max-age=60")),
         (header::CONTENT_LENGTH, value(b"999999999")),
     ];
-    let (origin, calls) = origin(headers, Some(body.clone()));
+    let (origin, calls) = fixed_origin(headers, StatusCode::OK, Some(body.clone()));
     let service = SwrLayer::new().max_body_bytes(1024).layer(origin);
-    let first = send(&service, get("/big")).await;
+    let first = send_whole(&service, get("/big")).await;
     assert_eq!(first.body, body, "the body is passed on whole");
     assert!(!first.info.stored);
-    send(&service, get("/big")).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    send_whole(&service, get("/big")).await;
+    assert_eq!(calls.get(), 2);
+}
+/// `/file`: 100 bytes, fresh for 60 s, with an `ETag`.
+fn file_app(calls: &Calls) -> Router {
+    let calls = calls.clone();
+    Router::new()
+        .route(
+            "/file",
+            routing::get(move || {
+                calls.record();
+                async move {
+                    app_respond(
+                        StatusCode::OK,
+                        &[
+                            ("cache-control", "max-age=60"),
+                            ("etag", "\"f1\""),
+                            ("content-type", "application/octet-stream"),
+                        ],
+                        patterned_vec(100),
+                    )
+                }
+            }),
+        )
+        .layer(SwrLayer::new())
+}
+
+/// Serves [`file_app`], stores `/file` with a plain `GET`, then sends `range`.
+async fn range_of_stored_file(range: &str) -> (Result<Wire, String>, SocketAddr, Calls) {
+    let calls = Calls::default();
+    let addr = serve(file_app(&calls)).await;
+    let warm = exchange(addr, &raw_get("/file", "app.test", ""), false)
+        .await
+        .expect("the plain GET answers");
+    assert_eq!(warm.status, 200);
+    assert_eq!(warm.body, patterned_vec(100));
+    let ranged = exchange(
+        addr,
+        &raw_get("/file", "app.test", &format!("Range: {range}\r\n")),
+        false,
+    )
+    .await;
+    (ranged, addr, calls)
+}
+
+/// The server still answers plain requests (a panic took down only one connection, or none).
+async fn assert_server_still_answers(addr: SocketAddr) {
+    let after = exchange(addr, &raw_get("/file", "app.test", ""), false)
+        .await
+        .expect("the server answers after the range request");
+    assert_eq!(after.status, 200);
+    assert_eq!(after.body, patterned_vec(100));
+}
+
+/// A 206 of the whole 100 bytes, or a 200 of them: both are right for a range covering all.
+fn assert_whole_file(answer: &Wire, range: &str) {
+    assert_eq!(
+        answer.body,
+        patterned_vec(100),
+        "{range}: the whole file, got {answer:?}"
+    );
+    match answer.status {
+        200 => {}
+        206 => assert_eq!(
+            answer.header("content-range"),
+            Some("bytes 0-99/100"),
+            "{range}: {answer:?}"
+        ),
+        other => panic!("{range}: 200 or 206 of the whole file, got {other}: {answer:?}"),
+    }
+}
+
+#[tokio::test]
+async fn range_with_last_byte_u64_max_answers_the_tail_not_a_panic() {
+    let range = "bytes=1-18446744073709551615";
+    let (answer, addr, _) = range_of_stored_file(range).await;
+    let answer = answer.unwrap_or_else(|e| panic!("{range}: {e}"));
+    assert_eq!(answer.status, 206, "{answer:?}");
+    assert_eq!(answer.header("content-range"), Some("bytes 1-99/100"));
+    assert_eq!(answer.body, patterned_vec(100)[1..].to_vec());
+    assert_server_still_answers(addr).await;
+}
+
+#[tokio::test]
+async fn range_from_zero_to_u64_max_answers_the_whole_body_with_a_true_content_range() {
+    let range = "bytes=0-18446744073709551615";
+    let (answer, addr, _) = range_of_stored_file(range).await;
+    let answer = answer.unwrap_or_else(|e| panic!("{range}: {e}"));
+    assert_whole_file(&answer, range);
+    assert_server_still_answers(addr).await;
+}
+
+#[tokio::test]
+async fn suffix_range_of_u64_max_answers_the_whole_body() {
+    // RFC 9110 §14.1.2: a suffix longer than the representation selects all of it.
+    let range = "bytes=-18446744073709551615";
+    let (answer, addr, _) = range_of_stored_file(range).await;
+    let answer = answer.unwrap_or_else(|e| panic!("{range}: {e}"));
+    assert_whole_file(&answer, range);
+    assert_server_still_answers(addr).await;
+}
+
+#[tokio::test]
+async fn range_numbers_past_u64_are_ignored_or_refused_never_a_panic() {
+    let calls = Calls::default();
+    let addr = serve(file_app(&calls)).await;
+    exchange(addr, &raw_get("/file", "app.test", ""), false)
+        .await
+        .expect("the plain GET answers");
+    let mut wrong = Vec::new();
+    for range in [
+        "bytes=0-99999999999999999999999",
+        "bytes=99999999999999999999999-",
+        "bytes=-99999999999999999999999",
+        "bytes=99999999999999999999999-99999999999999999999999",
+        "bytes=18446744073709551615-18446744073709551615",
+        "bytes=18446744073709551615-",
+        "bytes=18446744073709551614-18446744073709551615",
+        "bytes=0-0,18446744073709551615-",
+    ] {
+        let answer = exchange(
+            addr,
+            &raw_get("/file", "app.test", &format!("Range: {range}\r\n")),
+            false,
+        )
+        .await;
+        let ok = match &answer {
+            Err(_) => false,
+            Ok(a) if a.status == 200 => a.body == patterned_vec(100),
+            Ok(a) if a.status == 416 => true,
+            // A range that covers the file, clamped, is right too; an empty or bogus slice not.
+            Ok(a) if a.status == 206 => {
+                a.body == patterned_vec(100) && a.header("content-range") == Some("bytes 0-99/100")
+                    || a.body == b"a".to_vec() && a.header("content-range") == Some("bytes 0-0/100")
+                    || a.header("content-type")
+                        .is_some_and(|t| t.contains("multipart"))
+            }
+            Ok(_) => false,
+        };
+        if !ok {
+            wrong.push(format!("{range}: {answer:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+    assert_server_still_answers(addr).await;
+}
+
+/// Absurd numbers and dates in every field the layer parses, on both sides; each case on its
+/// own layer and task, so a panic names its case.
+#[tokio::test(start_paused = true)]
+async fn absurd_numbers_and_dates_in_request_and_response_fields_never_panic() {
+    const BIG: &str = "18446744073709551616";
+    const HUGE: &str = "99999999999999999999999999999999999999";
+    let far_future = "Fri, 31 Dec 9999 23:59:59 GMT";
+    let epoch = "Thu, 01 Jan 1970 00:00:00 GMT";
+    let max_cc = format!(
+        "max-age={HUGE}, stale-while-revalidate={HUGE}, stale-if-error={HUGE}, s-maxage={BIG}"
+    );
+    let u64_cc = "max-age=18446744073709551615, stale-while-revalidate=18446744073709551615, \
+                  stale-if-error=18446744073709551615";
+    let response_cases: Vec<(&str, Vec<(String, String)>)> = vec![
+        (
+            "huge lifetimes",
+            vec![("cache-control".into(), max_cc.clone())],
+        ),
+        (
+            "u64::MAX lifetimes",
+            vec![("cache-control".into(), u64_cc.into())],
+        ),
+        (
+            "u64::MAX Age with u64::MAX lifetimes",
+            vec![
+                ("cache-control".into(), u64_cc.into()),
+                ("age".into(), "18446744073709551615".into()),
+            ],
+        ),
+        (
+            "huge Age",
+            vec![
+                ("cache-control".into(), "max-age=60".into()),
+                ("age".into(), HUGE.into()),
+            ],
+        ),
+        (
+            "Date in 9999, Expires at the epoch",
+            vec![
+                ("date".into(), far_future.into()),
+                ("expires".into(), epoch.into()),
+            ],
+        ),
+        (
+            "Date at the epoch, Expires in 9999",
+            vec![
+                ("date".into(), epoch.into()),
+                ("expires".into(), far_future.into()),
+            ],
+        ),
+        (
+            "Last-Modified at the epoch, Date in 9999 (heuristics)",
+            vec![
+                ("date".into(), far_future.into()),
+                ("last-modified".into(), epoch.into()),
+            ],
+        ),
+        (
+            "Last-Modified in 9999",
+            vec![("last-modified".into(), far_future.into())],
+        ),
+        (
+            "Content-Length 2^64",
+            vec![("content-length".into(), BIG.into())],
+        ),
+        (
+            "Content-Length u64::MAX",
+            vec![("content-length".into(), "18446744073709551615".into())],
+        ),
+    ];
+    let request_cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("plain", vec![]),
+        (
+            "request Cache-Control",
+            vec![(
+                "cache-control",
+                format!("max-age={HUGE}, max-stale={HUGE}, min-fresh={HUGE}"),
+            )],
+        ),
+        (
+            "request min-fresh u64::MAX",
+            vec![("cache-control", "min-fresh=18446744073709551615".into())],
+        ),
+        (
+            "If-Modified-Since 9999",
+            vec![("if-modified-since", far_future.into())],
+        ),
+        (
+            "If-Modified-Since epoch",
+            vec![("if-modified-since", epoch.into())],
+        ),
+        (
+            "If-Range date 9999 with a huge range",
+            vec![
+                ("if-range", far_future.into()),
+                ("range", "bytes=1-18446744073709551615".into()),
+            ],
+        ),
+        (
+            "If-Range epoch with a suffix",
+            vec![
+                ("if-range", epoch.into()),
+                ("range", "bytes=-18446744073709551615".into()),
+            ],
+        ),
+        (
+            "If-Range ETag with a past-u64 range",
+            vec![
+                ("if-range", "\"e\"".into()),
+                ("range", format!("bytes={HUGE}-")),
+            ],
+        ),
+        (
+            "If-Unmodified-Since 9999",
+            vec![("if-unmodified-since", far_future.into())],
+        ),
+    ];
+    let mut panics = Vec::new();
+    for preset in ["new", "shared_cache"] {
+        for (response_case, response_headers) in &response_cases {
+            for (request_case, request_headers) in &request_cases {
+                let response_headers = response_headers.clone();
+                let request_headers = request_headers.clone();
+                let run = tokio::spawn(async move {
+                    let layer = if preset == "new" {
+                        SwrLayer::new()
+                    } else {
+                        SwrLayer::shared_cache()
+                    };
+                    let app = Router::new()
+                        .route(
+                            "/n",
+                            routing::get(move || {
+                                let response_headers = response_headers.clone();
+                                async move {
+                                    let mut response = Response::new(Body::from("0123456789"));
+                                    for (n, v) in &response_headers {
+                                        response.headers_mut().insert(
+                                            header::HeaderName::from_bytes(n.as_bytes())
+                                                .expect("name"),
+                                            HeaderValue::from_str(v).expect("value"),
+                                        );
+                                    }
+                                    response
+                                        .headers_mut()
+                                        .insert(header::ETAG, HeaderValue::from_static("\"e\""));
+                                    response
+                                }
+                            }),
+                        )
+                        .layer(layer);
+                    let headers: Vec<(&str, &str)> = request_headers
+                        .iter()
+                        .map(|(n, v)| (*n, v.as_str()))
+                        .collect();
+                    for step in 0..3 {
+                        let response = app_send(&app, app_req(Method::GET, "/n", &headers)).await;
+                        let status = response.status();
+                        let _ = response.into_body().collect().await;
+                        assert!(
+                            [200, 206, 304, 412, 416].contains(&status.as_u16()),
+                            "step {step}: status {status}"
+                        );
+                        advance(secs(120)).await;
+                    }
+                    let response = app_send(&app, app_get("/n")).await;
+                    let _ = response.into_body().collect().await;
+                });
+                if let Err(e) = run.await {
+                    panics.push(format!("{preset} / {response_case} / {request_case}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(
+        panics.is_empty(),
+        "{} cases panicked:\n{}",
+        panics.len(),
+        panics.join("\n")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_utf8_validators_conditionals_and_locations_get_clear_answers() -> TestResult {
+    let raw = |v: &[u8]| HeaderValue::from_bytes(v).expect("valid header value");
+    let (o, calls) = origin(move |n, request: Request<ReqBody>| async move {
+        if request.method() != Method::GET {
+            let mut response = reply_status(StatusCode::CREATED, "made");
+            response.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_bytes(b"/x\xff").unwrap(),
+            );
+            response.headers_mut().insert(
+                header::CONTENT_LOCATION,
+                HeaderValue::from_bytes(b"http://h\xff/x").unwrap(),
+            );
+            return Ok(response);
+        }
+        let mut response = if n == 1 {
+            reply_cc("0123456789", "max-age=10")
+        } else {
+            reply_status(StatusCode::NOT_MODIFIED, "")
+        };
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ETAG,
+            HeaderValue::from_bytes(b"\"\xfe\xff\"").unwrap(),
+        );
+        headers.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        headers.insert(header::DATE, HeaderValue::from_bytes(b"Mon\xff").unwrap());
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-\xff").unwrap(),
+        );
+        headers.insert(
+            HeaderName::from_static("surrogate-control"),
+            HeaderValue::from_bytes(b"max-age=\xff").unwrap(),
+        );
+        if n > 1 {
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=10"),
+            );
+        }
+        Ok(response)
+    });
+    let service = SwrLayer::new().layer(o);
+    let first = service.clone().oneshot(get("/x")).await?;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(body(first).await?, "0123456789");
+
+    for (name, value) in [
+        ("if-none-match", &b"\"\xfe\xff\""[..]),
+        ("if-none-match", b"\xff"),
+        ("if-modified-since", b"\xff"),
+        ("range", b"bytes=\xff-1"),
+        ("cookie", b"s=\xff"),
+        ("authorization", b"Bearer \xff"),
+        ("accept-language", b"\xff"),
+    ] {
+        let mut request = get("/x");
+        request
+            .headers_mut()
+            .insert(HeaderName::from_static(name), raw(value));
+        let response = service.clone().oneshot(request).await?;
+        let status = response.status();
+        let bytes = body(response).await?;
+        assert!(
+            matches!(status, StatusCode::OK | StatusCode::NOT_MODIFIED),
+            "{name}: {status}"
+        );
+        if status == StatusCode::OK {
+            assert_eq!(bytes, "0123456789", "{name}");
+        }
+    }
+
+    // Revalidation with the non-UTF-8 validators echoes them; the 304 freshens the entry.
+    advance(secs(200)).await;
+    let revalidated = service.clone().oneshot(get("/x")).await?;
+    assert_eq!(revalidated.status(), StatusCode::OK);
+    assert_eq!(body(revalidated).await?, "0123456789");
+
+    // A POST whose Location / Content-Location are not UTF-8 still gets its answer.
+    let post = service.clone().oneshot(req("POST", "/x", &[])).await?;
+    assert_eq!(post.status(), StatusCode::CREATED);
+    assert_eq!(body(post).await?, "made");
+    assert!(calls.get() >= 3);
+    Ok(())
 }

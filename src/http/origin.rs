@@ -411,12 +411,23 @@ where
     };
     let started = Instant::now();
     let mut call = std::pin::pin!(CatchUnwind::new(inner.oneshot(request)));
-    // A backup attempt still takes an earlier attempt's answer when that comes first.
-    let mut early = None;
+    // With a stale entry to fall back on, the origin gets `origin_timeout`; without one, its
+    // own answer is awaited (there is nothing else to give, and no error to invent).
+    let limit = usable_on_error(&expired).and(shared.config.origin_timeout);
+    let deadline = limit.map(|limit| Instant::now() + limit);
+    // `None`: the call was cut at the deadline.
+    let mut first = None;
     if let (Some(earlier), Some(template)) = (earlier_attempts, &template) {
+        // A backup attempt still takes an earlier attempt's answer when that comes first.
+        let own = async {
+            match deadline {
+                Some(at) => tokio::time::timeout_at(at, call.as_mut()).await.ok(),
+                None => Some(call.as_mut().await),
+            }
+        };
         tokio::select! {
             biased;
-            outcome = call.as_mut() => early = Some(outcome),
+            outcome = own => first = Some(outcome),
             entry = stored_by_another(earlier) => {
                 if entry.value().serves(&template.headers, facts) {
                     tracing::debug!(key = %key, status = "collapsed", "answered by an earlier attempt");
@@ -432,31 +443,28 @@ where
             }
         }
     }
-    // With a stale entry to fall back on, the origin gets `origin_timeout`; without one, its
-    // own answer is awaited (there is nothing else to give, and no error to invent).
-    let outcome = match (
-        early,
-        usable_on_error(&expired),
-        shared.config.origin_timeout,
-    ) {
-        (Some(outcome), ..) => outcome,
-        (None, Some(_), Some(limit)) => match tokio::time::timeout(limit, call.as_mut()).await {
-            Ok(outcome) => outcome,
-            // Only while the entry may still stand in: once its window has closed, the origin's
-            // own answer is awaited after all.
-            Err(_) => match usable_on_error(&expired) {
-                Some(fallback) => {
-                    if let Some(leader) = leader {
-                        leader.land(Landing::FAILED);
-                    }
-                    tracing::warn!(key = %key, timeout_ms = limit.as_millis() as u64,
-                        "the origin did not answer in time");
-                    return Ok(shared.respond_stale_if_error(&fallback, None, ask));
-                }
-                None => call.await,
-            },
+    let first = match first {
+        Some(first) => first,
+        None => match deadline {
+            Some(at) => tokio::time::timeout_at(at, call.as_mut()).await.ok(),
+            None => Some(call.as_mut().await),
         },
-        _ => call.await,
+    };
+    let outcome = match first {
+        Some(outcome) => outcome,
+        // Only while the entry may still stand in: once its window has closed, the origin's
+        // own answer is awaited after all.
+        None => match usable_on_error(&expired) {
+            Some(fallback) => {
+                if let Some(leader) = leader {
+                    leader.land(Landing::FAILED);
+                }
+                let timeout_ms = limit.map_or(0, |limit| limit.as_millis() as u64);
+                tracing::warn!(key = %key, timeout_ms, "the origin did not answer in time");
+                return Ok(shared.respond_stale_if_error(&fallback, None, ask));
+            }
+            None => call.await,
+        },
     };
     let response = match outcome {
         Ok(Ok(response)) => response,

@@ -4,22 +4,26 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
-
+use axum::body::Body as AxumBody;
+use axum::{routing, Router};
 use bytes::Bytes;
-use http::header::{self, HeaderName};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tower::{service_fn, Service};
-use tower_swr::{CacheInfo, CACHE_STATUS};
+use tokio::time::{timeout, Instant};
+use tower::{service_fn, Service, ServiceExt};
+use tower_swr::{CacheInfo, CacheStatus, Stats, SwrBody, CACHE_STATUS};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestResult = Result<(), BoxError>;
@@ -273,4 +277,791 @@ pub fn patterned_bytes(len: usize) -> Bytes {
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
         .into()
+}
+
+/// Fresh for 10 s, then served stale for 60 s while one refresh runs.
+pub const SWR_10_60: &str = "max-age=10, stale-while-revalidate=60";
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+pub fn axum_get(uri: &str) -> Request<AxumBody> {
+    Request::builder()
+        .uri(uri)
+        .body(AxumBody::empty())
+        .expect("valid request")
+}
+
+pub const ETAG: &str = "\"v1\"";
+
+/// Serves `app` on `127.0.0.1:0`; the server task ends with the test's runtime.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+pub const SECOND: Duration = Duration::from_secs(1);
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// A response with `status`, `body` and the given headers (appended, so names may repeat).
+pub fn respond(status: u16, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Reply {
+    let mut response = reply_status(StatusCode::from_u16(status).expect("status"), body);
+    for (name, value) in headers {
+        response.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    response
+}
+
+/// A `GET` with the given headers (appended, so names may repeat).
+pub fn get_headers(uri: &str, headers: &[(&str, &str)]) -> Request<ReqBody> {
+    let mut request = get(uri);
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    request
+}
+
+/// Every request the origin received: method, target and headers.
+#[derive(Clone, Debug, Default)]
+pub struct Seen(pub Arc<Mutex<Vec<(Method, String, HeaderMap)>>>);
+
+impl Seen {
+    pub fn record(&self, request: &Request<ReqBody>) {
+        self.0.lock().unwrap().push((
+            request.method().clone(),
+            request.uri().to_string(),
+            request.headers().clone(),
+        ));
+    }
+
+    /// The headers of the `n`-th origin request (from 1).
+    pub fn headers(&self, n: usize) -> HeaderMap {
+        self.0.lock().unwrap()[n - 1].2.clone()
+    }
+
+    pub fn last_headers(&self) -> HeaderMap {
+        self.0.lock().unwrap().last().expect("a request").2.clone()
+    }
+}
+
+pub fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| v.to_str().expect("ascii").to_owned())
+}
+
+/// All `Cache-Status` lines of a response, in order.
+pub fn cache_status_lines<B>(response: &Response<B>) -> Vec<String> {
+    response
+        .headers()
+        .get_all(&CACHE_STATUS)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect()
+}
+
+/// The `ttl` parameter of our `Cache-Status` member.
+pub fn ttl_param<B>(response: &Response<B>) -> i64 {
+    let status = cache_status(response);
+    status
+        .split("; ")
+        .find_map(|p| p.strip_prefix("ttl="))
+        .unwrap_or_else(|| panic!("no ttl in {status}"))
+        .parse()
+        .expect("integer ttl")
+}
+
+pub fn http_date(at: SystemTime) -> String {
+    httpdate::fmt_http_date(at)
+}
+
+/// An origin answering `cache_control` on its first call and 503 afterwards.
+pub fn then_503(
+    cache_control: &'static str,
+) -> (
+    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static,
+    Calls,
+) {
+    origin(move |n, _| async move {
+        Ok(if n == 1 {
+            respond(
+                200,
+                "v1",
+                &[("cache-control", cache_control), ("etag", "\"e\"")],
+            )
+        } else {
+            respond(503, "down", &[])
+        })
+    })
+}
+
+pub async fn status_of<S>(service: &S, request: Request<ReqBody>) -> Result<CacheStatus, BoxError>
+where
+    S: Service<Request<ReqBody>, Response = Response<tower_swr::SwrBody<Full<Bytes>>>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    let response = service.clone().oneshot(request).await.map_err(Into::into)?;
+    let status = info(&response).status;
+    body(response).await?;
+    Ok(status)
+}
+
+/// How the test origin behaves.
+#[derive(Clone, Debug, Default)]
+pub struct Mode(pub Arc<AtomicUsize>);
+
+pub const OK: usize = 0;
+
+pub const UNAVAILABLE: usize = 1;
+
+pub const ERROR: usize = 2;
+
+pub const HANG: usize = 3;
+
+impl Mode {
+    pub fn set(&self, mode: usize) {
+        self.0.store(mode, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Body `v{n}` (with `cache_control` if any) while OK; else 503 / error / hang / panic.
+pub fn moody(
+    cache_control: Option<&'static str>,
+    mode: Mode,
+) -> (
+    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static,
+    Calls,
+) {
+    origin(move |n, _request: Request<ReqBody>| {
+        let mode = mode.clone();
+        async move {
+            match mode.get() {
+                OK => Ok(match cache_control {
+                    Some(cc) => reply_cc(format!("v{n}"), cc),
+                    None => reply(format!("v{n}")),
+                }),
+                UNAVAILABLE => Ok(reply_status(StatusCode::SERVICE_UNAVAILABLE, "down")),
+                ERROR => Err::<Reply, BoxError>("origin error".into()),
+                HANG => {
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+                _ => panic!("origin panicked (on purpose)"),
+            }
+        }
+    })
+}
+
+pub async fn fetch_text<S>(service: &S, request: Request<ReqBody>) -> Result<String, BoxError>
+where
+    S: Service<Request<ReqBody>, Response = Response<SwrBody<Full<Bytes>>>, Error = BoxError>
+        + Clone,
+{
+    let response = service.clone().oneshot(request).await?;
+    Ok(String::from_utf8(body(response).await?.to_vec())?)
+}
+
+/// A request with the given headers (appended).
+pub fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<ReqBody> {
+    let mut request = request(Method::from_bytes(method.as_bytes()).unwrap(), uri);
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    request
+}
+
+/// A `GET` with one raw (possibly non-UTF-8) header value.
+pub fn get_raw(uri: &str, name: &'static str, value: &[u8]) -> Request<ReqBody> {
+    let mut request = get(uri);
+    request.headers_mut().append(
+        HeaderName::from_static(name),
+        HeaderValue::from_bytes(value).expect("a valid header value"),
+    );
+    request
+}
+
+/// An HTTP date `ago` seconds before now, on a whole second (HTTP dates have no fractions), so
+/// the apparent age it gives is `ago` to `ago + 1` seconds.
+pub fn date_ago(ago: u64) -> (SystemTime, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = UNIX_EPOCH + Duration::from_secs(now - ago);
+    (at, httpdate::fmt_http_date(at))
+}
+
+/// How a scripted body ends after its chunks.
+#[derive(Clone, Copy, Debug)]
+pub enum End {
+    Finish,
+    Hang,
+    Panic,
+}
+
+/// A body that yields its chunks (a `Pending` before each) and then ends as `end` says.
+#[derive(Debug)]
+pub struct ScriptBody {
+    pub chunks: VecDeque<Bytes>,
+    pub end: End,
+    pub ready: bool,
+}
+
+impl ScriptBody {
+    pub fn new(chunks: &[&'static str], end: End) -> Self {
+        Self {
+            chunks: chunks
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
+            end,
+            ready: false,
+        }
+    }
+}
+
+impl Body for ScriptBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if !this.ready {
+            this.ready = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.ready = false;
+        if let Some(chunk) = this.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match this.end {
+            End::Finish => Poll::Ready(None),
+            End::Hang => Poll::Pending,
+            End::Panic => panic!("the origin's body panicked (on purpose)"),
+        }
+    }
+}
+
+/// An origin whose `n`-th call answers `cache_control` with a body ending as `end(n)` says.
+pub fn scripted(
+    cache_control: &'static str,
+    end: fn(usize) -> End,
+) -> (
+    impl Service<
+            Request<ReqBody>,
+            Response = Response<ScriptBody>,
+            Error = BoxError,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static,
+    Calls,
+) {
+    origin(move |n, _| async move {
+        let mut response = Response::new(ScriptBody::new(
+            &["call ", ["1", "2", "3", "4", "5"][(n - 1).min(4)]],
+            end(n),
+        ));
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        );
+        Ok(response)
+    })
+}
+
+pub const DAY: u64 = 24 * 3600;
+
+pub type Answer = Response<SwrBody<Full<Bytes>>>;
+
+/// A switch the tests flip to change how an origin behaves.
+#[derive(Clone, Debug, Default)]
+pub struct Switch(pub Arc<AtomicBool>);
+
+impl Switch {
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::SeqCst);
+    }
+
+    pub fn on(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub fn unavailable() -> Reply {
+    reply_status(StatusCode::SERVICE_UNAVAILABLE, "down")
+}
+
+/// Answers `cache_control` with body `v{n}` while `down` is off, 503 while it is on.
+pub fn switchable(
+    cache_control: &'static str,
+    down: Switch,
+) -> (
+    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static,
+    Calls,
+) {
+    origin(move |n, _| {
+        let down = down.clone();
+        async move {
+            Ok(if down.on() {
+                unavailable()
+            } else {
+                reply_cc(format!("v{n}"), cache_control)
+            })
+        }
+    })
+}
+
+pub async fn call<S>(
+    service: &S,
+    request: Request<ReqBody>,
+) -> Result<(CacheStatus, Bytes), BoxError>
+where
+    S: Service<Request<ReqBody>, Response = Answer, Error = BoxError> + Clone,
+{
+    let response = service.clone().oneshot(request).await?;
+    let status = info(&response).status;
+    Ok((status, body(response).await?))
+}
+
+/// One captured `tracing` event.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub level: tracing::Level,
+    pub message: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+/// The events of one test.
+///
+/// Scoped subscribers (`tracing::subscriber::set_default`) race with callsite registration in
+/// other test threads (a callsite first hit where no subscriber is interested may cache
+/// "never"), so one global subscriber takes every event and hands it to the collector of the
+/// thread it was emitted on. Each `#[tokio::test]` runs on its own current-thread runtime, so
+/// its spawned refreshes emit on its thread.
+#[derive(Clone, Default)]
+pub struct Events(pub Arc<Mutex<Vec<Captured>>>);
+
+thread_local! {
+    static COLLECTOR: std::cell::RefCell<Option<Events>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops collecting on this thread when dropped.
+pub struct Collecting;
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        COLLECTOR.with(|c| c.borrow_mut().take());
+    }
+}
+
+impl Events {
+    /// Collects the events emitted on the current thread (the test's runtime) from now on.
+    pub fn install(&self) -> Collecting {
+        use tracing_subscriber::layer::SubscriberExt;
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Route))
+                .expect("no other global subscriber in this test binary");
+        });
+        tracing::callsite::rebuild_interest_cache();
+        COLLECTOR.with(|c| *c.borrow_mut() = Some(self.clone()));
+        Collecting
+    }
+
+    pub fn matching(&self, level: tracing::Level, message: &str) -> Vec<Captured> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.level == level && e.message.contains(message))
+            .cloned()
+            .collect()
+    }
+
+    pub fn at(&self, level: tracing::Level) -> Vec<Captured> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.level == level)
+            .cloned()
+            .collect()
+    }
+}
+
+pub struct Fields<'a>(pub &'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+/// The global subscriber's layer: routes each event to its thread's collector, if any.
+pub struct Route;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Route {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let Some(events) = COLLECTOR.with(|c| c.borrow().clone()) else {
+            return;
+        };
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        let message = fields.remove("message").unwrap_or_default();
+        events.0.lock().unwrap().push(Captured {
+            level: *event.metadata().level(),
+            message,
+            fields,
+        });
+    }
+}
+
+/// How long a read on a real socket may take before the test fails.
+pub const WIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request with `headers` and an empty body.
+pub fn app_req(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<AxumBody> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(AxumBody::empty()).expect("valid request")
+}
+
+pub fn app_get(uri: &str) -> Request<AxumBody> {
+    app_req(Method::GET, uri, &[])
+}
+
+/// One request through `app`.
+pub async fn app_send(app: &Router, request: Request<AxumBody>) -> Response<AxumBody> {
+    match app.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The whole body as app_text.
+pub async fn app_text(response: Response<AxumBody>) -> String {
+    let bytes = body(response).await.expect("a body without errors");
+    String::from_utf8(bytes.to_vec()).expect("a UTF-8 body")
+}
+
+/// Every `Cache-Status` member, joined (empty when there is none).
+pub fn statuses<B>(response: &Response<B>) -> String {
+    response
+        .headers()
+        .get_all(&CACHE_STATUS)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("<non-ascii>").to_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn header_of<B>(response: &Response<B>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii header").to_owned())
+}
+
+pub fn cache_info<B>(response: &Response<B>) -> Option<CacheInfo> {
+    response.extensions().get::<CacheInfo>().copied()
+}
+
+/// A response with `status`, `headers` and `body`.
+pub fn app_respond(
+    status: StatusCode,
+    headers: &[(&str, &str)],
+    body: impl Into<AxumBody>,
+) -> Response<AxumBody> {
+    let mut builder = Response::builder().status(status);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(body.into()).expect("valid response")
+}
+
+/// `len` bytes that differ from their neighbours, so a wrong slice shows.
+pub fn patterned_vec(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// A response as read off the wire.
+#[derive(Debug)]
+pub struct Wire {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Wire {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn cache_status(&self) -> String {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cache-status"))
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Sends `raw` (which should say `Connection: close`) on a new connection and reads the answer
+/// to the end of the stream. `Err` when the connection closes without a whole response, which
+/// is what a panic in the server's connection task looks like.
+pub async fn exchange(addr: SocketAddr, raw: &str, head: bool) -> Result<Wire, String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(raw.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    match timeout(WIRE_TIMEOUT, stream.read_to_end(&mut bytes)).await {
+        Err(_) => return Err(format!("no end of response in {WIRE_TIMEOUT:?}")),
+        // A reset after some bytes: parse what came.
+        Ok(Err(e)) if bytes.is_empty() => return Err(format!("connection failed: {e}")),
+        Ok(_) => {}
+    }
+    parse_wire(&bytes, head)
+}
+
+pub fn parse_wire(bytes: &[u8], head: bool) -> Result<Wire, String> {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            format!(
+                "connection closed without a whole response (a panic?): {:?}",
+                String::from_utf8_lossy(bytes)
+            )
+        })?;
+    let head_text = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    let mut lines = head_text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let rest = &bytes[split + 4..];
+    let mut wire = Wire {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if head || status == 304 || status == 204 || (100..200).contains(&status) {
+        return Ok(wire);
+    }
+    if wire
+        .header("transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+    {
+        wire.body = dechunk(rest)?;
+    } else if let Some(len) = wire.header("content-length") {
+        let len: usize = len.parse().map_err(|_| format!("Content-Length {len:?}"))?;
+        if rest.len() < len {
+            return Err(format!("body cut at {} of {len} bytes", rest.len()));
+        }
+        wire.body = rest[..len].to_vec();
+    } else {
+        wire.body = rest.to_vec();
+    }
+    Ok(wire)
+}
+
+pub fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunked body cut in a size line")?;
+        let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("chunk size {size_text:?}"))?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 {
+            return Err("chunked body cut in a chunk".into());
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// A plain `GET` of `target` with `extra` header lines, closing the connection after it.
+pub fn raw_get(target: &str, host: &str, extra: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+}
+
+pub async fn body_text(response: Answer) -> Result<String, BoxError> {
+    Ok(String::from_utf8(body(response).await?.to_vec())?)
+}
+
+/// An axum handler that "scrapes" for 5 s (seed: 3–8 seconds) and answers `{name} v{n}`.
+pub fn scraper(
+    name: &'static str,
+    calls: &Calls,
+) -> routing::MethodRouter<(), std::convert::Infallible> {
+    let calls = calls.clone();
+    routing::get(move || {
+        let n = calls.record();
+        async move {
+            tokio::time::sleep(secs(5)).await;
+            format!("{name} v{n}")
+        }
+    })
+}
+
+#[derive(Debug)]
+pub struct DbDown;
+
+impl std::fmt::Display for DbDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("database unavailable")
+    }
+}
+
+impl std::error::Error for DbDown {}
+
+/// Sends `request` and returns the response with how long (on the paused clock) it took.
+pub async fn timed<S>(service: S, request: Request<ReqBody>) -> Result<(Answer, Duration), BoxError>
+where
+    S: Service<Request<ReqBody>, Response = Answer, Error = BoxError>,
+{
+    let started = Instant::now();
+    let response = service.oneshot(request).await?;
+    Ok((response, started.elapsed()))
+}
+
+/// Every request lands in exactly one of these.
+pub fn requests(stats: &Stats) -> u64 {
+    stats.fresh_hits
+        + stats.stale_hits
+        + stats.misses
+        + stats.coalesced_waits
+        + stats.bypasses
+        + stats.stale_if_error
+}
+
+/// The origin [`fixed_origin`] builds.
+pub type FixedOrigin =
+    tower::util::BoxCloneService<Request<ReqBody>, Response<Full<Bytes>>, std::io::Error>;
+
+/// An origin answering every request with `status`, `headers` and the body `call <n>` (or
+/// `body` when given); counts its calls.
+pub fn fixed_origin(
+    headers: Vec<(HeaderName, HeaderValue)>,
+    status: StatusCode,
+    body: Option<Bytes>,
+) -> (FixedOrigin, Calls) {
+    let calls = Calls::default();
+    let counter = calls.clone();
+    let headers = Arc::new(headers);
+    let service = service_fn(move |_request: Request<ReqBody>| {
+        let n = counter.record();
+        let headers = Arc::clone(&headers);
+        let body = body
+            .clone()
+            .unwrap_or_else(|| Bytes::from(format!("call {n}")));
+        async move {
+            let mut response = Response::new(Full::new(body));
+            *response.status_mut() = status;
+            for (name, value) in headers.iter() {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
+            Ok::<_, std::io::Error>(response)
+        }
+    });
+    (tower::util::BoxCloneService::new(service), calls)
+}
+
+/// An answer read whole: status, `CacheInfo`, headers and body.
+pub struct Whole {
+    pub status: StatusCode,
+    pub info: CacheInfo,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Whole {
+    /// Status, `CacheInfo` and body.
+    pub fn parts(self) -> (StatusCode, CacheInfo, Bytes) {
+        (self.status, self.info, self.body)
+    }
+}
+
+/// Sends `request` through `service` (which must not fail) and reads the answer whole. Every
+/// answer carries a `Cache-Status` and a `CacheInfo`.
+pub async fn send_whole<S>(service: &S, request: Request<ReqBody>) -> Whole
+where
+    S: Service<Request<ReqBody>, Response = Response<tower_swr::SwrBody<Full<Bytes>>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let response = tower::ServiceExt::oneshot(service.clone(), request)
+        .await
+        .expect("the origin never fails here");
+    assert!(response.headers().contains_key(&CACHE_STATUS));
+    let (parts, body) = response.into_parts();
+    Whole {
+        status: parts.status,
+        info: *parts
+            .extensions
+            .get::<CacheInfo>()
+            .expect("every answer has a CacheInfo"),
+        headers: parts.headers,
+        body: body.collect().await.expect("in memory").to_bytes(),
+    }
 }

@@ -2,15 +2,19 @@
 
 mod common;
 
+use common::*;
+use common::{settle, Calls, Gate};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-
-use common::{settle, Calls, Gate};
 use tokio::time::advance;
+
 use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
 
 type Cache = SwrCache<String, String>;
+
 type LoadFuture = Pin<Box<dyn Future<Output = Result<Loaded<String>, String>> + Send>>;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -584,4 +588,141 @@ async fn lock_timeout_bounds_the_whole_wait_when_loads_keep_failing() {
     tokio::time::timeout(secs(5) + secs(1) + SECOND, all)
         .await
         .expect("callers waited past the lock timeout");
+}
+/// Issue 2 §1: the generic engine: lookups with state, age and refreshing; the loader's own
+/// freshness; cold failure returns the error; stale kept past its window until its deadline.
+#[tokio::test(start_paused = true)]
+async fn engine_is_generic_over_keys_and_values() -> TestResult {
+    let cache: SwrCache<String, String> = SwrCache::builder()
+        .capacity_bytes(1 << 20)
+        .weigher(|k: &String, v: &String| (k.len() + v.len()) as u64)
+        .build();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let fresh = Freshness::new(secs(10))
+        .with_stale_while_revalidate(secs(20))
+        .with_stale_if_error(secs(100));
+    let loader = |fail: bool| {
+        let loads = loads.clone();
+        move || async move {
+            let n = loads.fetch_add(1, Ordering::SeqCst) + 1;
+            if fail {
+                Err(format!("db down ({n})"))
+            } else {
+                Ok(Loaded::new(format!("cfg{n}"), fresh))
+            }
+        }
+    };
+
+    // Cold start, failing loader: the error, no invented value.
+    let cold = cache.get_or_load("judges".to_string(), loader(true)).await;
+    assert_eq!(
+        cold.err().as_deref().map(String::as_str),
+        Some("db down (1)")
+    );
+    // Past the moment the failure stays the key's answer.
+    advance(secs(2)).await;
+
+    let first = cache
+        .get_or_load("judges".to_string(), loader(false))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!((first.value.as_str(), first.status), ("cfg2", Status::Miss));
+    advance(secs(5)).await;
+    let hit = cache
+        .get_or_load("judges".to_string(), loader(false))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(hit.status, Status::Fresh);
+    assert_eq!(hit.age, secs(5));
+    assert!(!hit.is_stale());
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+
+    // Stale: served at once; one refresh runs (it fails and keeps the value).
+    advance(secs(10)).await; // age 15
+    let stale = cache
+        .get_or_load("judges".to_string(), loader(true))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(stale.status, Status::Stale);
+    assert!(stale.is_stale());
+    assert!(stale.refreshing);
+    assert_eq!(stale.value, "cfg2");
+    settle().await;
+    assert_eq!(loads.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.stats().refreshes_failed, 1);
+
+    // Past the SWR window: still held (not deleted for being stale) and served on error.
+    advance(secs(30)).await; // age 45
+    let held = cache.get("judges").expect("kept until its last deadline");
+    assert_eq!(held.value, "cfg2");
+    let sie = cache
+        .get_or_load("judges".to_string(), loader(true))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(sie.status, Status::StaleIfError);
+    assert_eq!(sie.value, "cfg2");
+
+    // Past the stale-if-error deadline: the error.
+    advance(secs(100)).await;
+    assert!(cache
+        .get_or_load("judges".to_string(), loader(true))
+        .await
+        .is_err());
+    Ok(())
+}
+
+/// `Freshness::new(ttl)` has no stale windows: the entry is dead (removed) once its ttl passes,
+/// and a failing loader's error is returned, not the old value. Stale serving needs the windows
+/// set explicitly (see `stale_entries_are_kept_until_their_last_deadline`).
+#[tokio::test(start_paused = true)]
+async fn freshness_new_entries_are_removed_at_their_ttl() -> TestResult {
+    let cache: SwrCache<String, String> = SwrCache::new(1 << 20);
+    let key = "judges:en".to_owned();
+    let loaded = cache
+        .get_or_load(key.clone(), || async {
+            Ok::<_, DbDown>(Loaded::new("qwen3".to_owned(), Freshness::new(secs(300))))
+        })
+        .await?;
+    assert_eq!(loaded.status, Status::Miss);
+    advance(secs(299)).await;
+    assert!(cache.get(&key).is_some_and(|e| !e.is_stale()));
+
+    advance(secs(301)).await;
+    assert!(cache.get(&key).is_none(), "dead at its ttl");
+    let calls = Calls::default();
+    let counter = calls.clone();
+    let failed = cache
+        .get_or_load(key, move || async move {
+            counter.record();
+            Err::<Loaded<String>, _>(DbDown)
+        })
+        .await;
+    assert!(failed.is_err(), "no stale value to fall back on");
+    assert_eq!(calls.get(), 1);
+    Ok(())
+}
+
+/// The engine's `get_or_load` counts a loader's error as a miss, but a loader's panic nowhere
+/// (the HTTP path counts an origin's panic as a miss).
+#[tokio::test(start_paused = true)]
+async fn the_engine_counts_a_panicking_load() -> TestResult {
+    let cache: SwrCache<String, String> = SwrCache::new(1 << 20);
+    let loading = cache.clone();
+    let boom = true;
+    let joined = tokio::spawn(async move {
+        loading
+            .get_or_load("k".to_owned(), move || async move {
+                if boom {
+                    panic!("loader panicked (on purpose)");
+                }
+                Ok::<_, String>(Loaded::new("v".to_owned(), Freshness::new(secs(60))))
+            })
+            .await
+            .map(|lookup| lookup.value)
+    })
+    .await;
+    assert!(joined.is_err());
+    let stats = cache.stats();
+    assert_eq!(stats.misses + stats.stale_if_error, 1, "{stats:?}");
+    Ok(())
 }

@@ -1,34 +1,23 @@
-//! `SwrLayer` in an axum `Router` and in `ServiceBuilder` stacks with other tower layers.
+//! The layer composed with the ecosystem: in axum `Router`s (per route, per router, on a
+//! router service), in `ServiceBuilder` stacks with other tower layers (timeouts, concurrency
+//! limits, response maps), and the public types fitting tower's bounds.
 
 mod common;
-
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::Path;
-use axum::http::{header, HeaderValue, Request, Response, StatusCode};
-use axum::routing;
-use axum::Router;
+use axum::{routing, Router};
+use bytes::Bytes;
 use common::*;
-use tokio::time::advance;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use std::time::Duration;
+use tokio::time::{advance, timeout, Instant};
 use tower::timeout::error::Elapsed;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use tower_swr::{CacheStatus, SwrBody, SwrLayer};
-
-/// Fresh for 10 s, then served stale for 60 s while one refresh runs.
-const SWR_10_60: &str = "max-age=10, stale-while-revalidate=60";
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn axum_get(uri: &str) -> Request<Body> {
-    Request::builder()
-        .uri(uri)
-        .body(Body::empty())
-        .expect("valid request")
-}
+use tower_swr::{CacheStatus, SwrBody, SwrLayer, SwrService};
+use tower_test::mock;
 
 #[tokio::test(start_paused = true)]
 async fn router_layer_answers_the_second_call_without_the_handler() -> TestResult {
@@ -271,5 +260,172 @@ async fn layer_applied_directly_to_a_router_service() -> TestResult {
         assert_eq!(body(response).await?, "whole app");
     }
     assert_eq!(calls.get(), 1);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn hit_is_answered_while_the_inner_concurrency_limit_is_saturated() -> TestResult {
+    let gate = Gate::new();
+    let (origin, calls) = origin({
+        let gate = gate.clone();
+        move |_, request: Request<ReqBody>| {
+            let gate = gate.clone();
+            async move {
+                if request.uri().path() == "/hang" {
+                    gate.wait().await;
+                }
+                Ok(reply_cc(request.uri().path().to_owned(), "max-age=60"))
+            }
+        }
+    });
+    let service = ServiceBuilder::new()
+        .layer(SwrLayer::new())
+        .concurrency_limit(1)
+        .service(origin);
+    body(service.clone().oneshot(get("/hit")).await?).await?;
+
+    let hanging = tokio::spawn(service.clone().oneshot(get("/hang")));
+    settle().await;
+    assert_eq!(calls.get(), 2, "the hanging request holds the only permit");
+
+    let hit = timeout(SECOND, service.clone().oneshot(get("/hit")))
+        .await
+        .expect("a hit must not wait for the origin's capacity")?;
+    assert_eq!(info(&hit).status, CacheStatus::Fresh);
+    assert_eq!(body(hit).await?, "/hit");
+
+    // A miss does wait for the permit, and gets it once the hanging call ends.
+    let miss = tokio::spawn(service.clone().oneshot(get("/other")));
+    settle().await;
+    assert_eq!(calls.get(), 2);
+    gate.open();
+    body(hanging.await??).await?;
+    assert_eq!(body(miss.await??).await?, "/other");
+    assert_eq!(calls.get(), 3);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn hit_does_not_poll_the_inner_service_readiness() -> TestResult {
+    let (mut service, mut handle) =
+        mock::spawn_layer::<Request<ReqBody>, Response<Full<Bytes>>, _>(SwrLayer::new());
+    let first = tokio::spawn(service.call(get("/r")));
+    let (_, send) = handle.next_request().await.expect("the miss");
+    send.send_response(reply_cc("ready", "max-age=60"));
+    body(first.await??).await?;
+
+    // The inner service is no longer ready; the layer still is, and a hit is answered.
+    handle.allow(0);
+    assert!(service.poll_ready().is_ready());
+    let hit = service.call(get("/r")).await?;
+    assert_eq!(body(hit).await?, "ready");
+    assert!(handle.poll_request().is_pending());
+    Ok(())
+}
+
+/// Issue 2 §6: a hit never waits for a saturated origin (ConcurrencyLimit(1) inside the layer).
+#[tokio::test(start_paused = true)]
+async fn issue2_hit_with_saturated_concurrency_limit() -> TestResult {
+    let gate = Gate::new();
+    let (o, _calls) = origin({
+        let gate = gate.clone();
+        move |n, request: Request<ReqBody>| {
+            let gate = gate.clone();
+            async move {
+                if request.uri().path() == "/slow" {
+                    gate.wait().await;
+                }
+                Ok(reply(format!("v{n}")))
+            }
+        }
+    });
+    let service = ServiceBuilder::new()
+        .layer(SwrLayer::new())
+        .concurrency_limit(1)
+        .service(o);
+    fetch_text(&service, get("/fast")).await?;
+    let slow = tokio::spawn(service.clone().oneshot(get("/slow")));
+    settle().await;
+    let hit = tokio::time::timeout(secs(1), service.clone().oneshot(get("/fast"))).await??;
+    assert_eq!(info(&hit).status, CacheStatus::Fresh);
+    gate.open();
+    slow.await??;
+    Ok(())
+}
+
+/// Issue 2 §11: types fit the ecosystem.
+#[tokio::test(start_paused = true)]
+async fn layer_service_body_and_handle_fit_the_tower_ecosystem() -> TestResult {
+    fn clone_send_sync<T: Clone + Send + Sync + 'static>(_: &T) {}
+    fn body_of_bytes<B: http_body::Body<Data = Bytes>>() {}
+    let o = tower::service_fn(|_: Request<ReqBody>| async { Ok::<_, BoxError>(reply("x")) });
+    let layer = SwrLayer::new();
+    clone_send_sync(&layer);
+    let service: SwrService<_> = layer.layer(o);
+    clone_send_sync(&service);
+    clone_send_sync(&layer.handle());
+    body_of_bytes::<SwrBody<Full<Bytes>>>();
+
+    // axum: Infallible holds, Router::layer compiles and answers.
+    let app = axum::Router::new()
+        .route("/prices", axum::routing::get(|| async { "42" }))
+        .layer(SwrLayer::new());
+    for expected in ["tower-swr; fwd=uri-miss; stored", "tower-swr; hit; ttl=60"] {
+        let r = app
+            .clone()
+            .oneshot(
+                Request::get("/prices")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(cache_status(&r), expected);
+    }
+    Ok(())
+}
+
+/// Seed `background-refresh-flow.md`: "Cache exists? YES → Load from Cache (~50ms) → STALE →
+/// Return Cached Response" and "`from_cache`: Always true (except first time)", with
+/// `/api/cinema` valid for 6 days. Wired exactly as README "Different policies per route"
+/// (a layer per route, sharing one budget). A visit some time after the validity period must
+/// still be answered from the cache at once, with the scrape in the background.
+#[tokio::test(start_paused = true)]
+async fn readme_route_layers_answer_from_cache_within_their_validity() -> TestResult {
+    let calls = Calls::default();
+    let budget = SwrLayer::new().capacity_bytes(256 << 20);
+    let days = |d: u64| {
+        SwrLayer::new()
+            .ttl(secs(d * DAY))
+            .stale_while_revalidate(secs(DAY))
+            .share_memory_with(&budget)
+    };
+    let app = Router::new()
+        .route("/api/cinema", scraper("cinema", &calls).layer(days(6)))
+        .route("/api/events", scraper("events", &calls).layer(days(5)));
+
+    let first = app.clone().oneshot(axum_get("/api/cinema")).await?;
+    assert_eq!(body(first).await?, "cinema v1");
+
+    advance(secs(6 * DAY + 3600)).await;
+    let started = Instant::now();
+    let stale = app.clone().oneshot(axum_get("/api/cinema")).await?;
+    let took = started.elapsed();
+    let status = cache_status(&stale);
+    assert_eq!(
+        took,
+        Duration::ZERO,
+        "a stale cinema entry must be answered at once, not after the scrape ({status})"
+    );
+    assert_eq!(body(stale).await?, "cinema v1");
+    settle().await;
+    advance(secs(6)).await;
+    settle().await; // the refresh's task runs once its timer has fired
+    let fresh = app.clone().oneshot(axum_get("/api/cinema")).await?;
+    assert_eq!(
+        body(fresh).await?,
+        "cinema v2",
+        "the next request gets NEW data"
+    );
     Ok(())
 }

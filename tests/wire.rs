@@ -1,30 +1,31 @@
-//! End-to-end review: `SwrLayer` in an axum `Router` served by `axum::serve` on loopback, spoken
-//! to with hand-written HTTP/1.1 (and HTTP/1.0) over a raw `TcpStream`, so that the bytes on
-//! the wire are checked exactly: framing (`Content-Length` / chunked), HEAD, 304, 206, `Age`,
-//! `Cache-Status`, keep-alive and `Connection: close`.
-//!
-//! Tests that fail because of a bug in `src/` are marked `#[ignore = "BUG: ..."]`.
+//! The layer behind a real server (axum + hyper on loopback), spoken to with hand-written
+//! HTTP/1.1 and HTTP/1.0 over a raw `TcpStream`, so the bytes on the wire are checked exactly:
+//! framing (`Content-Length` / chunked), HEAD, 304, 206, `Age`, keep-alive, event streams.
+//! Real sockets need real time: waits poll for their condition under a generous deadline.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+mod common;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use axum::routing::get;
-use axum::Router;
+use axum::{routing, Router};
 use bytes::Bytes;
+use common::Calls;
+use common::*;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
 use tower_swr::SwrLayer;
 
 /// How long any single read may take before the test fails (generous: CI machines are slow).
@@ -35,20 +36,7 @@ fn fixed_body() -> String {
     (0..100u8).map(|i| char::from(b'a' + i % 26)).collect()
 }
 
-const ETAG: &str = "\"v1\"";
 const LAST_MODIFIED: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
-
-// ---- server side ----
-
-/// Serves `app` on `127.0.0.1:0`; the server task ends with the test's runtime.
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("an address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
 
 /// A body of several frames and no known length (served chunked), like `Body::from_stream`.
 struct Chunks(VecDeque<Bytes>);
@@ -79,23 +67,10 @@ fn chunked_response(parts: &[&str], cache_control: &'static str) -> Response<Bod
     response
 }
 
-/// A counter of handler calls.
-#[derive(Clone, Default)]
-struct Calls(Arc<AtomicUsize>);
-
-impl Calls {
-    fn record(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// `/fixed`: 100 bytes, fresh for 60 s, with validators. `/chunked`: the same bytes in three
 /// chunks of unknown length, cacheable. `/nostore-chunked`: chunked, `no-store`.
 /// `/short`: fresh for 1 s, then stale for 30 s; the body names the call.
-fn app(calls: &Calls, layer: SwrLayer) -> Router {
+fn e2e_app(calls: &Calls, layer: SwrLayer) -> Router {
     let fixed = {
         let calls = calls.clone();
         move || {
@@ -152,8 +127,6 @@ fn app(calls: &Calls, layer: SwrLayer) -> Router {
         .route("/short", get(short))
         .layer(layer)
 }
-
-// ---- client side: raw HTTP/1.x ----
 
 /// A response as read off the wire.
 #[derive(Debug)]
@@ -235,7 +208,7 @@ impl Conn {
         self.stream
             .write_all(raw.as_bytes())
             .await
-            .expect("write request");
+            .expect("write raw_request");
     }
 
     /// Reads more bytes into the buffer; 0 at end of stream.
@@ -275,7 +248,7 @@ impl Conn {
         self.buf.drain(..n).collect()
     }
 
-    /// Reads one response. `no_body`: the request was `HEAD` (or the status forbids a body).
+    /// Reads one response. `no_body`: the raw_request was `HEAD` (or the status forbids a body).
     async fn response(&mut self, no_body: bool) -> Raw {
         let status_line = self.take_line().await;
         let mut headers = Vec::new();
@@ -362,17 +335,17 @@ impl Conn {
         }
     }
 
-    /// Sends one HTTP/1.1 request and reads its response.
+    /// Sends one HTTP/1.1 raw_request and reads its response.
     async fn exchange(&mut self, method: &str, path: &str, extra: &[&str]) -> Raw {
-        self.send(&request(method, path, extra)).await;
+        self.send(&raw_request(method, path, extra)).await;
         let raw = self.response(method == "HEAD").await;
         raw.assert_sane();
         raw
     }
 }
 
-/// An HTTP/1.1 request with `Host` and `extra` header lines.
-fn request(method: &str, path: &str, extra: &[&str]) -> String {
+/// An HTTP/1.1 raw_request with `Host` and `extra` header lines.
+fn raw_request(method: &str, path: &str, extra: &[&str]) -> String {
     let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\n");
     for line in extra {
         text.push_str(line);
@@ -382,12 +355,96 @@ fn request(method: &str, path: &str, extra: &[&str]) -> String {
     text
 }
 
-// ---- HEAD ----
+/// One event, then open forever (a subscriber waiting for the next event).
+struct OneEventThenOpen {
+    sent: bool,
+}
+
+impl http_body::Body for OneEventThenOpen {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent {
+            Poll::Pending
+        } else {
+            self.sent = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b"event: tick\ndata: one\n\n",
+            )))))
+        }
+    }
+}
+
+fn events_app(calls: &Calls, cached: bool) -> Router {
+    let calls = calls.clone();
+    let router = Router::new().route(
+        "/events",
+        routing::get(move || {
+            calls.record();
+            async move {
+                let mut response = Response::new(Body::new(OneEventThenOpen { sent: false }));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                response
+            }
+        }),
+    );
+    if cached {
+        router.layer(SwrLayer::new())
+    } else {
+        router
+    }
+}
+
+/// How long an event may take to arrive (0.2 ms without the layer).
+const EVENT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Opens a subscription and returns the connection once `wanted` has arrived, or `Err` with
+/// what came within [`EVENT_DEADLINE`].
+async fn subscribe(addr: SocketAddr, request: &str, wanted: &[u8]) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    loop {
+        if seen.windows(wanted.len()).any(|w| w == wanted) {
+            return Ok(stream);
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => {
+                return Err(format!(
+                    "not within {EVENT_DEADLINE:?}; got {:?}",
+                    String::from_utf8_lossy(&seen)
+                ))
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(format!(
+                    "connection closed; got {:?}",
+                    String::from_utf8_lossy(&seen)
+                ))
+            }
+            Ok(Ok(n)) => seen.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+const SUBSCRIBE: &str =
+    "GET /events HTTP/1.1\r\nHost: app.test\r\nAccept: text/event-stream\r\n\r\n";
 
 #[tokio::test]
 async fn head_miss_and_hit_advertise_the_get_length_without_a_body() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new().convert_head(true))).await;
     let mut conn = Conn::open(addr).await;
 
     let miss = conn.exchange("HEAD", "/fixed", &[]).await;
@@ -422,15 +479,15 @@ async fn head_miss_and_hit_advertise_the_get_length_without_a_body() {
 #[tokio::test]
 async fn head_then_get_pipelined_in_one_write_stay_in_step() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new().convert_head(true))).await;
     let mut conn = Conn::open(addr).await;
     for round in 0..2 {
         // Round 0: HEAD miss, GET collapsed or hit; round 1: both hits.
         let both = format!(
             "{}{}{}",
-            request("HEAD", "/chunked", &[]),
-            request("GET", "/chunked", &[]),
-            request("HEAD", "/fixed", &[]),
+            raw_request("HEAD", "/chunked", &[]),
+            raw_request("GET", "/chunked", &[]),
+            raw_request("HEAD", "/fixed", &[]),
         );
         conn.send(&both).await;
         let head = conn.response(true).await;
@@ -452,7 +509,7 @@ async fn head_then_get_pipelined_in_one_write_stay_in_step() {
 #[tokio::test]
 async fn head_miss_on_a_chunked_handler_is_stored_and_advertises_its_length() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new().convert_head(true))).await;
     let mut conn = Conn::open(addr).await;
     let head = conn.exchange("HEAD", "/chunked", &[]).await;
     assert_eq!(head.status(), 200);
@@ -474,7 +531,7 @@ async fn head_miss_on_a_chunked_handler_is_stored_and_advertises_its_length() {
 #[tokio::test]
 async fn head_of_an_unstored_chunked_response_does_not_claim_an_empty_body() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new())).await;
     let mut conn = Conn::open(addr).await;
     let get = conn.exchange("GET", "/nostore-chunked", &[]).await;
     assert_eq!(get.body, b"abcdefgh");
@@ -493,7 +550,7 @@ async fn head_of_an_unstored_chunked_response_does_not_claim_an_empty_body() {
 #[tokio::test]
 async fn head_of_an_oversized_chunked_response_does_not_claim_an_empty_body() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new().max_body_bytes(40))).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new().max_body_bytes(40))).await;
     let mut conn = Conn::open(addr).await;
     let get = conn.exchange("GET", "/chunked", &[]).await;
     assert_eq!(get.body, fixed_body().as_bytes());
@@ -519,7 +576,7 @@ async fn control_head_of_a_chunked_body_has_no_length_without_conversion() {
     );
     for addr in [
         serve(plain).await,
-        serve(app(&calls, SwrLayer::new().convert_head(false))).await,
+        serve(e2e_app(&calls, SwrLayer::new().convert_head(false))).await,
     ] {
         let mut conn = Conn::open(addr).await;
         let head = conn.exchange("HEAD", "/nostore-chunked", &[]).await;
@@ -532,14 +589,14 @@ async fn control_head_of_a_chunked_body_has_no_length_without_conversion() {
 #[tokio::test]
 async fn head_through_hyper_client_matches_get() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new().convert_head(true))).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     for path in ["/fixed", "/chunked"] {
         for _ in 0..2 {
-            let request = axum::http::Request::head(format!("http://{addr}{path}"))
+            let raw_request = axum::http::Request::head(format!("http://{addr}{path}"))
                 .body(Empty::new())
-                .expect("a request");
-            let response = timeout(READ_TIMEOUT, client.request(request))
+                .expect("a raw_request");
+            let response = timeout(READ_TIMEOUT, client.request(raw_request))
                 .await
                 .expect("in time")
                 .expect("a response");
@@ -568,12 +625,10 @@ async fn head_through_hyper_client_matches_get() {
     assert_eq!(calls.get(), 2);
 }
 
-// ---- conditionals ----
-
 #[tokio::test]
 async fn conditional_get_answered_304_from_cache_on_the_wire() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new())).await;
     let mut conn = Conn::open(addr).await;
 
     // A conditional miss: stored, then answered 304.
@@ -621,12 +676,10 @@ async fn conditional_get_answered_304_from_cache_on_the_wire() {
     assert_eq!(calls.get(), 1);
 }
 
-// ---- ranges ----
-
 #[tokio::test]
 async fn range_requests_answered_206_from_cache_on_the_wire() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new())).await;
     let mut conn = Conn::open(addr).await;
     let body = fixed_body();
 
@@ -702,7 +755,7 @@ async fn range_requests_answered_206_from_cache_on_the_wire() {
 #[tokio::test]
 async fn range_on_a_chunked_handler_is_served_from_the_stored_body() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new())).await;
     let mut conn = Conn::open(addr).await;
     let body = fixed_body();
     for _ in 0..2 {
@@ -719,12 +772,10 @@ async fn range_on_a_chunked_handler_is_served_from_the_stored_body() {
     assert_eq!(calls.get(), 1);
 }
 
-// ---- Age, Cache-Status, Date ----
-
 #[tokio::test]
 async fn age_and_cache_status_on_hits_and_stale_hits() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new())).await;
     let mut conn = Conn::open(addr).await;
 
     let miss = conn.exchange("GET", "/short", &[]).await;
@@ -815,8 +866,6 @@ async fn handler_date_and_length_are_not_duplicated_on_hits() {
     }
 }
 
-// ---- bodies ----
-
 #[tokio::test]
 async fn a_body_over_max_body_bytes_streams_intact_every_time() {
     let big: String = (0..200_000u32)
@@ -878,7 +927,7 @@ async fn a_body_over_max_body_bytes_streams_intact_every_time() {
 #[tokio::test]
 async fn a_chunked_handler_is_replayed_with_a_length() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new())).await;
     let mut conn = Conn::open(addr).await;
     let miss = conn.exchange("GET", "/chunked", &[]).await;
     assert_eq!(miss.body, fixed_body().as_bytes());
@@ -922,12 +971,10 @@ async fn an_empty_cached_body_is_framed_on_get_and_head() {
     }
 }
 
-// ---- connections ----
-
 #[tokio::test]
 async fn connection_close_requests_are_answered_and_closed() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new())).await;
     for (method, path) in [
         ("GET", "/fixed"),
         ("GET", "/fixed"),
@@ -958,7 +1005,7 @@ async fn connection_close_requests_are_answered_and_closed() {
 #[tokio::test]
 async fn http_1_0_requests_get_http_1_0_framing() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new())).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new())).await;
     let fixed = fixed_body();
     for path in [
         "/fixed",
@@ -1021,7 +1068,7 @@ async fn http_1_0_requests_get_http_1_0_framing() {
 #[tokio::test]
 async fn many_mixed_requests_on_one_keep_alive_connection() {
     let calls = Calls::default();
-    let addr = serve(app(&calls, SwrLayer::new().convert_head(true))).await;
+    let addr = serve(e2e_app(&calls, SwrLayer::new().convert_head(true))).await;
     let mut conn = Conn::open(addr).await;
     let body = fixed_body();
     for round in 0..3 {
@@ -1048,8 +1095,6 @@ async fn many_mixed_requests_on_one_keep_alive_connection() {
     }
     conn.assert_quiet().await;
 }
-
-// ---- revalidation through the wire ----
 
 /// An entry that expires and is revalidated with a 304 from the handler: `HEAD` and `GET`
 /// keep the stored length and body.
@@ -1101,4 +1146,55 @@ async fn revalidated_entry_keeps_its_framing() {
     assert_eq!(get.body, b"revalidated body");
     conn.assert_quiet().await;
     assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn event_stream_first_event_reaches_the_client_promptly() {
+    let bare = serve(events_app(&Calls::default(), false)).await;
+    let control = subscribe(bare, SUBSCRIBE, b"data: one").await;
+    assert!(
+        control.is_ok(),
+        "the setup, without the layer: {}",
+        control.unwrap_err()
+    );
+
+    let calls = Calls::default();
+    let addr = serve(events_app(&calls, true)).await;
+    let first = subscribe(addr, SUBSCRIBE, b"data: one").await;
+    assert!(first.is_ok(), "first subscriber: {}", first.unwrap_err());
+}
+
+#[tokio::test]
+async fn second_event_stream_subscriber_gets_its_own_stream_promptly() {
+    let calls = Calls::default();
+    let addr = serve(events_app(&calls, true)).await;
+    let first = subscribe(addr, SUBSCRIBE, b"data: one").await;
+    // Whether or not the first one got its event, the second opens while it is still open.
+    let second = subscribe(addr, SUBSCRIBE, b"data: one").await;
+    assert!(second.is_ok(), "second subscriber: {}", second.unwrap_err());
+    assert_eq!(
+        calls.get(),
+        2,
+        "each subscriber has its own stream from the handler"
+    );
+    drop(first);
+}
+
+#[tokio::test]
+async fn head_of_an_event_stream_route_answers_promptly() {
+    let calls = Calls::default();
+    let addr = serve(events_app(&calls, true)).await;
+    let head = subscribe(
+        addr,
+        "HEAD /events HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b"\r\n\r\n",
+    )
+    .await;
+    assert!(head.is_ok(), "HEAD /events: {}", head.unwrap_err());
+    let event = subscribe(addr, SUBSCRIBE, b"data: one").await;
+    assert!(
+        event.is_ok(),
+        "a subscriber after the HEAD: {}",
+        event.unwrap_err()
+    );
 }

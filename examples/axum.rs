@@ -75,8 +75,8 @@ async fn metrics(State(admin): State<Admin>) -> String {
     admin.prometheus.render()
 }
 
-async fn stats(State(admin): State<Admin>) -> String {
-    format!("{:#?}\n", admin.cache.stats())
+async fn stats(State(admin): State<Admin>) -> axum::Json<tower_swr::Stats> {
+    axum::Json(admin.cache.stats())
 }
 
 #[derive(Clone)]

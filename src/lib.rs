@@ -52,6 +52,8 @@
 //! together behind a circuit breaker after repeated failures. TTL jitter and XFetch early
 //! refresh keep popular keys from expiring together.
 //!
+//! With the `serde` feature (default), [`Stats`] is `Serialize` and `Deserialize`.
+//!
 //! With the `metrics` feature (default), the counters are mirrored to the `metrics` facade
 //! (install the recorder before building the layer):
 //!

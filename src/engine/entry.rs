@@ -115,7 +115,7 @@ pub(crate) enum Phase {
 
 /// A stored value with its deadlines, computed once at store time.
 #[derive(Debug)]
-pub struct Entry<V> {
+pub(crate) struct Entry<V> {
     value: V,
     stored_at: Stamp,
     initial_age: Duration,
@@ -189,33 +189,13 @@ impl<V> Entry<V> {
     }
 
     /// The cached value.
-    pub fn value(&self) -> &V {
+    pub(crate) fn value(&self) -> &V {
         &self.value
     }
 
     /// When the value was stored.
-    pub fn stored_at(&self) -> Instant {
+    pub(crate) fn stored_at(&self) -> Instant {
         self.stored_at.instant()
-    }
-
-    /// Until when the value is fresh.
-    pub fn fresh_until(&self) -> Instant {
-        self.fresh_until.instant()
-    }
-
-    /// Until when the value is served stale while a refresh runs.
-    pub fn stale_until(&self) -> Instant {
-        self.stale_until.instant()
-    }
-
-    /// Until when the value may stand in for a failing loader.
-    pub fn error_until(&self) -> Instant {
-        self.error_until.instant()
-    }
-
-    /// The value's age at `now`: its age when stored plus the time since.
-    pub fn age(&self, now: Instant) -> Duration {
-        self.age_at(Stamp::from(now))
     }
 
     pub(crate) fn age_at(&self, now: Stamp) -> Duration {
@@ -223,22 +203,12 @@ impl<V> Entry<V> {
     }
 
     /// How long producing the value took, as its loader reported.
-    pub fn load_time(&self) -> Duration {
+    pub(crate) fn load_time(&self) -> Duration {
         self.load_time
-    }
-
-    /// Seconds of freshness left at `now`; negative once stale (RFC 9211 `ttl`).
-    pub fn ttl_secs(&self, now: Instant) -> i64 {
-        self.ttl_secs_at(Stamp::from(now))
     }
 
     pub(crate) fn ttl_secs_at(&self, now: Stamp) -> i64 {
         now.secs_until(self.fresh_until)
-    }
-
-    /// Whether the value may stand in for a failing loader at `now`.
-    pub fn usable_on_error(&self, now: Instant) -> bool {
-        self.usable_on_error_at(Stamp::from(now))
     }
 
     pub(crate) fn usable_on_error_at(&self, now: Stamp) -> bool {

@@ -65,7 +65,8 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use self::clock::Stamp;
-pub use self::entry::{Entry, Freshness, Loaded};
+pub(crate) use self::entry::Entry;
+pub use self::entry::{Freshness, Loaded};
 pub use self::stats::Stats;
 
 pub(crate) use self::entry::Phase;

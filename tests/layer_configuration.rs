@@ -74,3 +74,24 @@ async fn a_store_setting_after_first_use_gives_a_new_empty_cache() -> TestResult
     assert_eq!(old.stats().entries, 1, "the old handle keeps the old cache");
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_turns_a_feature_off_origin_timeout_included() -> TestResult {
+    for (timeout, expected) in [(Duration::ZERO, "v2"), (Duration::from_secs(1), "v1")] {
+        let (origin, _) = origin(|n, _| async move {
+            if n > 1 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok(reply_cc(format!("v{n}"), "max-age=1, stale-if-error=600"))
+        });
+        let service = SwrLayer::new()
+            .origin_timeout(timeout)
+            .stale_alert_age(Duration::ZERO)
+            .layer(origin);
+        service.clone().oneshot(get("http://example.com/t")).await?;
+        tokio::time::advance(Duration::from_secs(200)).await;
+        let answer = service.oneshot(get("http://example.com/t")).await?;
+        assert_eq!(body(answer).await?, expected, "origin_timeout({timeout:?})");
+    }
+    Ok(())
+}

@@ -268,9 +268,10 @@ where
         self
     }
 
-    /// Log a warning whenever a value older than `age` is served stale (default: never).
+    /// Log a warning whenever a value older than `age` is served stale (default: never;
+    /// zero turns it off).
     pub fn stale_alert_age(mut self, age: Duration) -> Self {
-        self.stale_alert_age = Some(age);
+        self.stale_alert_age = (!age.is_zero()).then_some(age);
         self
     }
 

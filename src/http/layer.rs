@@ -106,6 +106,10 @@ struct CacheInstance {
 /// Clones of a layer share one cache; so do all the services one layer makes (axum calls
 /// [`Layer::layer`] once per route).
 ///
+/// A feature is turned off by its setter's zero: `remember_failures(Duration::ZERO)`,
+/// `origin_timeout(Duration::ZERO)` (or `None`), `circuit_breaker(0, _)`, `early_refresh(0.0)`,
+/// `ttl_jitter(0.0)`, `stale_alert_age(Duration::ZERO)`.
+///
 /// # Settings and the cache
 ///
 /// A layer is a value of settings until its cache is first used: by [`Layer::layer`],
@@ -406,11 +410,11 @@ impl SwrLayer {
 
     /// How long a request waits for the origin when a stale entry could answer it instead
     /// (inside its stale-if-error window): past this, it gets the stale entry, as if the
-    /// origin had failed (default 30 s; `None` waits as long as the origin takes). Without
-    /// such an entry the origin's own answer is awaited however long it takes: put tower's
-    /// `TimeoutLayer` inside this layer for a hard limit.
-    pub fn origin_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.origin_timeout = timeout;
+    /// origin had failed (default 30 s; zero or `None` waits as long as the origin takes).
+    /// Without such an entry the origin's own answer is awaited however long it takes: put
+    /// tower's `TimeoutLayer` inside this layer for a hard limit.
+    pub fn origin_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.origin_timeout = timeout.into().filter(|timeout| !timeout.is_zero());
         self.changed()
     }
 
@@ -523,9 +527,10 @@ impl SwrLayer {
         self.store_changed()
     }
 
-    /// Log a warning whenever a response older than `age` is served stale (default: never).
+    /// Log a warning whenever a response older than `age` is served stale (default: never;
+    /// zero turns it off).
     pub fn stale_alert_age(mut self, age: Duration) -> Self {
-        self.store.stale_alert_age = Some(age);
+        self.store.stale_alert_age = (!age.is_zero()).then_some(age);
         self.store_changed()
     }
 

@@ -268,8 +268,17 @@ where
     let pass_as_sent = pass_head || known_pass;
     // A failure is shared only among requests without credentials.
     let credentialed = has_credentials(request.headers(), &shared.config.policy.credential_headers);
-    let failure_of = |failure: Option<Failure>| {
-        failure.and_then(|failure| failure.downcast::<OriginFailure>().ok())
+    // Another call's failure as this request's answer: the stale entry if it may stand in,
+    // else the failure itself if it may be shared; `None`: ask the origin.
+    let answer_failure = |failure: Option<Failure>, remembered: bool, key: &CacheKey| {
+        let failure = failure.and_then(|failure| failure.downcast::<OriginFailure>().ok());
+        if let Some(entry) = usable_on_error(&expired) {
+            let fwd_status = failure.as_ref().and_then(|f| f.fwd_status());
+            return Some(shared.respond_stale_if_error(&entry, fwd_status, ask));
+        }
+        failure
+            .filter(|_| !credentialed)
+            .and_then(|f| shared.respond_failure(&f, remembered, key, head))
     };
 
     // A HEAD passed through (`convert_head(false)`) has no body to store: it asks the origin
@@ -302,44 +311,19 @@ where
                 }
                 // The key's last origin call failed a moment ago: its failure is the answer,
                 // unless a stale entry may stand in.
-                Join::Failed(failure) => {
-                    let failure = failure_of(Some(failure));
-                    if let Some(entry) = usable_on_error(&expired) {
-                        let fwd_status = failure.as_ref().and_then(|f| f.fwd_status());
-                        return Ok(shared.respond_stale_if_error(&entry, fwd_status, ask));
-                    }
-                    let remembered = failure
-                        .filter(|_| !credentialed)
-                        .and_then(|f| shared.respond_failure(&f, true, &key, head));
-                    if let Some(response) = remembered {
-                        return Ok(response);
-                    }
-                    break;
-                }
+                Join::Failed(failure) => match answer_failure(Some(failure), true, &key) {
+                    Some(response) => return Ok(response),
+                    None => break,
+                },
                 Join::Waiter(waiting) => match wait(waiting).await {
                     Waited::Stored(entry) if entry.value().serves(request.headers(), facts) => {
                         shared.engine.counters().coalesced_waits.inc();
                         tracing::debug!(key = %key, status = "collapsed", "answered by another request's origin call");
-                        return Ok(shared.respond(
-                            &entry,
-                            CacheStatus::Collapsed,
-                            Member::Collapsed,
-                            ask,
-                            false,
-                            Stamp::now(),
-                        ));
+                        return Ok(shared.respond_collapsed(&entry, ask));
                     }
                     Waited::Failed(failure) => {
-                        let failure = failure_of(failure);
-                        if let Some(entry) = usable_on_error(&expired) {
-                            let fwd_status = failure.as_ref().and_then(|f| f.fwd_status());
-                            return Ok(shared.respond_stale_if_error(&entry, fwd_status, ask));
-                        }
                         // One origin call failed for every request that waited for it.
-                        let shared_failure = failure
-                            .filter(|_| !credentialed)
-                            .and_then(|f| shared.respond_failure(&f, false, &key, head));
-                        if let Some(response) = shared_failure {
+                        if let Some(response) = answer_failure(failure, false, &key) {
                             return Ok(response);
                         }
                         if Instant::now() >= give_up_at {
@@ -431,14 +415,7 @@ where
             entry = stored_by_another(earlier) => {
                 if entry.value().serves(&template.headers, facts) {
                     tracing::debug!(key = %key, status = "collapsed", "answered by an earlier attempt");
-                    return Ok(shared.respond(
-                        &entry,
-                        CacheStatus::Collapsed,
-                        Member::Collapsed,
-                        ask,
-                        false,
-                        Stamp::now(),
-                    ));
+                    return Ok(shared.respond_collapsed(&entry, ask));
                 }
             }
         }

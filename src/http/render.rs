@@ -178,6 +178,23 @@ impl Shared {
         )
     }
 
+    /// The answer from an entry another request's origin call just stored.
+    pub(crate) fn respond_collapsed<B: Body>(
+        &self,
+        entry: &Entry<CachedResponse>,
+        ask: Ask<'_>,
+    ) -> Response<SwrBody<B>> {
+        let now = Stamp::now();
+        self.respond(
+            entry,
+            CacheStatus::Collapsed,
+            Member::Collapsed,
+            ask,
+            false,
+            now,
+        )
+    }
+
     /// The origin's own response, marked as a miss that was not stored.
     pub(crate) fn pass<B: Body>(
         &self,

@@ -1065,3 +1065,31 @@ where
         body: body.collect().await.expect("in memory").to_bytes(),
     }
 }
+
+/// A generous limit for waiting on real time (real sockets, multi-threaded runtimes): tests poll
+/// for the condition they need and call [`Deadline::tick`] between tries instead of sleeping a
+/// fixed time before asserting.
+pub struct Deadline {
+    until: std::time::Instant,
+    what: String,
+}
+
+impl Deadline {
+    /// `what` names the condition awaited; it is the panic message when the deadline passes.
+    pub fn after(limit: Duration, what: impl Into<String>) -> Self {
+        Self {
+            until: std::time::Instant::now() + limit,
+            what: what.into(),
+        }
+    }
+
+    /// Waits 20 ms of real time before the next try; panics once the deadline has passed.
+    pub async fn tick(&self) {
+        assert!(
+            std::time::Instant::now() < self.until,
+            "timed out waiting for {}",
+            self.what
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -219,40 +219,6 @@ async fn key_fn_returning_none_bypasses_the_cache() -> TestResult {
     Ok(())
 }
 
-/// Issue 2 §7: a key function (user id from a header) separates users.
-#[tokio::test(start_paused = true)]
-async fn issue2_key_function_adds_user() -> TestResult {
-    let (o, calls) = moody(None, Mode::default());
-    let service = SwrLayer::new()
-        .key_fn(|parts| {
-            Some(
-                parts
-                    .headers
-                    .get("x-user-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned(),
-            )
-        })
-        .layer(o);
-    let user = HeaderName::from_static("x-user-id");
-    assert_eq!(
-        fetch_text(&service, get_with("/q", user.clone(), "1")).await?,
-        "v1"
-    );
-    assert_eq!(
-        fetch_text(&service, get_with("/q", user.clone(), "2")).await?,
-        "v2"
-    );
-    assert_eq!(
-        fetch_text(&service, get_with("/q", user.clone(), "1")).await?,
-        "v1"
-    );
-    assert_eq!(fetch_text(&service, get_with("/q", user, "2")).await?, "v2");
-    assert_eq!(calls.get(), 2);
-    Ok(())
-}
-
 #[tokio::test(start_paused = true)]
 async fn non_utf8_hosts_never_share_entries() -> TestResult {
     let (o, calls) = origin(|_, request: Request<ReqBody>| async move {

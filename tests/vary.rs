@@ -253,42 +253,6 @@ async fn most_recent_of_several_matching_variants_is_served() -> TestResult {
     Ok(())
 }
 
-/// Issue 2 §7: Vary headers are part of the key; `Vary: *` is never reused.
-#[tokio::test(start_paused = true)]
-async fn issue2_vary() -> TestResult {
-    let (o, calls) = origin(|n, request: Request<ReqBody>| async move {
-        let vary = if request.uri().path() == "/star" {
-            "*"
-        } else {
-            "accept-language"
-        };
-        Ok(with_header(reply(format!("v{n}")), header::VARY, vary))
-    });
-    let service = SwrLayer::new().layer(o);
-    let lang = header::ACCEPT_LANGUAGE;
-    assert_eq!(
-        fetch_text(&service, get_with("/v", lang.clone(), "en")).await?,
-        "v1"
-    );
-    assert_eq!(
-        fetch_text(&service, get_with("/v", lang.clone(), "ru")).await?,
-        "v2"
-    );
-    assert_eq!(
-        fetch_text(&service, get_with("/v", lang.clone(), "en")).await?,
-        "v1"
-    );
-    assert_eq!(
-        fetch_text(&service, get_with("/v", lang, "ru")).await?,
-        "v2"
-    );
-    assert_eq!(calls.get(), 2);
-    fetch_text(&service, get("/star")).await?;
-    fetch_text(&service, get("/star")).await?;
-    assert_eq!(calls.get(), 4);
-    Ok(())
-}
-
 /// DESIGN.md: "The number of variants per key is bounded."
 #[tokio::test(start_paused = true)]
 async fn variants_per_key_are_bounded() -> TestResult {

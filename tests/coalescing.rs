@@ -5,28 +5,16 @@
 mod common;
 
 use axum::{routing, Router};
-use bytes::Bytes;
 use common::*;
 use common::{body, settle, Calls, Gate};
-use http::{header, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{header, Request, StatusCode};
 use std::time::Duration;
 use tokio::time::{advance, timeout, Instant};
 use tower::{Layer, ServiceExt};
 use tower_swr::{CacheStatus, SwrLayer};
 
 /// First call hangs for an hour (paused clock); later calls answer at once.
-fn slow_first_call() -> (
-    impl tower::Service<
-            Request<ReqBody>,
-            Response = Response<Full<Bytes>>,
-            Error = BoxError,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn slow_first_call() -> (impl OriginService, Calls) {
     origin(|n, _| async move {
         if n == 1 {
             tokio::time::sleep(secs(3600)).await;

@@ -8,17 +8,11 @@ use bytes::Bytes;
 use common::*;
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
 use tokio::time::advance;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_swr::{CacheStatus, SwrLayer};
 
 /// GETs answer `max-age=600`; unsafe requests answer per their path and headers.
-fn invalidation_origin() -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn invalidation_origin() -> (impl OriginService, Calls) {
     origin(|n, request: Request<ReqBody>| async move {
         if request.method() == Method::GET {
             return Ok(reply_cc(format!("v{n}"), "max-age=600"));
@@ -49,13 +43,7 @@ fn unsafe_request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<
 }
 
 /// Answers `max-age=60` with `path v{n}`, varying on `Accept-Language` under `/vary`.
-fn catalogue() -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn catalogue() -> (impl OriginService, Calls) {
     origin(|n, request: Request<ReqBody>| async move {
         let response = reply_cc(format!("{} v{n}", request.uri()), "max-age=60");
         Ok(if request.uri().path().starts_with("/vary") {

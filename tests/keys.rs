@@ -7,8 +7,8 @@ use axum::{routing, Router};
 use bytes::Bytes;
 use common::*;
 use common::{body, Calls};
-use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Full};
+use http::{header, HeaderMap, HeaderName, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
@@ -21,17 +21,7 @@ fn x_user() -> HeaderName {
 }
 
 /// Greets the `x-user` of the request.
-fn per_user() -> (
-    impl tower::Service<
-            Request<ReqBody>,
-            Response = Response<Full<Bytes>>,
-            Error = BoxError,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn per_user() -> (impl OriginService, Calls) {
     origin(|_, request: Request<ReqBody>| async move {
         let user = request
             .headers()

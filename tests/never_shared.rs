@@ -10,16 +10,10 @@ use common::{body, Calls};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use std::time::Duration;
 use tokio::time::advance;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_swr::{CacheStatus, SwrLayer};
 
-fn by_path_cache_control() -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn by_path_cache_control() -> (impl OriginService, Calls) {
     origin(|n, request: Request<ReqBody>| async move {
         let cc = match request.uri().path() {
             "/public" => "public, max-age=60",

@@ -12,24 +12,14 @@ use http_body_util::Full;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::advance;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_swr::{CacheStatus, SwrLayer};
 
 /// Stored fresh for 10 s, stale-while-revalidate 5 s, stale-if-error 100 s; then the origin
 /// answers `failure`.
 fn failing_after_first(
     failure: fn() -> Result<Response<Full<Bytes>>, BoxError>,
-) -> (
-    impl tower::Service<
-            Request<ReqBody>,
-            Response = Response<Full<Bytes>>,
-            Error = BoxError,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+) -> (impl OriginService, Calls) {
     origin(move |n, _| async move {
         if n == 1 {
             Ok(reply_cc(
@@ -51,15 +41,7 @@ fn broken_result() -> Result<Response<Full<Bytes>>, BoxError> {
 }
 
 /// An origin answering `cache_control` (with an ETag) on its first call, 503 afterwards.
-fn first_then_503(
-    cache_control: &'static str,
-) -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn first_then_503(cache_control: &'static str) -> (impl OriginService, Calls) {
     origin(move |n, _| async move {
         Ok(if n == 1 {
             respond(
@@ -163,15 +145,7 @@ async fn miss_answered_inside_stale_if_error_serves_the_stale_copy(status: Statu
 }
 
 /// A prices origin: `v{n}` with no caching headers while up; while down, 5 s then a 503.
-fn prices_origin(
-    down: Arc<Mutex<bool>>,
-) -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn prices_origin(down: Arc<Mutex<bool>>) -> (impl OriginService, Calls) {
     origin(move |n, _request: Request<ReqBody>| {
         let down = *down.lock().expect("lock");
         async move {

@@ -3,26 +3,14 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::*;
-use http::{header, HeaderName, Request, Response};
-use http_body_util::Full;
+use http::{header, HeaderName, Request};
 use tokio::time::advance;
 use tower::{Layer, ServiceExt};
 use tower_swr::{CacheStatus, SwrLayer};
 
 /// Answers in the request's `Accept-Language`, varying on it.
-fn by_language() -> (
-    impl tower::Service<
-            Request<ReqBody>,
-            Response = Response<Full<Bytes>>,
-            Error = BoxError,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn by_language() -> (impl OriginService, Calls) {
     origin(|n, request: Request<ReqBody>| async move {
         let language = request
             .headers()

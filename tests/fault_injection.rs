@@ -1063,6 +1063,21 @@ async fn body_failing_mid_stream_reaches_an_http_client_as_an_error() {
 
 // ---- concurrency stress of the in-flight set (docs/concurrency.md) ----
 
+/// Polls (real time, 10 s at most) until no load and no refresh runs; the stats then.
+async fn nothing_in_flight(seed: u64, stats: impl Fn() -> tower_swr::Stats) -> tower_swr::Stats {
+    let deadline = common::Deadline::after(
+        Duration::from_secs(10),
+        format!("seed {seed}: flights and refreshes to end"),
+    );
+    loop {
+        let stats = stats();
+        if stats.loads_running == 0 && stats.refreshes_running == 0 {
+            return stats;
+        }
+        deadline.tick().await;
+    }
+}
+
 /// Many tasks on a multi-threaded runtime join, land, fail, panic and drop flights of a few
 /// keys through the engine: every call ends, each value is its key's, and nothing is left in
 /// flight.
@@ -1153,17 +1168,7 @@ async fn stress_engine_flights_on_many_threads() {
     }
     assert!(violations.is_empty(), "seed {seed}: {violations:?}");
     // Refreshes and abandoned loads settle: poll until nothing is in flight.
-    let deadline = common::Deadline::after(
-        Duration::from_secs(10),
-        format!("seed {seed}: flights and refreshes to end"),
-    );
-    let stats = loop {
-        let stats = cache.stats();
-        if stats.loads_running == 0 && stats.refreshes_running == 0 {
-            break stats;
-        }
-        deadline.tick().await;
-    };
+    let stats = nothing_in_flight(seed, || cache.stats()).await;
     eprintln!(
         "stress_engine_flights: seed {seed}, {} loads, {stats:?}",
         loads.load(std::sync::atomic::Ordering::Relaxed)
@@ -1230,17 +1235,7 @@ async fn stress_http_flights_on_many_threads() {
     }
     assert!(violations.is_empty(), "seed {seed}: {violations:?}");
     // Hanging origin calls (150 ms) and refreshes finish: poll until nothing is in flight.
-    let deadline = common::Deadline::after(
-        Duration::from_secs(10),
-        format!("seed {seed}: flights and refreshes to end"),
-    );
-    let stats = loop {
-        let stats = handle.stats();
-        if stats.loads_running == 0 && stats.refreshes_running == 0 {
-            break stats;
-        }
-        deadline.tick().await;
-    };
+    let stats = nothing_in_flight(seed, || handle.stats()).await;
     eprintln!("stress_http_flights: seed {seed}, {stats:?}");
 }
 

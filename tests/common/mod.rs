@@ -397,6 +397,21 @@ pub fn http_date(at: SystemTime) -> String {
     httpdate::fmt_http_date(at)
 }
 
+/// An origin whose call `n` answers `v{n}` with `cache_control`; every call after the first
+/// waits for `gate` (a refresh held open).
+pub fn gated_after_first(gate: &Gate, cache_control: &'static str) -> (impl OriginService, Calls) {
+    let gate = gate.clone();
+    origin(move |n, _| {
+        let gate = gate.clone();
+        async move {
+            if n > 1 {
+                gate.wait().await;
+            }
+            Ok(reply_cc(format!("v{n}"), cache_control))
+        }
+    })
+}
+
 /// An origin answering `cache_control` on its first call and 503 afterwards.
 pub fn then_503(cache_control: &'static str) -> (impl OriginService, Calls) {
     origin(move |n, _| async move {

@@ -323,36 +323,6 @@ async fn hit_does_not_poll_the_inner_service_readiness() -> TestResult {
     Ok(())
 }
 
-/// Issue 2 §6: a hit never waits for a saturated origin (ConcurrencyLimit(1) inside the layer).
-#[tokio::test(start_paused = true)]
-async fn issue2_hit_with_saturated_concurrency_limit() -> TestResult {
-    let gate = Gate::new();
-    let (o, _calls) = origin({
-        let gate = gate.clone();
-        move |n, request: Request<ReqBody>| {
-            let gate = gate.clone();
-            async move {
-                if request.uri().path() == "/slow" {
-                    gate.wait().await;
-                }
-                Ok(reply(format!("v{n}")))
-            }
-        }
-    });
-    let service = ServiceBuilder::new()
-        .layer(SwrLayer::new())
-        .concurrency_limit(1)
-        .service(o);
-    fetch_text(&service, get("/fast")).await?;
-    let slow = tokio::spawn(service.clone().oneshot(get("/slow")));
-    settle().await;
-    let hit = tokio::time::timeout(secs(1), service.clone().oneshot(get("/fast"))).await??;
-    assert_eq!(info(&hit).status, CacheStatus::Fresh);
-    gate.open();
-    slow.await??;
-    Ok(())
-}
-
 /// Issue 2 §11: types fit the ecosystem.
 #[tokio::test(start_paused = true)]
 async fn layer_service_body_and_handle_fit_the_tower_ecosystem() -> TestResult {

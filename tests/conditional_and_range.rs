@@ -249,31 +249,10 @@ async fn ranges_are_served_from_a_stored_response() -> TestResult {
 
 /// RFC 9110 §13.1.5: a `Range` with an `If-Range` that does not match the stored validator is
 /// answered with the whole representation. An unreadable (non-UTF-8) `If-Range` matches
-/// nothing, so it must mean 200, not 206.
-#[tokio::test(start_paused = true)]
-async fn issue5_unreadable_if_range_means_the_whole_body() -> TestResult {
-    let (o, _) = origin(|_, _| async move {
-        Ok(respond(
-            200,
-            "0123456789",
-            &[("cache-control", "max-age=60"), ("etag", "\"v\"")],
-        ))
-    });
-    let service = SwrLayer::new().layer(o);
-    body(service.clone().oneshot(get("/ir")).await?).await?;
-    let mut request = get_raw("/ir", "if-range", b"\"v\xff\"");
-    request
-        .headers_mut()
-        .insert(header::RANGE, HeaderValue::from_static("bytes=0-1"));
-    let response = service.clone().oneshot(request).await?;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(body(response).await?, "0123456789");
-    Ok(())
-}
-
+/// nothing, so it must mean 200, not 206 (a readable matching one, the control, gets the 206).
 #[tokio::test(start_paused = true)]
 async fn an_unreadable_if_range_gets_the_whole_body() -> TestResult {
-    let (o, _calls) = origin(|_, _request: Request<ReqBody>| async {
+    let (o, calls) = origin(|_, _request: Request<ReqBody>| async {
         let response = reply_cc("0123456789", "max-age=60");
         Ok::<_, BoxError>(with_header(response, header::ETAG, "\"e\""))
     });
@@ -296,6 +275,7 @@ async fn an_unreadable_if_range_gets_the_whole_body() -> TestResult {
         .await?;
     assert_eq!(whole.status(), StatusCode::OK);
     assert_eq!(body(whole).await?, "0123456789");
+    assert_eq!(calls.get(), 1, "both answered from the stored body");
     Ok(())
 }
 

@@ -554,41 +554,6 @@ async fn refresh_too_heavy_to_store_counts_as_a_failure() -> Result<(), String> 
     Ok(())
 }
 
-#[tokio::test(start_paused = true)]
-async fn lock_timeout_bounds_the_whole_wait_when_loads_keep_failing() {
-    // Default lock timeout: 5 s. Each load takes 1 s and fails.
-    let cache = Cache::new(1 << 20);
-    let calls = Calls::default();
-    let callers: Vec<_> = (0..30)
-        .map(|_| {
-            let cache = cache.clone();
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(key("k"), move || async move {
-                        calls.record();
-                        tokio::time::sleep(SECOND).await;
-                        Err::<Loaded<String>, _>("database down".to_owned())
-                    })
-                    .await
-            })
-        })
-        .collect();
-
-    // Lock timeout + one load of its own is the longest any caller should wait.
-    let all = async {
-        for caller in callers {
-            let error = caller
-                .await
-                .expect("caller task")
-                .expect_err("no value anywhere");
-            assert_eq!(*error, "database down");
-        }
-    };
-    tokio::time::timeout(secs(5) + secs(1) + SECOND, all)
-        .await
-        .expect("callers waited past the lock timeout");
-}
 /// Issue 2 §1: the generic engine: lookups with state, age and refreshing; the loader's own
 /// freshness; cold failure returns the error; stale kept past its window until its deadline.
 #[tokio::test(start_paused = true)]

@@ -9,6 +9,8 @@
 //! it (the workload, the faults and the crate's own jitter draws all come from that seed, and a
 //! paused current-thread runtime schedules deterministically). `-- --nocapture` shows the counts.
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::PanicHookInfo;
@@ -1061,6 +1063,21 @@ async fn body_failing_mid_stream_reaches_an_http_client_as_an_error() {
 
 // ---- concurrency stress of the in-flight set (docs/concurrency.md) ----
 
+/// Polls (real time, 10 s at most) until no load and no refresh runs; the stats then.
+async fn nothing_in_flight(seed: u64, stats: impl Fn() -> tower_swr::Stats) -> tower_swr::Stats {
+    let deadline = common::Deadline::after(
+        Duration::from_secs(10),
+        format!("seed {seed}: flights and refreshes to end"),
+    );
+    loop {
+        let stats = stats();
+        if stats.loads_running == 0 && stats.refreshes_running == 0 {
+            return stats;
+        }
+        deadline.tick().await;
+    }
+}
+
 /// Many tasks on a multi-threaded runtime join, land, fail, panic and drop flights of a few
 /// keys through the engine: every call ends, each value is its key's, and nothing is left in
 /// flight.
@@ -1149,21 +1166,12 @@ async fn stress_engine_flights_on_many_threads() {
     while let Some(ended) = tasks.join_next().await {
         violations.extend(ended.expect("a stress task"));
     }
-    // Refreshes and abandoned loads settle.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let stats = cache.stats();
+    assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+    // Refreshes and abandoned loads settle: poll until nothing is in flight.
+    let stats = nothing_in_flight(seed, || cache.stats()).await;
     eprintln!(
         "stress_engine_flights: seed {seed}, {} loads, {stats:?}",
         loads.load(std::sync::atomic::Ordering::Relaxed)
-    );
-    assert!(violations.is_empty(), "seed {seed}: {violations:?}");
-    assert_eq!(
-        stats.loads_running, 0,
-        "seed {seed}: a flight was left behind"
-    );
-    assert_eq!(
-        stats.refreshes_running, 0,
-        "seed {seed}: a refresh was left behind"
     );
 }
 
@@ -1225,19 +1233,10 @@ async fn stress_http_flights_on_many_threads() {
     while let Some(ended) = tasks.join_next().await {
         violations.extend(ended.expect("a stress task").0);
     }
-    // Hanging origin calls (150 ms) and refreshes finish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = handle.stats();
-    eprintln!("stress_http_flights: seed {seed}, {stats:?}");
     assert!(violations.is_empty(), "seed {seed}: {violations:?}");
-    assert_eq!(
-        stats.loads_running, 0,
-        "seed {seed}: a flight was left behind"
-    );
-    assert_eq!(
-        stats.refreshes_running, 0,
-        "seed {seed}: a refresh was left behind"
-    );
+    // Hanging origin calls (150 ms) and refreshes finish: poll until nothing is in flight.
+    let stats = nothing_in_flight(seed, || handle.stats()).await;
+    eprintln!("stress_http_flights: seed {seed}, {stats:?}");
 }
 
 /// A miss that arrives while a background refresh of the same key runs (the entry went past its

@@ -13,19 +13,7 @@ use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
 use tower_swr::{CacheStatus, SwrLayer};
 
 /// An origin whose first call is held at the gate and answers `old`; later calls answer `new`.
-fn held_then_new(
-    gate: &Gate,
-) -> (
-    impl tower::Service<
-            http::Request<ReqBody>,
-            Response = http::Response<http_body_util::Full<bytes::Bytes>>,
-            Error = BoxError,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn held_then_new(gate: &Gate) -> (impl OriginService, Calls) {
     let gate = gate.clone();
     origin(move |n, request: http::Request<ReqBody>| {
         let gate = gate.clone();

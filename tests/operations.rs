@@ -11,21 +11,12 @@ use http_body_util::Full;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::advance;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
 use tower_swr::{CacheStatus, SwrLayer};
 
 /// Answers at once until `slow` is on; then calls take `refresh_takes`, or never end.
-fn slow_refreshes(
-    refresh_takes: Option<Duration>,
-    slow: Switch,
-) -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+fn slow_refreshes(refresh_takes: Option<Duration>, slow: Switch) -> (impl OriginService, Calls) {
     origin(move |n, _| {
         let slow = slow.on();
         async move {

@@ -258,7 +258,8 @@ async fn engine_waiters_share_one_failing_load_and_the_error_is_remembered() {
             Err::<Loaded<u64>, _>("db down".to_string())
         }
     };
-    let handles: Vec<_> = (0..10)
+    let started = Instant::now();
+    let handles: Vec<_> = (0..30)
         .map(|_| {
             let cache = cache.clone();
             let load = load(Arc::clone(&calls));
@@ -270,10 +271,12 @@ async fn engine_waiters_share_one_failing_load_and_the_error_is_remembered() {
         errors.push(handle.await.unwrap().unwrap_err());
     }
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Every caller ends with the one load (1 s), well inside the lock timeout (5 s).
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
     assert!(errors.iter().all(|e| **e == "db down"));
     // Every caller holds the same error, not a copy.
     assert!(errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])));
-    assert_eq!(cache.stats().coalesced_waits, 9);
+    assert_eq!(cache.stats().coalesced_waits, 29);
 
     let remembered = cache
         .get_or_load("config".to_owned(), load(Arc::clone(&calls)))

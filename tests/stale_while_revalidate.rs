@@ -27,18 +27,7 @@ struct Tenant(&'static str);
 #[tokio::test(start_paused = true)]
 async fn stale_requests_are_answered_at_once_while_one_refresh_runs() -> TestResult {
     let gate = Gate::new();
-    let (origin, calls) = origin({
-        let gate = gate.clone();
-        move |n, _| {
-            let gate = gate.clone();
-            async move {
-                if n > 1 {
-                    gate.wait().await;
-                }
-                Ok(reply_cc(format!("v{n}"), SWR_10_60))
-            }
-        }
-    });
+    let (origin, calls) = gated_after_first(&gate, SWR_10_60);
     let layer = SwrLayer::new();
     let service = layer.layer(origin);
     body(service.clone().oneshot(get("/s")).await?).await?;

@@ -13,18 +13,7 @@ use tower_swr::{CacheStatus, SwrLayer, CACHE_STATUS, X_CACHE, X_CACHE_KEY};
 #[tokio::test(start_paused = true)]
 async fn cache_info_reports_status_age_and_refreshing() -> TestResult {
     let gate = Gate::new();
-    let (origin, _calls) = origin({
-        let gate = gate.clone();
-        move |n, _| {
-            let gate = gate.clone();
-            async move {
-                if n > 1 {
-                    gate.wait().await;
-                }
-                Ok(reply_cc(format!("v{n}"), SWR_10_60))
-            }
-        }
-    });
+    let (origin, _calls) = gated_after_first(&gate, SWR_10_60);
     let service = SwrLayer::new().layer(origin);
 
     let miss = service.clone().oneshot(get("/i")).await?;

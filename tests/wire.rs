@@ -792,16 +792,24 @@ async fn age_and_cache_status_on_hits_and_stale_hits() {
     assert!(hit.age().is_some_and(|age| age <= 1), "{hit:#?}");
     assert_eq!(hit.content_length(), Some(8));
 
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let stale = conn.exchange("GET", "/short", &[]).await;
-    assert_eq!(
-        stale.body, b"short v1",
-        "stale-while-revalidate answers the old body"
-    );
-    assert!(
-        stale.cache_status().starts_with("tower-swr; hit; ttl=-"),
-        "{stale:#?}"
-    );
+    // Poll until the entry has gone stale (max-age=1 on real time); fresh hits call no origin.
+    let deadline = Deadline::after(secs(10), "the entry to go stale");
+    let stale = loop {
+        let raw = conn.exchange("GET", "/short", &[]).await;
+        assert_eq!(
+            raw.body, b"short v1",
+            "stale-while-revalidate answers the old body"
+        );
+        if raw.cache_status().starts_with("tower-swr; hit; ttl=-") {
+            break raw;
+        }
+        assert!(
+            raw.cache_status().starts_with("tower-swr; hit; ttl="),
+            "{raw:#?}"
+        );
+        assert_eq!(calls.get(), 1, "a fresh hit called the origin");
+        deadline.tick().await;
+    };
     assert!(
         stale.age().is_some_and(|age| (1..=3).contains(&age)),
         "{stale:#?}"
@@ -809,16 +817,14 @@ async fn age_and_cache_status_on_hits_and_stale_hits() {
     conn.assert_quiet().await;
 
     // The background refresh lands; the next answer is the new body, young again.
-    let mut fresh = None;
-    for _ in 0..50 {
+    let deadline = Deadline::after(secs(10), "the background refresh to land");
+    let fresh = loop {
         let raw = conn.exchange("GET", "/short", &[]).await;
         if raw.body == b"short v2" {
-            fresh = Some(raw);
-            break;
+            break raw;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let fresh = fresh.expect("the refresh landed");
+        deadline.tick().await;
+    };
     assert!(fresh.age().is_some_and(|age| age <= 1), "{fresh:#?}");
     assert_eq!(fresh.content_length(), Some(8));
     assert_eq!(calls.get(), 2);
@@ -1135,11 +1141,19 @@ async fn revalidated_entry_keeps_its_framing() {
     let mut conn = Conn::open(addr).await;
     let first = conn.exchange("GET", "/r", &[]).await;
     assert_eq!(first.body, b"revalidated body");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let head = conn.exchange("HEAD", "/r", &[]).await;
-    assert_eq!(head.status(), 200, "{head:#?}");
-    assert_eq!(head.content_length(), Some(16), "{head:#?}");
-    assert!(head.cache_status().contains("fwd-status=304"), "{head:#?}");
+    // Poll with HEAD until the entry (max-age=1, real time) is revalidated; every answer on the
+    // way, fresh hit or revalidated, keeps the stored length.
+    let deadline = Deadline::after(secs(10), "the entry to be revalidated");
+    loop {
+        let head = conn.exchange("HEAD", "/r", &[]).await;
+        assert_eq!(head.status(), 200, "{head:#?}");
+        assert_eq!(head.content_length(), Some(16), "{head:#?}");
+        if head.cache_status().contains("fwd-status=304") {
+            break;
+        }
+        assert_eq!(calls.get(), 1, "a fresh hit called the origin");
+        deadline.tick().await;
+    }
     conn.assert_quiet().await;
     let get = conn.exchange("GET", "/r", &[]).await;
     assert_eq!(get.content_length(), Some(16), "{get:#?}");

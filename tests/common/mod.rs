@@ -46,18 +46,28 @@ impl Calls {
     }
 }
 
+/// What the origin helpers return: a cloneable service of test requests that answers
+/// `Response<B>` (by default a [`Reply`]) or a [`BoxError`].
+pub trait OriginService<B = Full<Bytes>>:
+    Service<Request<ReqBody>, Response = Response<B>, Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<B, S> OriginService<B> for S where
+    S: Service<Request<ReqBody>, Response = Response<B>, Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// An origin built with `tower::service_fn`: `handler` gets the call's number (from 1) and the
 /// request. The returned [`Calls`] counts calls as they are made, before the handler's future
 /// runs.
-pub fn origin<B, F, Fut>(
-    handler: F,
-) -> (
-    impl Service<Request<ReqBody>, Response = Response<B>, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-)
+pub fn origin<B, F, Fut>(handler: F) -> (impl OriginService<B>, Calls)
 where
     F: Fn(usize, Request<ReqBody>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Response<B>, BoxError>> + Send + 'static,
@@ -387,16 +397,23 @@ pub fn http_date(at: SystemTime) -> String {
     httpdate::fmt_http_date(at)
 }
 
+/// An origin whose call `n` answers `v{n}` with `cache_control`; every call after the first
+/// waits for `gate` (a refresh held open).
+pub fn gated_after_first(gate: &Gate, cache_control: &'static str) -> (impl OriginService, Calls) {
+    let gate = gate.clone();
+    origin(move |n, _| {
+        let gate = gate.clone();
+        async move {
+            if n > 1 {
+                gate.wait().await;
+            }
+            Ok(reply_cc(format!("v{n}"), cache_control))
+        }
+    })
+}
+
 /// An origin answering `cache_control` on its first call and 503 afterwards.
-pub fn then_503(
-    cache_control: &'static str,
-) -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+pub fn then_503(cache_control: &'static str) -> (impl OriginService, Calls) {
     origin(move |n, _| async move {
         Ok(if n == 1 {
             respond(
@@ -443,16 +460,7 @@ impl Mode {
 }
 
 /// Body `v{n}` (with `cache_control` if any) while OK; else 503 / error / hang / panic.
-pub fn moody(
-    cache_control: Option<&'static str>,
-    mode: Mode,
-) -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+pub fn moody(cache_control: Option<&'static str>, mode: Mode) -> (impl OriginService, Calls) {
     origin(move |n, _request: Request<ReqBody>| {
         let mode = mode.clone();
         async move {
@@ -574,17 +582,7 @@ impl Body for ScriptBody {
 pub fn scripted(
     cache_control: &'static str,
     end: fn(usize) -> End,
-) -> (
-    impl Service<
-            Request<ReqBody>,
-            Response = Response<ScriptBody>,
-            Error = BoxError,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+) -> (impl OriginService<ScriptBody>, Calls) {
     origin(move |n, _| async move {
         let mut response = Response::new(ScriptBody::new(
             &["call ", ["1", "2", "3", "4", "5"][(n - 1).min(4)]],
@@ -621,16 +619,7 @@ pub fn unavailable() -> Reply {
 }
 
 /// Answers `cache_control` with body `v{n}` while `down` is off, 503 while it is on.
-pub fn switchable(
-    cache_control: &'static str,
-    down: Switch,
-) -> (
-    impl Service<Request<ReqBody>, Response = Reply, Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-    Calls,
-) {
+pub fn switchable(cache_control: &'static str, down: Switch) -> (impl OriginService, Calls) {
     origin(move |n, _| {
         let down = down.clone();
         async move {
@@ -1063,5 +1052,33 @@ where
             .expect("every answer has a CacheInfo"),
         headers: parts.headers,
         body: body.collect().await.expect("in memory").to_bytes(),
+    }
+}
+
+/// A generous limit for waiting on real time (real sockets, multi-threaded runtimes): tests poll
+/// for the condition they need and call [`Deadline::tick`] between tries instead of sleeping a
+/// fixed time before asserting.
+pub struct Deadline {
+    until: std::time::Instant,
+    what: String,
+}
+
+impl Deadline {
+    /// `what` names the condition awaited; it is the panic message when the deadline passes.
+    pub fn after(limit: Duration, what: impl Into<String>) -> Self {
+        Self {
+            until: std::time::Instant::now() + limit,
+            what: what.into(),
+        }
+    }
+
+    /// Waits 20 ms of real time before the next try; panics once the deadline has passed.
+    pub async fn tick(&self) {
+        assert!(
+            std::time::Instant::now() < self.until,
+            "timed out waiting for {}",
+            self.what
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

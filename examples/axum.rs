@@ -75,8 +75,15 @@ async fn metrics(State(admin): State<Admin>) -> String {
     admin.prometheus.render()
 }
 
+/// The counters as JSON (`Stats` is `Serialize` with the default `serde` feature).
+#[cfg(feature = "serde")]
 async fn stats(State(admin): State<Admin>) -> axum::Json<tower_swr::Stats> {
     axum::Json(admin.cache.stats())
+}
+
+#[cfg(not(feature = "serde"))]
+async fn stats(State(admin): State<Admin>) -> String {
+    format!("{:#?}\n", admin.cache.stats())
 }
 
 #[derive(Clone)]

@@ -375,14 +375,14 @@ async fn main() {
         origin.cut_bodies.load(Ordering::Relaxed),
     );
     println!(
-        "cache: fresh {}, stale {}, stale-if-error {}, misses {}, coalesced {}, refreshes {} \
+        "cache: fresh {}, stale {}, stale-if-error {}, misses {}, collapsed {}, refreshes {} \
          started / {} failed, stores {}, evictions {}, entries {}, bytes {:.1}/{:.1} MiB, loads \
          running {}, refreshes running {}",
         stats.fresh_hits,
         stats.stale_hits,
         stats.stale_if_error,
         stats.misses,
-        stats.coalesced_waits,
+        stats.collapsed,
         stats.refreshes_started,
         stats.refreshes_failed,
         stats.stores,

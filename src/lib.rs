@@ -59,7 +59,7 @@
 //!
 //! | name | type | labels |
 //! |---|---|---|
-//! | `swr_requests_total` | counter | `cache`, `status` = `hit`, `stale`, `miss`, `coalesced`, `bypass`, `stale_if_error`, `failure_hit` |
+//! | `swr_requests_total` | counter | `cache`, `status` = `hit`, `stale`, `miss`, `collapsed`, `bypass`, `stale_if_error`, `failure_hit` |
 //! | `swr_refreshes_total` | counter | `cache`, `outcome` = `started`, `succeeded`, `failed`, `timed_out`, `panicked` |
 //! | `swr_stores_total` | counter | `cache`, `result` = `stored`, `too_large` |
 //! | `swr_entries`, `swr_bytes`, `swr_refreshes_running` | gauge | `cache` |

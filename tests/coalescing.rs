@@ -107,7 +107,7 @@ async fn concurrent_cold_misses_make_one_origin_call() -> TestResult {
     assert_eq!(calls.get(), 1);
     let stats = layer.stats();
     assert_eq!(stats.misses, 1);
-    assert_eq!(stats.coalesced_waits, 99);
+    assert_eq!(stats.collapsed, 99);
     Ok(())
 }
 

@@ -258,7 +258,7 @@ async fn concurrent_cold_loads_make_one_loader_call() {
         assert_eq!(lookup.value, "loaded");
         match lookup.status {
             Status::Miss => misses += 1,
-            Status::Coalesced => coalesced += 1,
+            Status::Collapsed => coalesced += 1,
             other => panic!("unexpected status {other:?}"),
         }
     }
@@ -270,7 +270,7 @@ async fn concurrent_cold_loads_make_one_loader_call() {
     assert_eq!((misses, coalesced), (1, 99));
     let stats = cache.stats();
     assert_eq!(stats.misses, 1);
-    assert_eq!(stats.coalesced_waits, 99);
+    assert_eq!(stats.collapsed, 99);
     assert_eq!(stats.loads_running, 0);
 }
 

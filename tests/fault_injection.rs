@@ -796,7 +796,7 @@ fn report(name: &str, run: &Run, tally: &Tally) {
         stale_hits = stats.stale_hits,
         sie = stats.stale_if_error,
         misses = stats.misses,
-        coalesced = stats.coalesced_waits,
+        coalesced = stats.collapsed,
         started = stats.refreshes_started,
         failed = stats.refreshes_failed,
         timed_out = stats.refreshes_timed_out,

@@ -95,3 +95,36 @@ async fn a_zero_turns_a_feature_off_origin_timeout_included() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn ignore_origin_freshness_true_uses_the_layer_ttl_and_false_gives_the_origin_back_its_say(
+) -> TestResult {
+    let (origin, _) = origin(|_, _| async { Ok(reply_cc("v", "max-age=1000")) });
+    let ignoring = SwrLayer::new()
+        .ttl(secs(5))
+        .ignore_origin_freshness(true)
+        .layer(origin.clone());
+    let respecting = SwrLayer::new()
+        .ttl(secs(5))
+        .ignore_origin_freshness(true)
+        .ignore_origin_freshness(false)
+        .layer(origin);
+    ignoring
+        .clone()
+        .oneshot(get("http://example.com/a"))
+        .await?;
+    respecting
+        .clone()
+        .oneshot(get("http://example.com/a"))
+        .await?;
+    tokio::time::advance(secs(6)).await;
+    let ignored = ignoring.oneshot(get("http://example.com/a")).await?;
+    assert_eq!(
+        info(&ignored).status,
+        CacheStatus::Stale,
+        "the layer's 5 s, not the origin's max-age=1000"
+    );
+    let respected = respecting.oneshot(get("http://example.com/a")).await?;
+    assert_eq!(info(&respected).status, CacheStatus::Fresh);
+    Ok(())
+}

@@ -133,7 +133,7 @@ async fn stats_count_every_kind_of_answer() -> TestResult {
     assert_eq!(stats.fresh_hits, 1);
     assert_eq!(stats.stale_hits, 1);
     assert_eq!(stats.bypasses, 2);
-    assert_eq!(stats.coalesced_waits, 2);
+    assert_eq!(stats.collapsed, 2);
     assert_eq!(stats.refreshes_started, 1);
     assert_eq!(stats.refreshes_succeeded, 1);
     assert_eq!(stats.refreshes_failed, 0);
@@ -284,7 +284,7 @@ async fn metrics_facade_mirrors_the_counters() -> TestResult {
     // The stale-if-error answer is not also a miss: every request counts once.
     expect("swr_requests_total{status=miss}", 2.0);
     expect("swr_requests_total{status=bypass}", 1.0);
-    expect("swr_requests_total{status=coalesced}", 0.0);
+    expect("swr_requests_total{status=collapsed}", 0.0);
     expect("swr_requests_total{status=stale_if_error}", 1.0);
     expect("swr_refreshes_total{outcome=started}", 2.0);
     expect("swr_refreshes_total{outcome=succeeded}", 1.0);
@@ -453,7 +453,7 @@ async fn shutdown_gives_up_at_the_deadline_and_starts_no_new_refresh() -> TestRe
 }
 
 #[tokio::test(start_paused = true)]
-async fn layer_stats_count_hits_misses_and_coalesced_waits() -> TestResult {
+async fn layer_stats_count_hits_misses_and_collapsed() -> TestResult {
     let gate = Gate::new();
     let (origin, _calls) = origin({
         let gate = gate.clone();
@@ -491,7 +491,7 @@ async fn layer_stats_count_hits_misses_and_coalesced_waits() -> TestResult {
     assert_eq!(stats.misses, 2);
     assert_eq!(stats.fresh_hits, 2);
     assert_eq!(stats.stale_hits, 1);
-    assert_eq!(stats.coalesced_waits, 2);
+    assert_eq!(stats.collapsed, 2);
     assert_eq!(stats.bypasses, 0);
     assert_eq!(stats.entries, 2);
     Ok(())

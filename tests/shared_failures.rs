@@ -276,7 +276,7 @@ async fn engine_waiters_share_one_failing_load_and_the_error_is_remembered() {
     assert!(errors.iter().all(|e| **e == "db down"));
     // Every caller holds the same error, not a copy.
     assert!(errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])));
-    assert_eq!(cache.stats().coalesced_waits, 29);
+    assert_eq!(cache.stats().collapsed, 29);
 
     let remembered = cache
         .get_or_load("config".to_owned(), load(Arc::clone(&calls)))

@@ -92,8 +92,8 @@ pub enum Status {
     StaleIfError,
     /// Loaded now by this caller.
     Miss,
-    /// Loaded now by another caller this one waited for (request coalescing).
-    Coalesced,
+    /// Loaded now by another caller this one waited for (request coalescing; RFC 9211 calls it "collapsed").
+    Collapsed,
 }
 
 /// A value with what the cache knows about it (seed: `{ data, isStale, age }`).
@@ -641,8 +641,8 @@ where
                     return tokio::select! {
                         biased;
                         entry = stored_by_another(earlier) => {
-                            self.inner.counters.coalesced_waits.inc();
-                            Ok(self.lookup(&key, &entry, Status::Coalesced, Stamp::now()))
+                            self.inner.counters.collapsed.inc();
+                            Ok(self.lookup(&key, &entry, Status::Collapsed, Stamp::now()))
                         }
                         result = own => result,
                     };
@@ -667,8 +667,8 @@ where
                 }
                 Join::Waiter(waiting) => match wait(waiting).await {
                     Waited::Stored(entry) => {
-                        self.inner.counters.coalesced_waits.inc();
-                        return Ok(self.lookup(&key, &entry, Status::Coalesced, Stamp::now()));
+                        self.inner.counters.collapsed.inc();
+                        return Ok(self.lookup(&key, &entry, Status::Collapsed, Stamp::now()));
                     }
                     Waited::Failed(failure) => {
                         if let Some(lookup) =
@@ -677,7 +677,7 @@ where
                             return Ok(lookup);
                         }
                         if let Some(Ok(error)) = failure.map(|f| f.downcast::<E>()) {
-                            self.inner.counters.coalesced_waits.inc();
+                            self.inner.counters.collapsed.inc();
                             return Err(error);
                         }
                         if Instant::now() >= give_up_at {

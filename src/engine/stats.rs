@@ -122,7 +122,7 @@ pub(crate) struct Counters {
     pub(crate) fresh_hits: Counter,
     pub(crate) stale_hits: Counter,
     pub(crate) misses: Counter,
-    pub(crate) coalesced_waits: Counter,
+    pub(crate) collapsed: Counter,
     pub(crate) bypasses: Counter,
     pub(crate) stores: Counter,
     pub(crate) store_rejections: Counter,
@@ -169,7 +169,7 @@ pub struct Stats {
     /// stale entry counts in `stale_if_error` instead, so every request counts once.
     pub misses: u64,
     /// Requests that waited for another request's origin call instead of making their own.
-    pub coalesced_waits: u64,
+    pub collapsed: u64,
     /// Requests that were not eligible for caching (HTTP layer: method, `Authorization`, ...).
     pub bypasses: u64,
     /// Values stored.
@@ -220,7 +220,7 @@ impl Counters {
             fresh_hits: Counter::striped(cache, REQUESTS, ("status", "hit")),
             stale_hits: Counter::striped(cache, REQUESTS, ("status", "stale")),
             misses: request("miss"),
-            coalesced_waits: request("coalesced"),
+            collapsed: request("collapsed"),
             bypasses: request("bypass"),
             stale_if_error: request("stale_if_error"),
             failure_hits: request("failure_hit"),
@@ -240,7 +240,7 @@ impl Counters {
             fresh_hits: self.fresh_hits.get(),
             stale_hits: self.stale_hits.get(),
             misses: self.misses.get(),
-            coalesced_waits: self.coalesced_waits.get(),
+            collapsed: self.collapsed.get(),
             bypasses: self.bypasses.get(),
             stores: self.stores.get(),
             store_rejections: self.store_rejections.get(),

@@ -297,14 +297,12 @@ impl SwrLayer {
         self.changed()
     }
 
-    /// Ignore the origin's freshness (`Cache-Control` lifetimes, `Expires`) and use the layer's
-    /// [`ttl`](Self::ttl) and windows for every response. `no-store`, `private`, `Set-Cookie`
-    /// and `Authorization` rules still apply.
-    pub fn ignore_origin_freshness(mut self) -> Self {
-        self.config.policy.respect_origin = false;
-        if self.config.policy.default_ttl.is_none() {
-            self.config.policy.default_ttl = Some(DEFAULT_TTL);
-        }
+    /// With `true`, ignore the origin's freshness (`Cache-Control` lifetimes, `Expires`) and
+    /// use the layer's [`ttl`](Self::ttl) (60 s if none is set) and windows for every response.
+    /// `no-store`, `private`, `Set-Cookie` and `Authorization` rules still apply. Default
+    /// `false`: the origin's lifetimes win over the layer's defaults.
+    pub fn ignore_origin_freshness(mut self, ignore: bool) -> Self {
+        self.config.policy.respect_origin = !ignore;
         self.changed()
     }
 

@@ -317,7 +317,7 @@ where
                 },
                 Join::Waiter(waiting) => match wait(waiting).await {
                     Waited::Stored(entry) if entry.value().serves(request.headers(), facts) => {
-                        shared.engine.counters().coalesced_waits.inc();
+                        shared.engine.counters().collapsed.inc();
                         tracing::debug!(key = %key, status = "collapsed", "answered by another request's origin call");
                         return Ok(shared.respond_collapsed(&entry, ask));
                     }

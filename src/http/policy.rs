@@ -504,7 +504,7 @@ impl Policy {
             return decision(Duration::ZERO, Duration::ZERO, true);
         }
         if !self.respect_origin {
-            let ttl = self.default_ttl.unwrap_or(Duration::ZERO);
+            let ttl = self.default_ttl.unwrap_or(super::config::DEFAULT_TTL);
             return if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
                 Decision::Pass("server error")
             } else {

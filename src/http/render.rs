@@ -237,7 +237,7 @@ impl Shared {
             self.engine.counters().failure_hits.inc();
             (Member::FailureHit { error }, CacheStatus::FailureHit)
         } else {
-            self.engine.counters().coalesced_waits.inc();
+            self.engine.counters().collapsed.inc();
             (Member::FailureCollapsed { error }, CacheStatus::Collapsed)
         };
         tracing::debug!(key = %key, remembered, "answered with another origin call's failure");

@@ -980,7 +980,7 @@ pub fn requests(stats: &Stats) -> u64 {
     stats.fresh_hits
         + stats.stale_hits
         + stats.misses
-        + stats.coalesced_waits
+        + stats.collapsed
         + stats.bypasses
         + stats.stale_if_error
 }

@@ -68,13 +68,13 @@ fn owned<B>(mut request: Request<B>) -> Request<B> {
 fn stats_text(prefix: &str, layer: &SwrLayer) -> String {
     let stats = layer.stats();
     format!(
-        "{prefix}entries {}\n{prefix}bytes {}\n{prefix}fresh_hits {}\n{prefix}stale_hits {}\n{prefix}misses {}\n{prefix}coalesced_waits {}\n{prefix}refreshes_started {}\n",
+        "{prefix}entries {}\n{prefix}bytes {}\n{prefix}fresh_hits {}\n{prefix}stale_hits {}\n{prefix}misses {}\n{prefix}collapsed {}\n{prefix}refreshes_started {}\n",
         stats.entries,
         stats.bytes,
         stats.fresh_hits,
         stats.stale_hits,
         stats.misses,
-        stats.coalesced_waits,
+        stats.collapsed,
         stats.refreshes_started,
     )
 }

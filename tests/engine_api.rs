@@ -691,3 +691,51 @@ async fn the_engine_counts_a_panicking_load() -> TestResult {
     assert_eq!(stats.misses + stats.stale_if_error, 1, "{stats:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn lifetime_gives_the_wall_clock_deadlines_of_what_is_stored() {
+    let cache: SwrCache<&'static str, u32> = SwrCache::builder().build();
+    assert!(cache.lifetime("k").is_none());
+    let before = std::time::SystemTime::now();
+    let freshness = Freshness::new(Duration::from_secs(60))
+        .with_stale_while_revalidate(Duration::from_secs(30))
+        .with_stale_if_error(Duration::from_secs(600));
+    cache.insert("k", 1, freshness);
+    let lifetime = cache.lifetime("k").expect("stored");
+    let after = std::time::SystemTime::now();
+    assert!(lifetime.stored_at >= before - Duration::from_millis(5) && lifetime.stored_at <= after);
+    let span = |until: std::time::SystemTime| until.duration_since(lifetime.stored_at).unwrap();
+    assert!(
+        span(lifetime.fresh_until).abs_diff(Duration::from_secs(60)) < Duration::from_millis(5)
+    );
+    assert!(
+        span(lifetime.stale_until).abs_diff(Duration::from_secs(90)) < Duration::from_millis(5)
+    );
+    assert!(
+        span(lifetime.error_until).abs_diff(Duration::from_secs(660)) < Duration::from_millis(5)
+    );
+    assert_eq!(lifetime.last_deadline(), lifetime.error_until);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_inserted_with_another_caches_lifetime_keeps_its_deadlines() {
+    let first: SwrCache<&'static str, u32> = SwrCache::builder().build();
+    let freshness = Freshness::new(Duration::from_secs(10))
+        .with_stale_while_revalidate(Duration::from_secs(20));
+    first.insert("k", 7, freshness);
+    advance(Duration::from_secs(4)).await;
+    let second: SwrCache<&'static str, u32> = SwrCache::builder().build();
+    assert!(second.insert_with_lifetime("k", 7, first.lifetime("k").unwrap()));
+    let got = second.get("k").unwrap();
+    assert_eq!((got.value, got.status), (7, Status::Fresh));
+    assert!(got.age >= Duration::from_secs(4), "age kept: {:?}", got.age);
+    advance(Duration::from_secs(7)).await;
+    assert_eq!(second.get("k").unwrap().status, Status::Stale);
+    // Past every deadline: nothing to store.
+    let mut dead = first.lifetime("k").unwrap();
+    dead.stale_until = dead.stored_at;
+    dead.fresh_until = dead.stored_at;
+    dead.error_until = dead.stored_at;
+    dead.retain_until = dead.stored_at;
+    assert!(!second.insert_with_lifetime("d", 1, dead));
+}

@@ -54,6 +54,11 @@ impl Stamp {
         Self(self.0.saturating_add(nanos(after)))
     }
 
+    /// This stamp `before` earlier, saturating.
+    pub(crate) fn before(self, before: Duration) -> Self {
+        Self(self.0.saturating_sub(nanos(before)))
+    }
+
     /// The time from `earlier` to this stamp; zero when `earlier` is later.
     pub(crate) fn since(self, earlier: Self) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))

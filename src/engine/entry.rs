@@ -1,7 +1,7 @@
 //! One stored value and the deadlines that decide how it may be used.
 
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -97,6 +97,73 @@ impl<V> Loaded<V> {
     pub fn with_retention(mut self, duration: Duration) -> Self {
         self.retain_for = duration;
         self
+    }
+}
+
+/// An entry's times on the wall clock, as they cross the storage seam: a monotonic instant
+/// means nothing to another process (a shared tier) or after a restart, a wall-clock time does.
+///
+/// Deadlines are absolute; [`SwrCache`](super::SwrCache) keeps its own monotonic copy of
+/// them for the hot path and converts at the seam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lifetime {
+    /// When the value was stored.
+    pub stored_at: SystemTime,
+    /// How old the value already was when stored (an HTTP response's `Age`).
+    pub initial_age: Duration,
+    /// Fresh before this.
+    pub fresh_until: SystemTime,
+    /// Served stale while one refresh runs before this.
+    pub stale_until: SystemTime,
+    /// May stand in for a failing loader before this.
+    pub error_until: SystemTime,
+    /// Kept (for revalidation) before this, though no window allows serving it.
+    pub retain_until: SystemTime,
+    /// How long producing the value took.
+    pub load_time: Duration,
+}
+
+impl Lifetime {
+    /// The last time at which the value is of any use.
+    pub fn last_deadline(&self) -> SystemTime {
+        self.stale_until
+            .max(self.error_until)
+            .max(self.retain_until)
+    }
+}
+
+/// Converts between the monotonic [`Stamp`] scale and the wall clock, from one reading of each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WallClock {
+    stamp: Stamp,
+    wall: SystemTime,
+}
+
+impl WallClock {
+    pub(crate) fn now() -> Self {
+        Self {
+            stamp: Stamp::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    pub(crate) fn wall(&self, at: Stamp) -> SystemTime {
+        if at >= self.stamp {
+            self.wall
+                .checked_add(at.since(self.stamp))
+                .unwrap_or(self.wall + FOREVER)
+        } else {
+            self.wall
+                .checked_sub(self.stamp.since(at))
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }
+    }
+
+    pub(crate) fn stamp(&self, at: SystemTime) -> Stamp {
+        match at.duration_since(self.wall) {
+            Ok(ahead) => self.stamp.after(ahead.min(FOREVER)),
+            Err(behind) => self.stamp.before(behind.duration()),
+        }
     }
 }
 
@@ -219,6 +286,40 @@ impl<V> Entry<V> {
         self.fresh_until
     }
 
+    /// Its times on the wall clock (see [`Lifetime`]).
+    pub(crate) fn lifetime(&self, clock: &WallClock) -> Lifetime {
+        Lifetime {
+            stored_at: clock.wall(self.stored_at),
+            initial_age: self.initial_age,
+            fresh_until: clock.wall(self.fresh_until),
+            stale_until: clock.wall(self.stale_until),
+            error_until: clock.wall(self.error_until),
+            retain_until: clock.wall(self.retain_until),
+            load_time: self.load_time,
+        }
+    }
+
+    /// An entry rebuilt from its value and wall-clock times (e.g. read from a shared tier).
+    pub(crate) fn from_lifetime(
+        value: V,
+        lifetime: &Lifetime,
+        clock: &WallClock,
+        weight: u64,
+    ) -> Self {
+        Self {
+            value,
+            stored_at: clock.stamp(lifetime.stored_at),
+            initial_age: lifetime.initial_age,
+            fresh_until: clock.stamp(lifetime.fresh_until),
+            stale_until: clock.stamp(lifetime.stale_until),
+            error_until: clock.stamp(lifetime.error_until),
+            retain_until: clock.stamp(lifetime.retain_until),
+            load_time: lifetime.load_time,
+            weight,
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
     /// The last instant at which the entry is of any use.
     pub(crate) fn last_deadline(&self) -> Stamp {
         self.stale_until
@@ -236,5 +337,37 @@ impl<V> Entry<V> {
         } else {
             Phase::Dead
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_crosses_the_wall_clock_seam_and_comes_back_with_its_deadlines() {
+        let freshness = Freshness::new(Duration::from_secs(10))
+            .with_stale_while_revalidate(Duration::from_secs(20))
+            .with_stale_if_error(Duration::from_secs(300));
+        let loaded = Loaded::new("v", freshness).with_initial_age(Duration::from_secs(3));
+        let entry = Entry::new(loaded, Stamp::now(), 1);
+        let clock = WallClock::now();
+        let lifetime = entry.lifetime(&clock);
+        assert_eq!(
+            lifetime.fresh_until.duration_since(lifetime.stored_at).ok(),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(lifetime.last_deadline(), lifetime.error_until);
+
+        tokio::time::advance(Duration::from_secs(8)).await;
+        // Another process reading it later: its own clock pair, the same wall-clock deadlines.
+        let later = WallClock {
+            stamp: Stamp::now(),
+            wall: clock.wall + Duration::from_secs(8),
+        };
+        let back = Entry::from_lifetime("v", &lifetime, &later, 1);
+        assert_eq!(back.phase(Stamp::now()), Phase::Stale);
+        assert_eq!(back.age_at(Stamp::now()), Duration::from_secs(11));
+        assert_eq!(back.lifetime(&later), lifetime);
     }
 }

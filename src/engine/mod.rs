@@ -65,8 +65,8 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use self::clock::Stamp;
-pub(crate) use self::entry::Entry;
-pub use self::entry::{Freshness, Loaded};
+pub(crate) use self::entry::{Entry, WallClock};
+pub use self::entry::{Freshness, Lifetime, Loaded};
 pub use self::stats::Stats;
 
 pub(crate) use self::entry::Phase;
@@ -405,6 +405,18 @@ where
         })
     }
 
+    /// The wall-clock times of `key`'s entry (when it was stored, until when it is fresh,
+    /// servable stale, usable on error), as the storage seam carries them; `None` if nothing
+    /// usable is stored.
+    pub fn lifetime<Q>(&self, key: &Q) -> Option<Lifetime>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let entry = self.inner.store.get(key)?;
+        (entry.phase(Stamp::now()) != Phase::Dead).then(|| entry.lifetime(&WallClock::now()))
+    }
+
     /// Stores `value`, fresh for `freshness`, replacing what was there. Returns whether it was
     /// stored (it is not when heavier than the largest storable entry; the old value then stays).
     ///
@@ -415,6 +427,25 @@ where
         };
         self.inner.flights.fence(&key);
         self.insert_entry(key, &entry);
+        true
+    }
+
+    /// Stores `value` with wall-clock times from elsewhere (another instance, a snapshot, a
+    /// shared tier; see [`lifetime`](Self::lifetime)), replacing what was there. Returns whether
+    /// it was stored: not when heavier than the largest storable entry, nor when every deadline
+    /// has passed. Like [`insert`](Self::insert), it fences the loads of `key` under way.
+    pub fn insert_with_lifetime(&self, key: K, value: V, lifetime: Lifetime) -> bool {
+        let weight = (self.inner.weigher)(&key, &value).saturating_add(store::ENTRY_OVERHEAD);
+        if weight > self.inner.max_entry_weight {
+            self.inner.counters.store_rejections.inc();
+            return false;
+        }
+        let entry = Entry::from_lifetime(value, &lifetime, &WallClock::now(), weight);
+        if entry.phase(Stamp::now()) == Phase::Dead {
+            return false;
+        }
+        self.inner.flights.fence(&key);
+        self.insert_entry(key, &Arc::new(entry));
         true
     }
 

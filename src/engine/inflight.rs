@@ -100,12 +100,7 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
     }
 
     /// Claims the refresh of `key`, unless one is running, the key is backing off, the breaker
-    /// is open, or refreshes are shut down.
-    pub(crate) fn try_claim(self: &Arc<Self>, key: &K, now: Instant) -> Option<RefreshGuard<K>> {
-        self.claim(key, now).ok()
-    }
-
-    /// Like [`try_claim`](Self::try_claim), telling on refusal whether a refresh of the key is
+    /// is open, or refreshes are shut down; on refusal, tells whether a refresh of the key is
     /// running (one lock for a stale hit, not two).
     pub(crate) fn claim(self: &Arc<Self>, key: &K, now: Instant) -> Result<RefreshGuard<K>, bool> {
         let mut book = lock(&self.book);

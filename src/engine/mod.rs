@@ -46,6 +46,7 @@
 mod clock;
 mod entry;
 mod inflight;
+mod load;
 mod stats;
 mod store;
 
@@ -53,6 +54,7 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,11 +71,10 @@ pub(crate) use self::entry::{Entry, WallClock};
 pub use self::entry::{Freshness, Lifetime, Loaded};
 pub use self::stats::Stats;
 
-pub(crate) use self::entry::Phase;
-pub(crate) use self::inflight::{
-    stored_by_another, wait, Failure, FlightLeader, Join, Landing, RefreshGuard, Waited,
-};
-use self::inflight::{Backoff, Breaker, Flights, Refreshes};
+use self::entry::Phase;
+pub(crate) use self::inflight::Failure;
+use self::inflight::{Backoff, Breaker, FlightLeader, Flights, Join, RefreshGuard, Refreshes};
+pub(crate) use self::load::{Accept, Answered, Caller, Found, Outcome};
 use self::stats::Counters;
 use self::store::{CountEvictions, Store};
 
@@ -361,7 +362,7 @@ impl<K: Hash + Eq, V> fmt::Debug for SwrCache<K, V> {
 pub(crate) const DEFAULT_REMEMBER_FAILURES: Duration = Duration::from_secs(1);
 
 /// Why a background refresh failed, for the log.
-pub(crate) type RefreshFailure = String;
+type RefreshFailure = String;
 
 impl<K, V> SwrCache<K, V>
 where
@@ -422,9 +423,10 @@ where
     ///
     /// A load of `key` under way when this is called stores nothing: the inserted value wins.
     pub fn insert(&self, key: K, value: V, freshness: Freshness) -> bool {
-        let Some(entry) = self.new_entry(&key, Loaded::new(value, freshness)) else {
+        let (entry, fits) = self.entry_for(&key, Loaded::new(value, freshness));
+        if !fits {
             return false;
-        };
+        }
         self.inner.flights.fence(&key);
         self.insert_entry(key, &entry);
         true
@@ -619,262 +621,55 @@ where
     /// assert_eq!((got.status, got.value), (Status::Miss, 42));
     /// # }
     /// ```
-    pub async fn get_or_load<F, Fut, E>(&self, key: K, load: F) -> Result<Lookup<V>, Arc<E>>
-    where
-        K: fmt::Debug,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
-        E: fmt::Display + Send + Sync + 'static,
-    {
-        let now = Stamp::now();
-        let existing = self.entry(&key, now);
-        if let Some(entry) = &existing {
-            match entry.phase(now) {
-                Phase::Fresh => {
-                    self.inner.counters.fresh_hits.inc();
-                    if self.wants_early_refresh(entry, now) {
-                        self.refresh_with(&key, now, load);
-                    }
-                    return Ok(self.lookup(&key, entry, Status::Fresh, now));
-                }
-                Phase::Stale => {
-                    self.inner.counters.stale_hits.inc();
-                    self.alert_if_old(&key, entry, now);
-                    self.refresh_with(&key, now, load);
-                    return Ok(self.lookup(&key, entry, Status::Stale, now));
-                }
-                Phase::Expired | Phase::Dead => {}
-            }
-        }
-
-        let mut load = Some(load);
-        let mut timed_out = false;
-        // Loads that keep failing hand nothing to their waiters: past this, a waiter that is
-        // told so loads on its own rather than queue for the next leader.
-        let give_up_at = Instant::now() + self.inner.lock_timeout;
-        loop {
-            let join = if timed_out {
-                self.rejoin(&key)
-            } else {
-                self.join(&key)
-            };
-            timed_out = false;
-            match join {
-                Join::Leader(leader) => {
-                    let load = load.take().expect("a caller leads at most once");
-                    return self.load_now(key, load, existing, Some(leader)).await;
-                }
-                Join::Backup(leader, earlier) => {
-                    // One more attempt after the lock timeout, but an earlier attempt's value
-                    // is taken if it comes first (the own load is then dropped).
-                    let load = load.take().expect("a caller leads at most once");
-                    let own = self.load_now(key.clone(), load, existing, Some(leader));
-                    return tokio::select! {
-                        biased;
-                        entry = stored_by_another(earlier) => {
-                            self.inner.counters.collapsed.inc();
-                            Ok(self.lookup(&key, &entry, Status::Collapsed, Stamp::now()))
-                        }
-                        result = own => result,
-                    };
-                }
-                Join::Failed(failure) => {
-                    if let Some(lookup) =
-                        self.stale_on_error(&key, existing.as_ref(), &"a load failed a moment ago")
-                    {
-                        return Ok(lookup);
-                    }
-                    match failure.downcast::<E>() {
-                        Ok(error) => {
-                            self.inner.counters.failure_hits.inc();
-                            return Err(error);
-                        }
-                        // Another caller's loader failed with another error type: load alone.
-                        Err(_) => {
-                            let load = load.take().expect("a caller loads at most once");
-                            return self.load_now(key, load, existing, None).await;
-                        }
-                    }
-                }
-                Join::Waiter(waiting) => match wait(waiting).await {
-                    Waited::Stored(entry) => {
-                        self.inner.counters.collapsed.inc();
-                        return Ok(self.lookup(&key, &entry, Status::Collapsed, Stamp::now()));
-                    }
-                    Waited::Failed(failure) => {
-                        if let Some(lookup) =
-                            self.stale_on_error(&key, existing.as_ref(), &"the loader failed")
-                        {
-                            return Ok(lookup);
-                        }
-                        if let Some(Ok(error)) = failure.map(|f| f.downcast::<E>()) {
-                            self.inner.counters.collapsed.inc();
-                            return Err(error);
-                        }
-                        if Instant::now() >= give_up_at {
-                            let load = load.take().expect("a caller loads at most once");
-                            return self.load_now(key, load, existing, None).await;
-                        }
-                    }
-                    Waited::NotStored => {
-                        // Load alone, outside the flight.
-                        let load = load.take().expect("a caller loads at most once");
-                        return self.load_now(key, load, existing, None).await;
-                    }
-                    // The load is slower than the lock timeout: one waiter starts another.
-                    Waited::TimedOut => timed_out = true,
-                    // Compete again: one of the waiters becomes the leader.
-                    Waited::Abandoned => {}
-                },
-            }
-        }
-    }
-
-    /// Starts the one background refresh of `key` with `load`, unless one is running, the key
-    /// backs off, or a foreground load is under way. The refresh leads the key's flight, so a
-    /// miss arriving meanwhile waits for it instead of loading again.
-    fn refresh_with<F, Fut, E>(&self, key: &K, now: Stamp, load: F)
-    where
-        K: fmt::Debug,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
-        E: fmt::Display + Send + Sync + 'static,
-    {
-        let Some(guard) = self.claim_refresh(key, now) else {
-            return;
-        };
-        let flight = match self.join(key) {
-            Join::Leader(flight) => flight,
-            Join::Waiter(_) | Join::Backup(..) | Join::Failed(_) => {
-                guard.cancel();
-                return;
-            }
-        };
-        let cache = self.clone();
-        let refresh_key = key.clone();
-        self.spawn_refresh(key, guard, async move {
-            let started = Instant::now();
-            let loaded = match load().await {
-                Ok(loaded) => loaded,
-                Err(error) => {
-                    let reason = error.to_string();
-                    flight.land(Landing::Failed {
-                        failure: Some(Arc::new(error)),
-                        remember: true,
-                    });
-                    return Err(reason);
-                }
-            };
-            let loaded = loaded.with_load_time(started.elapsed());
-            match cache.store_loaded(refresh_key, loaded, Some(&flight), 0) {
-                Some(entry) => {
-                    flight.land(Landing::Stored(entry));
-                    Ok(())
-                }
-                None => {
-                    flight.land(Landing::NotStored);
-                    // Keep the stale value rather than lose it to one we cannot hold.
-                    Err("value heavier than the largest entry".to_owned())
-                }
-            }
-        });
-    }
-
-    /// Calls the loader in the foreground, stores its value and tells the flight (if leading);
-    /// on failure, the old value if it may stand in (stale-if-error), else the error.
-    async fn load_now<F, Fut, E>(
+    // A named `Send` future rather than `async fn`: its `Send` is proven here, once, where the
+    // compiler can, rather than at each caller (which fails for borrowed values, rust#110338).
+    #[allow(clippy::manual_async_fn)]
+    pub fn get_or_load<F, Fut, E>(
         &self,
         key: K,
         load: F,
-        existing: Option<Arc<Entry<V>>>,
-        leader: Option<inflight::FlightLeader<K, V>>,
-    ) -> Result<Lookup<V>, Arc<E>>
+    ) -> impl Future<Output = Result<Lookup<V>, Arc<E>>> + Send + '_
     where
         K: fmt::Debug,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Loaded<V>, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: fmt::Display + Send + Sync + 'static,
     {
-        // One counter per request: a miss, unless a stale value may stand in for a failing
-        // loader; then it is counted with the outcome (a miss or a stale-if-error answer).
-        let miss_counted = existing
-            .as_ref()
-            .is_none_or(|e| !e.usable_on_error_at(Stamp::now()));
-        if miss_counted {
-            self.inner.counters.misses.inc();
-        }
-        // A load outside any flight is fenced by any invalidation after this.
-        let epoch = self.inner.flights.epoch();
-        let started = Instant::now();
-        match load().await.map(|l| l.with_load_time(started.elapsed())) {
-            Ok(loaded) => {
-                if !miss_counted {
-                    self.inner.counters.misses.inc();
-                }
-                let value = loaded.value.clone();
-                let stored = self.store_loaded(key.clone(), loaded, leader.as_ref(), epoch);
-                let now = Stamp::now();
-                let lookup = match &stored {
-                    Some(entry) => self.lookup(&key, entry, Status::Miss, now),
-                    None => Lookup {
-                        value,
-                        status: Status::Miss,
-                        age: Duration::ZERO,
-                        stored_at: now.instant(),
-                        refreshing: false,
-                    },
-                };
-                if let Some(leader) = leader {
-                    leader.land(stored.map_or(Landing::NotStored, Landing::Stored));
-                }
-                Ok(lookup)
-            }
-            Err(error) => {
-                let error = Arc::new(error);
-                if let Some(leader) = leader {
-                    leader.land(Landing::Failed {
-                        failure: Some(Arc::clone(&error) as Failure),
-                        remember: true,
-                    });
-                }
-                match self.stale_on_error(&key, existing.as_ref(), &error) {
-                    Some(lookup) => Ok(lookup),
-                    None => {
-                        if !miss_counted {
-                            self.inner.counters.misses.inc();
-                        }
-                        Err(error)
-                    }
-                }
-            }
-        }
+        async move { self.lookup_or_load(key, load).await }
     }
 
-    fn lookup(&self, key: &K, entry: &Entry<V>, status: Status, now: Stamp) -> Lookup<V> {
-        Lookup {
-            value: entry.value().clone(),
-            status,
-            age: entry.age_at(now),
-            stored_at: entry.stored_at(),
-            refreshing: status == Status::Stale && self.inner.refreshes.is_running(key),
-        }
-    }
-
-    fn stale_on_error<E: fmt::Display>(
-        &self,
-        key: &K,
-        existing: Option<&Arc<Entry<V>>>,
-        error: &E,
-    ) -> Option<Lookup<V>>
+    async fn lookup_or_load<F, Fut, E>(&self, key: K, load: F) -> Result<Lookup<V>, Arc<E>>
     where
         K: fmt::Debug,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+        E: fmt::Display + Send + Sync + 'static,
     {
         let now = Stamp::now();
-        let entry = existing.filter(|e| e.usable_on_error_at(now))?;
-        self.inner.counters.stale_if_error.inc();
-        tracing::warn!(key = ?key, age_secs = entry.age_at(now).as_secs(), error = %error,
-            "serving stale value: the loader failed");
-        Some(self.lookup(key, entry, Status::StaleIfError, now))
+        match self.find(&key, now, |_| true) {
+            Found::Fresh {
+                entry,
+                refresh_early,
+            } => {
+                if refresh_early {
+                    self.refresh(&key, &entry, now, || outcome_of(key.clone(), load()));
+                }
+                Ok(lookup_of(&entry, Status::Fresh, false, now))
+            }
+            Found::Stale(entry) => {
+                let refreshing =
+                    self.refresh(&key, &entry, now, || outcome_of(key.clone(), load()));
+                Ok(lookup_of(&entry, Status::Stale, refreshing, now))
+            }
+            Found::Miss { expired } => {
+                let caller = LoaderCaller {
+                    load: Some(load),
+                    error: PhantomData,
+                };
+                self.load_with(key, expired, caller).await
+            }
+            Found::Refused(_) => unreachable!("every value is accepted"),
+        }
     }
 
     // ---- building blocks shared with the HTTP adapter ----
@@ -911,19 +706,19 @@ where
         self.inner.store.remove(key).is_some()
     }
 
-    /// The entry a loaded value becomes; `None` when it is too heavy to store.
-    fn new_entry(&self, key: &K, loaded: Loaded<V>) -> Option<Arc<Entry<V>>> {
+    /// The entry a loaded value becomes, and whether it is light enough to store.
+    fn entry_for(&self, key: &K, loaded: Loaded<V>) -> (Arc<Entry<V>>, bool) {
         let weight = (self.inner.weigher)(key, &loaded.value).saturating_add(store::ENTRY_OVERHEAD);
-        if weight > self.inner.max_entry_weight {
+        let fits = weight <= self.inner.max_entry_weight;
+        if !fits {
             self.inner.counters.store_rejections.inc();
-            return None;
         }
         let mut loaded = loaded;
         if self.inner.ttl_jitter > 0.0 {
             let spread = (fastrand::f64() * 2.0 - 1.0) * self.inner.ttl_jitter;
             loaded.freshness.ttl = loaded.freshness.ttl.mul_f64(1.0 + spread);
         }
-        Some(Arc::new(Entry::new(loaded, Stamp::now(), weight)))
+        (Arc::new(Entry::new(loaded, Stamp::now(), weight)), fits)
     }
 
     fn insert_entry(&self, key: K, entry: &Arc<Entry<V>>) {
@@ -938,39 +733,29 @@ where
         );
     }
 
-    /// Stores what a load produced, unless an invalidation fenced the load since it began:
-    /// the load's flight (`leader`) was fenced, or, for a load outside any flight, any fence
-    /// went up since `epoch` ([`fence_epoch`](Self::fence_epoch)). Returns the entry either way
-    /// (the load's own callers may still be answered from it); `None` when it is too heavy to
-    /// store (the old entry is kept).
-    pub(crate) fn store_loaded(
+    /// Stores a loaded entry unless an invalidation fenced its load since it began: the load's
+    /// flight (`leader`) was fenced, or, for a load outside any flight, any fence went up
+    /// since `epoch`. Returns whether it was stored.
+    fn store_fenced(
         &self,
         key: K,
-        loaded: Loaded<V>,
+        entry: &Arc<Entry<V>>,
         leader: Option<&FlightLeader<K, V>>,
         epoch: u64,
-    ) -> Option<Arc<Entry<V>>> {
-        let entry = self.new_entry(&key, loaded)?;
+    ) -> bool {
         let stored = match leader {
-            Some(leader) => leader.store_if_current(|| self.insert_entry(key, &entry)),
-            None => {
-                (self.inner.flights).store_if_unfenced(epoch, || self.insert_entry(key, &entry))
-            }
+            Some(leader) => leader.store_if_current(|| self.insert_entry(key, entry)),
+            None => (self.inner.flights).store_if_unfenced(epoch, || self.insert_entry(key, entry)),
         };
         if stored.is_none() {
             tracing::debug!("an invalidation came after this load began: not stored");
         }
-        Some(entry)
-    }
-
-    /// The fence a load outside any flight passes to [`store_loaded`](Self::store_loaded).
-    pub(crate) fn fence_epoch(&self) -> u64 {
-        self.inner.flights.epoch()
+        stored.is_some()
     }
 
     /// XFetch: whether a fresh hit should start the refresh now (`-load_time·β·ln(U) ≥ time
     /// left`).
-    pub(crate) fn wants_early_refresh(&self, entry: &Entry<V>, now: Stamp) -> bool {
+    fn wants_early_refresh(&self, entry: &Entry<V>, now: Stamp) -> bool {
         let Some(beta) = self.inner.early_refresh_beta else {
             return false;
         };
@@ -981,7 +766,7 @@ where
     }
 
     /// Warns when a value served stale is older than the configured alert age.
-    pub(crate) fn alert_if_old(&self, key: &dyn fmt::Debug, entry: &Entry<V>, now: Stamp) {
+    fn alert_if_old<Q: fmt::Debug + ?Sized>(&self, key: &Q, entry: &Entry<V>, now: Stamp) {
         if let Some(limit) = self.inner.stale_alert_age {
             let age = entry.age_at(now);
             if age > limit {
@@ -995,36 +780,23 @@ where
         }
     }
 
-    /// Claims the refresh of `key`; on refusal, says whether one is running.
-    pub(crate) fn try_claim_refresh(&self, key: &K, now: Stamp) -> Result<RefreshGuard<K>, bool> {
-        self.inner.refreshes.claim(key, now.instant())
-    }
-
-    pub(crate) fn claim_refresh(&self, key: &K, now: Stamp) -> Option<RefreshGuard<K>> {
-        self.inner.refreshes.try_claim(key, now.instant())
-    }
-
-    pub(crate) fn join(&self, key: &K) -> Join<K, V> {
+    fn join(&self, key: &K) -> Join<K, V> {
         self.inner.flights.join(key, self.inner.lock_timeout)
     }
 
-    /// How long a caller waits for another caller's load before it may start one itself.
-    pub(crate) fn lock_timeout(&self) -> Duration {
-        self.inner.lock_timeout
-    }
-
     /// Joins again after a wait reached the lock timeout (see [`inflight::Flights::rejoin`]).
-    pub(crate) fn rejoin(&self, key: &K) -> Join<K, V> {
+    fn rejoin(&self, key: &K) -> Join<K, V> {
         self.inner.flights.rejoin(key, self.inner.lock_timeout)
     }
 
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.inner.counters
+    /// Counts a request that was not eligible for caching (an adapter's bypass).
+    pub(crate) fn count_bypass(&self) {
+        self.inner.counters.bypasses.inc();
     }
 
     /// Runs `refresh` in a detached task with the refresh timeout; the guard is released however
     /// the task ends, and a failure starts the key's backoff.
-    pub(crate) fn spawn_refresh<Fut>(&self, key: &K, guard: RefreshGuard<K>, refresh: Fut)
+    fn spawn_refresh<Fut>(&self, key: &K, guard: RefreshGuard<K>, refresh: Fut)
     where
         K: fmt::Debug,
         Fut: Future<Output = Result<(), RefreshFailure>> + Send + 'static,
@@ -1069,6 +841,127 @@ where
             }
             guard.finish(failed);
         }, &runtime);
+    }
+}
+
+/// A `Lookup` of an entry.
+fn lookup_of<V: Clone>(
+    entry: &Entry<V>,
+    status: Status,
+    refreshing: bool,
+    now: Stamp,
+) -> Lookup<V> {
+    Lookup {
+        value: entry.value().clone(),
+        status,
+        age: entry.age_at(now),
+        stored_at: entry.stored_at(),
+        refreshing,
+    }
+}
+
+pin_project! {
+    /// Runs a loader of [`SwrCache::get_or_load`] and says how it went: its value to store,
+    /// or its error, shared as an `Arc` with whoever waited. (A named future, not an `async`
+    /// block: a boxed one would need `V: 'static`, which borrowed values cannot promise.)
+    struct OutcomeOf<K, Fut> {
+        key: Option<K>,
+        started: Instant,
+        #[pin]
+        load: Fut,
+    }
+}
+
+fn outcome_of<K, Fut>(key: K, load: Fut) -> OutcomeOf<K, Fut> {
+    OutcomeOf {
+        key: Some(key),
+        started: Instant::now(),
+        load,
+    }
+}
+
+impl<K, V, E, Fut> Future for OutcomeOf<K, Fut>
+where
+    Fut: Future<Output = Result<Loaded<V>, E>>,
+    E: fmt::Display + Send + Sync + 'static,
+{
+    type Output = Outcome<K, V, Result<Lookup<V>, Arc<E>>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.load.poll(cx));
+        let key = this.key.take().expect("polled after it finished");
+        Poll::Ready(match result {
+            Ok(loaded) => Outcome::Store {
+                key,
+                loaded: loaded.with_load_time(this.started.elapsed()),
+                revalidated: false,
+            },
+            Err(error) => {
+                let error = Arc::new(error);
+                Outcome::Failed {
+                    reason: error.to_string(),
+                    shared: Some(Arc::clone(&error) as Failure),
+                    remember: true,
+                    answer: Err(error),
+                }
+            }
+        })
+    }
+}
+
+/// [`SwrCache::get_or_load`]'s side of a foreground load: a closure, answered with `Lookup`s.
+struct LoaderCaller<F, E> {
+    load: Option<F>,
+    error: PhantomData<fn() -> E>,
+}
+
+impl<K, V, F, Fut, E> Caller<K, V> for LoaderCaller<F, E>
+where
+    K: Clone + fmt::Debug,
+    V: Clone,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Loaded<V>, E>>,
+    E: fmt::Display + Send + Sync + 'static,
+{
+    type Answer = Result<Lookup<V>, Arc<E>>;
+    type Load = OutcomeOf<K, Fut>;
+
+    fn answer(&mut self, key: &K, entry: &Arc<Entry<V>>, how: Answered<'_>) -> Self::Answer {
+        let now = Stamp::now();
+        let status = match how {
+            Answered::Loaded { .. } => Status::Miss,
+            Answered::Collapsed => Status::Collapsed,
+            Answered::StaleIfError { failure } => {
+                let error = failure.and_then(|f| f.downcast_ref::<E>());
+                let error = error.map(|e| tracing::field::display(e as &dyn fmt::Display));
+                tracing::warn!(key = ?key, age_secs = entry.age_at(now).as_secs(), error,
+                    "serving stale value: the loader failed");
+                Status::StaleIfError
+            }
+        };
+        Ok(lookup_of(entry, status, false, now))
+    }
+
+    fn answer_failure(
+        &mut self,
+        _key: &K,
+        failure: &Failure,
+        _remembered: bool,
+    ) -> Option<Self::Answer> {
+        // Another caller's loader may fail with another error type: then this one loads.
+        Arc::clone(failure).downcast::<E>().ok().map(Err)
+    }
+
+    fn load(
+        &mut self,
+        key: &K,
+        _existing: Option<&Arc<Entry<V>>>,
+        _fallback: bool,
+        _leading: bool,
+    ) -> Self::Load {
+        let load = self.load.take().expect("a caller loads at most once");
+        outcome_of(key.clone(), load())
     }
 }
 

@@ -17,7 +17,7 @@ use super::origin::RequestTemplate;
 use super::policy::{failure_is_shareable, Decision, RequestFacts, NEVER_USABLE};
 use super::status::{reserve_slots, without_slots};
 use super::stored::{storable_headers, CachedResponse, Credentials};
-use crate::engine::{Entry, FlightLeader, Loaded};
+use crate::engine::{Entry, Loaded};
 
 /// What [`Shared::judge`] said of a response.
 pub(crate) struct Verdict {
@@ -27,20 +27,19 @@ pub(crate) struct Verdict {
     pub(crate) credentials: Option<Box<Credentials>>,
 }
 
-/// What a store must pass to be kept: the flight it leads, else the fence epoch it began in
-/// (see [`SwrCache::store_loaded`]).
-#[derive(Clone, Copy)]
-pub(crate) struct Fence<'a> {
-    pub(crate) leader: Option<&'a FlightLeader<CacheKey, CachedResponse>>,
-    pub(crate) epoch: u64,
-}
-
 /// A response that was not stored, and why.
 pub(crate) type NotStored = Box<(CachedResponse, &'static str)>;
 
 /// What became of an origin response.
+// Made and taken apart once per origin answer: boxing the large variant would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Admission<B: Body> {
-    Stored(Arc<Entry<CachedResponse>>),
+    /// To be stored under `key` (the request's key, or its variant's).
+    Store {
+        key: CacheKey,
+        loaded: Loaded<CachedResponse>,
+    },
     /// A failure the policy forbids storing, kept whole for the requests that waited and
     /// for a moment for later ones.
     Failure {
@@ -123,8 +122,8 @@ impl Shared {
         }
     }
 
-    /// Stores a response whose body is already in memory, given what [`judge`](Self::judge)
-    /// said of it.
+    /// The entry-to-be of a response whose body is already in memory, given what
+    /// [`judge`](Self::judge) said of it, and the key it is stored under. The engine stores it.
     pub(crate) fn admit_buffered(
         &self,
         key: CacheKey,
@@ -136,8 +135,7 @@ impl Shared {
         (parts, body): (http::response::Parts, Bytes),
         declared_len: Option<u64>,
         load_time: Duration,
-        fence: Fence<'_>,
-    ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
+    ) -> Result<(CacheKey, Loaded<CachedResponse>), NotStored> {
         let (mut headers, stored) = match (&decision, &vary) {
             (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
                 let mut headers = storable_headers(parts.headers, strip);
@@ -206,16 +204,10 @@ impl Shared {
             .with_initial_age(initial_age)
             .with_retention(retain)
             .with_load_time(load_time);
-        match (self.engine).store_loaded(key.clone(), loaded.clone(), fence.leader, fence.epoch) {
-            Some(entry) => {
-                self.index_variant(&key, entry.value().vary.as_ref());
-                Ok(entry)
-            }
-            None => Err(Box::new((
-                loaded.value,
-                "entry heavier than the store allows",
-            ))),
-        }
+        // Indexed before it is stored: that the resource varies is true whether or not this
+        // response is kept.
+        self.index_variant(&key, loaded.value.vary.as_ref());
+        Ok((key, loaded))
     }
 
     /// Turns an origin response into an entry, if policy and size allow. Otherwise the response
@@ -227,7 +219,6 @@ impl Shared {
         template: Arc<RequestTemplate>,
         response: Response<B>,
         load_time: Duration,
-        fence: Fence<'_>,
         share: bool,
     ) -> Admission<B>
     where
@@ -288,8 +279,8 @@ impl Shared {
                 )
             }
         };
-        match self.admit_buffered(key, verdict, (parts, body), declared, load_time, fence) {
-            Ok(entry) => Admission::Stored(entry),
+        match self.admit_buffered(key, verdict, (parts, body), declared, load_time) {
+            Ok((key, loaded)) => Admission::Store { key, loaded },
             Err(not_stored) => {
                 let (cached, reason) = *not_stored;
                 Admission::Unstorable(cached.into_response(), reason)
@@ -303,8 +294,7 @@ impl Shared {
         entry: &Entry<CachedResponse>,
         template: Arc<RequestTemplate>,
         not_modified: http::response::Parts,
-        fence: Fence<'_>,
-    ) -> Result<Arc<Entry<CachedResponse>>, NotStored> {
+    ) -> Result<(CacheKey, Loaded<CachedResponse>), NotStored> {
         let cached = entry.value();
         let mut parts = not_modified;
         if !parts.headers.contains_key(header::DATE) {
@@ -323,7 +313,6 @@ impl Shared {
             (parts, cached.body.clone()),
             None,
             entry.load_time(),
-            fence,
         )
     }
 }

@@ -8,7 +8,7 @@ use http::{Response, StatusCode, Version};
 use http_body::Body;
 
 use super::body::SwrBody;
-use crate::engine::{Failure, Landing};
+use crate::engine::Failure;
 
 /// Most bytes of an origin's failure body kept to answer the requests that waited for it.
 pub(crate) const FAILURE_BODY_LIMIT: usize = 64 * 1024;
@@ -32,11 +32,9 @@ pub(crate) enum OriginFailure {
 }
 
 impl OriginFailure {
-    pub(crate) fn landing<V>(self, remember: bool) -> Landing<V> {
-        Landing::Failed {
-            failure: Some(Arc::new(self) as Failure),
-            remember,
-        }
+    /// The failure as the engine shares it with the callers that waited.
+    pub(crate) fn shared(self) -> Option<Failure> {
+        Some(Arc::new(self) as Failure)
     }
 
     pub(crate) fn fwd_status(&self) -> Option<u16> {

@@ -1,7 +1,11 @@
-//! Calls to the origin: the background refresh of a stale entry and the coalesced miss.
+//! Calls to the origin, as the engine's loads: the background refresh of a stale entry and
+//! the miss. The engine runs both (one refresh per key, coalescing, stale-if-error, shared
+//! failures, counting); this file says how to ask the origin and what its answer means.
 
-use std::sync::atomic::Ordering;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
@@ -12,7 +16,7 @@ use tokio::time::Instant;
 use tower::util::ServiceExt;
 use tower_service::Service;
 
-use super::admission::{Admission, Fence};
+use super::admission::Admission;
 use super::body::SwrBody;
 use super::conditional::{self, CLIENT_CONDITIONALS};
 use super::config::{Shared, PASS_FOR};
@@ -22,9 +26,7 @@ use super::policy::RequestFacts;
 use super::render::{without_body_if, Ask};
 use super::status::{CacheStatus, Member};
 use super::stored::{has_credentials, remove_present, CachedResponse, Credentials, Refusal};
-use crate::engine::{
-    stored_by_another, wait, CatchUnwind, Entry, Failure, Join, Landing, Stamp, Waited,
-};
+use crate::engine::{Accept, Answered, Caller, Entry, Failure, Outcome, Stamp};
 
 /// The parts of a request an origin call is made from: the miss's own request, or for a
 /// background refresh the request that found the entry stale (as nginx's background update
@@ -81,15 +83,9 @@ pub(crate) const CONNECTION_HEADERS: [HeaderName; 6] = [
     header::EXPECT,
 ];
 
-/// Clears an entry's "refreshing" mark however its refresh task ends (success, error,
-/// timeout, panic).
-pub(crate) struct RefreshingFlag(pub(crate) Arc<Entry<CachedResponse>>);
-
-impl Drop for RefreshingFlag {
-    fn drop(&mut self) {
-        self.0.refreshing.store(false, Ordering::Release);
-    }
-}
+/// A load as the engine runs it: boxed, because it is built before the engine polls it and
+/// the caller is asked questions meanwhile.
+type Load<A> = Pin<Box<dyn Future<Output = Outcome<CacheKey, CachedResponse, A>> + Send>>;
 
 /// Starts the one background refresh of a stale entry, unless one runs or the key backs off.
 /// Returns whether a refresh of the key is running.
@@ -108,120 +104,445 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Send + 'static,
 {
-    if entry.refreshing.load(Ordering::Acquire) {
-        // The common stale hit while the refresh runs: no lock, no hashing.
-        return true;
-    }
     let cached = entry.value();
-    let guard = match shared.engine.try_claim_refresh(&cached.key, now) {
-        Ok(guard) => guard,
-        Err(running) => return running,
-    };
-    // The refresh leads the key's flight, so a miss arriving meanwhile (the entry went past its
-    // window) waits for it instead of making a second origin call.
-    let flight = match shared.engine.join(&cached.key) {
-        Join::Leader(flight) => flight,
-        // A foreground load of the key is under way (it will store the new response), or one
-        // failed a moment ago (the origin is not asked again so soon).
-        Join::Waiter(_) | Join::Backup(..) | Join::Failed(_) => {
-            guard.cancel();
-            return false;
-        }
-    };
-    let mut template = RequestTemplate::capture(trigger);
-    Credentials::apply(
-        cached.credentials.as_deref(),
-        &mut template.headers,
-        &shared.config.policy.credential_headers,
-    );
-    let template = Arc::new(template);
-    let mut request = template.rebuild::<ReqB>();
-    shared.config.prepare_origin_request(&mut request);
-    // Ask for a 304 where the origin can give one: a refresh then costs no body.
-    conditional::add_validators(request.headers_mut(), &cached.headers);
-    let entry = Arc::clone(entry);
-    let inner = inner.clone();
-    let task_shared = Arc::clone(shared);
-    entry.refreshing.store(true, Ordering::Release);
-    let flag = RefreshingFlag(Arc::clone(&entry));
-    shared.engine.spawn_refresh(&cached.key, guard, async move {
-        let _flag = flag;
-        let shared = task_shared;
-        let key = entry.value().key.clone();
-        let mut flight = Some(flight);
-        let land = |flight: &mut Option<_>, landing| {
-            if let Some(flight) = Option::<crate::engine::FlightLeader<_, _>>::take(flight) {
-                flight.land(landing);
-            }
-        };
-        let started = Instant::now();
-        let response = match inner.oneshot(request).await {
-            Ok(response) => response,
-            Err(_) => {
-                land(&mut flight, Landing::FAILED);
-                return Err("the inner service returned an error".to_string());
-            }
-        };
-        let status = response.status();
-        if shared.config.is_failure(status) {
-            let failure = OriginFailure::Withheld {
-                status: Some(status.as_u16()),
-            };
-            land(&mut flight, failure.landing(true));
-            return Err(format!("the origin answered {status}"));
-        }
-        let fence = Fence {
-            leader: flight.as_ref(),
-            epoch: 0,
-        };
-        if status == StatusCode::NOT_MODIFIED {
-            let (parts, _) = response.into_parts();
-            return match shared.freshen(&entry, template, parts, fence) {
-                Ok(stored) => {
-                    land(&mut flight, Landing::Stored(stored));
-                    Ok(())
-                }
-                Err(not_stored) => {
-                    land(&mut flight, Landing::NotStored);
-                    let (_, reason) = *not_stored;
-                    shared.engine.remove(&key);
-                    tracing::debug!(%key, reason, "revalidated response is not cacheable; entry removed");
-                    Ok(())
-                }
-            };
-        }
-        let admission = shared
-            .admit(key.clone(), template, response, started.elapsed(), fence, false)
-            .await;
-        match admission {
-            Admission::Stored(stored) => {
-                land(&mut flight, Landing::Stored(stored));
-                Ok(())
-            }
-            Admission::Failure { .. } => unreachable!("a refresh shares no failure"),
-            // Keep the stale copy rather than lose it to a body we cannot hold.
-            Admission::Unstorable(_, reason) => {
-                land(&mut flight, Landing::NotStored);
-                Err(format!("not stored: {reason}"))
-            }
-            Admission::Uncacheable(_, reason) => {
-                land(&mut flight, Landing::NotStored);
-                // The origin no longer lets this be cached: drop the old copy.
-                shared.engine.remove(&key);
-                tracing::debug!(%key, reason, "refreshed response is not cacheable; entry removed");
-                Ok(())
-            }
-        }
-    });
-    true
+    shared.engine.refresh(&cached.key, entry, now, || {
+        // The request that found the entry stale (as nginx's background update does), with
+        // the storing request's credentials.
+        let mut template = RequestTemplate::capture(trigger);
+        Credentials::apply(
+            cached.credentials.as_deref(),
+            &mut template.headers,
+            &shared.config.policy.credential_headers,
+        );
+        let template = Arc::new(template);
+        let mut request = template.rebuild::<ReqB>();
+        shared.config.prepare_origin_request(&mut request);
+        // Ask for a 304 where the origin can give one: a refresh then costs no body.
+        conditional::add_validators(request.headers_mut(), &cached.headers);
+        let (shared, inner, entry) = (Arc::clone(shared), inner.clone(), Arc::clone(entry));
+        refreshed(shared, inner, entry, template, request)
+    })
 }
 
-/// The origin path: coalesced with other misses of the key, revalidating what is stored,
-/// stale-if-error on failure.
+/// What the origin's answer to a refresh means for the stored entry.
+async fn refreshed<S, ReqB, ResB>(
+    shared: Arc<Shared>,
+    inner: S,
+    entry: Arc<Entry<CachedResponse>>,
+    template: Arc<RequestTemplate>,
+    request: Request<ReqB>,
+) -> Outcome<CacheKey, CachedResponse, ()>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+{
+    let started = Instant::now();
+    let Ok(response) = inner.oneshot(request).await else {
+        return Outcome::Failed {
+            answer: (),
+            shared: None,
+            remember: false,
+            reason: "the inner service returned an error".to_owned(),
+        };
+    };
+    let status = response.status();
+    if shared.config.is_failure(status) {
+        let status = Some(status.as_u16());
+        return Outcome::Failed {
+            answer: (),
+            shared: OriginFailure::Withheld { status }.shared(),
+            remember: true,
+            reason: format!("the origin answered {}", response.status()),
+        };
+    }
+    let key = &entry.value().key;
+    if status == StatusCode::NOT_MODIFIED {
+        let (parts, _) = response.into_parts();
+        return match shared.freshen(&entry, template, parts) {
+            Ok((key, loaded)) => Outcome::Store {
+                key,
+                loaded,
+                revalidated: true,
+            },
+            Err(not_stored) => {
+                let (_, reason) = *not_stored;
+                tracing::debug!(%key, reason, "revalidated response is not cacheable");
+                Outcome::Pass {
+                    answer: (),
+                    drop_stored: true,
+                }
+            }
+        };
+    }
+    match (shared.admit(key.clone(), template, response, started.elapsed(), false)).await {
+        Admission::Store { key, loaded } => Outcome::Store {
+            key,
+            loaded,
+            revalidated: false,
+        },
+        Admission::Failure { .. } => unreachable!("a refresh shares no failure"),
+        // Keep the stale copy rather than lose it to a body we cannot hold.
+        Admission::Unstorable(_, reason) => Outcome::Unstored {
+            answer: (),
+            reason: reason.to_owned(),
+        },
+        // The origin no longer lets this be cached: the old copy goes.
+        Admission::Uncacheable(_, reason) => {
+            tracing::debug!(%key, reason, "refreshed response is not cacheable");
+            Outcome::Pass {
+                answer: (),
+                drop_stored: true,
+            }
+        }
+    }
+}
+
+/// What a miss ends in.
+pub(crate) enum Reply<ReqB, ResB: Body> {
+    Response(Response<SwrBody<ResB>>),
+    /// The origin's whole answer could not be stored, so the client's conditional or range is
+    /// not ours to apply: the origin answers the request as the client sent it.
+    AskAgain(Request<ReqB>, CacheKey),
+}
+
+/// What an origin answer that is not stored leaves behind: the key remembered as not
+/// storable (hit-for-miss), and the client's answer.
+struct NotKept {
+    shared: Arc<Shared>,
+    template: Arc<RequestTemplate>,
+    /// The client's conditionals and range, when the origin was asked without them.
+    ask_again: Option<HeaderMap>,
+    head: bool,
+    vary_miss: bool,
+}
+
+impl NotKept {
+    fn reply<ReqB: Default, ResB: Body<Data = Bytes>>(
+        &self,
+        key: &CacheKey,
+        status: StatusCode,
+        response: Response<SwrBody<ResB>>,
+    ) -> Reply<ReqB, ResB> {
+        if status.is_success() {
+            let until = Stamp::now().after(PASS_FOR);
+            self.shared.passes.insert(key.clone(), until);
+        }
+        if let (Some(client_headers), StatusCode::OK) = (&self.ask_again, status) {
+            drop(response);
+            let mut again = self.template.rebuild::<ReqB>();
+            if self.head {
+                *again.method_mut() = Method::HEAD;
+            }
+            *again.headers_mut() = client_headers.clone();
+            align_host(&mut again);
+            self.shared.config.prepare_origin_request(&mut again);
+            return Reply::AskAgain(again, key.clone());
+        }
+        let response = self.shared.pass(response, key, self.vary_miss);
+        Reply::Response(without_body_if(self.head, response))
+    }
+}
+
+/// One request's miss, as the engine's [`Caller`].
+struct OriginMiss<S, ReqB> {
+    shared: Arc<Shared>,
+    inner: S,
+    /// Until the load takes it.
+    request: Option<Request<ReqB>>,
+    /// Made when the load starts (none for a `HEAD` passed through).
+    template: Option<Arc<RequestTemplate>>,
+    facts: RequestFacts,
+    head: bool,
+    /// A `HEAD` passed through (`convert_head(false)`): asked alone, nothing stored.
+    pass_head: bool,
+    /// A conditional or range request for a key whose last answer could not be stored: sent
+    /// as the client sent it, alone.
+    known_pass: bool,
+    client_headers: Option<HeaderMap>,
+    /// A failure is shared only among requests without credentials.
+    credentialed: bool,
+    vary_miss: bool,
+}
+
+impl<S, ReqB> OriginMiss<S, ReqB> {
+    fn ask(&self) -> Ask<'_> {
+        Ask {
+            head: self.head,
+            conditionals: self.client_headers.as_ref(),
+        }
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        match (&self.request, &self.template) {
+            (Some(request), _) => request.headers(),
+            (None, Some(template)) => &template.headers,
+            (None, None) => self.client_headers.as_ref().expect("a request's headers"),
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Caller<CacheKey, CachedResponse> for OriginMiss<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Default + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send + 'static,
+{
+    type Answer = Result<Reply<ReqB, ResB>, S::Error>;
+    type Load = Load<Self::Answer>;
+
+    fn coalesces(&self) -> bool {
+        !self.pass_head && !self.known_pass
+    }
+
+    fn accepts(&self, key: &CacheKey, value: &CachedResponse) -> Accept<CacheKey> {
+        let headers = self.headers();
+        match value.refusal(headers, self.facts) {
+            None => Accept::Yes,
+            Some(Refusal::Vary) => {
+                let names: Vec<HeaderName> = value
+                    .vary
+                    .as_ref()
+                    .map(|vary| vary.names().cloned().collect())
+                    .unwrap_or_default();
+                let variant = request_variant(&names, headers);
+                Accept::Rekey(key.base().with_variant(&variant).to_owned())
+            }
+            Some(Refusal::Credentials) => Accept::No,
+        }
+    }
+
+    fn answer(
+        &mut self,
+        key: &CacheKey,
+        entry: &Arc<Entry<CachedResponse>>,
+        how: Answered<'_>,
+    ) -> Self::Answer {
+        let shared = &self.shared;
+        let ask = self.ask();
+        let response = match how {
+            Answered::Collapsed => shared.respond_collapsed(entry, ask),
+            Answered::StaleIfError { failure } => {
+                let failure = failure.and_then(|f| f.downcast_ref::<OriginFailure>());
+                let fwd_status = failure.and_then(OriginFailure::fwd_status);
+                shared.respond_stale_if_error(entry, fwd_status, ask)
+            }
+            Answered::Loaded {
+                stored: true,
+                revalidated,
+            } => {
+                let member = match (revalidated, self.vary_miss) {
+                    (true, _) => Member::Revalidated,
+                    (false, true) => Member::VaryMiss { stored: true },
+                    (false, false) => Member::UriMiss { stored: true },
+                };
+                if self.known_pass {
+                    shared.passes.remove(key);
+                }
+                let now = Stamp::now();
+                shared.respond(entry, CacheStatus::Miss, member, ask, false, now)
+            }
+            // Heavier than the store allows: the client gets it all the same.
+            Answered::Loaded { stored: false, .. } => {
+                let cached = entry.value().clone();
+                let status = cached.status;
+                let not_kept = NotKept {
+                    shared: Arc::clone(shared),
+                    template: self.template.clone().expect("loaded with a template"),
+                    ask_again: self.ask_again(),
+                    head: self.head,
+                    vary_miss: self.vary_miss,
+                };
+                return Ok(not_kept.reply(key, status, cached.into_response()));
+            }
+        };
+        Ok(Reply::Response(response))
+    }
+
+    fn answer_failure(
+        &mut self,
+        key: &CacheKey,
+        failure: &Failure,
+        remembered: bool,
+    ) -> Option<Self::Answer> {
+        if self.credentialed {
+            return None;
+        }
+        let failure = failure.downcast_ref::<OriginFailure>()?;
+        let response = self
+            .shared
+            .respond_failure(failure, remembered, key, self.head)?;
+        Some(Ok(Reply::Response(response)))
+    }
+
+    fn fallback_timeout(&self) -> Option<Duration> {
+        self.shared.config.origin_timeout
+    }
+
+    fn panic_failure(&self) -> Option<Failure> {
+        (!self.credentialed)
+            .then(|| OriginFailure::Error.shared())
+            .flatten()
+    }
+
+    fn load(
+        &mut self,
+        key: &CacheKey,
+        existing: Option<&Arc<Entry<CachedResponse>>>,
+        fallback: bool,
+        leading: bool,
+    ) -> Self::Load {
+        let mut request = self.request.take().expect("a miss loads once");
+        tracing::debug!(key = %key, status = "miss", "asking the origin");
+        let template = (!self.pass_head).then(|| Arc::new(RequestTemplate::capture(&request)));
+        self.template = template.clone();
+        let mut validating = None;
+        if self.coalesces() {
+            remove_present(request.headers_mut(), &CLIENT_CONDITIONALS);
+            if let Some(entry) = existing {
+                if conditional::add_validators(request.headers_mut(), &entry.value().headers) {
+                    validating = Some(Arc::clone(entry));
+                }
+            }
+        }
+        if !self.pass_head {
+            self.shared.config.prepare_origin_request(&mut request);
+        }
+        let not_kept = template.clone().map(|template| NotKept {
+            shared: Arc::clone(&self.shared),
+            template,
+            ask_again: self.ask_again(),
+            head: self.head,
+            vary_miss: self.vary_miss,
+        });
+        let shared = Arc::clone(&self.shared);
+        let inner = self.inner.clone();
+        let key = key.clone();
+        let (head, vary_miss, known_pass) = (self.head, self.vary_miss, self.known_pass);
+        let credentialed = self.credentialed;
+        Box::pin(async move {
+            let started = Instant::now();
+            let response = match inner.oneshot(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    // The others get the layer's 502: the error itself cannot be cloned.
+                    let shared = (!credentialed).then(|| OriginFailure::Error.shared());
+                    return Outcome::Failed {
+                        answer: Err(error),
+                        shared: shared.flatten(),
+                        remember: true,
+                        reason: "the inner service returned an error".to_owned(),
+                    };
+                }
+            };
+            let status = response.status();
+            let pass = |response: Response<ResB>| {
+                Ok(Reply::Response(shared.pass(
+                    response.map(SwrBody::inner),
+                    &key,
+                    vary_miss,
+                )))
+            };
+            if shared.config.is_failure(status) && fallback {
+                let code = Some(status.as_u16());
+                return Outcome::Failed {
+                    answer: pass(response),
+                    shared: OriginFailure::Withheld { status: code }.shared(),
+                    remember: true,
+                    reason: format!("the origin answered {status}"),
+                };
+            }
+            // A 5xx with explicit freshness may still be stored (below); otherwise it passes.
+            let (Some(not_kept), Some(template)) = (not_kept, template) else {
+                return Outcome::Pass {
+                    answer: pass(response),
+                    drop_stored: false,
+                };
+            };
+            if let (StatusCode::NOT_MODIFIED, Some(entry)) = (status, &validating) {
+                let (parts, _) = response.into_parts();
+                return match shared.freshen(entry, template, parts) {
+                    Ok((key, loaded)) => Outcome::Store {
+                        key,
+                        loaded,
+                        revalidated: true,
+                    },
+                    Err(not_stored) => {
+                        let (cached, reason) = *not_stored;
+                        let response = shared.pass(cached.into_response(), &key, vary_miss);
+                        Outcome::Unstored {
+                            answer: Ok(Reply::Response(without_body_if(head, response))),
+                            reason: format!("revalidated response not stored: {reason}"),
+                        }
+                    }
+                };
+            }
+            if known_pass && status != StatusCode::OK {
+                // The origin answered the client's conditional or range itself (304, 206,
+                // 412, 416).
+                return Outcome::Pass {
+                    answer: pass(response),
+                    drop_stored: false,
+                };
+            }
+            let share = leading && !credentialed;
+            let load_time = started.elapsed();
+            match shared
+                .admit(key.clone(), template, response, load_time, share)
+                .await
+            {
+                Admission::Store { key, loaded } => Outcome::Store {
+                    key,
+                    loaded,
+                    revalidated: false,
+                },
+                Admission::Failure { failure, reason } => {
+                    let response = failure.respond(head).expect("an origin answer");
+                    Outcome::Failed {
+                        answer: Ok(Reply::Response(shared.pass(response, &key, vary_miss))),
+                        shared: Some(failure as Failure),
+                        remember: true,
+                        reason: format!(
+                            "failure not stored ({reason}); shared with the requests that waited"
+                        ),
+                    }
+                }
+                Admission::Uncacheable(response, reason)
+                | Admission::Unstorable(response, reason) => {
+                    let answer = Ok(not_kept.reply(&key, status, response));
+                    let reason = format!("response not stored: {reason}");
+                    if shared.config.is_failure(status) {
+                        let code = Some(status.as_u16());
+                        Outcome::Failed {
+                            answer,
+                            shared: OriginFailure::Withheld { status: code }.shared(),
+                            remember: true,
+                            reason,
+                        }
+                    } else {
+                        Outcome::Unstored { answer, reason }
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl<S, ReqB> OriginMiss<S, ReqB> {
+    /// The client's conditionals and range, when the origin is asked without them.
+    fn ask_again(&self) -> Option<HeaderMap> {
+        (self.client_headers.clone()).filter(|_| !self.pass_head && !self.known_pass)
+    }
+}
+
+/// The origin path: the engine coalesces it with the other misses of the key, revalidates
+/// what is stored and falls back on it (stale-if-error); this request's answer comes back.
 pub(crate) async fn miss<S, ReqB, ResB>(
     shared: Arc<Shared>,
     inner: S,
-    mut key: CacheKey,
+    key: CacheKey,
     mut request: Request<ReqB>,
     expired: Option<Arc<Entry<CachedResponse>>>,
     facts: RequestFacts,
@@ -246,17 +567,6 @@ where
     // The client's conditionals and range, applied to the stored answer afterwards.
     let client_headers =
         conditional::is_conditional_or_range(request.headers()).then(|| request.headers().clone());
-    let ask = Ask {
-        head,
-        conditionals: client_headers.as_ref(),
-    };
-    let usable_on_error = |entry: &Option<Arc<Entry<CachedResponse>>>| {
-        entry
-            .as_ref()
-            .filter(|e| e.usable_on_error_at(Stamp::now()))
-            .cloned()
-    };
-
     // A conditional or range request for a key whose last answer could not be stored goes to
     // the origin as the client sent it: the origin's 304 or 206 is what the client asked for,
     // and asking without them would fetch a whole body only to drop it.
@@ -265,343 +575,25 @@ where
             .passes
             .get(&key)
             .is_some_and(|until| Stamp::now() < until);
-    let pass_as_sent = pass_head || known_pass;
-    // A failure is shared only among requests without credentials.
     let credentialed = has_credentials(request.headers(), &shared.config.policy.credential_headers);
-    // Another call's failure as this request's answer: the stale entry if it may stand in,
-    // else the failure itself if it may be shared; `None`: ask the origin.
-    let answer_failure = |failure: Option<Failure>, remembered: bool, key: &CacheKey| {
-        let failure = failure.and_then(|failure| failure.downcast::<OriginFailure>().ok());
-        if let Some(entry) = usable_on_error(&expired) {
-            let fwd_status = failure.as_ref().and_then(|f| f.fwd_status());
-            return Some(shared.respond_stale_if_error(&entry, fwd_status, ask));
-        }
-        failure
-            .filter(|_| !credentialed)
-            .and_then(|f| shared.respond_failure(&f, remembered, key, head))
+    let caller = OriginMiss {
+        shared: Arc::clone(&shared),
+        inner: inner.clone(),
+        request: Some(request),
+        template: None,
+        facts,
+        head,
+        pass_head,
+        known_pass,
+        client_headers,
+        credentialed,
+        vary_miss,
     };
-
-    // A HEAD passed through (`convert_head(false)`) has no body to store: it asks the origin
-    // alone and stores nothing.
-    let mut leader = None;
-    // Leading one more attempt after the lock timeout: the flight's earlier attempts.
-    let mut earlier_attempts = None;
-    if !pass_as_sent {
-        let mut rekeyed = false;
-        let mut timed_out = false;
-        // Origin calls that keep failing hand nothing to their waiters: past this, a waiter
-        // told so asks the origin alone rather than queue for the next leader.
-        let give_up_at = Instant::now() + shared.engine.lock_timeout();
-        loop {
-            let join = if timed_out {
-                shared.engine.rejoin(&key)
-            } else {
-                shared.engine.join(&key)
-            };
-            timed_out = false;
-            match join {
-                Join::Leader(guard) => {
-                    leader = Some(guard);
-                    break;
-                }
-                Join::Backup(guard, earlier) => {
-                    leader = Some(guard);
-                    earlier_attempts = Some(earlier);
-                    break;
-                }
-                // The key's last origin call failed a moment ago: its failure is the answer,
-                // unless a stale entry may stand in.
-                Join::Failed(failure) => match answer_failure(Some(failure), true, &key) {
-                    Some(response) => return Ok(response),
-                    None => break,
-                },
-                Join::Waiter(waiting) => match wait(waiting).await {
-                    Waited::Stored(entry) if entry.value().serves(request.headers(), facts) => {
-                        shared.engine.counters().collapsed.inc();
-                        tracing::debug!(key = %key, status = "collapsed", "answered by another request's origin call");
-                        return Ok(shared.respond_collapsed(&entry, ask));
-                    }
-                    Waited::Failed(failure) => {
-                        // One origin call failed for every request that waited for it.
-                        if let Some(response) = answer_failure(failure, false, &key) {
-                            return Ok(response);
-                        }
-                        if Instant::now() >= give_up_at {
-                            break;
-                        }
-                    }
-                    Waited::Abandoned => {}
-                    // Another variant: now that the resource is known to vary, wait on (or
-                    // lead) this request's variant instead of asking the origin alone.
-                    Waited::Stored(entry)
-                        if !rekeyed
-                            && entry.value().refusal(request.headers(), facts)
-                                == Some(Refusal::Vary) =>
-                    {
-                        let names: Vec<HeaderName> = entry
-                            .value()
-                            .vary
-                            .as_ref()
-                            .map(|vary| vary.names().cloned().collect())
-                            .unwrap_or_default();
-                        let variant = request_variant(&names, request.headers());
-                        key = key.base().with_variant(&variant).to_owned();
-                        rekeyed = true;
-                    }
-                    // The origin is slower than the lock timeout: one waiter asks it again.
-                    Waited::TimedOut => timed_out = true,
-                    // Not stored: ask the origin alone.
-                    Waited::Stored(_) | Waited::NotStored => break,
-                },
-            }
-        }
-    }
-
-    // Every request lands in exactly one request counter. Without a stale entry to fall back
-    // on, this is a miss whatever happens next (even if the client leaves): counted now. With
-    // one, the answer may be stale-if-error instead: counted once the origin has answered.
-    let miss_counted = usable_on_error(&expired).is_none();
-    if miss_counted {
-        shared.engine.counters().misses.inc();
-    }
-    let count_miss = || {
-        if !miss_counted {
-            shared.engine.counters().misses.inc();
-        }
-    };
-    tracing::debug!(key = %key, status = "miss", "asking the origin");
-    let template = (!pass_head).then(|| Arc::new(RequestTemplate::capture(&request)));
-    let mut validating = None;
-    if !pass_as_sent {
-        remove_present(request.headers_mut(), &CLIENT_CONDITIONALS);
-        if let Some(entry) = &expired {
-            if conditional::add_validators(request.headers_mut(), &entry.value().headers) {
-                validating = Some(Arc::clone(entry));
-            }
-        }
-    }
-    if !pass_head {
-        shared.config.prepare_origin_request(&mut request);
-    }
-    // Asked without the client's conditionals or range: if the answer cannot be stored, the
-    // client's own request is sent after all, on this clone.
-    let ask_again = (client_headers.is_some() && !pass_as_sent).then(|| inner.clone());
-    // Loads outside a flight are fenced by any invalidation from now on.
-    let epoch = shared.engine.fence_epoch();
-    // What the others get if this call fails: the origin's own failure, or the layer's 502.
-    let error_landing = || match credentialed {
-        false => OriginFailure::Error.landing(true),
-        true => Landing::FAILED,
-    };
-    let started = Instant::now();
-    let mut call = std::pin::pin!(CatchUnwind::new(inner.oneshot(request)));
-    // With a stale entry to fall back on, the origin gets `origin_timeout`; without one, its
-    // own answer is awaited (there is nothing else to give, and no error to invent).
-    let limit = usable_on_error(&expired).and(shared.config.origin_timeout);
-    let deadline = limit.map(|limit| Instant::now() + limit);
-    // `None`: the call was cut at the deadline.
-    let mut first = None;
-    if let (Some(earlier), Some(template)) = (earlier_attempts, &template) {
-        // A backup attempt still takes an earlier attempt's answer when that comes first.
-        let own = async {
-            match deadline {
-                Some(at) => tokio::time::timeout_at(at, call.as_mut()).await.ok(),
-                None => Some(call.as_mut().await),
-            }
-        };
-        tokio::select! {
-            biased;
-            outcome = own => first = Some(outcome),
-            entry = stored_by_another(earlier) => {
-                if entry.value().serves(&template.headers, facts) {
-                    tracing::debug!(key = %key, status = "collapsed", "answered by an earlier attempt");
-                    return Ok(shared.respond_collapsed(&entry, ask));
-                }
-            }
-        }
-    }
-    let first = match first {
-        Some(first) => first,
-        None => match deadline {
-            Some(at) => tokio::time::timeout_at(at, call.as_mut()).await.ok(),
-            None => Some(call.as_mut().await),
-        },
-    };
-    let outcome = match first {
-        Some(outcome) => outcome,
-        // Only while the entry may still stand in: once its window has closed, the origin's
-        // own answer is awaited after all.
-        None => match usable_on_error(&expired) {
-            Some(fallback) => {
-                if let Some(leader) = leader {
-                    leader.land(Landing::FAILED);
-                }
-                let timeout_ms = limit.map_or(0, |limit| limit.as_millis() as u64);
-                tracing::warn!(key = %key, timeout_ms, "the origin did not answer in time");
-                return Ok(shared.respond_stale_if_error(&fallback, None, ask));
-            }
-            None => call.await,
-        },
-    };
-    let response = match outcome {
-        Ok(Ok(response)) => response,
-        Err(panic) => {
-            // A panicking origin with a usable stale entry is an origin failure like any other;
-            // without one, the panic is the origin's own answer and goes on up.
-            if let Some(leader) = leader {
-                leader.land(error_landing());
-            }
-            match usable_on_error(&expired) {
-                Some(entry) => return Ok(shared.respond_stale_if_error(&entry, None, ask)),
-                None => {
-                    count_miss();
-                    std::panic::resume_unwind(panic)
-                }
-            }
-        }
-        Ok(Err(error)) => {
-            if let Some(leader) = leader {
-                leader.land(error_landing());
-            }
-            if let Some(entry) = usable_on_error(&expired) {
-                return Ok(shared.respond_stale_if_error(&entry, None, ask));
-            }
-            count_miss();
-            return Err(error);
-        }
-    };
-    let status = response.status();
-    if shared.config.is_failure(status) {
-        if let Some(entry) = usable_on_error(&expired) {
-            if let Some(leader) = leader {
-                let status = Some(status.as_u16());
-                leader.land(OriginFailure::Withheld { status }.landing(true));
-            }
-            return Ok(shared.respond_stale_if_error(&entry, Some(status.as_u16()), ask));
-        }
-        // A 5xx with explicit freshness may still be stored (below); otherwise it passes.
-    }
-    count_miss();
-    if let (StatusCode::NOT_MODIFIED, Some(entry), Some(template)) =
-        (status, &validating, &template)
-    {
-        let (parts, _) = response.into_parts();
-        let fence = Fence {
-            leader: leader.as_ref(),
-            epoch,
-        };
-        return Ok(
-            match shared.freshen(entry, Arc::clone(template), parts, fence) {
-                Ok(entry) => {
-                    if let Some(leader) = leader {
-                        leader.land(Landing::Stored(Arc::clone(&entry)));
-                    }
-                    shared.respond(
-                        &entry,
-                        CacheStatus::Miss,
-                        Member::Revalidated,
-                        ask,
-                        false,
-                        Stamp::now(),
-                    )
-                }
-                Err(not_stored) => {
-                    let (cached, reason) = *not_stored;
-                    if let Some(leader) = leader {
-                        leader.land(Landing::NotStored);
-                    }
-                    tracing::debug!(reason, "revalidated response not stored");
-                    without_body_if(head, shared.pass(cached.into_response(), &key, vary_miss))
-                }
-            },
-        );
-    }
-    let Some(template) = template else {
-        return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
-    };
-    if known_pass && status != StatusCode::OK {
-        // The origin answered the client's conditional or range itself (304, 206, 412, 416).
-        return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
-    }
-    let fence = Fence {
-        leader: leader.as_ref(),
-        epoch,
-    };
-    let share = leader.is_some() && !credentialed;
-    let admission = shared
-        .admit(
-            key.clone(),
-            Arc::clone(&template),
-            response,
-            started.elapsed(),
-            fence,
-            share,
-        )
-        .await;
-    match admission {
-        Admission::Stored(entry) => {
-            if let Some(leader) = leader {
-                leader.land(Landing::Stored(Arc::clone(&entry)));
-            }
-            if known_pass {
-                shared.passes.remove(&key);
-            }
-            let member = if vary_miss {
-                Member::VaryMiss { stored: true }
-            } else {
-                Member::UriMiss { stored: true }
-            };
-            Ok(shared.respond(&entry, CacheStatus::Miss, member, ask, false, Stamp::now()))
-        }
-        Admission::Failure { failure, reason } => {
-            if let Some(leader) = leader {
-                leader.land(Landing::Failed {
-                    failure: Some(Arc::clone(&failure) as Failure),
-                    remember: true,
-                });
-            }
-            tracing::debug!(
-                reason,
-                "failure not stored; shared with the requests that waited"
-            );
-            let response = failure.respond(head).expect("an origin answer");
-            Ok(shared.pass(response, &key, vary_miss))
-        }
-        Admission::Uncacheable(response, reason) | Admission::Unstorable(response, reason) => {
-            if let Some(leader) = leader {
-                leader.land(if shared.config.is_failure(status) {
-                    let status = Some(status.as_u16());
-                    OriginFailure::Withheld { status }.landing(true)
-                } else {
-                    Landing::NotStored
-                });
-            }
-            tracing::debug!(reason, "response not stored");
-            if status.is_success() {
-                shared
-                    .passes
-                    .insert(key.clone(), Stamp::now().after(PASS_FOR));
-            }
-            if let (Some(inner), Some(client_headers), StatusCode::OK) =
-                (ask_again, &client_headers, status)
-            {
-                // The whole answer cannot be kept, so the client's conditional or range is
-                // not ours to apply: the origin answers the request as the client sent it.
-                drop(response);
-                let mut again = template.rebuild::<ReqB>();
-                if head {
-                    *again.method_mut() = Method::HEAD;
-                }
-                *again.headers_mut() = client_headers.clone();
-                align_host(&mut again);
-                shared.config.prepare_origin_request(&mut again);
-                let response = inner.oneshot(again).await?;
-                return Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss));
-            }
-            Ok(without_body_if(
-                head,
-                shared.pass(response, &key, vary_miss),
-            ))
+    match shared.engine.load_with(key, expired, caller).await? {
+        Reply::Response(response) => Ok(response),
+        Reply::AskAgain(again, key) => {
+            let response = inner.oneshot(again).await?;
+            Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss))
         }
     }
 }

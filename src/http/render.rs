@@ -165,7 +165,6 @@ impl Shared {
         ask: Ask<'_>,
     ) -> Response<SwrBody<B>> {
         let now = Stamp::now();
-        self.engine.counters().stale_if_error.inc();
         tracing::warn!(key = %entry.value().key, age_secs = entry.age_at(now).as_secs(), fwd_status,
             "serving stale response: the origin failed");
         self.respond(
@@ -234,10 +233,8 @@ impl Shared {
         let mut response = failure.respond(head)?;
         let error = matches!(failure, OriginFailure::Error);
         let (member, status) = if remembered {
-            self.engine.counters().failure_hits.inc();
             (Member::FailureHit { error }, CacheStatus::FailureHit)
         } else {
-            self.engine.counters().collapsed.inc();
             (Member::FailureCollapsed { error }, CacheStatus::Collapsed)
         };
         tracing::debug!(key = %key, remembered, "answered with another origin call's failure");

@@ -21,8 +21,8 @@ use super::origin::{miss, refresh};
 use super::policy::{Policy, RequestFacts};
 use super::render::Ask;
 use super::status::{CacheStatus, Member};
-use super::stored::Refusal;
-use crate::engine::{Phase, Stamp};
+use super::stored::{CachedResponse, Refusal};
+use crate::engine::{Found, Stamp};
 
 impl RequestFacts {
     pub(crate) fn of(headers: &HeaderMap, policy: &Policy) -> Self {
@@ -180,7 +180,7 @@ where
         };
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
-            shared.engine.counters().bypasses.inc();
+            shared.engine.count_bypass();
             // CONNECT (and HTTP/2's extended CONNECT for WebSockets) opens a tunnel; it
             // changes no resource, so it invalidates nothing.
             let safe =
@@ -218,7 +218,7 @@ where
         // An upgrade request must reach the handler itself (its `101` switches the connection),
         // never a stored page or another request's flight.
         let Some(host) = key_host(&request, host).filter(|_| !skip && !upgrade) else {
-            shared.engine.counters().bypasses.inc();
+            shared.engine.count_bypass();
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
                 config.headers.value(Member::Bypass),
@@ -232,59 +232,55 @@ where
         };
         let now = Stamp::now();
         let mut key = KeyRef::with_host(&request, host, extra.as_deref(), shared.namespace);
-        let mut found = shared.engine.entry(&key, now);
+        let serves = |cached: &CachedResponse| cached.serves(request.headers(), facts);
+        let mut found = shared.engine.find(&key, now, serves);
         let variant;
         let mut vary_miss = false;
-        if found.is_none() {
+        if let Found::Miss { expired: None } = found {
             if let Some(index) = shared.vary_index.get(&key) {
                 variant = request_variant(&index.names, request.headers());
                 key = key.with_variant(&variant);
-                found = shared.engine.entry(&key, now);
-                vary_miss = found.is_none();
+                found = shared.engine.find(&key, now, serves);
+                vary_miss = matches!(found, Found::Miss { expired: None });
             }
         }
         let expired = match found {
-            Some(entry) if entry.value().serves(request.headers(), facts) => {
-                match entry.phase(now) {
-                    Phase::Fresh => {
-                        shared.engine.counters().fresh_hits.inc();
-                        tracing::debug!(key = %key, status = "hit", "answered from cache");
-                        let refreshing = shared.engine.wants_early_refresh(&entry, now)
-                            && refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
-                        let ttl = entry.ttl_secs_at(now);
-                        return ResponseFuture::ready(shared.respond(
-                            &entry,
-                            CacheStatus::Fresh,
-                            Member::Hit { ttl },
-                            ask,
-                            refreshing,
-                            now,
-                        ));
-                    }
-                    Phase::Stale => {
-                        shared.engine.counters().stale_hits.inc();
-                        shared.engine.alert_if_old(&key, &entry, now);
-                        tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
-                        let refreshing =
-                            refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
-                        let ttl = entry.ttl_secs_at(now);
-                        return ResponseFuture::ready(shared.respond(
-                            &entry,
-                            CacheStatus::Stale,
-                            Member::Hit { ttl },
-                            ask,
-                            refreshing,
-                            now,
-                        ));
-                    }
-                    Phase::Expired | Phase::Dead => Some(entry),
-                }
+            Found::Fresh {
+                entry,
+                refresh_early,
+            } => {
+                tracing::debug!(key = %key, status = "hit", "answered from cache");
+                let refreshing = refresh_early
+                    && refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
+                let ttl = entry.ttl_secs_at(now);
+                return ResponseFuture::ready(shared.respond(
+                    &entry,
+                    CacheStatus::Fresh,
+                    Member::Hit { ttl },
+                    ask,
+                    refreshing,
+                    now,
+                ));
             }
-            Some(entry) => {
+            Found::Stale(entry) => {
+                tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
+                let refreshing =
+                    refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
+                let ttl = entry.ttl_secs_at(now);
+                return ResponseFuture::ready(shared.respond(
+                    &entry,
+                    CacheStatus::Stale,
+                    Member::Hit { ttl },
+                    ask,
+                    refreshing,
+                    now,
+                ));
+            }
+            Found::Miss { expired } => expired,
+            Found::Refused(entry) => {
                 vary_miss = entry.value().refusal(request.headers(), facts) == Some(Refusal::Vary);
                 None
             }
-            None => None,
         };
         let key = key.to_owned();
         let shared = Arc::clone(shared);

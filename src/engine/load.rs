@@ -1,0 +1,581 @@
+//! The one path a value takes into the cache: the foreground load of a miss (coalesced with the
+//! other misses of its key, stale-if-error on failure, its failure shared) and the background
+//! refresh of a stale entry.
+//!
+//! The engine decides; a [`Caller`] loads and renders. [`SwrCache::get_or_load`] is one caller
+//! (a closure and `Lookup`s), the HTTP adapter another (the inner service and responses), so
+//! neither re-implements the flight loop, the counting or the fallbacks.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::entry::{Entry, Loaded};
+use super::inflight::{
+    stored_by_another, wait, Failure, FlightLeader, Join, Landing, Waited, Waiting,
+};
+use super::{CatchUnwind, Stamp, SwrCache};
+
+/// How a load ended, as its caller tells the engine.
+pub(crate) enum Outcome<K, V, A> {
+    /// Store `loaded` under `key` (the flight's key, or a variant of it) and answer from it.
+    Store {
+        key: K,
+        loaded: Loaded<V>,
+        /// The stored value was confirmed by its source (an HTTP 304), not produced anew.
+        revalidated: bool,
+    },
+    /// Answer with `answer` and store nothing: the others load on their own. `drop_stored`:
+    /// what is stored under the flight's key may no longer be used either.
+    Pass { answer: A, drop_stored: bool },
+    /// Loaded, but it cannot be kept (too large): like `Pass`, yet a refresh counts it failed
+    /// (the stale value stays and the key backs off).
+    Unstored { answer: A, reason: String },
+    /// The load failed. The callers that waited (and, with `remember`, later ones for a moment)
+    /// get `shared`; this caller gets `answer` unless a stale-if-error value stands in.
+    Failed {
+        answer: A,
+        shared: Option<Failure>,
+        remember: bool,
+        reason: String,
+    },
+}
+
+/// Whether a value another caller loaded may answer this one.
+pub(crate) enum Accept<K> {
+    Yes,
+    /// Not this one, but the one under this key may (an HTTP variant): wait on that instead.
+    Rekey(K),
+    No,
+}
+
+/// How an answer from an entry came about.
+pub(crate) enum Answered<'a> {
+    /// Loaded by this caller; `stored` is false when the value was too large to keep.
+    Loaded { stored: bool, revalidated: bool },
+    /// Loaded by another caller this one waited for.
+    Collapsed,
+    /// The load failed (`failure`, if it left one) and this stale value stands in.
+    StaleIfError { failure: Option<&'a Failure> },
+}
+
+/// One caller of a foreground load: how it loads, what it accepts, how it renders.
+pub(crate) trait Caller<K, V> {
+    /// What the caller is answered with.
+    type Answer;
+    /// The load, owning what it needs (the caller is still asked questions while it runs).
+    type Load: Future<Output = Outcome<K, V, Self::Answer>>;
+
+    /// Whether this caller joins the key's flight (false: it loads alone and stores nothing
+    /// others wait for).
+    fn coalesces(&self) -> bool {
+        true
+    }
+
+    /// Whether `value`, which another caller loaded under `key`, may answer this one.
+    fn accepts(&self, _key: &K, _value: &V) -> Accept<K> {
+        Accept::Yes
+    }
+
+    /// The answer from an entry.
+    fn answer(&mut self, key: &K, entry: &Arc<Entry<V>>, how: Answered<'_>) -> Self::Answer;
+
+    /// Another caller's failure as this caller's answer (`remembered`: from the failure
+    /// memory, not a flight this caller waited for); `None` when it may not be: it loads.
+    fn answer_failure(
+        &mut self,
+        key: &K,
+        failure: &Failure,
+        remembered: bool,
+    ) -> Option<Self::Answer>;
+
+    /// How long the load may run while a stale-if-error value could answer instead.
+    fn fallback_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// What the waiters get when the load panics (`None`: they compete again).
+    fn panic_failure(&self) -> Option<Failure> {
+        None
+    }
+
+    /// Starts the load. `existing`: the stored value past its window, to revalidate;
+    /// `fallback`: it may stand in if the load fails; `leading`: others wait for this load.
+    fn load(
+        &mut self,
+        key: &K,
+        existing: Option<&Arc<Entry<V>>>,
+        fallback: bool,
+        leading: bool,
+    ) -> Self::Load;
+}
+
+/// What a synchronous lookup found (see [`SwrCache::find`]).
+pub(crate) enum Found<V> {
+    /// Fresh: answer from it. `refresh_early`: the early refresh (XFetch) wants to run.
+    Fresh {
+        entry: Arc<Entry<V>>,
+        refresh_early: bool,
+    },
+    /// Stale inside its window: answer from it and [`refresh`](SwrCache::refresh) it.
+    Stale(Arc<Entry<V>>),
+    /// Nothing to answer from; `expired` is a value past its window that may still be
+    /// revalidated or stand in for a failing load.
+    Miss { expired: Option<Arc<Entry<V>>> },
+    /// An entry the caller does not accept (another variant, credentials).
+    Refused(Arc<Entry<V>>),
+}
+
+/// Clears an entry's "refreshing" mark however its refresh task ends.
+struct RefreshingMark<V>(Arc<Entry<V>>);
+
+impl<V> Drop for RefreshingMark<V> {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
+    }
+}
+
+fn land<K: Hash + Eq + Clone, V>(leader: &mut Option<FlightLeader<K, V>>, landing: Landing<V>) {
+    if let Some(leader) = leader.take() {
+        leader.land(landing);
+    }
+}
+
+impl<K, V> SwrCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + fmt::Debug + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Looks `key` up and decides: fresh, stale or a miss, counting the hits. `accepts` says
+    /// whether the stored value may answer this caller at all.
+    #[inline]
+    pub(crate) fn find<Q>(&self, key: &Q, now: Stamp, accepts: impl FnOnce(&V) -> bool) -> Found<V>
+    where
+        Q: Hash + quick_cache::Equivalent<K> + fmt::Debug + ?Sized,
+    {
+        let Some(entry) = self.entry(key, now) else {
+            return Found::Miss { expired: None };
+        };
+        if !accepts(entry.value()) {
+            return Found::Refused(entry);
+        }
+        match entry.phase(now) {
+            super::Phase::Fresh => {
+                self.inner.counters.fresh_hits.inc();
+                let refresh_early = self.wants_early_refresh(&entry, now);
+                Found::Fresh {
+                    entry,
+                    refresh_early,
+                }
+            }
+            super::Phase::Stale => {
+                self.inner.counters.stale_hits.inc();
+                self.alert_if_old(key, &entry, now);
+                Found::Stale(entry)
+            }
+            super::Phase::Expired | super::Phase::Dead => Found::Miss {
+                expired: Some(entry),
+            },
+        }
+    }
+
+    /// Starts the ONE background refresh of `entry` (stored under `key`) unless one runs, the
+    /// key backs off, the breaker is open or a foreground load of the key is under way.
+    /// `start` builds the refresh only once it is sure to run. The refresh leads the key's
+    /// flight, so a miss arriving meanwhile waits for it instead of loading again. Returns
+    /// whether a refresh of the key is running.
+    pub(crate) fn refresh<F, Fut, A>(
+        &self,
+        key: &K,
+        entry: &Arc<Entry<V>>,
+        now: Stamp,
+        start: F,
+    ) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Outcome<K, V, A>> + Send + 'static,
+        A: Send + 'static,
+    {
+        if entry.refreshing.load(Ordering::Acquire) {
+            // The common stale hit while the refresh runs: no lock, no hashing.
+            return true;
+        }
+        let guard = match self.inner.refreshes.claim(key, now.instant()) {
+            Ok(guard) => guard,
+            Err(running) => return running,
+        };
+        let flight = match self.join(key) {
+            Join::Leader(flight) => flight,
+            // A foreground load is under way (it will store the new value), or one failed a
+            // moment ago (the source is not asked again so soon).
+            Join::Waiter(_) | Join::Backup(..) | Join::Failed(_) => {
+                guard.cancel();
+                return false;
+            }
+        };
+        let refresh = start();
+        entry.refreshing.store(true, Ordering::Release);
+        let mark = RefreshingMark(Arc::clone(entry));
+        let cache = self.clone();
+        let flight_key = key.clone();
+        self.spawn_refresh(key, guard, async move {
+            let _mark = mark;
+            let outcome = refresh.await;
+            cache.land_refresh(flight_key, flight, outcome)
+        });
+        true
+    }
+
+    /// Stores (or not) what a refresh produced and tells the flight; `Err` is a failure.
+    fn land_refresh<A>(
+        &self,
+        flight_key: K,
+        flight: FlightLeader<K, V>,
+        outcome: Outcome<K, V, A>,
+    ) -> Result<(), String> {
+        match outcome {
+            Outcome::Store { key, loaded, .. } => {
+                let (entry, fits) = self.entry_for(&key, loaded);
+                if !fits {
+                    flight.land(Landing::NotStored);
+                    // Keep the stale value rather than lose it to one we cannot hold.
+                    return Err("value heavier than the largest entry".to_owned());
+                }
+                self.store_fenced(key, &entry, Some(&flight), 0);
+                flight.land(Landing::Stored(entry));
+                Ok(())
+            }
+            Outcome::Pass { drop_stored, .. } => {
+                flight.land(Landing::NotStored);
+                if drop_stored {
+                    // The source no longer lets this be cached: drop the old copy.
+                    self.remove_equivalent(&flight_key);
+                    tracing::debug!(key = ?flight_key, "refreshed value is not cacheable; entry removed");
+                }
+                Ok(())
+            }
+            Outcome::Unstored { reason, .. } => {
+                flight.land(Landing::NotStored);
+                Err(format!("not stored: {reason}"))
+            }
+            Outcome::Failed {
+                shared,
+                remember,
+                reason,
+                ..
+            } => {
+                flight.land(Landing::Failed {
+                    failure: shared,
+                    remember,
+                });
+                Err(reason)
+            }
+        }
+    }
+
+    /// The foreground load of a miss: joins the key's flight (or waits on it, or takes a
+    /// failure remembered a moment ago), loads when leading, and answers through `caller`.
+    ///
+    /// Past the lock timeout, one waiter starts another attempt and everyone takes whichever
+    /// lands first; loads that keep failing hand nothing to their waiters, so a waiter that has
+    /// waited a lock timeout loads on its own.
+    pub(crate) async fn load_with<C: Caller<K, V>>(
+        &self,
+        key: K,
+        existing: Option<Arc<Entry<V>>>,
+        mut caller: C,
+    ) -> C::Answer {
+        let mut key = key;
+        let mut leader = None;
+        let mut earlier = None;
+        if caller.coalesces() {
+            let mut rekeyed = false;
+            let mut timed_out = false;
+            let give_up_at = Instant::now() + self.inner.lock_timeout;
+            loop {
+                let join = if timed_out {
+                    self.rejoin(&key)
+                } else {
+                    self.join(&key)
+                };
+                timed_out = false;
+                match join {
+                    Join::Leader(guard) => {
+                        leader = Some(guard);
+                        break;
+                    }
+                    Join::Backup(guard, attempts) => {
+                        leader = Some(guard);
+                        earlier = Some(attempts);
+                        break;
+                    }
+                    // The key's last load failed a moment ago: its failure is the answer,
+                    // unless a stale value may stand in.
+                    Join::Failed(failure) => {
+                        let reason = "a load failed a moment ago";
+                        if let Some(answer) = self.stale_on_error(
+                            &key,
+                            existing.as_ref(),
+                            Some(&failure),
+                            &mut caller,
+                            reason,
+                        ) {
+                            return answer;
+                        }
+                        match caller.answer_failure(&key, &failure, true) {
+                            Some(answer) => {
+                                self.inner.counters.failure_hits.inc();
+                                return answer;
+                            }
+                            None => break,
+                        }
+                    }
+                    Join::Waiter(waiting) => match wait(waiting).await {
+                        Waited::Stored(entry) => match caller.accepts(&key, entry.value()) {
+                            Accept::Yes => {
+                                self.inner.counters.collapsed.inc();
+                                tracing::debug!(key = ?key, status = "collapsed", "answered by another caller's load");
+                                return caller.answer(&key, &entry, Answered::Collapsed);
+                            }
+                            // Another variant: now that the value is known to vary, wait on
+                            // (or lead) this caller's variant instead of loading alone.
+                            Accept::Rekey(variant) if !rekeyed => {
+                                key = variant;
+                                rekeyed = true;
+                            }
+                            Accept::Rekey(_) | Accept::No => break,
+                        },
+                        Waited::Failed(failure) => {
+                            // One load failed for every caller that waited for it.
+                            let reason = "the load waited for failed";
+                            if let Some(answer) = self.stale_on_error(
+                                &key,
+                                existing.as_ref(),
+                                failure.as_ref(),
+                                &mut caller,
+                                reason,
+                            ) {
+                                return answer;
+                            }
+                            if let Some(failure) = &failure {
+                                if let Some(answer) = caller.answer_failure(&key, failure, false) {
+                                    self.inner.counters.collapsed.inc();
+                                    return answer;
+                                }
+                            }
+                            if Instant::now() >= give_up_at {
+                                break;
+                            }
+                        }
+                        // Compete again: one of the waiters becomes the leader.
+                        Waited::Abandoned => {}
+                        // The load is slower than the lock timeout: one waiter starts another.
+                        Waited::TimedOut => timed_out = true,
+                        // Loaded but not stored: load alone, outside the flight.
+                        Waited::NotStored => break,
+                    },
+                }
+            }
+        }
+        self.load_leading(key, existing, caller, leader, earlier)
+            .await
+    }
+
+    /// Loads (leading the flight, a backup attempt of it, or alone) and answers.
+    async fn load_leading<C: Caller<K, V>>(
+        &self,
+        key: K,
+        existing: Option<Arc<Entry<V>>>,
+        mut caller: C,
+        mut leader: Option<FlightLeader<K, V>>,
+        earlier: Option<Waiting<V>>,
+    ) -> C::Answer {
+        let usable = |existing: &Option<Arc<Entry<V>>>| {
+            existing
+                .as_ref()
+                .filter(|entry| entry.usable_on_error_at(Stamp::now()))
+                .cloned()
+        };
+        // Every caller lands in exactly one request counter. Without a value to fall back on,
+        // this is a miss whatever happens next (even if the caller goes away): counted now.
+        // With one, the answer may be stale-if-error instead; a backup attempt may be answered
+        // by an earlier one (collapsed): counted with the outcome.
+        let miss_counted = usable(&existing).is_none() && earlier.is_none();
+        if miss_counted {
+            self.inner.counters.misses.inc();
+        }
+        let count_miss = || {
+            if !miss_counted {
+                self.inner.counters.misses.inc();
+            }
+        };
+        // A load outside any flight is fenced by any invalidation from now on.
+        let epoch = self.inner.flights.epoch();
+        let fallback = usable(&existing).is_some();
+        let load = caller.load(&key, existing.as_ref(), fallback, leader.is_some());
+        let mut load = std::pin::pin!(CatchUnwind::new(load));
+        // With a value to fall back on, the load gets the caller's fallback timeout; without
+        // one, its own answer is awaited (there is nothing else to give).
+        let limit = usable(&existing).and(caller.fallback_timeout());
+        let deadline = limit.map(|limit| Instant::now() + limit);
+        // `Some(None)`: the load was cut at the deadline.
+        let mut first = None;
+        if let Some(earlier) = earlier {
+            // A backup attempt still takes an earlier attempt's value when that comes first.
+            let own = async {
+                match deadline {
+                    Some(at) => tokio::time::timeout_at(at, load.as_mut()).await.ok(),
+                    None => Some(load.as_mut().await),
+                }
+            };
+            tokio::select! {
+                biased;
+                outcome = own => first = Some(outcome),
+                entry = stored_by_another(earlier) => {
+                    if let Accept::Yes = caller.accepts(&key, entry.value()) {
+                        self.inner.counters.collapsed.inc();
+                        tracing::debug!(key = ?key, status = "collapsed", "answered by an earlier attempt");
+                        return caller.answer(&key, &entry, Answered::Collapsed);
+                    }
+                }
+            }
+            if first.is_none() {
+                count_miss();
+            }
+        }
+        let first = match first {
+            Some(first) => first,
+            None => match deadline {
+                Some(at) => tokio::time::timeout_at(at, load.as_mut()).await.ok(),
+                None => Some(load.as_mut().await),
+            },
+        };
+        let outcome = match first {
+            Some(outcome) => outcome,
+            // Only while the value may still stand in: once its window has closed, the load's
+            // own answer is awaited after all.
+            None => match usable(&existing) {
+                Some(fallback) => {
+                    land(&mut leader, Landing::FAILED);
+                    let timeout_ms = limit.map_or(0, |limit| limit.as_millis() as u64);
+                    tracing::warn!(key = ?key, timeout_ms, "the load did not finish in time");
+                    self.inner.counters.stale_if_error.inc();
+                    return caller.answer(
+                        &key,
+                        &fallback,
+                        Answered::StaleIfError { failure: None },
+                    );
+                }
+                None => load.await,
+            },
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                // A panicking load with a usable stale value is a failure like any other;
+                // without one, the panic is the load's own answer and goes on up.
+                land(
+                    &mut leader,
+                    Landing::Failed {
+                        failure: caller.panic_failure(),
+                        remember: true,
+                    },
+                );
+                let reason = "the load panicked";
+                if let Some(answer) =
+                    self.stale_on_error(&key, existing.as_ref(), None, &mut caller, reason)
+                {
+                    return answer;
+                }
+                count_miss();
+                std::panic::resume_unwind(panic)
+            }
+        };
+        match outcome {
+            Outcome::Store {
+                key: store_key,
+                loaded,
+                revalidated,
+            } => {
+                count_miss();
+                let (entry, fits) = self.entry_for(&store_key, loaded);
+                if fits {
+                    self.store_fenced(store_key, &entry, leader.as_ref(), epoch);
+                    land(&mut leader, Landing::Stored(Arc::clone(&entry)));
+                } else {
+                    land(&mut leader, Landing::NotStored);
+                }
+                let how = Answered::Loaded {
+                    stored: fits,
+                    revalidated,
+                };
+                caller.answer(&key, &entry, how)
+            }
+            Outcome::Pass {
+                answer,
+                drop_stored,
+            } => {
+                count_miss();
+                land(&mut leader, Landing::NotStored);
+                if drop_stored {
+                    self.remove_equivalent(&key);
+                }
+                answer
+            }
+            Outcome::Unstored { answer, reason } => {
+                count_miss();
+                land(&mut leader, Landing::NotStored);
+                tracing::debug!(key = ?key, %reason, "loaded value not stored");
+                answer
+            }
+            Outcome::Failed {
+                answer,
+                shared,
+                remember,
+                reason,
+            } => {
+                let failure = shared.clone();
+                land(
+                    &mut leader,
+                    Landing::Failed {
+                        failure: shared,
+                        remember,
+                    },
+                );
+                if let Some(answer) = self.stale_on_error(
+                    &key,
+                    existing.as_ref(),
+                    failure.as_ref(),
+                    &mut caller,
+                    &reason,
+                ) {
+                    return answer;
+                }
+                count_miss();
+                answer
+            }
+        }
+    }
+
+    /// The stale value as the answer to a failed load, if it may stand in (stale-if-error).
+    fn stale_on_error<C: Caller<K, V>>(
+        &self,
+        key: &K,
+        existing: Option<&Arc<Entry<V>>>,
+        failure: Option<&Failure>,
+        caller: &mut C,
+        reason: &str,
+    ) -> Option<C::Answer> {
+        let now = Stamp::now();
+        let entry = existing.filter(|entry| entry.usable_on_error_at(now))?;
+        self.inner.counters.stale_if_error.inc();
+        // The caller warns as it renders (it knows what the failure was); this says why.
+        tracing::debug!(key = ?key, reason, "a stale value stands in for a failed load");
+        Some(caller.answer(key, entry, Answered::StaleIfError { failure }))
+    }
+}

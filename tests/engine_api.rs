@@ -739,3 +739,172 @@ async fn a_value_inserted_with_another_caches_lifetime_keeps_its_deadlines() {
     dead.retain_until = dead.stored_at;
     assert!(!second.insert_with_lifetime("d", 1, dead));
 }
+
+/// A shared tier in one process: a stand-in for Redis, counting its calls.
+#[derive(Default)]
+struct MapTier {
+    map: std::sync::Mutex<std::collections::HashMap<String, (u32, tower_swr::engine::Lifetime)>>,
+    gets: AtomicUsize,
+    hang: std::sync::atomic::AtomicBool,
+}
+
+impl tower_swr::engine::SharedTier<String, u32> for MapTier {
+    fn get<'a>(
+        &'a self,
+        key: &'a String,
+    ) -> tower_swr::engine::TierFuture<'a, Option<(u32, tower_swr::engine::Lifetime)>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let found = self.map.lock().unwrap().get(key).cloned();
+        let hang = self.hang.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            found
+        })
+    }
+    fn put<'a>(
+        &'a self,
+        key: &'a String,
+        value: &'a u32,
+        lifetime: &'a tower_swr::engine::Lifetime,
+    ) -> tower_swr::engine::TierFuture<'a, ()> {
+        self.map
+            .lock()
+            .unwrap()
+            .insert(key.clone(), (*value, *lifetime));
+        Box::pin(async {})
+    }
+    fn remove<'a>(&'a self, key: &'a String) -> tower_swr::engine::TierFuture<'a, ()> {
+        self.map.lock().unwrap().remove(key);
+        Box::pin(async {})
+    }
+}
+
+fn tiered(tier: &Arc<MapTier>) -> SwrCache<String, u32> {
+    SwrCache::builder()
+        .shared_tier(Arc::clone(tier) as Arc<dyn tower_swr::engine::SharedTier<String, u32>>)
+        .build()
+}
+
+type BoxedLoad = Pin<Box<dyn Future<Output = Result<Loaded<u32>, String>> + Send>>;
+
+fn counting_loader(
+    calls: &Arc<AtomicUsize>,
+    value: u32,
+) -> impl FnOnce() -> BoxedLoad + Send + 'static {
+    let calls = Arc::clone(calls);
+    move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let freshness = Freshness::new(Duration::from_secs(10))
+            .with_stale_while_revalidate(Duration::from_secs(60));
+        Box::pin(async move { Ok(Loaded::new(value, freshness)) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn caches_sharing_a_tier_load_a_key_once_between_them() {
+    let tier = Arc::new(MapTier::default());
+    let (one, two) = (tiered(&tier), tiered(&tier));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = one
+        .get_or_load("k".into(), counting_loader(&calls, 1))
+        .await
+        .unwrap();
+    assert_eq!(first.status, Status::Miss);
+    settle().await; // the write to the tier is detached
+    let second = two
+        .get_or_load("k".into(), counting_loader(&calls, 2))
+        .await
+        .unwrap();
+    assert_eq!((second.status, second.value), (Status::SharedTier, 1));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the second cache did not load"
+    );
+    assert_eq!(two.stats().shared_tier_hits, 1);
+    assert_eq!(two.stats().misses, 0);
+    // Now held in the second cache's memory too: a fresh hit that never asks the tier.
+    let gets = tier.gets.load(Ordering::SeqCst);
+    let third = two
+        .get_or_load("k".into(), counting_loader(&calls, 3))
+        .await
+        .unwrap();
+    assert_eq!((third.status, third.value), (Status::Fresh, 1));
+    assert_eq!(
+        tier.gets.load(Ordering::SeqCst),
+        gets,
+        "a fresh hit stays in memory"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_entry_takes_the_fresher_copy_another_cache_put_in_the_tier() {
+    let tier = Arc::new(MapTier::default());
+    let (one, two) = (tiered(&tier), tiered(&tier));
+    let calls = Arc::new(AtomicUsize::new(0));
+    two.get_or_load("k".into(), counting_loader(&calls, 1))
+        .await
+        .unwrap();
+    advance(Duration::from_secs(11)).await;
+    // The first cache loads the key anew (it had nothing) and shares it...
+    tier.map.lock().unwrap().clear();
+    one.get_or_load("k".into(), counting_loader(&calls, 2))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // ...so the second cache's refresh of its stale copy takes it without loading.
+    let stale = two
+        .get_or_load("k".into(), counting_loader(&calls, 3))
+        .await
+        .unwrap();
+    assert_eq!((stale.status, stale.value), (Status::Stale, 1));
+    settle().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the refresh took the tier's copy"
+    );
+    let refreshed = two.get("k").unwrap();
+    assert_eq!((refreshed.status, refreshed.value), (Status::Fresh, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_tier_costs_a_miss_its_timeout_and_nothing_more() {
+    let tier = Arc::new(MapTier::default());
+    tier.hang.store(true, Ordering::SeqCst);
+    let cache: SwrCache<String, u32> = SwrCache::builder()
+        .shared_tier(Arc::clone(&tier) as Arc<dyn tower_swr::engine::SharedTier<String, u32>>)
+        .shared_tier_timeout(Duration::from_millis(30))
+        .build();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = tokio::time::Instant::now();
+    let got = cache
+        .get_or_load("k".into(), counting_loader(&calls, 5))
+        .await
+        .unwrap();
+    assert_eq!((got.status, got.value), (Status::Miss, 5));
+    assert_eq!(started.elapsed(), Duration::from_millis(30));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_a_key_removes_the_tiers_copy_too() {
+    let tier = Arc::new(MapTier::default());
+    let (one, two) = (tiered(&tier), tiered(&tier));
+    let calls = Arc::new(AtomicUsize::new(0));
+    one.get_or_load("k".into(), counting_loader(&calls, 1))
+        .await
+        .unwrap();
+    settle().await;
+    assert!(one.remove("k"));
+    settle().await;
+    assert!(tier.map.lock().unwrap().is_empty());
+    let got = two
+        .get_or_load("k".into(), counting_loader(&calls, 2))
+        .await
+        .unwrap();
+    assert_eq!((got.status, got.value), (Status::Miss, 2));
+}

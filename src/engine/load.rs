@@ -19,7 +19,7 @@ use super::entry::{Entry, Loaded};
 use super::inflight::{
     stored_by_another, wait, Failure, FlightLeader, Join, Landing, Waited, Waiting,
 };
-use super::{CatchUnwind, Stamp, SwrCache};
+use super::{CatchUnwind, Stamp, SwrCache, WallClock};
 
 /// How a load ended, as its caller tells the engine.
 pub(crate) enum Outcome<K, V, A> {
@@ -60,6 +60,8 @@ pub(crate) enum Answered<'a> {
     Loaded { stored: bool, revalidated: bool },
     /// Loaded by another caller this one waited for.
     Collapsed,
+    /// Loaded by another cache, found in the shared tier.
+    SharedTier,
     /// The load failed (`failure`, if it left one) and this stale value stands in.
     StaleIfError { failure: Option<&'a Failure> },
 }
@@ -223,8 +225,18 @@ where
         let mark = RefreshingMark(Arc::clone(entry));
         let cache = self.clone();
         let flight_key = key.clone();
+        // With a shared tier, another cache may have refreshed the key already.
+        let stale_since =
+            (self.inner.tier.as_ref()).map(|_| entry.lifetime(&WallClock::now()).stored_at);
         self.spawn_refresh(key, guard, async move {
             let _mark = mark;
+            if let Some(than) = stale_since {
+                if let Some(fresher) = cache.fresh_in_tier(&flight_key, Some(than)).await {
+                    cache.store_fenced(flight_key, &fresher, Some(&flight), 0, false);
+                    flight.land(Landing::Stored(fresher));
+                    return Ok(());
+                }
+            }
             let outcome = refresh.await;
             cache.land_refresh(flight_key, flight, outcome)
         });
@@ -246,7 +258,7 @@ where
                     // Keep the stale value rather than lose it to one we cannot hold.
                     return Err("value heavier than the largest entry".to_owned());
                 }
-                self.store_fenced(key, &entry, Some(&flight), 0);
+                self.store_fenced(key, &entry, Some(&flight), 0, true);
                 flight.land(Landing::Stored(entry));
                 Ok(())
             }
@@ -401,6 +413,20 @@ where
                 .filter(|entry| entry.usable_on_error_at(Stamp::now()))
                 .cloned()
         };
+        // A load outside any flight is fenced by any invalidation from now on.
+        let epoch = self.inner.flights.epoch();
+        // Before the loader: another cache sharing the tier may have loaded it.
+        if self.inner.tier.is_some() && earlier.is_none() {
+            let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
+            if let Some(entry) = self.fresh_in_tier(&key, than).await {
+                if let Accept::Yes = caller.accepts(&key, entry.value()) {
+                    self.inner.counters.shared_tier_hits.inc();
+                    self.store_fenced(key.clone(), &entry, leader.as_ref(), epoch, false);
+                    land(&mut leader, Landing::Stored(Arc::clone(&entry)));
+                    return caller.answer(&key, &entry, Answered::SharedTier);
+                }
+            }
+        }
         // Every caller lands in exactly one request counter. Without a value to fall back on,
         // this is a miss whatever happens next (even if the caller goes away): counted now.
         // With one, the answer may be stale-if-error instead; a backup attempt may be answered
@@ -414,8 +440,6 @@ where
                 self.inner.counters.misses.inc();
             }
         };
-        // A load outside any flight is fenced by any invalidation from now on.
-        let epoch = self.inner.flights.epoch();
         let fallback = usable(&existing).is_some();
         let load = caller.load(&key, existing.as_ref(), fallback, leader.is_some());
         let mut load = std::pin::pin!(CatchUnwind::new(load));
@@ -505,7 +529,7 @@ where
                 count_miss();
                 let (entry, fits) = self.entry_for(&store_key, loaded);
                 if fits {
-                    self.store_fenced(store_key, &entry, leader.as_ref(), epoch);
+                    self.store_fenced(store_key, &entry, leader.as_ref(), epoch, true);
                     land(&mut leader, Landing::Stored(Arc::clone(&entry)));
                 } else {
                     land(&mut leader, Landing::NotStored);

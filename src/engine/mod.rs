@@ -49,6 +49,7 @@ mod inflight;
 mod load;
 mod stats;
 mod store;
+mod tier;
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -70,6 +71,8 @@ pub(crate) use self::clock::Stamp;
 pub(crate) use self::entry::{Entry, WallClock};
 pub use self::entry::{Freshness, Lifetime, Loaded};
 pub use self::stats::Stats;
+use self::tier::Tier;
+pub use self::tier::{SharedTier, TierFuture};
 
 use self::entry::Phase;
 pub(crate) use self::inflight::Failure;
@@ -95,6 +98,8 @@ pub enum Status {
     Miss,
     /// Loaded now by another caller this one waited for (request coalescing; RFC 9211 calls it "collapsed").
     Collapsed,
+    /// From the shared tier: another cache loaded it (see [`SharedTier`]).
+    SharedTier,
 }
 
 /// A value with what the cache knows about it (seed: `{ data, isStale, age }`).
@@ -139,6 +144,8 @@ pub struct SwrCacheBuilder<K, V> {
     early_refresh_beta: Option<f64>,
     stale_alert_age: Option<Duration>,
     remember_failures: Duration,
+    shared_tier: Option<Arc<dyn SharedTier<K, V>>>,
+    shared_tier_timeout: Duration,
 }
 
 impl<K, V> fmt::Debug for SwrCacheBuilder<K, V> {
@@ -159,6 +166,11 @@ impl<K, V> fmt::Debug for SwrCacheBuilder<K, V> {
             .field("early_refresh_beta", &self.early_refresh_beta)
             .field("stale_alert_age", &self.stale_alert_age)
             .field("remember_failures", &self.remember_failures)
+            .field(
+                "shared_tier",
+                &self.shared_tier.as_ref().map(|_| "dyn SharedTier"),
+            )
+            .field("shared_tier_timeout", &self.shared_tier_timeout)
             .finish()
     }
 }
@@ -184,6 +196,8 @@ impl<K, V> Default for SwrCacheBuilder<K, V> {
             early_refresh_beta: None,
             stale_alert_age: None,
             remember_failures: DEFAULT_REMEMBER_FAILURES,
+            shared_tier: None,
+            shared_tier_timeout: DEFAULT_SHARED_TIER_TIMEOUT,
         }
     }
 }
@@ -285,6 +299,21 @@ where
         self
     }
 
+    /// A second tier shared with other caches (other instances of a service; see
+    /// [`SharedTier`]): consulted before the loader on a miss and before a background
+    /// refresh, written after every value a load stores. A fresh hit never reaches it.
+    pub fn shared_tier(mut self, tier: Arc<dyn SharedTier<K, V>>) -> Self {
+        self.shared_tier = Some(tier);
+        self
+    }
+
+    /// How long a lookup in the shared tier may take before the engine goes on without it
+    /// (default 50 ms).
+    pub fn shared_tier_timeout(mut self, timeout: Duration) -> Self {
+        self.shared_tier_timeout = timeout;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> SwrCache<K, V> {
         let evictions = CountEvictions::default();
@@ -311,6 +340,10 @@ where
                 ttl_jitter: self.ttl_jitter,
                 early_refresh_beta: self.early_refresh_beta,
                 stale_alert_age: self.stale_alert_age,
+                tier: self.shared_tier.map(|tier| Tier {
+                    tier,
+                    timeout: self.shared_tier_timeout,
+                }),
             }),
         }
     }
@@ -331,6 +364,7 @@ struct Inner<K, V> {
     ttl_jitter: f64,
     early_refresh_beta: Option<f64>,
     stale_alert_age: Option<Duration>,
+    tier: Option<Tier<K, V>>,
 }
 
 /// An async stale-while-revalidate cache over `K → V`, bounded in bytes.
@@ -357,6 +391,9 @@ impl<K: Hash + Eq, V> fmt::Debug for SwrCache<K, V> {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a lookup in the shared tier may take unless configured otherwise.
+const DEFAULT_SHARED_TIER_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// How long a failed load stays its key's answer unless configured otherwise.
 pub(crate) const DEFAULT_REMEMBER_FAILURES: Duration = Duration::from_secs(1);
@@ -462,7 +499,11 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.inner.flights.fence(key);
-        self.inner.store.remove(key).is_some()
+        let removed = self.inner.store.remove(key);
+        if let Some((key, _)) = &removed {
+            self.forget_in_tier(key);
+        }
+        removed.is_some()
     }
 
     /// Marks `key` stale (a soft purge): the next lookup is answered from it while it refreshes.
@@ -652,13 +693,12 @@ where
                 refresh_early,
             } => {
                 if refresh_early {
-                    self.refresh(&key, &entry, now, || outcome_of(key.clone(), load()));
+                    self.refresh(&key, &entry, now, || deferred(key.clone(), load));
                 }
                 Ok(lookup_of(&entry, Status::Fresh, false, now))
             }
             Found::Stale(entry) => {
-                let refreshing =
-                    self.refresh(&key, &entry, now, || outcome_of(key.clone(), load()));
+                let refreshing = self.refresh(&key, &entry, now, || deferred(key.clone(), load));
                 Ok(lookup_of(&entry, Status::Stale, refreshing, now))
             }
             Found::Miss { expired } => {
@@ -735,22 +775,89 @@ where
 
     /// Stores a loaded entry unless an invalidation fenced its load since it began: the load's
     /// flight (`leader`) was fenced, or, for a load outside any flight, any fence went up
-    /// since `epoch`. Returns whether it was stored.
+    /// since `epoch`. Returns whether it was stored; `share`: then write it to the shared tier.
     fn store_fenced(
         &self,
         key: K,
         entry: &Arc<Entry<V>>,
         leader: Option<&FlightLeader<K, V>>,
         epoch: u64,
+        share: bool,
     ) -> bool {
+        let tier_key = self
+            .inner
+            .tier
+            .as_ref()
+            .filter(|_| share)
+            .map(|_| key.clone());
         let stored = match leader {
             Some(leader) => leader.store_if_current(|| self.insert_entry(key, entry)),
             None => (self.inner.flights).store_if_unfenced(epoch, || self.insert_entry(key, entry)),
         };
+        if let (Some(key), Some(())) = (tier_key, stored) {
+            self.share_in_tier(key, entry);
+        }
         if stored.is_none() {
             tracing::debug!("an invalidation came after this load began: not stored");
         }
         stored.is_some()
+    }
+
+    /// Writes a value this cache loaded to the shared tier, detached (the answer does not wait).
+    fn share_in_tier(&self, key: K, entry: &Arc<Entry<V>>) {
+        let Some(tier) = &self.inner.tier else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (tier, entry) = (tier.clone(), Arc::clone(entry));
+        let lifetime = entry.lifetime(&WallClock::now());
+        self.inner.tasks.spawn_on(
+            async move {
+                let put = tier.tier.put(&key, entry.value(), &lifetime);
+                if tokio::time::timeout(tier.timeout, put).await.is_err() {
+                    tracing::debug!("the shared tier did not take a value in time");
+                }
+            },
+            &runtime,
+        );
+    }
+
+    /// Removes a key from the shared tier, detached.
+    fn forget_in_tier(&self, key: &K) {
+        let Some(tier) = &self.inner.tier else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (tier, key) = (tier.clone(), key.clone());
+        self.inner.tasks.spawn_on(
+            async move {
+                let _ = tokio::time::timeout(tier.timeout, tier.tier.remove(&key)).await;
+            },
+            &runtime,
+        );
+    }
+
+    /// The shared tier's fresh copy of `key`, stored after `than`, as an entry of this cache.
+    async fn fresh_in_tier(
+        &self,
+        key: &K,
+        than: Option<std::time::SystemTime>,
+    ) -> Option<Arc<Entry<V>>> {
+        let tier = self.inner.tier.as_ref()?;
+        let (value, lifetime) = tier.fresh(key, than).await?;
+        let weight = (self.inner.weigher)(key, &value).saturating_add(store::ENTRY_OVERHEAD);
+        (weight <= self.inner.max_entry_weight).then(|| {
+            Arc::new(Entry::from_lifetime(
+                value,
+                &lifetime,
+                &WallClock::now(),
+                weight,
+            ))
+        })
     }
 
     /// XFetch: whether a fresh hit should start the refresh now (`-load_time·β·ln(U) ≥ time
@@ -872,6 +979,17 @@ pin_project! {
     }
 }
 
+/// A refresh's loader, called when the refresh task first runs (after the shared tier had its
+/// say), not when the refresh is claimed.
+async fn deferred<K, V, E, F, Fut>(key: K, load: F) -> Outcome<K, V, Result<Lookup<V>, Arc<E>>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Loaded<V>, E>>,
+    E: fmt::Display + Send + Sync + 'static,
+{
+    outcome_of(key, load()).await
+}
+
 fn outcome_of<K, Fut>(key: K, load: Fut) -> OutcomeOf<K, Fut> {
     OutcomeOf {
         key: Some(key),
@@ -932,6 +1050,7 @@ where
         let status = match how {
             Answered::Loaded { .. } => Status::Miss,
             Answered::Collapsed => Status::Collapsed,
+            Answered::SharedTier => Status::SharedTier,
             Answered::StaleIfError { failure } => {
                 let error = failure.and_then(|f| f.downcast_ref::<E>());
                 let error = error.map(|e| tracing::field::display(e as &dyn fmt::Display));

@@ -133,6 +133,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes_panicked: Counter,
     pub(crate) stale_if_error: Counter,
     pub(crate) failure_hits: Counter,
+    pub(crate) shared_tier_hits: Counter,
     pub(crate) gauges: Gauges,
 }
 
@@ -191,6 +192,9 @@ pub struct Stats {
     /// Requests answered with the failure of a load of their key that ended a moment ago
     /// (see `remember_failures`), without calling the loader or origin.
     pub failure_hits: u64,
+    /// Requests that found nothing usable here and were answered from the shared tier (a
+    /// value another cache loaded), without calling the loader or origin.
+    pub shared_tier_hits: u64,
     /// Entries evicted under memory pressure.
     pub evictions: u64,
     /// Entries held now.
@@ -224,6 +228,7 @@ impl Counters {
             bypasses: request("bypass"),
             stale_if_error: request("stale_if_error"),
             failure_hits: request("failure_hit"),
+            shared_tier_hits: request("shared_tier"),
             stores: Counter::new(cache, STORES, ("result", "stored")),
             store_rejections: Counter::new(cache, STORES, ("result", "too_large")),
             refreshes_started: refresh("started"),
@@ -251,6 +256,7 @@ impl Counters {
             refreshes_panicked: self.refreshes_panicked.get(),
             stale_if_error: self.stale_if_error.get(),
             failure_hits: self.failure_hits.get(),
+            shared_tier_hits: self.shared_tier_hits.get(),
             ..Stats::default()
         }
     }

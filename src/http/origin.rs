@@ -324,6 +324,13 @@ where
         let ask = self.ask();
         let response = match how {
             Answered::Collapsed => shared.respond_collapsed(entry, ask),
+            // Another instance's response, fresh: a hit.
+            Answered::SharedTier => {
+                let now = Stamp::now();
+                let ttl = entry.ttl_secs_at(now);
+                let member = Member::Hit { ttl };
+                shared.respond(entry, CacheStatus::Fresh, member, ask, false, now)
+            }
             Answered::StaleIfError { failure } => {
                 let failure = failure.and_then(|f| f.downcast_ref::<OriginFailure>());
                 let fwd_status = failure.and_then(OriginFailure::fwd_status);

@@ -49,6 +49,7 @@ mod inflight;
 mod load;
 mod stats;
 mod store;
+mod sync;
 
 use std::borrow::Borrow;
 use std::fmt;

@@ -9,9 +9,11 @@
 //!
 //! Kept as they are under shuttle, and why:
 //! - `Arc`: shuttle's is std's; `Entry`s and failures travel in it to the rest of the engine.
-//! - `watch`: tokio's channel is not instrumented for shuttle (shuttle does not switch tasks
-//!   inside it, so each of its calls is one step of the model), but it runs as it is under
-//!   shuttle's executor: its waits are wakers, and shuttle's wakers wake shuttle's tasks.
+//! - `watch`: tokio's own channel, which runs as it is under shuttle's executor (its waits are
+//!   wakers, and shuttle's wakers wake shuttle's tasks). Shuttle does not see inside it, so
+//!   under shuttle it is wrapped ([`model_watch`]): each call the module makes is a scheduling
+//!   point, and shuttle explores every order of those calls against the locks (without that,
+//!   the steps between a lock's release and a channel call would run as one).
 //! - `Instant`: tokio's, read from the real monotonic clock (there is no runtime to pause it);
 //!   the rest of the engine passes these to the module. The model uses only durations of zero
 //!   (always past) or an hour (never reached), so every time comparison comes out the same in
@@ -26,7 +28,10 @@ pub(crate) use std::sync::Arc;
 #[cfg(not(all(test, shuttle)))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
+#[cfg(not(all(test, shuttle)))]
 pub(crate) use ::tokio::sync::watch;
+#[cfg(all(test, shuttle))]
+pub(crate) use model_watch as watch;
 pub(crate) use ::tokio::time::Instant;
 
 /// The tokio paths the in-flight module names in full.
@@ -81,5 +86,91 @@ mod model_time {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Tokio's `watch`, each call the in-flight module makes to it a scheduling point of the model.
+///
+/// The calls go to tokio's channel unchanged; only the switch before each is added, so the
+/// model explores, e.g., another task landing between a caller's unlock and its subscribe.
+/// Inside a call, tokio's own steps run as one (tokio model-checks its channel with loom).
+#[cfg(all(test, shuttle))]
+pub(crate) mod model_watch {
+    use ::tokio::sync::watch;
+
+    fn step() {
+        // Not while unwinding: a destructor run by shuttle's teardown must not switch.
+        if !std::thread::panicking() {
+            shuttle::thread::yield_now();
+        }
+    }
+
+    pub(crate) fn channel<T>(init: T) -> (Sender<T>, Receiver<T>) {
+        step();
+        let (tx, rx) = watch::channel(init);
+        (Sender(Some(tx)), Receiver(rx))
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct Sender<T>(Option<watch::Sender<T>>);
+
+    #[derive(Debug)]
+    pub(crate) struct Receiver<T>(watch::Receiver<T>);
+
+    impl<T> Clone for Receiver<T> {
+        fn clone(&self) -> Self {
+            Self(self.0.clone())
+        }
+    }
+
+    impl<T> Sender<T> {
+        fn inner(&self) -> &watch::Sender<T> {
+            self.0.as_ref().expect("taken only on drop")
+        }
+
+        pub(crate) fn subscribe(&self) -> Receiver<T> {
+            step();
+            Receiver(self.inner().subscribe())
+        }
+
+        pub(crate) fn same_channel(&self, other: &Self) -> bool {
+            self.inner().same_channel(other.inner())
+        }
+
+        pub(crate) fn send_replace(&self, value: T) -> T {
+            step();
+            self.inner().send_replace(value)
+        }
+    }
+
+    impl<T> Clone for Sender<T> {
+        fn clone(&self) -> Self {
+            step();
+            Self(self.0.clone())
+        }
+    }
+
+    impl<T> Drop for Sender<T> {
+        fn drop(&mut self) {
+            // The last sender's drop closes the channel: a step of its own.
+            step();
+            drop(self.0.take());
+        }
+    }
+
+    impl<T> Receiver<T> {
+        pub(crate) async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+            step();
+            self.0.changed().await
+        }
+
+        pub(crate) fn borrow_and_update(&mut self) -> watch::Ref<'_, T> {
+            step();
+            self.0.borrow_and_update()
+        }
+
+        pub(crate) fn same_channel(&self, other: &Self) -> bool {
+            self.0.same_channel(&other.0)
+        }
     }
 }

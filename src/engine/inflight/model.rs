@@ -6,7 +6,7 @@
 //!
 //! Run (release: a few seconds):
 //! `RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo test --release --lib engine::inflight::model`
-//! `SHUTTLE_ITERATIONS=N` sets the iterations per scheduler per model (default 1000): each model
+//! `SHUTTLE_ITERATIONS=N` sets the iterations per scheduler per model (default 5000): each model
 //! runs under shuttle's random scheduler and under PCT (depth 3). What is and is not modelled:
 //! `docs/concurrency.md`.
 
@@ -33,7 +33,7 @@ fn iterations() -> usize {
     std::env::var("SHUTTLE_ITERATIONS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(1000)
+        .unwrap_or(5000)
 }
 
 /// Runs `model` under the random scheduler and under PCT.

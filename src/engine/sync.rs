@@ -30,9 +30,9 @@ pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(not(all(test, shuttle)))]
 pub(crate) use ::tokio::sync::watch;
+pub(crate) use ::tokio::time::Instant;
 #[cfg(all(test, shuttle))]
 pub(crate) use model_watch as watch;
-pub(crate) use ::tokio::time::Instant;
 
 /// The tokio paths the in-flight module names in full.
 pub(crate) mod tokio {

@@ -21,8 +21,8 @@ use super::super::clock::Stamp;
 use super::super::entry::{Entry, Freshness, Loaded};
 use super::super::sync::{Arc, Instant, Mutex};
 use super::{
-    lock, stored_by_another, wait, Backoff, Breaker, Failure, FlightLeader, Flights, Join,
-    Landing, Refreshes, Waited,
+    lock, stored_by_another, wait, Backoff, Breaker, Failure, FlightLeader, Flights, Join, Landing,
+    Refreshes, Waited,
 };
 
 const KEY: u32 = 1;
@@ -475,7 +475,11 @@ fn one_refresh_at_a_time(breaker: bool) {
                         return;
                     };
                     assert!(!after_failure, "claimed after a failure");
-                    assert_eq!(holders[index].fetch_add(1, Ordering::SeqCst), 0, "two claims");
+                    assert_eq!(
+                        holders[index].fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two claims"
+                    );
                     assert!(refreshes.is_running(&key));
                     yield_now().await;
                     holders[index].fetch_sub(1, Ordering::SeqCst);

@@ -1,4 +1,4 @@
-//! What the in-flight module ([`super::inflight`]) synchronises with, behind one seam, so that
+//! What the in-flight module (`super::inflight`) synchronises with, behind one seam, so that
 //! its model check runs that module itself rather than a copy of it.
 //!
 //! Normally these are std's and tokio's own items, re-exported: nothing changes. In the
@@ -7,19 +7,19 @@
 //! lock and explores the interleavings of `Flights` and `Refreshes`; and the wait's timer is a
 //! model one (below), because shuttle's executor has no tokio timer.
 //!
-//! Kept as they are under shuttle, and why:
+//! The others under shuttle, and why:
 //! - `Arc`: shuttle's is std's; `Entry`s and failures travel in it to the rest of the engine.
 //! - `watch`: tokio's own channel, which runs as it is under shuttle's executor (its waits are
 //!   wakers, and shuttle's wakers wake shuttle's tasks). Shuttle does not see inside it, so
-//!   under shuttle it is wrapped ([`model_watch`]): each call the module makes is a scheduling
-//!   point, and shuttle explores every order of those calls against the locks (without that,
-//!   the steps between a lock's release and a channel call would run as one).
+//!   under shuttle it is wrapped (`model_watch`): each call the module makes is a scheduling
+//!   point, where shuttle may switch tasks (without that, the steps between a lock's release
+//!   and a channel call would run as one).
 //! - `Instant`: tokio's, read from the real monotonic clock (there is no runtime to pause it);
 //!   the rest of the engine passes these to the module. The model uses only durations of zero
 //!   (always past) or an hour (never reached), so every time comparison comes out the same in
 //!   every run and shuttle can replay a failing schedule.
 //!
-//! `inflight.rs` names `tokio::time::timeout_at` by its full path; it imports [`tokio`] from
+//! `inflight.rs` names `tokio::time::timeout_at` by its full path; it imports `tokio` from
 //! here, a module that mirrors that path, so its body is the same in both builds.
 
 #[cfg(all(test, shuttle))]

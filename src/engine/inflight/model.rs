@@ -1,8 +1,8 @@
 //! Model check of this module itself (not a copy): shuttle runs `Flights`, `FlightLeader`,
-//! `wait`, `stored_by_another` and `Refreshes` as they are, their mutex being shuttle's (see
-//! `engine::sync`), and explores the interleavings of a few tasks per model. A lost wake-up
-//! shows as a deadlock (every task blocked), a wrong answer as a failed assertion; shuttle
-//! prints the schedule that reached it.
+//! `wait`, `stored_by_another` and `Refreshes` as they are, their mutex shuttle's and each
+//! channel call a scheduling point (see `engine::sync`), and explores the interleavings of a
+//! few tasks per model. A lost wake-up shows as a deadlock (every task blocked), a wrong answer
+//! as a failed assertion; shuttle prints the schedule and seed that reached it.
 //!
 //! Run (release: a few seconds):
 //! `RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo test --release --lib engine::inflight::model`

@@ -471,7 +471,7 @@ fn one_refresh_at_a_time(breaker: bool) {
                     } else {
                         failed[index].load(Ordering::SeqCst)
                     };
-                    let Some(claim) = refreshes.try_claim(&key, Instant::now()) else {
+                    let Ok(claim) = refreshes.claim(&key, Instant::now()) else {
                         return;
                     };
                     assert!(!after_failure, "claimed after a failure");

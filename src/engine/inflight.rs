@@ -18,13 +18,12 @@ use std::collections::HashMap as StdHashMap;
 type HashMap<K, V> = StdHashMap<K, V, quick_cache::DefaultHashBuilder>;
 use std::any::Any;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::time::Instant;
-
 use super::entry::Entry;
+// std's and tokio's, or the model checker's under `--cfg shuttle` (see `sync`); `tokio` there
+// mirrors the paths named in full below (`tokio::time::timeout_at`).
+use super::sync::{tokio, watch, Arc, Instant, Mutex, MutexGuard};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave the maps inconsistent (each critical
@@ -571,3 +570,6 @@ impl<K: Hash + Eq + Clone, V> std::fmt::Debug for FlightLeader<K, V> {
         f.debug_struct("FlightLeader").finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, shuttle))]
+mod model;

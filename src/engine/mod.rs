@@ -49,6 +49,7 @@ mod inflight;
 mod load;
 mod stats;
 mod store;
+mod sync;
 mod tier;
 
 use std::borrow::Borrow;

@@ -664,36 +664,37 @@ async fn oneshot_handler() -> axum::response::Response {
 
 /// The floor of `hit_oneshot`: a minimal cache answering from a `HashMap` keyed by the
 /// request's path and query (borrowed `&str`), with the stored map already holding `Age` and
-/// `Cache-Status` so a hit replaces `Age` in place with a static value. Cloned per request like
-/// the others (an `Arc` clone); never calls an inner service.
+/// `Cache-Status` so a hit replaces `Age` in place with a static value. Like any cache layer it
+/// holds its inner service (for misses, which never happen here) and is cloned with it per
+/// request: outside axum the inner is the tower origin (a closure, free to clone), inside axum
+/// it is axum's boxed route, as for tower-swr.
 #[derive(Clone)]
-struct OneshotFloor {
-    entries: Arc<std::collections::HashMap<String, Arc<Stored>>>,
+struct OneshotFloor<S> {
+    entries: Arc<FloorEntries>,
+    #[allow(dead_code)] // held and cloned as a miss would need it; every request here hits
+    inner: S,
 }
 
-impl OneshotFloor {
-    fn new() -> Self {
-        let mut headers = oneshot_headers();
-        headers.insert(header::AGE, age_value(0));
-        headers.insert(
-            tower_swr::CACHE_STATUS.clone(),
-            HeaderValue::from_static("floor; hit"),
-        );
-        let stored = Arc::new(Stored {
-            status: StatusCode::OK,
-            version: Version::HTTP_11,
-            headers,
-            body: oneshot_body(),
-            stored_at: Instant::now(),
-        });
-        let path = ONESHOT_PATH.to_owned();
-        Self {
-            entries: Arc::new([(path, stored)].into_iter().collect()),
-        }
-    }
+type FloorEntries = std::collections::HashMap<String, Arc<Stored>>;
+
+fn oneshot_floor_entries() -> Arc<FloorEntries> {
+    let mut headers = oneshot_headers();
+    headers.insert(header::AGE, age_value(0));
+    headers.insert(
+        tower_swr::CACHE_STATUS.clone(),
+        HeaderValue::from_static("floor; hit"),
+    );
+    let stored = Arc::new(Stored {
+        status: StatusCode::OK,
+        version: Version::HTTP_11,
+        headers,
+        body: oneshot_body(),
+        stored_at: Instant::now(),
+    });
+    Arc::new([(ONESHOT_PATH.to_owned(), stored)].into_iter().collect())
 }
 
-impl<B> Service<Request<B>> for OneshotFloor {
+impl<S, B> Service<Request<B>> for OneshotFloor<S> {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
@@ -716,15 +717,18 @@ impl<B> Service<Request<B>> for OneshotFloor {
     }
 }
 
-/// [`OneshotFloor`] as a layer, for the axum variant (the inner route is never called).
+/// [`OneshotFloor`] as a layer.
 #[derive(Clone)]
-struct OneshotFloorLayer(OneshotFloor);
+struct OneshotFloorLayer(Arc<FloorEntries>);
 
 impl<S> Layer<S> for OneshotFloorLayer {
-    type Service = OneshotFloor;
+    type Service = OneshotFloor<S>;
 
-    fn layer(&self, _inner: S) -> OneshotFloor {
-        self.0.clone()
+    fn layer(&self, inner: S) -> OneshotFloor<S> {
+        OneshotFloor {
+            entries: self.0.clone(),
+            inner,
+        }
     }
 }
 
@@ -780,7 +784,8 @@ fn bench_hit_oneshot(c: &mut Criterion) {
     }
     let rt = current_thread();
 
-    let floor = OneshotFloor::new();
+    let floor_layer = OneshotFloorLayer(oneshot_floor_entries());
+    let floor = floor_layer.layer(oneshot_origin());
     let layer = SwrLayer::new();
     let swr = layer.layer(oneshot_origin());
     let lean = SwrLayer::new().cache_info_extension(false);
@@ -791,7 +796,7 @@ fn bench_hit_oneshot(c: &mut Criterion) {
         .layer(axum_layer.clone());
     let app_floor = axum::Router::new()
         .route("/item", axum::routing::get(oneshot_handler))
-        .layer(OneshotFloorLayer(floor.clone()));
+        .layer(floor_layer);
 
     // Warm every cache with every shape (a shape may be its own key), then check that each
     // variant answers each shape from cache.
@@ -865,9 +870,7 @@ fn bench_hit_oneshot(c: &mut Criterion) {
 
         let mut group = c.benchmark_group("hit_oneshot");
         group.throughput(Throughput::Elements(1));
-        group.bench_function(format!("floor/{shape}"), |b| {
-            b.iter_custom(&mut hit_floor)
-        });
+        group.bench_function(format!("floor/{shape}"), |b| b.iter_custom(&mut hit_floor));
         group.bench_function(format!("tower-swr/{shape}"), |b| {
             b.iter_custom(&mut hit_swr)
         });

@@ -4,6 +4,10 @@
 //! - `hit`: one GET answered from cache through `SwrService`, against the floor (a bare
 //!   quick_cache `get` of an `Arc` entry + the same `Response` built from stored parts + the body
 //!   collected) and against the bare inner service;
+//! - `hit_oneshot`: the hit path as axum calls it — the service cloned per request and driven by
+//!   `oneshot`, a new request per call in three shapes (origin-form without `Host`, with `Host` +
+//!   `Accept`, absolute-form HTTP/2), against a minimal `HashMap` floor, also through a real
+//!   `axum::Router`;
 //! - `contention`: hits from 1 and 2 threads on 1 key and on 10,000 Zipf-distributed keys;
 //! - `stale`: a stale answer while the origin takes 100 ms, against a fresh hit; and (printed)
 //!   the number of origin calls when 10,000 concurrent requests hit one key;
@@ -564,6 +568,351 @@ fn bench_hit(c: &mut Criterion) {
             ("bare inner service", Box::new(&mut hit_bare)),
         ],
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a2) The hit path as axum calls it: the service cloned per request and driven by `oneshot`,
+// the request built afresh each time, in the three shapes a server hands over.
+
+/// The request shapes of `hit_oneshot`: (name in benchmark ids and `SWR_BENCH_COUNT`, what).
+const SHAPES: [(&str, &str); 3] = [
+    ("path", "GET /item?id=42, no Host"),
+    ("host", "GET /item?id=42, Host + Accept (HTTP/1 style)"),
+    (
+        "absolute",
+        "GET http://example.com/item?id=42 as HTTP/2, no Host (how hyper hands h2 over)",
+    ),
+];
+
+/// The variants of `hit_oneshot`: (name in benchmark ids and `SWR_BENCH_COUNT` after
+/// `oneshot-`, what).
+const ONESHOT_VARIANTS: [(&str, &str); 5] = [
+    ("floor", "floor (HashMap + Age + Cache-Status)"),
+    ("tower-swr", "tower-swr"),
+    ("tower-swr-no-info", "tower-swr, no CacheInfo"),
+    ("axum-floor", "axum Router + floor layer"),
+    ("axum", "axum Router + tower-swr"),
+];
+
+const ONESHOT_PATH: &str = "/item?id=42";
+const ONESHOT_ABSOLUTE: &str = "http://example.com/item?id=42";
+const ONESHOT_HOST: &str = "example.com";
+
+/// A new request of `shape` (see [`SHAPES`]); the URI is parsed from its static text each time.
+fn shaped_request(shape: &str) -> Request<ReqBody> {
+    let mut request = Request::new(Empty::new());
+    match shape {
+        "path" => *request.uri_mut() = Uri::from_static(ONESHOT_PATH),
+        "host" => {
+            *request.uri_mut() = Uri::from_static(ONESHOT_PATH);
+            let headers = request.headers_mut();
+            headers.insert(header::HOST, HeaderValue::from_static(ONESHOT_HOST));
+            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        "absolute" => {
+            *request.uri_mut() = Uri::from_static(ONESHOT_ABSOLUTE);
+            *request.version_mut() = Version::HTTP_2;
+        }
+        other => panic!("unknown request shape {other}"),
+    }
+    request
+}
+
+/// The origin's four headers in `hit_oneshot`.
+fn oneshot_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ETAG, HeaderValue::from_static("\"item-42-v1\""));
+    headers.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_static("Mon, 23 Nov 2026 08:00:00 GMT"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=3600"),
+    );
+    headers
+}
+
+fn oneshot_body() -> Bytes {
+    static BODY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| body_of(KIB)).clone()
+}
+
+/// The tower origin of `hit_oneshot`: 1 KiB (one shared `Bytes`) and [`oneshot_headers`].
+fn oneshot_origin(
+) -> impl Service<Request<ReqBody>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    service_fn(move |_req: Request<ReqBody>| {
+        let mut response = Response::new(Full::new(oneshot_body()));
+        *response.headers_mut() = oneshot_headers();
+        async move { Ok::<_, Infallible>(response) }
+    })
+}
+
+/// The same origin as an axum handler.
+async fn oneshot_handler() -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from(oneshot_body()));
+    *response.headers_mut() = oneshot_headers();
+    response
+}
+
+/// The floor of `hit_oneshot`: a minimal cache answering from a `HashMap` keyed by the
+/// request's path and query (borrowed `&str`), with the stored map already holding `Age` and
+/// `Cache-Status` so a hit replaces `Age` in place (no growth) with a static value. Like any cache layer it
+/// holds its inner service (for misses, which never happen here) and is cloned with it per
+/// request: outside axum the inner is the tower origin (a closure, free to clone), inside axum
+/// it is axum's boxed route, as for tower-swr.
+#[derive(Clone)]
+struct OneshotFloor<S> {
+    entries: Arc<FloorEntries>,
+    #[allow(dead_code)] // held and cloned as a miss would need it; every request here hits
+    inner: S,
+}
+
+type FloorEntries = std::collections::HashMap<String, Arc<Stored>>;
+
+fn oneshot_floor_entries() -> Arc<FloorEntries> {
+    let mut headers = oneshot_headers();
+    headers.insert(header::AGE, age_value(0));
+    headers.insert(
+        tower_swr::CACHE_STATUS.clone(),
+        HeaderValue::from_static("floor; hit"),
+    );
+    let stored = Arc::new(Stored {
+        status: StatusCode::OK,
+        version: Version::HTTP_11,
+        headers,
+        body: oneshot_body(),
+        stored_at: Instant::now(),
+    });
+    Arc::new([(ONESHOT_PATH.to_owned(), stored)].into_iter().collect())
+}
+
+impl<S, B> Service<Request<B>> for OneshotFloor<S> {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let key = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let stored = self.entries.get(key).expect("floor entry");
+        let mut response = Response::new(Full::new(stored.body.clone()));
+        *response.status_mut() = stored.status;
+        *response.version_mut() = stored.version;
+        *response.headers_mut() = stored.headers.clone();
+        // Replaced through `get_mut`: `insert` reserves first, and a clone of this 6-header map
+        // sits at its load limit, so `insert` would grow it even to replace (+1,000
+        // instructions, measured).
+        if let Some(age) = response.headers_mut().get_mut(header::AGE) {
+            *age = age_value(stored.stored_at.elapsed().as_secs());
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+/// [`OneshotFloor`] as a layer.
+#[derive(Clone)]
+struct OneshotFloorLayer(Arc<FloorEntries>);
+
+impl<S> Layer<S> for OneshotFloorLayer {
+    type Service = OneshotFloor<S>;
+
+    fn layer(&self, inner: S) -> OneshotFloor<S> {
+        OneshotFloor {
+            entries: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// `service.clone().oneshot(request)` and the body collected: what axum does per request.
+async fn oneshot_collect<S, B>(service: &S, request: Request<ReqBody>) -> (StatusCode, Bytes)
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    let response = service.clone().oneshot(request).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    black_box(&parts.headers);
+    (parts.status, bytes)
+}
+
+/// Checks that `service` answers `shape` with 200, the 1 KiB body, the origin's `ETag`, `Age`
+/// and a `Cache-Status` hit.
+fn check_oneshot_hit<S, B>(rt: &Runtime, label: &str, service: &S, shape: &str)
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    rt.block_on(async {
+        let response = service
+            .clone()
+            .oneshot(shaped_request(shape))
+            .await
+            .expect("response");
+        let headers = response.headers();
+        assert_eq!(response.status(), StatusCode::OK, "{label}/{shape}");
+        assert_eq!(headers[header::ETAG], "\"item-42-v1\"", "{label}/{shape}");
+        assert!(headers.contains_key(header::AGE), "{label}/{shape}: Age");
+        let status = headers[&tower_swr::CACHE_STATUS].to_str().expect("ascii");
+        assert!(status.contains("hit"), "{label}/{shape}: {status}");
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes().len(), KIB, "{label}/{shape}");
+    });
+}
+
+fn bench_hit_oneshot(c: &mut Criterion) {
+    let parts: Vec<&str> = ONESHOT_VARIANTS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(SHAPES.iter().map(|(name, _)| *name))
+        .collect();
+    if !wanted("hit_oneshot", &parts) {
+        return;
+    }
+    let rt = current_thread();
+
+    let floor_layer = OneshotFloorLayer(oneshot_floor_entries());
+    let floor = floor_layer.layer(oneshot_origin());
+    let layer = SwrLayer::new();
+    let swr = layer.layer(oneshot_origin());
+    let lean = SwrLayer::new().cache_info_extension(false);
+    let swr_lean = lean.layer(oneshot_origin());
+    let axum_layer = SwrLayer::new();
+    // `with_state(())` turns the handlers into routes once, as `axum::serve` does (through
+    // `into_make_service`); without it a bare `Router` does so on every request, layer
+    // included (+2,400 instructions per request, measured).
+    let app = axum::Router::new()
+        .route("/item", axum::routing::get(oneshot_handler))
+        .layer(axum_layer.clone())
+        .with_state(());
+    let app_floor = axum::Router::new()
+        .route("/item", axum::routing::get(oneshot_handler))
+        .layer(floor_layer)
+        .with_state(());
+
+    // Warm every cache with every shape (a shape may be its own key), then check that each
+    // variant answers each shape from cache.
+    rt.block_on(async {
+        for (shape, _) in SHAPES {
+            oneshot_collect(&swr, shaped_request(shape)).await;
+            oneshot_collect(&swr_lean, shaped_request(shape)).await;
+            oneshot_collect(&app, shaped_request(shape)).await;
+        }
+    });
+    for (shape, _) in SHAPES {
+        check_oneshot_hit(&rt, "floor", &floor, shape);
+        check_oneshot_hit(&rt, "tower-swr", &swr, shape);
+        check_oneshot_hit(&rt, "tower-swr-no-info", &swr_lean, shape);
+        check_oneshot_hit(&rt, "axum-floor", &app_floor, shape);
+        check_oneshot_hit(&rt, "axum", &app, shape);
+    }
+    let misses: Vec<u64> = [&layer, &lean, &axum_layer]
+        .iter()
+        .map(|l| l.stats().misses)
+        .collect();
+
+    for (shape, about) in SHAPES {
+        let mut hit_floor = |n| {
+            time_async(&rt, n, async || {
+                oneshot_collect(&floor, shaped_request(shape)).await
+            })
+        };
+        let mut hit_swr = |n| {
+            time_async(&rt, n, async || {
+                oneshot_collect(&swr, shaped_request(shape)).await
+            })
+        };
+        let mut hit_swr_lean = |n| {
+            time_async(&rt, n, async || {
+                oneshot_collect(&swr_lean, shaped_request(shape)).await
+            })
+        };
+        let mut hit_axum_floor = |n| {
+            time_async(&rt, n, async || {
+                oneshot_collect(&app_floor, shaped_request(shape)).await
+            })
+        };
+        let mut hit_axum = |n| {
+            time_async(&rt, n, async || {
+                oneshot_collect(&app, shaped_request(shape)).await
+            })
+        };
+
+        // For instruction counts under callgrind: `oneshot-<variant>/<shape>`.
+        if let Some((variant, n)) = count_request() {
+            let Some((name, wanted_shape)) = variant
+                .strip_prefix("oneshot-")
+                .and_then(|v| v.split_once('/'))
+            else {
+                return;
+            };
+            if wanted_shape != shape {
+                continue;
+            }
+            match name {
+                "floor" => hit_floor(n),
+                "tower-swr" => hit_swr(n),
+                "tower-swr-no-info" => hit_swr_lean(n),
+                "axum-floor" => hit_axum_floor(n),
+                "axum" => hit_axum(n),
+                _ => panic!("unknown hit_oneshot variant {name}"),
+            };
+            std::process::exit(0);
+        }
+
+        let mut group = c.benchmark_group("hit_oneshot");
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("floor/{shape}"), |b| b.iter_custom(&mut hit_floor));
+        group.bench_function(format!("tower-swr/{shape}"), |b| {
+            b.iter_custom(&mut hit_swr)
+        });
+        group.bench_function(format!("tower-swr-no-info/{shape}"), |b| {
+            b.iter_custom(&mut hit_swr_lean)
+        });
+        group.bench_function(format!("axum-floor/{shape}"), |b| {
+            b.iter_custom(&mut hit_axum_floor)
+        });
+        group.bench_function(format!("axum/{shape}"), |b| b.iter_custom(&mut hit_axum));
+        group.finish();
+
+        // The printed block follows a filter naming a shape (`hit_oneshot/absolute`).
+        let shape_selected = filter().is_none_or(|f| {
+            f.contains(shape) || !SHAPES.iter().any(|(other, _)| f.contains(other))
+        });
+        if shape_selected {
+            side_by_side(
+                &format!("hit path as axum calls it, svc.clone().oneshot(request), {about}"),
+                &mut [
+                    (ONESHOT_VARIANTS[0].1, Box::new(&mut hit_floor)),
+                    (ONESHOT_VARIANTS[1].1, Box::new(&mut hit_swr)),
+                    (ONESHOT_VARIANTS[2].1, Box::new(&mut hit_swr_lean)),
+                    (ONESHOT_VARIANTS[3].1, Box::new(&mut hit_axum_floor)),
+                    (ONESHOT_VARIANTS[4].1, Box::new(&mut hit_axum)),
+                ],
+            );
+        }
+    }
+    let after: Vec<u64> = [&layer, &lean, &axum_layer]
+        .iter()
+        .map(|l| l.stats().misses)
+        .collect();
+    assert_eq!(misses, after, "the timed runs were all hits");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1193,7 +1542,10 @@ fn quick_mode() -> bool {
 /// `SWR_BENCH_COUNT=<variant>:<iterations>`: run one variant that many times and exit, for
 /// instruction counts under callgrind (run with 0 and with N, subtract, divide by N). Variants:
 /// tower-swr, floor, floor+status, floor+status-presized, bare (group hit); fresh, stale (group
-/// stale); miss-1k, direct-1k, miss-1m, direct-1m (group miss).
+/// stale); miss-1k, direct-1k, miss-1m, direct-1m (group miss); `oneshot-<variant>/<shape>`
+/// (group hit_oneshot, run with the filter `hit_oneshot`) with variant floor, tower-swr,
+/// tower-swr-no-info, axum-floor or axum and shape path, host or absolute
+/// (`benches/callgrind.sh` runs them all).
 fn count_request() -> Option<(String, u64)> {
     let spec = std::env::var("SWR_BENCH_COUNT").ok()?;
     let (variant, n) = spec
@@ -1211,6 +1563,16 @@ fn profiling() -> bool {
 /// selects something in `group` (whose benchmarks are named `group/<one of parts>...`). The
 /// printed one-offs and each group's setup follow it like the timed benchmarks do.
 fn wanted(group: &str, parts: &[&str]) -> bool {
+    let Some(arg) = filter() else {
+        return true;
+    };
+    let (head, tail) = arg.split_once('/').unwrap_or((arg.as_str(), ""));
+    group.contains(head) && parts.iter().any(|p| p.contains(tail) || tail.contains(p))
+        || parts.iter().any(|p| p.contains(arg.as_str()))
+}
+
+/// Criterion's filter: the first free argument, if any.
+fn filter() -> Option<String> {
     const WITH_VALUE: [&str; 15] = [
         "--save-baseline",
         "--baseline",
@@ -1233,13 +1595,10 @@ fn wanted(group: &str, parts: &[&str]) -> bool {
         if WITH_VALUE.contains(&arg.as_str()) {
             args.next();
         } else if !arg.starts_with('-') {
-            let (head, tail) = arg.split_once('/').unwrap_or((arg.as_str(), ""));
-            return group.contains(head)
-                && parts.iter().any(|p| p.contains(tail) || tail.contains(p))
-                || parts.iter().any(|p| p.contains(arg.as_str()));
+            return Some(arg);
         }
     }
-    true
+    None
 }
 
 fn config() -> Criterion {
@@ -1252,6 +1611,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = memory, bench_hit, bench_contention, bench_stale, bench_miss
+    targets = memory, bench_hit, bench_hit_oneshot, bench_contention, bench_stale, bench_miss
 }
 criterion_main!(benches);

@@ -32,7 +32,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use super::key::{known_namespace, put_bytes, put_optional, KeyRef, VaryValues, KEY_FORMAT};
-use super::status::{reserve_slots, without_slots};
+use super::status::{is_slot, reserve_slots};
 use super::stored::{CachedResponse, Credentials};
 use crate::engine::Lifetime;
 
@@ -114,15 +114,17 @@ pub(crate) fn encode(cached: &CachedResponse, lifetime: &Lifetime) -> Vec<u8> {
         flags |= FLAG_SHARED_WITH_COOKIE;
     }
     out.push(flags);
-    let unslotted;
-    let headers = if cached.slots.is_some() {
-        unslotted = without_slots(cached.headers.clone());
-        &unslotted
-    } else {
-        &cached.headers
+    // Without the slots (a decoded entry reserves them again), in order: `without_slots`
+    // would reorder the lines.
+    let slotted = cached.slots.is_some();
+    let lines = || {
+        cached
+            .headers
+            .iter()
+            .filter(move |(name, value)| !(slotted && is_slot(name, value)))
     };
-    put_count(&mut out, headers.len());
-    for (name, value) in headers {
+    put_count(&mut out, lines().count());
+    for (name, value) in lines() {
         put_bytes(&mut out, name.as_str().as_bytes());
         put_bytes(&mut out, value.as_bytes());
     }
@@ -194,7 +196,7 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
     }
     let (headers, slots) = if flags & FLAG_SLOTS != 0 {
         // The slots are reserved again; headers that look like them would be taken for them.
-        if without_slots(headers.clone()).len() != headers.len() {
+        if headers.iter().any(|(name, value)| is_slot(name, value)) {
             return Err(DecodeError::Invalid("header (a slot)"));
         }
         let (headers, slots) = reserve_slots(headers);
@@ -509,7 +511,7 @@ pub(crate) fn assert_same(a: &CachedResponse, b: &CachedResponse) {
 mod tests {
     use super::*;
     use crate::http::key::namespace_id;
-    use crate::http::status::{CacheStatus, Member, StatusHeaders};
+    use crate::http::status::{without_slots, CacheStatus, Member, StatusHeaders};
     use http::header::{self, CONTENT_TYPE, ETAG, LAST_MODIFIED};
     use http_body_util::Full;
     use proptest::prelude::*;

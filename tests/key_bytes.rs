@@ -61,7 +61,10 @@ async fn keys_name_their_layer_and_not_the_order_layers_were_made_in() -> TestRe
     let api = key_bytes(&first_api.handle());
     assert_eq!(api.len(), 1);
     assert_eq!(api, key_bytes(&second_api.handle()));
-    assert_eq!(key_bytes(&first_web.handle()), key_bytes(&second_web.handle()));
+    assert_eq!(
+        key_bytes(&first_web.handle()),
+        key_bytes(&second_web.handle())
+    );
     assert!(api[0].starts_with(&prefix("api-k")), "{:?}", api[0]);
     assert!(key_bytes(&first_web.handle())[0].starts_with(&prefix("web-k")));
     assert_ne!(api, key_bytes(&first_web.handle()));

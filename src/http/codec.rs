@@ -491,15 +491,14 @@ pub(crate) fn assert_same(a: &CachedResponse, b: &CachedResponse) {
     assert_eq!(a.status, b.status, "status");
     assert_eq!(a.version, b.version, "version");
     assert_eq!(lines(&a.headers), lines(&b.headers), "headers");
-    assert_eq!(
-        format!("{:?}", a.slots),
-        format!("{:?}", b.slots),
-        "slots"
-    );
+    assert_eq!(format!("{:?}", a.slots), format!("{:?}", b.slots), "slots");
     assert_eq!(a.body, b.body, "body");
     assert_eq!(a.vary, b.vary, "vary");
     assert_eq!(a.shared_with_auth, b.shared_with_auth, "shared_with_auth");
-    assert_eq!(a.shared_with_cookie, b.shared_with_cookie, "shared_with_cookie");
+    assert_eq!(
+        a.shared_with_cookie, b.shared_with_cookie,
+        "shared_with_cookie"
+    );
     assert_eq!(
         a.credentials.as_ref().map(|c| &c.0),
         b.credentials.as_ref().map(|c| &c.0),
@@ -560,8 +559,7 @@ mod tests {
         let (headers, slots) = reserve_slots(origin);
         let mut request = HeaderMap::new();
         request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en, fr"));
-        let super::super::key::Vary::On(vary) =
-            super::super::key::Vary::of(&headers, &request)
+        let super::super::key::Vary::On(vary) = super::super::key::Vary::of(&headers, &request)
         else {
             panic!("varies");
         };
@@ -642,7 +640,10 @@ mod tests {
         );
         let links: Vec<_> = decoded.headers.get_all(header::LINK).iter().collect();
         assert_eq!(links, ["</a>; rel=preload", "</b>; rel=preload"]);
-        assert_eq!(decoded.headers.get("x-latin1").unwrap().as_bytes(), b"caf\xe9");
+        assert_eq!(
+            decoded.headers.get("x-latin1").unwrap().as_bytes(),
+            b"caf\xe9"
+        );
         assert_eq!(decoded.key.namespace_name().as_ref(), "codec-test");
         let mut request = HeaderMap::new();
         request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en,fr"));
@@ -714,7 +715,10 @@ mod tests {
         let count_at = 1 + 4 + key_len + 7 * 12 + 2 + 1 + 1;
         let mut count = bytes.clone();
         count[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(decode(&count).unwrap_err(), DecodeError::Invalid("line count"));
+        assert_eq!(
+            decode(&count).unwrap_err(),
+            DecodeError::Invalid("line count")
+        );
         count[count_at..count_at + 4].copy_from_slice(&4000u32.to_be_bytes());
         assert_eq!(decode(&count).unwrap_err(), DecodeError::Truncated);
         let body_at = bytes.len() - sample().body.len() - 8;
@@ -730,10 +734,7 @@ mod tests {
             .in_namespace(namespace_id("codec-test"))
             .to_owned();
         let bytes = encode(&cached, &lifetime());
-        let at = bytes
-            .windows(10)
-            .position(|w| w == b"codec-test")
-            .unwrap();
+        let at = bytes.windows(10).position(|w| w == b"codec-test").unwrap();
         let mut other = bytes.clone();
         other[at..at + 10].copy_from_slice(b"codec-tesT");
         assert_eq!(decode(&other).unwrap_err(), DecodeError::UnknownNamespace);
@@ -744,7 +745,9 @@ mod tests {
         let mut cached = sample();
         cached.slots = None;
         cached.headers = HeaderMap::new();
-        cached.headers.insert(header::AGE, HeaderValue::from_static("5"));
+        cached
+            .headers
+            .insert(header::AGE, HeaderValue::from_static("5"));
         let mut bytes = encode(&cached, &lifetime());
         let flags_at = 1 + 4 + cached.key.to_bytes().len() + 7 * 12 + 2 + 1;
         assert_eq!(bytes[flags_at], FLAG_SHARED_WITH_AUTH);

@@ -645,9 +645,6 @@ mod tests {
         assert_ne!(key(first), key(second));
         assert_ne!(key(first).to_bytes(), key(second).to_bytes());
         // Another store numbers its own layers from the start.
-        assert_eq!(
-            StoreNamespaces::default().claim("key-test-same"),
-            first
-        );
+        assert_eq!(StoreNamespaces::default().claim("key-test-same"), first);
     }
 }

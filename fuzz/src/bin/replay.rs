@@ -23,9 +23,19 @@ fn main() {
                 None => clock_seed(),
             };
             let failed = if mode == "--random" {
-                random(n, seed, &tower_swr_fuzz::request_seeds(), tower_swr_fuzz::run_request)
+                random(
+                    n,
+                    seed,
+                    &tower_swr_fuzz::request_seeds(),
+                    tower_swr_fuzz::run_request,
+                )
             } else {
-                random(n, seed, &tower_swr_fuzz::codec_seeds(), tower_swr_fuzz::run_codec)
+                random(
+                    n,
+                    seed,
+                    &tower_swr_fuzz::codec_seeds(),
+                    tower_swr_fuzz::run_codec,
+                )
             };
             std::process::exit(i32::from(failed > 0));
         }

@@ -3,22 +3,24 @@
 #
 #   fuzz/run.sh SECONDS            # the response target (http_response), e.g. fuzz/run.sh 600
 #   fuzz/run.sh SECONDS request    # the request target (http_request): ranges, conditionals
+#   fuzz/run.sh SECONDS codec      # the codec target (codec): decoding stored responses
 #
 # Needs cargo-afl (`cargo install cargo-afl`; it builds AFL++ with `cargo afl config --build`).
 # Findings land in fuzz/out/default/crashes/ (request target: fuzz/out-request/...); replay one
 # without AFL with
 #   (cd fuzz && cargo afl build --release --features afl && ./target/release/replay out/default/crashes/id*)
-# (add --request for the request target) and copy the ones that found a bug into
-# fuzz/regressions/, named req-* for the request target (each also becomes a test in
-# tests/bad_input.rs). The corpus grows in out*/default/queue/ and is reused by later runs.
+# (add --request for the request target, --codec for the codec target) and copy the ones that
+# found a bug into fuzz/regressions/, named req-* for the request target and codec-* for the
+# codec target (each also becomes a test in tests/bad_input.rs). The corpus grows in out*/default/queue/ and is reused by later runs.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-seconds="${1:?usage: fuzz/run.sh SECONDS [response|request]}"
+seconds="${1:?usage: fuzz/run.sh SECONDS [response|request|codec]}"
 case "${2:-response}" in
   response) target=http_response seeds="seed-*" out=out corpus=corpus replay_flags=() ;;
   request) target=http_request seeds="req-*" out=out-request corpus=corpus-request replay_flags=(--request) ;;
-  *) echo "usage: fuzz/run.sh SECONDS [response|request]" >&2; exit 1 ;;
+  codec) target=codec seeds="codec-*" out=out-codec corpus=corpus-codec replay_flags=(--codec) ;;
+  *) echo "usage: fuzz/run.sh SECONDS [response|request|codec]" >&2; exit 1 ;;
 esac
 
 if ! cargo afl --version >/dev/null 2>&1; then
@@ -28,22 +30,24 @@ fi
 
 cargo afl build --release --bins --features afl
 
-# Regressions of both targets: regressions/req-* are the request target's, the rest the
-# response target's.
+# Regressions of every target: regressions/req-* are the request target's, regressions/codec-*
+# the codec target's, the rest the response target's.
 response_regressions=()
 request_regressions=()
+codec_regressions=()
 for file in regressions/*; do
   [[ -f "$file" ]] || continue
   case "$(basename "$file")" in
     req-*) request_regressions+=("$file") ;;
+    codec-*) codec_regressions+=("$file") ;;
     *) response_regressions+=("$file") ;;
   esac
 done
-if [[ "$target" == http_request ]]; then
-  regressions=("${request_regressions[@]}")
-else
-  regressions=("${response_regressions[@]}")
-fi
+case "$target" in
+  http_request) regressions=("${request_regressions[@]}") ;;
+  codec) regressions=("${codec_regressions[@]}") ;;
+  *) regressions=("${response_regressions[@]}") ;;
+esac
 
 # Starting corpus: the target's seeds plus its regressions (kept or found before).
 mkdir -p "$corpus"
@@ -63,6 +67,9 @@ if (( ${#response_regressions[@]} > 0 )); then
 fi
 if (( ${#request_regressions[@]} > 0 )); then
   ./target/release/replay --request "${request_regressions[@]}" || failing=1
+fi
+if (( ${#codec_regressions[@]} > 0 )); then
+  ./target/release/replay --codec "${codec_regressions[@]}" || failing=1
 fi
 if (( failing )); then
   echo "(some regressions still fail: bugs still open, see tests/bad_input.rs)"

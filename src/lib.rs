@@ -83,6 +83,9 @@ mod http;
 
 pub use crate::engine::Stats;
 
+#[doc(hidden)]
+pub use crate::http::{fuzz_codec, fuzz_codec_seeds};
+
 pub use crate::http::{
     CacheInfo, CacheKey, CacheStatus, ResponseFuture, SwrBody, SwrHandle, SwrLayer, SwrService,
     CACHE_STATUS, X_CACHE, X_CACHE_KEY,

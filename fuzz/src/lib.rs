@@ -10,6 +10,10 @@
 //!
 //! The request target ([`run_request`], module `request`) fuzzes clients' ranges and
 //! conditionals against a stored response.
+//!
+//! The codec target ([`run_codec`]) decodes arbitrary bytes as a stored response (the format a
+//! shared cache tier keeps, `docs/stored-format.md`); whatever decodes must encode, decode
+//! again to the same response, and encode to the same bytes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +28,16 @@ use tower_swr::{CacheInfo, CacheStatus, SwrLayer};
 
 mod request;
 pub use request::{request_seeds, run_request};
+
+/// The codec target: see the crate docs.
+pub fn run_codec(data: &[u8]) {
+    tower_swr::fuzz_codec(data);
+}
+
+/// Starting inputs of the codec target: encodings of a few stored responses.
+pub fn codec_seeds() -> Vec<Vec<u8>> {
+    tower_swr::fuzz_codec_seeds()
+}
 
 const STATUSES: [u16; 12] = [200, 203, 204, 206, 301, 304, 404, 410, 500, 501, 503, 599];
 const DELAYS: [u64; 8] = [0, 1, 5, 30, 61, 121, 400, 100_000];

@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Uri};
 use quick_cache::Equivalent;
+
+use super::status::DEFAULT_NAME;
 
 /// The key an HTTP response is stored under.
 ///
@@ -22,7 +24,8 @@ pub struct CacheKey {
     /// entry and the flight of a miss each hold one).
     host_and_target: Arc<str>,
     host_len: usize,
-    /// Which layer stored it, among layers sharing one store (0 for the store's own layer).
+    /// Which layer stored it, among layers sharing one store: the id of its namespace name
+    /// (see [`namespace_id`]; 0 is the default cache name's).
     namespace: u32,
     extra: Option<Arc<str>>,
     /// The request header values a `Vary` response is selected by (one entry per variant).
@@ -48,6 +51,44 @@ impl CacheKey {
     /// Which of the layers sharing one store (`SwrLayer::share_memory_with`) the key is of.
     pub(crate) fn namespace(&self) -> u32 {
         self.namespace
+    }
+
+    /// The name of the namespace the key is of: the cache name of the layer that stores it
+    /// (see [`StoreNamespaces::claim`]).
+    pub(crate) fn namespace_name(&self) -> Arc<str> {
+        namespace_name(self.namespace)
+    }
+
+    /// The key as bytes that are the same in every process and build that configures its
+    /// layer alike: the format version (`1`), then the layer's namespace (its cache name),
+    /// the method, host, target (path and query), what a key function added and the variant
+    /// values, each length-prefixed. Meant as (the input of a hash for) the key of a cache
+    /// tier shared between processes; the format changes only with its version byte.
+    ///
+    /// ```
+    /// # use tower_swr::CacheKey;
+    /// fn redis_key(key: &CacheKey) -> Vec<u8> {
+    ///     let mut name = b"swr:".to_vec();
+    ///     name.extend_from_slice(&key.to_bytes());
+    ///     name
+    /// }
+    /// # let _ = redis_key;
+    /// ```
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.host_and_target.len() + 48);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends [`to_bytes`](Self::to_bytes) to `out`.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(KEY_FORMAT);
+        put_bytes(out, self.namespace_name().as_bytes());
+        put_bytes(out, self.method.as_str().as_bytes());
+        put_bytes(out, self.host().as_bytes());
+        put_bytes(out, self.target().as_bytes());
+        put_optional(out, self.extra.as_deref().map(str::as_bytes));
+        put_optional(out, self.variant.as_deref());
     }
 
     /// What the layer's key function added, if any.
@@ -206,6 +247,7 @@ impl<'a> KeyRef<'a> {
         }
     }
 
+    /// A key of namespace 0; [`in_namespace`](Self::in_namespace) gives it a layer's.
     pub(crate) fn from_parts(
         method: &'a Method,
         host: &'a str,
@@ -302,6 +344,107 @@ impl Equivalent<CacheKey> for KeyRef<'_> {
     }
 }
 
+/// The version byte that starts [`CacheKey::to_bytes`].
+pub(crate) const KEY_FORMAT: u8 = 1;
+
+/// Appends a `u32` big-endian length and the bytes.
+///
+/// # Panics
+///
+/// If `bytes` is 4 GiB or longer (no key part or header line is).
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("a key part or header line under 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends `0` for `None`, else `1` and [`put_bytes`].
+pub(crate) fn put_optional(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.push(0),
+        Some(bytes) => {
+            out.push(1);
+            put_bytes(out, bytes);
+        }
+    }
+}
+
+/// The namespace names in use in this process, by id: interned, so that the in-memory key
+/// hashes and compares a `u32` while its byte encoding carries the name. Id 0 is the default
+/// cache name, so the keys of a layer with the default name hash no namespace at all (as
+/// before namespaces had names). Grows by one name per distinct layer name, never shrinks.
+fn namespace_table() -> &'static RwLock<Vec<Arc<str>>> {
+    static NAMES: OnceLock<RwLock<Vec<Arc<str>>>> = OnceLock::new();
+    NAMES.get_or_init(|| RwLock::new(vec![Arc::from(DEFAULT_NAME)]))
+}
+
+/// The id of a namespace name, interning it if it is new.
+pub(crate) fn namespace_id(name: &str) -> u32 {
+    if let Some(id) = known_namespace(name) {
+        return id;
+    }
+    let mut names = namespace_table()
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(id) = names.iter().position(|n| **n == *name) {
+        return id as u32;
+    }
+    names.push(Arc::from(name));
+    u32::try_from(names.len() - 1).expect("fewer than 2^32 layer names")
+}
+
+/// The id of a namespace name already in use in this process, if it is: a decoded entry of
+/// a layer this process does not have gets none (and decoding interns nothing).
+pub(crate) fn known_namespace(name: &str) -> Option<u32> {
+    let names = namespace_table()
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
+    names.iter().position(|n| **n == *name).map(|id| id as u32)
+}
+
+/// The name of a namespace id (`""` for an id never handed out).
+fn namespace_name(id: u32) -> Arc<str> {
+    let names = namespace_table()
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
+    names
+        .get(id as usize)
+        .cloned()
+        .unwrap_or_else(|| Arc::from(""))
+}
+
+/// The namespaces of the layers sharing one store (`SwrLayer::share_memory_with`), which
+/// must never see each other's entries.
+#[derive(Debug, Default)]
+pub(crate) struct StoreNamespaces {
+    claimed: Mutex<Vec<String>>,
+}
+
+impl StoreNamespaces {
+    /// The namespace of a layer of the store with this cache name: the name itself, or, when
+    /// another layer of the store has claimed it, `name#2` (then `#3`, ...). Layers are
+    /// numbered in the order their caches are created (first use), so layers with distinct
+    /// names have keys stable across processes whatever the order; layers sharing a name
+    /// have stable keys only as long as every process creates them in the same order.
+    pub(crate) fn claim(&self, name: &str) -> u32 {
+        let mut claimed = self.claimed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut candidate = name.to_owned();
+        let mut n = 1u32;
+        while claimed.contains(&candidate) {
+            n += 1;
+            candidate = format!("{name}#{n}");
+        }
+        if n > 1 {
+            tracing::debug!(
+                "layers sharing a store both named {name:?}: this one's namespace is                  {candidate:?}; give them distinct `cache_name`s for keys that do not depend                  on the order the layers are first used in"
+            );
+        }
+        let id = namespace_id(&candidate);
+        claimed.push(candidate);
+        id
+    }
+}
+
 /// Most `Vary` names a stored response may list; a response varying on more is not stored.
 pub(crate) const MAX_VARY_FIELDS: usize = 32;
 
@@ -356,6 +499,23 @@ impl Vary {
 }
 
 impl VaryValues {
+    /// The varied headers, in `Vary` order, with the storing request's (normalized) values.
+    pub(crate) fn fields(&self) -> &[(HeaderName, Option<Vec<u8>>)] {
+        &self.fields
+    }
+
+    /// Values as [`fields`](Self::fields) gives them (e.g. decoded), if they could have come
+    /// from a `Vary`: one to [`MAX_VARY_FIELDS`] distinct names.
+    pub(crate) fn from_fields(fields: Vec<(HeaderName, Option<Vec<u8>>)>) -> Option<Self> {
+        let distinct = fields
+            .iter()
+            .enumerate()
+            .all(|(i, (name, _))| fields[..i].iter().all(|(n, _)| n != name));
+        (!fields.is_empty() && fields.len() <= MAX_VARY_FIELDS && distinct).then(|| Self {
+            fields: fields.into_boxed_slice(),
+        })
+    }
+
     /// The header names, in `Vary` order.
     pub(crate) fn names(&self) -> impl Iterator<Item = &HeaderName> {
         self.fields.iter().map(|(name, _)| name)
@@ -418,4 +578,73 @@ fn normalized(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact bytes of one key: a change of the format shows here first (and must come
+    /// with a new version byte).
+    #[test]
+    fn the_byte_encoding_of_a_key_is_pinned() {
+        let variant = variant_of([Some(&b"en"[..]), None].into_iter());
+        let key = KeyRef::from_parts(&Method::GET, "example.com", "/a?b=1", Some("u1"))
+            .in_namespace(namespace_id("tower-swr"))
+            .with_variant(&variant)
+            .to_owned();
+        let expected: Vec<u8> = [
+            &[1][..],
+            b"\0\0\0\x09tower-swr",
+            b"\0\0\0\x03GET",
+            b"\0\0\0\x0bexample.com",
+            b"\0\0\0\x06/a?b=1",
+            b"\x01\0\0\0\x02u1",
+            b"\x01\0\0\0\x08\x01\0\0\0\x02en\x00",
+        ]
+        .concat();
+        assert_eq!(key.to_bytes(), expected);
+        assert_eq!(key.namespace(), 0, "the default name is namespace 0");
+        let plain = KeyRef::from_parts(&Method::POST, "", "/", None)
+            .in_namespace(namespace_id("api"))
+            .to_owned();
+        assert_eq!(
+            plain.to_bytes(),
+            b"\x01\0\0\0\x03api\0\0\0\x04POST\0\0\0\0\0\0\0\x01/\x00\x00"
+        );
+    }
+
+    #[test]
+    fn the_namespace_is_the_name_whatever_the_order() {
+        let a = namespace_id("key-test-a");
+        let b = namespace_id("key-test-b");
+        assert_ne!(a, b);
+        assert_eq!(namespace_id("key-test-a"), a, "interned");
+        assert_eq!(known_namespace("key-test-b"), Some(b));
+        assert_eq!(known_namespace("key-test-never-used"), None);
+        // Two stores claiming in opposite orders give each name the same namespace.
+        let (one, two) = (StoreNamespaces::default(), StoreNamespaces::default());
+        assert_eq!((one.claim("key-test-a"), one.claim("key-test-b")), (a, b));
+        assert_eq!((two.claim("key-test-b"), two.claim("key-test-a")), (b, a));
+    }
+
+    #[test]
+    fn layers_of_one_store_with_one_name_get_distinct_namespaces() {
+        let store = StoreNamespaces::default();
+        let first = store.claim("key-test-same");
+        let second = store.claim("key-test-same");
+        let third = store.claim("key-test-same");
+        assert_eq!(namespace_name(first).as_ref(), "key-test-same");
+        assert_eq!(namespace_name(second).as_ref(), "key-test-same#2");
+        assert_eq!(namespace_name(third).as_ref(), "key-test-same#3");
+        let key = |namespace| {
+            KeyRef::from_parts(&Method::GET, "h", "/", None)
+                .in_namespace(namespace)
+                .to_owned()
+        };
+        assert_ne!(key(first), key(second));
+        assert_ne!(key(first).to_bytes(), key(second).to_bytes());
+        // Another store numbers its own layers from the start.
+        assert_eq!(StoreNamespaces::default().claim("key-test-same"), first);
+    }
 }

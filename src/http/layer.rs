@@ -1,7 +1,6 @@
 //! [`SwrLayer`] and its builder.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use super::config::{
     PASS_KEYS,
 };
 use super::handle::SwrHandle;
-use super::key::CacheKey;
+use super::key::{CacheKey, StoreNamespaces};
 use super::policy::Policy;
 use super::service::SwrService;
 use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
@@ -36,6 +35,8 @@ struct StoreSettings {
     remember_failures: Duration,
     /// Another layer's store, when this layer shares its memory budget.
     shared_with: Option<SwrCache<CacheKey, CachedResponse>>,
+    /// The namespaces claimed in that store.
+    shared_namespaces: Option<Arc<StoreNamespaces>>,
     /// Whether a setting above was set (they are unused while sharing another's store).
     touched: bool,
 }
@@ -46,6 +47,8 @@ struct StoreSettings {
 struct CacheInstance {
     engine: SwrCache<CacheKey, CachedResponse>,
     namespace: u32,
+    /// The namespaces claimed in `engine` (shared with the layers that share it).
+    namespaces: Arc<StoreNamespaces>,
     vary_index: Arc<VaryIndexes>,
     passes: Arc<quick_cache::sync::Cache<CacheKey, Stamp>>,
 }
@@ -234,6 +237,7 @@ impl SwrLayer {
                 stale_alert_age: None,
                 remember_failures: DEFAULT_REMEMBER_FAILURES,
                 shared_with: None,
+                shared_namespaces: None,
                 touched: false,
             },
             cache_name,
@@ -579,8 +583,14 @@ impl SwrLayer {
     ///         SwrLayer::new().ttl(Duration::from_secs(86400)).share_memory_with(&budget),
     ///     ));
     /// ```
+    ///
+    /// The layers' entries stay apart: each layer's keys are in the namespace of its
+    /// [`cache_name`](Self::cache_name). When layers sharing a store have the same name, as
+    /// above, the second to be first used gets `name#2`, the third `name#3`, and so on (the
+    /// namespace is part of [`CacheKey::to_bytes`]).
     pub fn share_memory_with(mut self, other: &SwrLayer) -> Self {
         self.store.shared_with = Some(other.shared().engine.clone());
+        self.store.shared_namespaces = Some(Arc::clone(&other.cache().namespaces));
         self.cache = Arc::new(OnceLock::new());
         self.changed()
     }
@@ -619,16 +629,14 @@ impl SwrLayer {
                     builder.build()
                 }
             };
-            // A layer sharing another's store keys its entries apart from the other layers'.
-            static NAMESPACES: AtomicU32 = AtomicU32::new(1);
-            let namespace = if self.store.shared_with.is_some() {
-                NAMESPACES.fetch_add(1, Ordering::Relaxed)
-            } else {
-                0
-            };
+            // A layer sharing another's store keys its entries apart from the other layers':
+            // its namespace is its cache name, or that name with a suffix when taken.
+            let namespaces = self.store.shared_namespaces.clone().unwrap_or_default();
+            let namespace = namespaces.claim(&self.cache_name);
             CacheInstance {
                 engine,
                 namespace,
+                namespaces,
                 vary_index: Arc::new(quick_cache::sync::Cache::new(64 * 1024)),
                 passes: Arc::new(quick_cache::sync::Cache::new(PASS_KEYS)),
             }

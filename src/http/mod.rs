@@ -2,6 +2,7 @@
 
 mod admission;
 mod body;
+mod codec;
 mod conditional;
 mod config;
 mod failure;
@@ -19,6 +20,8 @@ mod stored;
 mod vary_index;
 
 pub use self::body::SwrBody;
+#[doc(hidden)]
+pub use self::codec::{fuzz_codec, fuzz_codec_seeds};
 pub use self::future::ResponseFuture;
 pub use self::handle::SwrHandle;
 pub use self::key::CacheKey;

@@ -393,6 +393,11 @@ pub(crate) fn without_slots(mut headers: HeaderMap) -> HeaderMap {
     headers
 }
 
+/// Whether a stored header line is one of the slots of [`reserve_slots`].
+pub(crate) fn is_slot(name: &HeaderName, value: &HeaderValue) -> bool {
+    name == AGE || (name == CACHE_STATUS && *value == SLOT)
+}
+
 /// Whether `name` can be written as a bare RFC 8941 token (what `Cache-Status` needs).
 pub(crate) fn is_token(name: &str) -> bool {
     let mut bytes = name.bytes();

@@ -1,9 +1,11 @@
 //! Runs a fuzz target on files (crashes, regressions, the corpus) without AFL:
 //!
 //! ```text
-//! replay [--request] FILES...     # the response target, or with --request the request target
-//! replay --write-seeds DIR        # both targets' starting corpora (request ones named req-*)
+//! replay [--request|--codec] FILES...  # the response target, or the request or codec target
+//! replay --write-seeds DIR        # the targets' starting corpora (request ones named req-*,
+//!                                 # codec ones codec-*)
 //! replay --random N [SEED]        # N random request-target inputs mutated from its seeds
+//! replay --random-codec N [SEED]  # N random codec-target inputs mutated from its seeds
 //! ```
 //!
 //! e.g. `cargo run --release --bin replay -- --request fuzz/regressions/req-*`.
@@ -14,13 +16,32 @@ fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--write-seeds") => write_seeds(args.get(1).expect("a directory")),
-        Some("--random") => {
+        Some(mode @ ("--random" | "--random-codec")) => {
             let n = args.get(1).and_then(|n| n.parse().ok()).expect("a count");
             let seed = match args.get(2) {
                 Some(seed) => seed.parse().expect("a numeric seed"),
                 None => clock_seed(),
             };
-            std::process::exit(i32::from(random(n, seed) > 0));
+            let failed = if mode == "--random" {
+                random(
+                    n,
+                    seed,
+                    &tower_swr_fuzz::request_seeds(),
+                    tower_swr_fuzz::run_request,
+                )
+            } else {
+                random(
+                    n,
+                    seed,
+                    &tower_swr_fuzz::codec_seeds(),
+                    tower_swr_fuzz::run_codec,
+                )
+            };
+            std::process::exit(i32::from(failed > 0));
+        }
+        Some("--codec") => {
+            args.remove(0);
+            std::process::exit(i32::from(replay(&args, tower_swr_fuzz::run_codec) > 0));
         }
         Some("--request") => {
             args.remove(0);
@@ -38,6 +59,9 @@ fn write_seeds(dir: &str) {
     }
     for (i, seed) in tower_swr_fuzz::request_seeds().iter().enumerate() {
         std::fs::write(dir.join(format!("req-seed-{i:02}")), seed).expect("write a seed");
+    }
+    for (i, seed) in tower_swr_fuzz::codec_seeds().iter().enumerate() {
+        std::fs::write(dir.join(format!("codec-seed-{i:02}")), seed).expect("write a seed");
     }
 }
 
@@ -58,15 +82,14 @@ fn replay(paths: &[String], target: fn(&[u8])) -> usize {
     failed
 }
 
-/// Runs `n` request-target inputs mutated from its seeds; returns how many failed.
-fn random(n: u64, seed: u64) -> usize {
+/// Runs `n` inputs of `target` mutated from its seeds; returns how many failed.
+fn random(n: u64, seed: u64, seeds: &[Vec<u8>], target: fn(&[u8])) -> usize {
     println!("--random {n} {seed}");
-    let seeds = tower_swr_fuzz::request_seeds();
     let mut rng = XorShift(seed | 1);
     let mut failures = Vec::new();
     for _ in 0..n {
-        let input = mutate(&seeds, &mut rng);
-        if catch_unwind(AssertUnwindSafe(|| tower_swr_fuzz::run_request(&input))).is_err() {
+        let input = mutate(seeds, &mut rng);
+        if catch_unwind(AssertUnwindSafe(|| target(&input))).is_err() {
             println!("FAILED  {:?}", String::from_utf8_lossy(&input));
             println!("        bytes {input:?}");
             failures.push(input);

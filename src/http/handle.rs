@@ -47,9 +47,10 @@ impl SwrHandle {
         Self { shared }
     }
 
-    /// The cache's counters and sizes.
+    /// The cache's counters and sizes (`bytes`: the stored responses and the `Vary` index and
+    /// pass memory beside them).
     pub fn stats(&self) -> Stats {
-        self.shared.engine.stats()
+        self.shared.stats()
     }
 
     /// Removes every entry stored for `target` (path and query). Returns how many.

@@ -14,10 +14,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::header::HeaderName;
-use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use super::config::Shared;
@@ -29,9 +31,11 @@ use crate::engine::{Stamp, SwrCache};
 pub(crate) const MAX_VARIANTS: usize = 32;
 
 /// How the layer's `capacity_bytes` is divided: the store gets what the two tables beside it
-/// do not. The shares (1/32 for the `Vary` index, 1/128 for the pass memory: 4 MiB and 1 MiB
-/// of the default 128 MiB) hold tens of thousands of records at ~150 bytes each, more than
-/// the 64 Ki / 4096 records the tables were bounded to by count before.
+/// do not. The `Vary` index gets 1/16 (8 MiB of the default 128 MiB: some 30 000 records of
+/// ~250 bytes, each listing up to [`MAX_VARIANTS`] stored responses), enough for every
+/// resource of a store of small responses to vary (`Vary: Accept-Encoding`) while costing a
+/// store without `Vary` little; the pass memory gets 1/128 (1 MiB: some 7 000 keys, more
+/// than the 4096 it was bounded to by count before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Budget {
     pub(crate) store: u64,
@@ -41,7 +45,7 @@ pub(crate) struct Budget {
 
 impl Budget {
     pub(crate) fn of(capacity_bytes: u64) -> Self {
-        let vary_index = capacity_bytes / 32;
+        let vary_index = capacity_bytes / 16;
         let passes = capacity_bytes / 128;
         Self {
             store: capacity_bytes - vary_index - passes,
@@ -59,8 +63,7 @@ fn key_weight(key: &CacheKey) -> u64 {
 
 /// Which request headers a key's responses vary on, and which variants are stored.
 ///
-/// Changed only inside [`Cache::entry`], which weighs it again (quick_cache requires an item's
-/// weight to stay what it was while it is held).
+/// Never changed once in the index (it would change its weight): a store replaces it.
 #[derive(Debug, Clone)]
 pub(crate) struct VaryIndex {
     pub(crate) names: Box<[HeaderName]>,
@@ -108,8 +111,38 @@ impl Lifecycle<CacheKey, Arc<VaryIndex>> for DropVariants {
     }
 }
 
-pub(crate) type VaryIndexes =
-    Cache<CacheKey, Arc<VaryIndex>, IndexWeighter, DefaultHashBuilder, DropVariants>;
+/// The index records, by base key (a byte-weighted cache; [`Deref`] to it).
+pub(crate) struct VaryIndexes {
+    records: Cache<CacheKey, Arc<VaryIndex>, IndexWeighter, DefaultHashBuilder, DropVariants>,
+    /// Serialise the updates of a record (by key hash), not its lookups.
+    updates: Box<[Mutex<()>]>,
+}
+
+impl VaryIndexes {
+    fn lock_for(&self, base: &KeyRef<'_>) -> MutexGuard<'_, ()> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        base.hash(&mut hasher);
+        let stripe = &self.updates[hasher.finish() as usize % self.updates.len()];
+        stripe.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Deref for VaryIndexes {
+    type Target = Cache<CacheKey, Arc<VaryIndex>, IndexWeighter, DefaultHashBuilder, DropVariants>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.records
+    }
+}
+
+impl fmt::Debug for VaryIndexes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaryIndexes")
+            .field("records", &self.records.len())
+            .field("bytes", &self.records.weight())
+            .finish()
+    }
+}
 
 /// Weighs a remembered pass: its key and its deadline.
 #[derive(Debug, Clone, Copy)]
@@ -146,12 +179,15 @@ pub(crate) fn vary_indexes(
     capacity: u64,
     engine: &SwrCache<CacheKey, CachedResponse>,
 ) -> VaryIndexes {
-    Cache::with_options(
-        options(capacity, 16 << 10),
-        IndexWeighter,
-        DefaultHashBuilder::default(),
-        DropVariants(engine.clone()),
-    )
+    VaryIndexes {
+        records: Cache::with_options(
+            options(capacity, 16 << 10),
+            IndexWeighter,
+            DefaultHashBuilder::default(),
+            DropVariants(engine.clone()),
+        ),
+        updates: (0..64).map(|_| Mutex::new(())).collect(),
+    }
 }
 
 /// The pass memory of a store, holding `capacity` bytes.
@@ -177,36 +213,32 @@ impl Shared {
         self.engine.remove_equivalent(&base);
         let names: Box<[HeaderName]> = vary.names().cloned().collect();
         let variant = vary.variant();
-        let base_key = base.to_owned();
-        // Under the record's shard lock, so that concurrent stores of two variants both count,
-        // and weighed again afterwards. Nothing in it calls back into the index.
-        let outcome = self.vary_index.entry(&base_key, None, |_, index| {
-            if index.names != names {
-                return EntryAction::ReplaceWithGuard;
-            }
-            if index.variants.contains(&variant) {
-                return EntryAction::Retain(None);
-            }
-            let index = Arc::make_mut(index);
-            index.variants.push_back(variant.clone());
-            EntryAction::Retain(
-                (index.variants.len() > MAX_VARIANTS)
+        // Records are replaced whole, never changed in place: quick_cache needs an item's
+        // weight to stay what it was when inserted. The stripe lock makes concurrent stores of
+        // two variants of one key both count; a plain `insert` makes room before it adds the
+        // record, so the newest record is not the one evicted.
+        let _update = self.vary_index.lock_for(&base);
+        let (index, evicted) = match self.vary_index.get(&base) {
+            Some(index) if index.names == names => {
+                if index.variants.contains(&variant) {
+                    return;
+                }
+                let mut index = VaryIndex::clone(&index);
+                index.variants.push_back(variant);
+                let evicted = (index.variants.len() > MAX_VARIANTS)
                     .then(|| index.variants.pop_front())
-                    .flatten(),
-            )
-        });
-        let evicted = match outcome {
-            EntryResult::Retained(evicted) => evicted,
-            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
-                // `Err`: a purge removed the placeholder meanwhile; the purge wins.
-                let _ = guard.insert(Arc::new(VaryIndex {
+                    .flatten();
+                (index, evicted)
+            }
+            _ => (
+                VaryIndex {
                     names,
                     variants: VecDeque::from([variant]),
-                }));
-                None
-            }
-            EntryResult::Removed(..) | EntryResult::Timeout => None,
+                },
+                None,
+            ),
         };
+        self.vary_index.insert(base.to_owned(), Arc::new(index));
         if let Some(oldest) = evicted {
             self.engine.remove_equivalent(&base.with_variant(&oldest));
         }
@@ -238,6 +270,6 @@ mod tests {
             );
         }
         let default = Budget::of(128 << 20);
-        assert_eq!((default.vary_index, default.passes), (4 << 20, 1 << 20));
+        assert_eq!((default.vary_index, default.passes), (8 << 20, 1 << 20));
     }
 }

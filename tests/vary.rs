@@ -345,6 +345,25 @@ async fn many_varying_resources_stay_within_the_byte_budget() -> TestResult {
         cache_status(&newest)
     );
 
+    // Every response held is found through an index record that was kept: a record evicted
+    // from the index takes its variants from the store with it.
+    let held = std::cell::RefCell::new((Vec::new(), Vec::new()));
+    handle.purge_if(|key| {
+        let mut held = held.borrow_mut();
+        let (variants, records) = &mut *held;
+        if key.is_variant() {
+            variants.push(key.target().to_owned());
+        } else {
+            records.push(key.target().to_owned());
+        }
+        false
+    });
+    let (variants, records) = held.into_inner();
+    assert!(!variants.is_empty() && records.len() < 400, "the index is bounded");
+    for target in &variants {
+        assert!(records.contains(target), "{target} is held but not indexed");
+    }
+
     // With the responses gone, what remains is the index, within its share of the budget.
     handle.purge_if(|key| key.is_variant());
     let index = layer.stats();

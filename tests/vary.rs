@@ -359,7 +359,10 @@ async fn many_varying_resources_stay_within_the_byte_budget() -> TestResult {
         false
     });
     let (variants, records) = held.into_inner();
-    assert!(!variants.is_empty() && records.len() < 400, "the index is bounded");
+    assert!(
+        !variants.is_empty() && records.len() < 400,
+        "the index is bounded"
+    );
     for target in &variants {
         assert!(records.contains(target), "{target} is held but not indexed");
     }

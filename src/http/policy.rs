@@ -860,7 +860,13 @@ mod tests {
             has_auth: false,
             has_cookie: true,
         };
-        let cases: &[(RequestFacts, u16, &[(&str, &str)], Reason)] = &[
+        type Case = (
+            RequestFacts,
+            u16,
+            &'static [(&'static str, &'static str)],
+            Reason,
+        );
+        let cases: &[Case] = &[
             (
                 plain,
                 206,

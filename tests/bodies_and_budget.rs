@@ -243,3 +243,25 @@ async fn layers_on_different_routes_share_one_memory_budget() -> TestResult {
     }
     Ok(())
 }
+
+/// Issue 13: the memory of keys whose answers could not be stored is part of the bytes held,
+/// and purging a key frees it.
+#[tokio::test(start_paused = true)]
+async fn remembered_passes_count_against_the_budget() -> TestResult {
+    let (o, calls) = origin(|_, _| async { Ok(reply_cc("secret", "no-store")) });
+    let layer = SwrLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(o);
+    let response = service.clone().oneshot(get("/private")).await?;
+    assert!(!info(&response).stored);
+    body(response).await?;
+    assert_eq!(calls.get(), 1);
+    let stats = layer.stats();
+    assert_eq!(stats.entries, 0);
+    assert!(stats.bytes > 0, "the pass for /private is held: {stats:?}");
+    assert!(stats.bytes <= stats.capacity_bytes);
+
+    handle.purge("/private");
+    assert_eq!(layer.stats().bytes, 0);
+    Ok(())
+}

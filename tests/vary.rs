@@ -236,7 +236,12 @@ async fn most_recent_of_several_matching_variants_is_served() -> TestResult {
 
     let newest = service.clone().oneshot(en_gzip()).await?;
     assert_eq!(calls.get(), 2);
-    assert_eq!(info(&newest).status, CacheStatus::Fresh);
+    assert_eq!(
+        info(&newest).status,
+        CacheStatus::Fresh,
+        "{}",
+        cache_status(&newest)
+    );
     assert_eq!(body(newest).await?, "v2");
     Ok(())
 }
@@ -267,5 +272,108 @@ async fn variants_per_key_are_bounded() -> TestResult {
     // The newest variant is still served from the cache.
     let again = service.clone().oneshot(get_with("/v", name, "199")).await?;
     assert_eq!(info(&again).status, CacheStatus::Fresh);
+    Ok(())
+}
+
+/// Issue 13: the `Vary` index is part of what the budget holds. With its variants purged and
+/// the record that names them kept, the bytes held are the record's.
+#[tokio::test(start_paused = true)]
+async fn the_vary_index_is_counted_in_the_bytes_held() -> TestResult {
+    let (origin, calls) = by_language();
+    let layer = SwrLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(origin);
+    let en = || get_with("/v", header::ACCEPT_LANGUAGE, "en");
+    let fr = || get_with("/v", header::ACCEPT_LANGUAGE, "fr");
+    body(service.clone().oneshot(en()).await?).await?;
+    body(service.clone().oneshot(fr()).await?).await?;
+    let both = layer.stats();
+    assert_eq!(both.entries, 2);
+
+    assert_eq!(handle.purge_if(|key| key.is_variant()), 2);
+    let index_only = handle.stats();
+    assert_eq!(index_only.entries, 0);
+    assert!(
+        index_only.bytes > 0 && index_only.bytes < both.bytes,
+        "the index record for /v holds bytes: {index_only:?}"
+    );
+    // It is the index: the next request knows /v varies.
+    let again = service.clone().oneshot(en()).await?;
+    assert_eq!(cache_status(&again), "tower-swr; fwd=vary-miss; stored");
+    assert_eq!(calls.get(), 3);
+
+    // Purging the resource frees everything held for it.
+    handle.purge("/v");
+    assert_eq!(layer.stats().bytes, 0);
+    Ok(())
+}
+
+/// Issue 13: many distinct varying resources, with long targets, in a small budget: the bytes
+/// held (responses and index together) never pass `capacity_bytes`, and the index keeps to
+/// its share of it.
+#[tokio::test(start_paused = true)]
+async fn many_varying_resources_stay_within_the_byte_budget() -> TestResult {
+    const CAPACITY: u64 = 64 << 10;
+    let (origin, _) = by_language();
+    let layer = SwrLayer::new().capacity_bytes(CAPACITY);
+    let handle = layer.handle();
+    let service = layer.layer(origin);
+    let padding = "p".repeat(600);
+    let target = |i: usize| format!("/r{i}/{padding}");
+    for i in 0..400 {
+        let response = service
+            .clone()
+            .oneshot(get_with(&target(i), header::ACCEPT_LANGUAGE, "en"))
+            .await?;
+        assert!(info(&response).stored, "resource {i}");
+        body(response).await?;
+        let stats = layer.stats();
+        assert!(
+            stats.bytes <= CAPACITY && stats.capacity_bytes <= CAPACITY,
+            "resource {i}: {stats:?}"
+        );
+    }
+    // The newest resource is still answered from the cache, through its index record.
+    let newest = service
+        .clone()
+        .oneshot(get_with(&target(399), header::ACCEPT_LANGUAGE, "en"))
+        .await?;
+    assert_eq!(
+        info(&newest).status,
+        CacheStatus::Fresh,
+        "{}",
+        cache_status(&newest)
+    );
+
+    // Every response held is found through an index record that was kept: a record evicted
+    // from the index takes its variants from the store with it.
+    let held = std::cell::RefCell::new((Vec::new(), Vec::new()));
+    handle.purge_if(|key| {
+        let mut held = held.borrow_mut();
+        let (variants, records) = &mut *held;
+        if key.is_variant() {
+            variants.push(key.target().to_owned());
+        } else {
+            records.push(key.target().to_owned());
+        }
+        false
+    });
+    let (variants, records) = held.into_inner();
+    assert!(
+        !variants.is_empty() && records.len() < 400,
+        "the index is bounded"
+    );
+    for target in &variants {
+        assert!(records.contains(target), "{target} is held but not indexed");
+    }
+
+    // With the responses gone, what remains is the index, within its share of the budget.
+    handle.purge_if(|key| key.is_variant());
+    let index = layer.stats();
+    assert_eq!(index.entries, 0);
+    assert!(
+        index.bytes > 0 && index.bytes <= CAPACITY / 16,
+        "index bytes: {index:?}"
+    );
     Ok(())
 }

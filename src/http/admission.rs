@@ -14,7 +14,7 @@ use super::config::Shared;
 use super::failure::{OriginFailure, FAILURE_BODY_LIMIT};
 use super::key::{CacheKey, Vary};
 use super::origin::RequestTemplate;
-use super::policy::{failure_is_shareable, Decision, RequestFacts, NEVER_USABLE};
+use super::policy::{declared_body_refusal, failure_is_shareable, Decision, Reason, RequestFacts};
 use super::status::{reserve_slots, without_slots};
 use super::stored::{storable_headers, CachedResponse, Credentials};
 use crate::engine::{Entry, Loaded};
@@ -28,7 +28,7 @@ pub(crate) struct Verdict {
 }
 
 /// A response that was not stored, and why.
-pub(crate) type NotStored = Box<(CachedResponse, &'static str)>;
+pub(crate) type NotStored = Box<(CachedResponse, Reason)>;
 
 /// What became of an origin response.
 // Made and taken apart once per origin answer: boxing the large variant would only add an
@@ -44,12 +44,12 @@ pub(crate) enum Admission<B: Body> {
     /// for a moment for later ones.
     Failure {
         failure: Arc<OriginFailure>,
-        reason: &'static str,
+        reason: Reason,
     },
     /// The policy forbids storing it (reason given).
-    Uncacheable(Response<SwrBody<B>>, &'static str),
+    Uncacheable(Response<SwrBody<B>>, Reason),
     /// Cacheable, but too large to hold (reason given).
-    Unstorable(Response<SwrBody<B>>, &'static str),
+    Unstorable(Response<SwrBody<B>>, Reason),
 }
 
 /// The current time as an HTTP date (`Date` for responses that came without one).
@@ -59,7 +59,8 @@ pub(crate) fn http_date_now() -> HeaderValue {
 }
 
 impl Shared {
-    /// The policy's decision, adjusted by the layer's policy function.
+    /// The policy's decision, adjusted by the layer's policy function (how a route's lifetime
+    /// applies is [`Decision::with_route_freshness`]'s to say).
     pub(crate) fn decide(
         &self,
         template: &RequestTemplate,
@@ -77,34 +78,9 @@ impl Shared {
         let Some(policy_fn) = &self.config.policy_fn else {
             return decision;
         };
-        let Some(freshness) = policy_fn(&template.parts(), parts) else {
-            return decision;
-        };
-        match decision {
-            Decision::Store {
-                shared_with_auth,
-                shared_with_cookie,
-                retain,
-                strip,
-                ..
-            } => Decision::Store {
-                freshness,
-                initial_age: Duration::ZERO,
-                shared_with_auth,
-                shared_with_cookie,
-                retain,
-                strip,
-            },
-            // The route says how long; the never-shared rules still stand.
-            Decision::Pass("no freshness" | NEVER_USABLE) => Decision::Store {
-                freshness,
-                initial_age: Duration::ZERO,
-                shared_with_auth: false,
-                shared_with_cookie: false,
-                retain: Duration::ZERO,
-                strip: Vec::new(),
-            },
-            pass => pass,
+        match policy_fn(&template.parts(), parts) {
+            Some(freshness) => decision.with_route_freshness(freshness),
+            None => decision,
         }
     }
 
@@ -115,9 +91,12 @@ impl Shared {
         parts: &http::response::Parts,
         response_delay: Duration,
     ) -> Verdict {
+        let vary = Vary::of(&parts.headers, &template.headers);
         Verdict {
-            decision: self.decide(template, parts, response_delay),
-            vary: Vary::of(&parts.headers, &template.headers),
+            decision: self
+                .decide(template, parts, response_delay)
+                .with_vary(&vary),
+            vary,
             credentials: Credentials::of(&template.headers, &self.config.policy.credential_headers),
         }
     }
@@ -136,13 +115,14 @@ impl Shared {
         declared_len: Option<u64>,
         load_time: Duration,
     ) -> Result<(CacheKey, Loaded<CachedResponse>), NotStored> {
-        let (mut headers, stored) = match (&decision, &vary) {
-            (Decision::Store { strip, .. }, Vary::None | Vary::On(_)) => {
+        // `judge` made a `Vary` we cannot key on a pass: a decision to store has a usable one.
+        let (mut headers, stored) = match &decision {
+            Decision::Store { strip, .. } => {
                 let mut headers = storable_headers(parts.headers, strip);
                 self.config.strip_surrogate_control(&mut headers);
                 (headers, true)
             }
-            _ => (parts.headers, false),
+            Decision::Pass(_) => (parts.headers, false),
         };
         let length_wrong = headers.contains_key(header::CONTENT_LENGTH)
             && declared_len.is_none_or(|len| len != body.len() as u64);
@@ -192,14 +172,9 @@ impl Shared {
             ..
         } = decision
         else {
-            let Decision::Pass(reason) = decision else {
-                unreachable!("matched above")
-            };
+            let reason = decision.reason().expect("not a decision to store");
             return Err(Box::new((cached, reason)));
         };
-        if !stored {
-            return Err(Box::new((cached, "vary")));
-        }
         let loaded = Loaded::new(cached, freshness)
             .with_initial_age(initial_age)
             .with_retention(retain)
@@ -229,12 +204,7 @@ impl Shared {
         // `load_time` runs until the response's head arrived: the response delay.
         let verdict = self.judge(&template, &parts, load_time);
         let limit = self.config.max_body_bytes;
-        let pass = match (&verdict.decision, &verdict.vary) {
-            (Decision::Pass(reason), _) => Some(*reason),
-            (_, Vary::Never) => Some("vary"),
-            _ => None,
-        };
-        if let Some(reason) = pass {
+        if let Some(reason) = verdict.decision.reason() {
             let shareable = share
                 && self.config.is_failure(parts.status)
                 && failure_is_shareable(false, &parts.headers);
@@ -264,10 +234,10 @@ impl Shared {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
+        if let Some(reason) = declared_body_refusal(declared, limit) {
             return Admission::Unstorable(
                 Response::from_parts(parts, SwrBody::inner(body)),
-                "body over max_body_bytes",
+                reason,
             );
         }
         let body = match buffer(body, limit).await {
@@ -275,7 +245,7 @@ impl Shared {
             Buffered::Partial(body) => {
                 return Admission::Unstorable(
                     Response::from_parts(parts, body),
-                    "body over max_body_bytes, or it failed",
+                    Reason::BodyIncomplete,
                 )
             }
         };

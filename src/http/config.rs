@@ -12,8 +12,8 @@ use super::key::CacheKey;
 use super::policy::{Policy, SURROGATE_CONTROL};
 use super::status::StatusHeaders;
 use super::stored::CachedResponse;
-use super::vary_index::VaryIndexes;
-use crate::engine::{Freshness, Stamp, SwrCache};
+use super::vary_index::{Passes, VaryIndexes};
+use crate::engine::{Freshness, Stats, SwrCache};
 
 /// Adds to a request's key; `None` means "do not cache this request".
 pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -50,7 +50,7 @@ impl Config {
     /// Whether an origin status is a failure (5xx or one of `failure_statuses`), not an answer
     /// to store or to drop the stored entry for.
     pub(crate) fn is_failure(&self, status: StatusCode) -> bool {
-        status.is_server_error() || self.failure_statuses.contains(&status)
+        super::policy::is_failure(status, &self.failure_statuses)
     }
 
     /// `Surrogate-Capability` for origin requests, when `Surrogate-Control` is read.
@@ -117,14 +117,24 @@ pub(crate) struct Shared {
     /// carry it, so layers that see the same path keep, answer and purge their own entries.
     pub(crate) namespace: u32,
     /// For keys whose responses vary: the header names, and the variants stored (bounded).
+    /// Its bytes are part of the budget (see [`vary_index`](super::vary_index)).
     pub(crate) vary_index: Arc<VaryIndexes>,
     /// Keys whose last origin answer could not be stored, until when (Varnish's hit-for-miss):
-    /// a conditional or range request for one goes to the origin as the client sent it.
-    pub(crate) passes: Arc<quick_cache::sync::Cache<CacheKey, Stamp>>,
+    /// a conditional or range request for one goes to the origin as the client sent it. Its
+    /// bytes are part of the budget too.
+    pub(crate) passes: Arc<Passes>,
 }
 
-/// Most keys remembered as not storable ([`Shared::passes`]).
-pub(crate) const PASS_KEYS: usize = 4096;
+impl Shared {
+    /// The store's counters, with the bytes and capacity of the tables kept beside it (the
+    /// `Vary` index and the pass memory): together, what the layer's budget holds.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = self.engine.stats();
+        stats.bytes += self.vary_index.weight() + self.passes.weight();
+        stats.capacity_bytes += self.vary_index.capacity() + self.passes.capacity();
+        stats
+    }
+}
 
 /// How long a key is remembered as not storable (Varnish's built-in hit-for-miss lifetime).
 pub(crate) const PASS_FOR: Duration = Duration::from_secs(120);

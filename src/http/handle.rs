@@ -47,9 +47,10 @@ impl SwrHandle {
         Self { shared }
     }
 
-    /// The cache's counters and sizes.
+    /// The cache's counters and sizes (`bytes`: the stored responses and the `Vary` index and
+    /// pass memory beside them).
     pub fn stats(&self) -> Stats {
-        self.shared.engine.stats()
+        self.shared.stats()
     }
 
     /// Removes every entry stored for `target` (path and query). Returns how many.
@@ -102,9 +103,13 @@ impl SwrHandle {
 
     fn remove_where(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
         let count = (self.shared.engine).remove_if(|key| self.owns(key) && matches(key));
-        // The purged keys' `Vary` indexes go too: the next request is a plain miss again.
+        // The purged keys' `Vary` indexes go too: the next request is a plain miss again. So
+        // does the memory that they passed: what the budget holds for them is freed.
         self.shared
             .vary_index
+            .retain(|key, _| !(self.owns(key) && matches(key)));
+        self.shared
+            .passes
             .retain(|key, _| !(self.owns(key) && matches(key)));
         count
     }

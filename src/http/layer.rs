@@ -10,7 +10,6 @@ use tower_layer::Layer;
 
 use super::config::{
     Config, PolicyFn, Shared, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
-    PASS_KEYS,
 };
 use super::handle::SwrHandle;
 use super::key::{CacheKey, StoreNamespaces};
@@ -18,8 +17,8 @@ use super::policy::Policy;
 use super::service::SwrService;
 use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
 use super::stored::CachedResponse;
-use super::vary_index::VaryIndexes;
-use crate::engine::{Freshness, Stamp, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
+use super::vary_index::{self, Budget, Passes, VaryIndexes};
+use crate::engine::{Freshness, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
 
 /// Settings that shape the store; changing them means a new store.
 #[derive(Debug, Clone)]
@@ -33,10 +32,9 @@ struct StoreSettings {
     early_refresh_beta: Option<f64>,
     stale_alert_age: Option<Duration>,
     remember_failures: Duration,
-    /// Another layer's store, when this layer shares its memory budget.
-    shared_with: Option<SwrCache<CacheKey, CachedResponse>>,
-    /// The namespaces claimed in that store.
-    shared_namespaces: Option<Arc<StoreNamespaces>>,
+    /// Another layer's store and the tables beside it, when this layer shares its memory
+    /// budget.
+    shared_with: Option<Tables>,
     /// Whether a setting above was set (they are unused while sharing another's store).
     touched: bool,
 }
@@ -45,12 +43,20 @@ struct StoreSettings {
 /// are judged or marked keep it; settings that shape it make a new one.
 #[derive(Debug)]
 struct CacheInstance {
-    engine: SwrCache<CacheKey, CachedResponse>,
+    tables: Tables,
     namespace: u32,
+}
+
+/// What one memory budget holds: the store, and the `Vary` index and pass memory beside it
+/// (their bytes are part of the budget). Layers sharing a budget share all three; their keys
+/// carry their namespace.
+#[derive(Debug, Clone)]
+struct Tables {
+    engine: SwrCache<CacheKey, CachedResponse>,
     /// The namespaces claimed in `engine` (shared with the layers that share it).
     namespaces: Arc<StoreNamespaces>,
     vary_index: Arc<VaryIndexes>,
-    passes: Arc<quick_cache::sync::Cache<CacheKey, Stamp>>,
+    passes: Arc<Passes>,
 }
 
 /// Layer that gives a service stale-while-revalidate caching.
@@ -237,7 +243,6 @@ impl SwrLayer {
                 stale_alert_age: None,
                 remember_failures: DEFAULT_REMEMBER_FAILURES,
                 shared_with: None,
-                shared_namespaces: None,
                 touched: false,
             },
             cache_name,
@@ -589,29 +594,29 @@ impl SwrLayer {
     /// above, the second to be first used gets `name#2`, the third `name#3`, and so on (the
     /// namespace is part of [`CacheKey::to_bytes`]).
     pub fn share_memory_with(mut self, other: &SwrLayer) -> Self {
-        self.store.shared_with = Some(other.shared().engine.clone());
-        self.store.shared_namespaces = Some(Arc::clone(&other.cache().namespaces));
+        self.store.shared_with = Some(other.cache().tables.clone());
         self.cache = Arc::new(OnceLock::new());
         self.changed()
     }
 
     fn cache(&self) -> &CacheInstance {
         self.cache.get_or_init(|| {
-            let engine = match &self.store.shared_with {
-                Some(engine) => {
+            let tables = match &self.store.shared_with {
+                Some(tables) => {
                     if self.store.touched {
                         tracing::warn!(
                             "this layer shares another layer's store (`share_memory_with`): \
                              its own store settings are unused; set them on that layer"
                         );
                     }
-                    engine.clone()
+                    tables.clone()
                 }
                 None => {
+                    let budget = Budget::of(self.store.capacity_bytes);
                     let largest = self.config.max_body_bytes as u64 + (64 << 10);
                     let mut builder = SwrCache::builder()
                         .name(self.cache_name.clone())
-                        .capacity_bytes(self.store.capacity_bytes)
+                        .capacity_bytes(budget.store)
                         .largest_entry_bytes(largest)
                         .weigher(|_, cached: &CachedResponse| cached.weight())
                         .lock_timeout(self.store.lock_timeout)
@@ -626,20 +631,19 @@ impl SwrLayer {
                     if let Some(age) = self.store.stale_alert_age {
                         builder = builder.stale_alert_age(age);
                     }
-                    builder.build()
+                    let engine = builder.build();
+                    Tables {
+                        namespaces: Arc::default(),
+                        vary_index: Arc::new(vary_index::vary_indexes(budget.vary_index, &engine)),
+                        passes: Arc::new(vary_index::passes(budget.passes)),
+                        engine,
+                    }
                 }
             };
             // A layer sharing another's store keys its entries apart from the other layers':
             // its namespace is its cache name, or that name with a suffix when taken.
-            let namespaces = self.store.shared_namespaces.clone().unwrap_or_default();
-            let namespace = namespaces.claim(&self.cache_name);
-            CacheInstance {
-                engine,
-                namespace,
-                namespaces,
-                vary_index: Arc::new(quick_cache::sync::Cache::new(64 * 1024)),
-                passes: Arc::new(quick_cache::sync::Cache::new(PASS_KEYS)),
-            }
+            let namespace = tables.namespaces.claim(&self.cache_name);
+            CacheInstance { tables, namespace }
         })
     }
 
@@ -647,18 +651,19 @@ impl SwrLayer {
         self.shared.get_or_init(|| {
             let cache = self.cache();
             Arc::new(Shared {
-                engine: cache.engine.clone(),
+                engine: cache.tables.engine.clone(),
                 config: self.config.clone(),
                 namespace: cache.namespace,
-                vary_index: Arc::clone(&cache.vary_index),
-                passes: Arc::clone(&cache.passes),
+                vary_index: Arc::clone(&cache.tables.vary_index),
+                passes: Arc::clone(&cache.tables.passes),
             })
         })
     }
 
-    /// The counters of this layer's cache.
+    /// The counters of this layer's cache. `bytes` and `capacity_bytes` cover everything the
+    /// memory budget holds: the stored responses and the `Vary` index and pass memory.
     pub fn stats(&self) -> Stats {
-        self.shared().engine.stats()
+        self.shared().stats()
     }
 
     /// A cloneable handle on this layer's cache: counters, purge, graceful shutdown.

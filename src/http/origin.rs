@@ -166,7 +166,7 @@ where
             },
             Err(not_stored) => {
                 let (_, reason) = *not_stored;
-                tracing::debug!(%key, reason, "revalidated response is not cacheable");
+                tracing::debug!(%key, reason = %reason, "revalidated response is not cacheable");
                 Outcome::Pass {
                     answer: (),
                     drop_stored: true,
@@ -184,11 +184,11 @@ where
         // Keep the stale copy rather than lose it to a body we cannot hold.
         Admission::Unstorable(_, reason) => Outcome::Unstored {
             answer: (),
-            reason: reason.to_owned(),
+            reason: reason.to_string(),
         },
         // The origin no longer lets this be cached: the old copy goes.
         Admission::Uncacheable(_, reason) => {
-            tracing::debug!(%key, reason, "refreshed response is not cacheable");
+            tracing::debug!(%key, reason = %reason, "refreshed response is not cacheable");
             Outcome::Pass {
                 answer: (),
                 drop_stored: true,

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 
+use super::key::Vary;
 use crate::engine::Freshness;
 
 /// RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
@@ -263,8 +264,86 @@ pub(crate) fn directives(line: &str) -> Vec<(String, Option<String>)> {
     out
 }
 
-/// Why a response is not stored that is already past every window when it arrives.
-pub(crate) const NEVER_USABLE: &str = "already past every window";
+/// Why a response is not stored.
+///
+/// Its `Display` text is what logs and refresh errors show; the texts are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Reason {
+    /// 1xx, `206 Partial Content` or `304 Not Modified`: not a whole response to reuse.
+    Status,
+    /// `text/event-stream`: it never ends, so buffering it would hold every event back.
+    EventStream,
+    /// `Surrogate-Control: no-store` aimed at this cache.
+    SurrogateNoStore,
+    /// `must-understand` on a status whose caching rules we do not know (RFC 9111 §5.2.2.3).
+    MustUnderstand,
+    /// `Cache-Control: no-store`.
+    NoStore,
+    /// `Cache-Control: private`, in a shared cache.
+    Private,
+    /// The response sets a cookie.
+    SetCookie,
+    /// `Vary: *`.
+    VaryStar,
+    /// A `Vary` we cannot key on: unreadable, a malformed name, or too many names.
+    VaryUnusable,
+    /// An answer to a request with credentials, not explicitly shareable (RFC 9111 §3.5).
+    Authorization,
+    /// An answer to a request with `Cookie`, neither `public` nor `s-maxage`.
+    Cookie,
+    /// `no-cache` without `ETag` or `Last-Modified`: it could never be revalidated.
+    NoCacheWithoutValidators,
+    /// A 5xx without explicit freshness, where the origin's headers are not read.
+    ServerError,
+    /// An unreadable `Age`, and no validators to revalidate the (stale) response with.
+    InvalidAge,
+    /// Neither explicit nor heuristic freshness.
+    NoFreshness,
+    /// Already past every window (and the revalidation retention) when it arrives.
+    NeverUsable,
+    /// `Content-Length` over `max_body_bytes`.
+    BodyTooLarge,
+    /// The body grew past `max_body_bytes` while buffered, or failed.
+    BodyIncomplete,
+}
+
+impl Reason {
+    /// The reason's text, as logged.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::EventStream => "event stream",
+            Self::SurrogateNoStore => "surrogate-control: no-store",
+            Self::MustUnderstand => "must-understand",
+            Self::NoStore => "no-store",
+            Self::Private => "private",
+            Self::SetCookie => "set-cookie",
+            Self::VaryStar => "vary: *",
+            Self::VaryUnusable => "vary",
+            Self::Authorization => "authorization",
+            Self::Cookie => "cookie",
+            Self::NoCacheWithoutValidators => "no-cache without validators",
+            Self::ServerError => "server error",
+            Self::InvalidAge => "invalid age",
+            Self::NoFreshness => "no freshness",
+            Self::NeverUsable => "already past every window",
+            Self::BodyTooLarge => "body over max_body_bytes",
+            Self::BodyIncomplete => "body over max_body_bytes, or it failed",
+        }
+    }
+
+    /// Whether a route's own lifetime (`SwrLayer::policy_fn`) may still store the response:
+    /// it lacked only a lifetime the route supplies, not permission to be stored.
+    pub(crate) const fn route_lifetime_overrides(self) -> bool {
+        matches!(self, Self::NoFreshness | Self::NeverUsable)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Whether a response is a `text/event-stream` (server-sent events).
 fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -352,7 +431,7 @@ pub(crate) enum Decision {
         strip: Vec<String>,
     },
     /// Not stored, for this reason.
-    Pass(&'static str),
+    Pass(Reason),
 }
 
 /// Statuses whose caching rules this cache knows (for `must-understand`, RFC 9111 §5.2.2.3).
@@ -377,11 +456,11 @@ impl Policy {
             || status == StatusCode::PARTIAL_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
-            return Decision::Pass("status");
+            return Decision::Pass(Reason::Status);
         }
         if is_event_stream(headers) {
             // Server-sent events never end: buffering them would hold every event back.
-            return Decision::Pass("event stream");
+            return Decision::Pass(Reason::EventStream);
         }
         let mut cc = CacheControl::from_headers(headers);
         let surrogate = self
@@ -392,7 +471,7 @@ impl Policy {
             // Surrogate-Control speaks to this cache and overrides Cache-Control's freshness
             // and storability (RFC 9111 leaves the header to the Edge Architecture note).
             if surrogate.no_store {
-                return Decision::Pass("surrogate-control: no-store");
+                return Decision::Pass(Reason::SurrogateNoStore);
             }
             if let Some(max_age) = surrogate.max_age {
                 cc.no_store = false;
@@ -404,34 +483,34 @@ impl Policy {
         if cc.must_understand {
             // §5.2.2.3: store only statuses we understand, and then ignore `no-store`.
             if !understood(status) {
-                return Decision::Pass("must-understand");
+                return Decision::Pass(Reason::MustUnderstand);
             }
         } else if cc.no_store {
-            return Decision::Pass("no-store");
+            return Decision::Pass(Reason::NoStore);
         }
         if cc.private && !self.store_private {
-            return Decision::Pass("private");
+            return Decision::Pass(Reason::Private);
         }
         if headers.contains_key(header::SET_COOKIE) {
-            return Decision::Pass("set-cookie");
+            return Decision::Pass(Reason::SetCookie);
         }
         if headers.get_all(header::VARY).iter().any(|v| {
             v.as_bytes()
                 .split(|b| *b == b',')
                 .any(|f| f.trim_ascii() == b"*")
         }) {
-            return Decision::Pass("vary: *");
+            return Decision::Pass(Reason::VaryStar);
         }
         let explicitly_shareable = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
         if !self.store_private {
             if request.has_auth && !explicitly_shareable {
-                return Decision::Pass("authorization");
+                return Decision::Pass(Reason::Authorization);
             }
             if request.has_cookie
                 && self.cookies_need_public
                 && !(cc.public || cc.s_maxage.is_some())
             {
-                return Decision::Pass("cookie");
+                return Decision::Pass(Reason::Cookie);
             }
         }
 
@@ -481,7 +560,7 @@ impl Policy {
                     .max(retain),
             );
             if initial_age >= last_use {
-                return Decision::Pass(NEVER_USABLE);
+                return Decision::Pass(Reason::NeverUsable);
             }
             Decision::Store {
                 freshness,
@@ -499,14 +578,14 @@ impl Policy {
         if cc.no_cache {
             // Reusable only after revalidation: stored stale, kept only if it can be validated.
             if !has_validators {
-                return Decision::Pass("no-cache without validators");
+                return Decision::Pass(Reason::NoCacheWithoutValidators);
             }
             return decision(Duration::ZERO, Duration::ZERO, true);
         }
         if !self.respect_origin {
             let ttl = self.default_ttl.unwrap_or(super::config::DEFAULT_TTL);
             return if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
-                Decision::Pass("server error")
+                Decision::Pass(Reason::ServerError)
             } else {
                 decision(ttl, Duration::ZERO, false)
             };
@@ -517,14 +596,14 @@ impl Policy {
             return if has_validators {
                 decision(Duration::ZERO, Duration::ZERO, true)
             } else {
-                Decision::Pass("invalid age")
+                Decision::Pass(Reason::InvalidAge)
             };
         };
         if let Some(ttl) = explicit_lifetime(&cc, headers, date, now) {
             return decision(ttl, initial_age, ttl <= initial_age);
         }
         if !heuristically_cacheable(status) {
-            return Decision::Pass("no freshness");
+            return Decision::Pass(Reason::NoFreshness);
         }
         if let Some(default) = self.default_ttl {
             // A default lifetime is counted from when we got the response.
@@ -533,9 +612,76 @@ impl Policy {
         match heuristic_lifetime(headers, date, now) {
             Some(ttl) => decision(ttl, initial_age, false),
             None if has_validators => decision(Duration::ZERO, initial_age, false),
-            None => Decision::Pass("no freshness"),
+            None => Decision::Pass(Reason::NoFreshness),
         }
     }
+}
+
+impl Decision {
+    /// The decision once a route's own lifetime (`SwrLayer::policy_fn`) applies: a storable
+    /// response takes it (counted from now), and so does one that lacked only a lifetime;
+    /// every other reason not to store still stands, and so do the never-shared rules.
+    pub(crate) fn with_route_freshness(self, freshness: Freshness) -> Self {
+        match self {
+            Self::Store {
+                shared_with_auth,
+                shared_with_cookie,
+                retain,
+                strip,
+                ..
+            } => Self::Store {
+                freshness,
+                initial_age: Duration::ZERO,
+                shared_with_auth,
+                shared_with_cookie,
+                retain,
+                strip,
+            },
+            Self::Pass(reason) if reason.route_lifetime_overrides() => Self::Store {
+                freshness,
+                initial_age: Duration::ZERO,
+                shared_with_auth: false,
+                shared_with_cookie: false,
+                retain: Duration::ZERO,
+                strip: Vec::new(),
+            },
+            pass @ Self::Pass(_) => pass,
+        }
+    }
+
+    /// The decision given what the response's `Vary` turned out to be: one we cannot key on
+    /// (`Vary: *`, unreadable or too many names) is never stored, whatever else it says.
+    pub(crate) fn with_vary(self, vary: &Vary) -> Self {
+        match (self, vary) {
+            (Self::Store { .. }, Vary::Never) => Self::Pass(Reason::VaryUnusable),
+            (decision, _) => decision,
+        }
+    }
+
+    /// The reason not to store, if the decision is not to.
+    pub(crate) fn reason(&self) -> Option<Reason> {
+        match self {
+            Self::Store { .. } => None,
+            Self::Pass(reason) => Some(*reason),
+        }
+    }
+}
+
+/// Why a body of the declared `Content-Length` cannot be stored under `max_body_bytes`, if it
+/// cannot (decided before buffering, so such a body streams straight through).
+pub(crate) fn declared_body_refusal(
+    declared: Option<u64>,
+    max_body_bytes: usize,
+) -> Option<Reason> {
+    declared
+        .is_some_and(|len| len > max_body_bytes as u64)
+        .then_some(Reason::BodyTooLarge)
+}
+
+/// Whether an origin status is a failure (5xx, or one of the layer's `failure_statuses`): not
+/// an answer to store or to drop the stored entry for.
+pub(crate) fn is_failure(status: StatusCode, failure_statuses: &[StatusCode]) -> bool {
+    status.is_server_error() || failure_statuses.contains(&status)
 }
 
 /// `s-maxage`, then `max-age`, then `Expires − Date` (RFC 9111 §4.2.1).
@@ -663,6 +809,305 @@ mod tests {
             Some(Seconds::Valid(DELTA_SECONDS_MAX))
         );
         assert_eq!(cc("max-age=\"30\"").max_age, Some(Seconds::Valid(30)));
+    }
+
+    fn shared_policy() -> Policy {
+        Policy {
+            default_ttl: None,
+            default_stale_while_revalidate: Duration::ZERO,
+            default_stale_if_error: Duration::ZERO,
+            respect_origin: true,
+            store_private: false,
+            cookies_need_public: true,
+            revalidation_retention: Duration::from_secs(600),
+            surrogate_token: Some(std::sync::Arc::from("tower-swr")),
+            credential_headers: std::sync::Arc::new([]),
+        }
+    }
+
+    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn decide(
+        policy: &Policy,
+        request: RequestFacts,
+        status: u16,
+        lines: &[(&'static str, &'static str)],
+    ) -> Decision {
+        policy.decide(
+            request,
+            StatusCode::from_u16(status).unwrap(),
+            &headers(lines),
+            SystemTime::now(),
+            Duration::ZERO,
+        )
+    }
+
+    #[test]
+    fn every_refusal_has_its_reason() {
+        let policy = shared_policy();
+        let plain = RequestFacts::default();
+        let auth = RequestFacts {
+            has_auth: true,
+            has_cookie: false,
+        };
+        let cookie = RequestFacts {
+            has_auth: false,
+            has_cookie: true,
+        };
+        type Case = (
+            RequestFacts,
+            u16,
+            &'static [(&'static str, &'static str)],
+            Reason,
+        );
+        let cases: &[Case] = &[
+            (
+                plain,
+                206,
+                &[("cache-control", "max-age=60")],
+                Reason::Status,
+            ),
+            (
+                plain,
+                304,
+                &[("cache-control", "max-age=60")],
+                Reason::Status,
+            ),
+            (
+                plain,
+                200,
+                &[("content-type", "text/event-stream; charset=utf-8")],
+                Reason::EventStream,
+            ),
+            (
+                plain,
+                200,
+                &[
+                    ("surrogate-control", "no-store"),
+                    ("cache-control", "max-age=60"),
+                ],
+                Reason::SurrogateNoStore,
+            ),
+            (
+                plain,
+                299,
+                &[("cache-control", "must-understand, no-store, max-age=60")],
+                Reason::MustUnderstand,
+            ),
+            (
+                plain,
+                200,
+                &[("cache-control", "no-store, max-age=60")],
+                Reason::NoStore,
+            ),
+            (
+                plain,
+                200,
+                &[("cache-control", "private, max-age=60")],
+                Reason::Private,
+            ),
+            (
+                plain,
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+                Reason::SetCookie,
+            ),
+            (
+                plain,
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "accept, *")],
+                Reason::VaryStar,
+            ),
+            (
+                auth,
+                200,
+                &[("cache-control", "max-age=60")],
+                Reason::Authorization,
+            ),
+            (
+                cookie,
+                200,
+                &[("cache-control", "max-age=60")],
+                Reason::Cookie,
+            ),
+            (
+                plain,
+                200,
+                &[("cache-control", "no-cache")],
+                Reason::NoCacheWithoutValidators,
+            ),
+            (
+                plain,
+                200,
+                &[("cache-control", "max-age=60"), ("age", "-3")],
+                Reason::InvalidAge,
+            ),
+            (plain, 200, &[], Reason::NoFreshness),
+            (
+                plain,
+                500,
+                &[("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT")],
+                Reason::NoFreshness,
+            ),
+            (
+                plain,
+                200,
+                &[("cache-control", "max-age=60"), ("age", "120")],
+                Reason::NeverUsable,
+            ),
+        ];
+        for (request, status, lines, reason) in cases {
+            assert_eq!(
+                decide(&policy, *request, *status, lines),
+                Decision::Pass(*reason),
+                "{status} {lines:?}"
+            );
+        }
+        // The same answers to credentialed requests are stored when explicitly shareable.
+        let public = [("cache-control", "public, max-age=60")];
+        assert!(decide(&policy, auth, 200, &public).reason().is_none());
+        assert!(decide(&policy, cookie, 200, &public).reason().is_none());
+        // Not reading the origin's headers, a server error is refused as such.
+        let ignoring = Policy {
+            respect_origin: false,
+            ..shared_policy()
+        };
+        assert_eq!(
+            decide(&ignoring, plain, 503, &[]),
+            Decision::Pass(Reason::ServerError)
+        );
+        assert!(decide(&ignoring, plain, 501, &[]).reason().is_none());
+    }
+
+    #[test]
+    fn reasons_read_as_before() {
+        // Logged and in refresh errors (`not stored: ...`): the texts stay what they were.
+        let texts = [
+            (Reason::Status, "status"),
+            (Reason::EventStream, "event stream"),
+            (Reason::SurrogateNoStore, "surrogate-control: no-store"),
+            (Reason::MustUnderstand, "must-understand"),
+            (Reason::NoStore, "no-store"),
+            (Reason::Private, "private"),
+            (Reason::SetCookie, "set-cookie"),
+            (Reason::VaryStar, "vary: *"),
+            (Reason::VaryUnusable, "vary"),
+            (Reason::Authorization, "authorization"),
+            (Reason::Cookie, "cookie"),
+            (
+                Reason::NoCacheWithoutValidators,
+                "no-cache without validators",
+            ),
+            (Reason::ServerError, "server error"),
+            (Reason::InvalidAge, "invalid age"),
+            (Reason::NoFreshness, "no freshness"),
+            (Reason::NeverUsable, "already past every window"),
+            (Reason::BodyTooLarge, "body over max_body_bytes"),
+            (
+                Reason::BodyIncomplete,
+                "body over max_body_bytes, or it failed",
+            ),
+        ];
+        for (reason, text) in texts {
+            assert_eq!(reason.to_string(), text);
+            assert_eq!(
+                format!("not stored: {reason}"),
+                format!("not stored: {text}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_lifetime_supplies_freshness_not_permission() {
+        let route = Freshness::new(Duration::from_secs(30));
+        for reason in [Reason::NoFreshness, Reason::NeverUsable] {
+            let Decision::Store {
+                freshness,
+                shared_with_auth,
+                shared_with_cookie,
+                ..
+            } = Decision::Pass(reason).with_route_freshness(route)
+            else {
+                panic!("{reason}: a route lifetime stores it");
+            };
+            assert_eq!(freshness, route);
+            assert!(!shared_with_auth && !shared_with_cookie);
+        }
+        for reason in [
+            Reason::NoStore,
+            Reason::Private,
+            Reason::SetCookie,
+            Reason::Authorization,
+            Reason::NoCacheWithoutValidators,
+            Reason::VaryStar,
+        ] {
+            assert_eq!(
+                Decision::Pass(reason).with_route_freshness(route),
+                Decision::Pass(reason)
+            );
+        }
+        // A storable response takes the route's lifetime, counted from now.
+        let policy = shared_policy();
+        let stored = decide(
+            &policy,
+            RequestFacts::default(),
+            200,
+            &[("cache-control", "max-age=600"), ("age", "100")],
+        )
+        .with_route_freshness(route);
+        let Decision::Store {
+            freshness,
+            initial_age,
+            ..
+        } = stored
+        else {
+            panic!("stored");
+        };
+        assert_eq!((freshness, initial_age), (route, Duration::ZERO));
+    }
+
+    #[test]
+    fn an_unusable_vary_is_never_stored() {
+        let policy = shared_policy();
+        let request = headers(&[("accept", "text/html")]);
+        let response = [("cache-control", "max-age=60"), ("vary", "accept")];
+        let storable = decide(&policy, RequestFacts::default(), 200, &response);
+        assert!(storable
+            .clone()
+            .with_vary(&Vary::of(&headers(&response), &request))
+            .reason()
+            .is_none());
+        let malformed = headers(&[("cache-control", "max-age=60"), ("vary", "acc ept")]);
+        assert_eq!(
+            storable.with_vary(&Vary::of(&malformed, &request)),
+            Decision::Pass(Reason::VaryUnusable)
+        );
+        // An earlier reason is kept.
+        assert_eq!(
+            Decision::Pass(Reason::NoStore).with_vary(&Vary::Never),
+            Decision::Pass(Reason::NoStore)
+        );
+    }
+
+    #[test]
+    fn body_limit_and_failures() {
+        assert_eq!(
+            declared_body_refusal(Some(11), 10),
+            Some(Reason::BodyTooLarge)
+        );
+        assert_eq!(declared_body_refusal(Some(10), 10), None);
+        assert_eq!(declared_body_refusal(None, 10), None);
+        let extra = [StatusCode::TOO_MANY_REQUESTS];
+        assert!(is_failure(StatusCode::BAD_GATEWAY, &extra));
+        assert!(is_failure(StatusCode::TOO_MANY_REQUESTS, &extra));
+        assert!(!is_failure(StatusCode::REQUEST_TIMEOUT, &extra));
+        assert!(!is_failure(StatusCode::NOT_FOUND, &extra));
     }
 
     #[test]

@@ -59,7 +59,7 @@
 //!
 //! | name | type | labels |
 //! |---|---|---|
-//! | `swr_requests_total` | counter | `cache`, `status` = `hit`, `stale`, `miss`, `collapsed`, `bypass`, `stale_if_error`, `failure_hit` |
+//! | `swr_requests_total` | counter | `cache`, `status` = `hit`, `stale`, `miss`, `collapsed`, `bypass`, `stale_if_error`, `failure_hit`, `shared_tier` |
 //! | `swr_refreshes_total` | counter | `cache`, `outcome` = `started`, `succeeded`, `failed`, `timed_out`, `panicked` |
 //! | `swr_stores_total` | counter | `cache`, `result` = `stored`, `too_large` |
 //! | `swr_entries`, `swr_bytes`, `swr_refreshes_running` | gauge | `cache` |
@@ -68,6 +68,17 @@
 //!
 //! The engine underneath is usable on its own, e.g. for configuration loaded from a database:
 //! see [`engine`].
+//!
+//! # How it is built
+//!
+//! One engine decides; the HTTP layer is a client of it. [`engine::SwrCache`] alone decides
+//! fresh, stale or miss, runs the one background refresh per key, coalesces misses, falls back
+//! on stale values, shares failures and counts, for its own `get_or_load` and for the HTTP
+//! layer alike; the layer only says how to ask the inner service, what an answer means
+//! (storable? a failure? how long?) and how to render what the engine decided. Under the
+//! in-memory store, [`engine::SharedTier`] is the seam for a tier shared between processes
+//! (values cross it with a wall-clock [`engine::Lifetime`]; keys have stable bytes,
+//! [`CacheKey::to_bytes`]). The repository's `docs/architecture.md` maps every file.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

@@ -13,10 +13,10 @@ use super::conditional;
 use super::config::Shared;
 use super::failure::{OriginFailure, FAILURE_BODY_LIMIT};
 use super::key::{CacheKey, Vary};
-use super::origin::RequestTemplate;
 use super::policy::{declared_body_refusal, failure_is_shareable, Decision, Reason, RequestFacts};
 use super::status::{reserve_slots, without_slots};
 use super::stored::{storable_headers, CachedResponse, Credentials};
+use super::template::RequestTemplate;
 use crate::engine::{Entry, Loaded};
 
 /// What [`Shared::judge`] said of a response.

@@ -17,6 +17,7 @@ mod render;
 mod service;
 mod status;
 mod stored;
+mod template;
 mod vary_index;
 
 pub use self::body::SwrBody;

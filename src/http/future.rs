@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{HeaderValue, Response};
@@ -11,10 +10,8 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::SwrBody;
-use super::config::{BypassMarks, Shared};
-use super::invalidation::Invalidation;
-use super::policy::SURROGATE_CONTROL;
-use super::status::{CacheInfo, CacheStatus, CACHE_STATUS, X_CACHE};
+use super::config::BypassMarks;
+use super::render::mark_bypass;
 
 pub(crate) type BoxResponseFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<SwrBody<B>>, E>> + Send>>;
@@ -55,7 +52,6 @@ pin_project! {
         future: F,
         cache_status: HeaderValue,
         marks: BypassMarks,
-        invalidation: Option<(Arc<Shared>, Invalidation)>,
     }
 }
 
@@ -68,19 +64,13 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn bypass(
-        future: F,
-        cache_status: HeaderValue,
-        marks: BypassMarks,
-        invalidation: Option<(Arc<Shared>, Invalidation)>,
-    ) -> Self {
+    pub(crate) fn bypass(future: F, cache_status: HeaderValue, marks: BypassMarks) -> Self {
         Self {
             kind: Kind::Bypass {
                 state: Box::pin(Bypass {
                     future,
                     cache_status,
                     marks,
-                    invalidation,
                 }),
             },
         }
@@ -110,29 +100,9 @@ where
                     future,
                     cache_status,
                     marks,
-                    invalidation,
                 } = state.as_mut().project();
-                let mut response = ready!(future.poll(cx))?.map(SwrBody::inner);
-                let status = response.status();
-                if let Some((shared, target)) = invalidation.take() {
-                    if status.is_success() || status.is_redirection() {
-                        shared.invalidate(&target, response.headers());
-                    }
-                }
-                let headers = response.headers_mut();
-                headers.append(CACHE_STATUS.clone(), cache_status.clone());
-                if marks.strip_surrogate_control {
-                    headers.remove(&SURROGATE_CONTROL);
-                }
-                if marks.x_cache {
-                    headers.insert(X_CACHE.clone(), HeaderValue::from_static("BYPASS"));
-                }
-                if marks.cache_info {
-                    response
-                        .extensions_mut()
-                        .insert(CacheInfo::uncached(CacheStatus::Bypass));
-                }
-                Poll::Ready(Ok(response))
+                let response = ready!(future.poll(cx))?.map(SwrBody::inner);
+                Poll::Ready(Ok(mark_bypass(response, cache_status, *marks)))
             }
             KindProj::Origin { future } => future.as_mut().poll(cx),
         }

@@ -2,16 +2,17 @@
 //! origin responses that were not stored.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Body;
 
 use super::body::SwrBody;
 use super::conditional::{self, ByteRange};
-use super::config::Shared;
+use super::config::{BypassMarks, Shared};
 use super::failure::OriginFailure;
 use super::key::CacheKey;
-use super::status::{CacheInfo, CacheStatus, Member};
+use super::policy::SURROGATE_CONTROL;
+use super::status::{CacheInfo, CacheStatus, Member, CACHE_STATUS, X_CACHE};
 use super::stored::CachedResponse;
 use crate::engine::{Entry, Stamp};
 
@@ -46,6 +47,28 @@ pub(crate) fn without_body_if<B: Body<Data = Bytes>>(
         // The GET body's length is unknown: state none (not the 0 of an empty body).
         None => response.map(|_| SwrBody::unsized_empty()),
     }
+}
+
+/// Marks a response that bypassed the cache: `Cache-Status`, and what the layer's settings add.
+pub(crate) fn mark_bypass<B: Body>(
+    mut response: Response<SwrBody<B>>,
+    cache_status: &HeaderValue,
+    marks: BypassMarks,
+) -> Response<SwrBody<B>> {
+    let headers = response.headers_mut();
+    headers.append(CACHE_STATUS.clone(), cache_status.clone());
+    if marks.strip_surrogate_control {
+        headers.remove(&SURROGATE_CONTROL);
+    }
+    if marks.x_cache {
+        headers.insert(X_CACHE.clone(), HeaderValue::from_static("BYPASS"));
+    }
+    if marks.cache_info {
+        response
+            .extensions_mut()
+            .insert(CacheInfo::uncached(CacheStatus::Bypass));
+    }
+    response
 }
 
 impl Shared {

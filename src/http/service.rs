@@ -19,7 +19,7 @@ use super::invalidation::Invalidation;
 use super::key::{align_host, key_host, request_variant, KeyRef};
 use super::origin::{miss, refresh};
 use super::policy::{Policy, RequestFacts};
-use super::render::Ask;
+use super::render::{mark_bypass, Ask};
 use super::status::{CacheStatus, Member};
 use super::stored::{CachedResponse, Refusal};
 use crate::engine::{Found, Stamp};
@@ -198,16 +198,26 @@ where
                         },
                     )
                 });
-            if invalidation.is_some() {
-                // The handler must act on the host whose entries the request invalidates.
-                align_host(&mut request);
-            }
-            return ResponseFuture::bypass(
-                self.inner.clone().oneshot(request),
-                config.headers.value(Member::Method),
-                config.bypass_marks(),
-                invalidation,
-            );
+            let cache_status = config.headers.value(Member::Method);
+            let marks = config.bypass_marks();
+            let Some((shared, invalidation)) = invalidation else {
+                return ResponseFuture::bypass(
+                    self.inner.clone().oneshot(request),
+                    cache_status,
+                    marks,
+                );
+            };
+            // The handler must act on the host whose entries the request invalidates.
+            align_host(&mut request);
+            let call = self.inner.clone().oneshot(request);
+            return ResponseFuture::origin(Box::pin(async move {
+                let response = call.await?.map(SwrBody::inner);
+                let status = response.status();
+                if status.is_success() || status.is_redirection() {
+                    shared.invalidate(&invalidation, response.headers());
+                }
+                Ok(mark_bypass(response, &cache_status, marks))
+            }));
         }
         let Scan {
             facts,
@@ -223,7 +233,6 @@ where
                 self.inner.clone().oneshot(request),
                 config.headers.value(Member::Bypass),
                 config.bypass_marks(),
-                None,
             );
         };
         let ask = Ask {

@@ -436,7 +436,7 @@ impl StoreNamespaces {
         }
         if n > 1 {
             tracing::debug!(
-                "layers sharing a store both named {name:?}: this one's namespace is                  {candidate:?}; give them distinct `cache_name`s for keys that do not depend                  on the order the layers are first used in"
+                "layers sharing a store both named {name:?}: this one's namespace is {candidate:?}; give them distinct `cache_name`s for keys that do not depend on the order the layers are first used in"
             );
         }
         let id = namespace_id(&candidate);

@@ -58,20 +58,30 @@ async fn routes_configured_from_one_base_before_use_get_caches_of_their_own() ->
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_store_setting_after_first_use_gives_a_new_empty_cache() -> TestResult {
-    let (origin, _) = origin(|_, _| async { Ok(reply("x")) });
+async fn a_store_setting_after_first_use_keeps_the_serving_cache_and_handles() -> TestResult {
+    let (origin, calls) = origin(|_, _| async { Ok(reply("x")) });
     let layer = SwrLayer::new();
     let old = layer.handle();
-    layer
-        .clone()
-        .layer(origin.clone())
+    let service = layer.clone().layer(origin.clone());
+    service.clone().oneshot(get("http://example.com/s")).await?;
+    assert_eq!(old.stats().entries, 1);
+    // Too late to shape the store: not applied, and nothing detaches.
+    let resized = layer
+        .capacity_bytes(1 << 20)
+        .remember_failures(Duration::ZERO);
+    assert_eq!(resized.stats().entries, 1, "the layer keeps its cache");
+    assert_ne!(resized.stats().capacity_bytes, 1 << 20);
+    let again = resized
+        .layer(origin)
         .oneshot(get("http://example.com/s"))
         .await?;
-    assert_eq!(old.stats().entries, 1);
-    let resized = layer.capacity_bytes(1 << 20);
-    assert_eq!(resized.stats().entries, 0);
-    assert_eq!(resized.stats().capacity_bytes, 1 << 20);
-    assert_eq!(old.stats().entries, 1, "the old handle keeps the old cache");
+    assert_eq!(info(&again).status, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 1);
+    assert_eq!(
+        old.purge("/s"),
+        1,
+        "the old handle purges what the layer serves"
+    );
     Ok(())
 }
 

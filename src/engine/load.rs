@@ -21,6 +21,10 @@ use super::inflight::{
 };
 use super::{CatchUnwind, Stamp, SwrCache, WallClock};
 
+/// The failure a panicking loader of `get_or_load` leaves its waiters: they panic too (as the
+/// callers of a shared future do), rather than call the loader again one after another.
+pub(crate) struct LoadPanicked;
+
 /// How a load ended, as its caller tells the engine.
 pub(crate) enum Outcome<K, V, A> {
     /// Store `loaded` under `key` (the flight's key, or a variant of it) and answer from it.
@@ -504,13 +508,10 @@ where
             Err(panic) => {
                 // A panicking load with a usable stale value is a failure like any other;
                 // without one, the panic is the load's own answer and goes on up.
-                land(
-                    &mut leader,
-                    Landing::Failed {
-                        failure: caller.panic_failure(),
-                        remember: true,
-                    },
-                );
+                let failure = caller.panic_failure();
+                // A panic is shared with the waiters, never remembered for later callers.
+                let remember = !failure.as_ref().is_some_and(|f| f.is::<LoadPanicked>());
+                land(&mut leader, Landing::Failed { failure, remember });
                 let reason = "the load panicked";
                 if let Some(answer) =
                     self.stale_on_error(&key, existing.as_ref(), None, &mut caller, reason)

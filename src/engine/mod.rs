@@ -78,6 +78,7 @@ pub use self::tier::{SharedTier, TierFuture};
 use self::entry::Phase;
 pub(crate) use self::inflight::Failure;
 use self::inflight::{Backoff, Breaker, FlightLeader, Flights, Join, RefreshGuard, Refreshes};
+use self::load::LoadPanicked;
 pub(crate) use self::load::{Accept, Answered, Caller, Found, Outcome};
 use self::stats::Counters;
 use self::store::{CountEvictions, Store};
@@ -238,7 +239,8 @@ where
         self
     }
 
-    /// How long a background refresh may run before it is abandoned as failed (default 30 s).
+    /// How long a background refresh may run before it is abandoned as failed (default 30 s;
+    /// zero turns the timeout off).
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
         self.refresh_timeout = timeout;
         self
@@ -308,8 +310,8 @@ where
         self
     }
 
-    /// How long a lookup in the shared tier may take before the engine goes on without it
-    /// (default 50 ms).
+    /// How long a call to the shared tier may take before the engine goes on without it
+    /// (default 50 ms; zero turns the timeout off).
     pub fn shared_tier_timeout(mut self, timeout: Duration) -> Self {
         self.shared_tier_timeout = timeout;
         self
@@ -345,6 +347,7 @@ where
                     tier,
                     timeout: self.shared_tier_timeout,
                 }),
+                tier_fence: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -366,6 +369,9 @@ struct Inner<K, V> {
     early_refresh_beta: Option<f64>,
     stale_alert_age: Option<Duration>,
     tier: Option<Tier<K, V>>,
+    /// With a tier: when this cache last invalidated anything (nanoseconds since the Unix
+    /// epoch). A tier copy stored before it is not taken: it would undo the invalidation.
+    tier_fence: std::sync::atomic::AtomicU64,
 }
 
 /// An async stale-while-revalidate cache over `K → V`, bounded in bytes.
@@ -466,6 +472,7 @@ where
             return false;
         }
         self.inner.flights.fence(&key);
+        self.fence_tier();
         self.insert_entry(key, &entry);
         true
     }
@@ -485,6 +492,7 @@ where
             return false;
         }
         self.inner.flights.fence(&key);
+        self.fence_tier();
         self.insert_entry(key, &Arc::new(entry));
         true
     }
@@ -500,6 +508,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.inner.flights.fence(key);
+        self.fence_tier();
         let removed = self.inner.store.remove(key);
         if let Some((key, _)) = &removed {
             self.forget_in_tier(key);
@@ -515,6 +524,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.inner.flights.fence(key);
+        self.fence_tier();
         let Some(entry) = self.inner.store.peek(key) else {
             return false;
         };
@@ -538,6 +548,7 @@ where
     /// Returns how many.
     pub fn mark_stale_where(&self, predicate: impl Fn(&K) -> bool) -> usize {
         self.inner.flights.fence_where(&predicate);
+        self.fence_tier();
         let keys: Vec<K> = self
             .inner
             .store
@@ -552,6 +563,7 @@ where
     /// Returns how many.
     pub fn remove_if(&self, predicate: impl Fn(&K) -> bool) -> usize {
         self.inner.flights.fence_where(&predicate);
+        self.fence_tier();
         let removed = std::sync::atomic::AtomicUsize::new(0);
         self.inner.store.retain(|key, _| {
             let remove = predicate(key);
@@ -564,6 +576,7 @@ where
     /// Removes every entry.
     pub fn clear(&self) {
         self.inner.flights.fence_where(|_| true);
+        self.fence_tier();
         self.inner.store.clear();
     }
 
@@ -639,6 +652,10 @@ where
     ///   waited for it: one failing load, one error shared as an `Arc`, as moka's
     ///   `try_get_with` does. For a while after ([`SwrCacheBuilder::remember_failures`], 1 s
     ///   by default) that error is the key's answer without calling `load`.
+    ///
+    /// A loader that panics is called once all the same: the panic goes on up in the caller
+    /// that ran it and in every caller that waited for it (as with a shared future), unless a
+    /// stale-if-error value answers them.
     ///
     /// Needs a tokio runtime (for the background refresh).
     ///
@@ -744,6 +761,7 @@ where
         Q: Hash + Equivalent<K> + ?Sized,
     {
         self.inner.flights.fence_where(|k| key.equivalent(k));
+        self.fence_tier();
         self.inner.store.remove(key).is_some()
     }
 
@@ -817,12 +835,24 @@ where
         self.inner.tasks.spawn_on(
             async move {
                 let put = tier.tier.put(&key, entry.value(), &lifetime);
-                if tokio::time::timeout(tier.timeout, put).await.is_err() {
+                if tier.bounded(put).await.is_none() {
                     tracing::debug!("the shared tier did not take a value in time");
                 }
             },
             &runtime,
         );
+    }
+
+    /// Notes an invalidation: no tier copy stored before now is taken from now on.
+    fn fence_tier(&self) {
+        if self.inner.tier.is_some() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as u64);
+            self.inner
+                .tier_fence
+                .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// Removes a key from the shared tier, detached.
@@ -836,7 +866,7 @@ where
         let (tier, key) = (tier.clone(), key.clone());
         self.inner.tasks.spawn_on(
             async move {
-                let _ = tokio::time::timeout(tier.timeout, tier.tier.remove(&key)).await;
+                tier.bounded(tier.tier.remove(&key)).await;
             },
             &runtime,
         );
@@ -849,6 +879,12 @@ where
         than: Option<std::time::SystemTime>,
     ) -> Option<Arc<Entry<V>>> {
         let tier = self.inner.tier.as_ref()?;
+        let fence = self
+            .inner
+            .tier_fence
+            .load(std::sync::atomic::Ordering::Acquire);
+        let fence = (fence > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(fence));
+        let than = than.max(fence);
         let (value, lifetime) = tier.fresh(key, than).await?;
         let weight = (self.inner.weigher)(key, &value).saturating_add(store::ENTRY_OVERHEAD);
         (weight <= self.inner.max_entry_weight).then(|| {
@@ -920,8 +956,12 @@ where
         let tasks = inner.tasks.clone();
         tasks.spawn_on(async move {
             let counters = &inner.counters;
-            let outcome =
-                tokio::time::timeout(inner.refresh_timeout, CatchUnwind::new(refresh)).await;
+            let run = CatchUnwind::new(refresh);
+            // Zero turns the timeout off.
+            let outcome = match inner.refresh_timeout {
+                limit if limit.is_zero() => Ok(run.await),
+                limit => tokio::time::timeout(limit, run).await.map_err(|_| ()),
+            };
             let failed = match outcome {
                 Ok(Ok(Ok(()))) => {
                     counters.refreshes_succeeded.inc();
@@ -1069,8 +1109,17 @@ where
         failure: &Failure,
         _remembered: bool,
     ) -> Option<Self::Answer> {
+        if failure.is::<LoadPanicked>() {
+            std::panic::resume_unwind(Box::new(
+                "the loader this caller waited for (another caller's) panicked",
+            ));
+        }
         // Another caller's loader may fail with another error type: then this one loads.
         Arc::clone(failure).downcast::<E>().ok().map(Err)
+    }
+
+    fn panic_failure(&self) -> Option<Failure> {
+        Some(Arc::new(LoadPanicked) as Failure)
     }
 
     fn load(

@@ -95,12 +95,19 @@ impl<K, V> Clone for Tier<K, V> {
 }
 
 impl<K: 'static, V: 'static> Tier<K, V> {
+    /// `call`, cut at the tier timeout (`None`); zero turns the timeout off.
+    pub(crate) async fn bounded<T>(&self, call: impl Future<Output = T>) -> Option<T> {
+        if self.timeout.is_zero() {
+            return Some(call.await);
+        }
+        tokio::time::timeout(self.timeout, call).await.ok()
+    }
+
     /// The tier's copy of `key` if it is fresh now and was stored after `than` (if given).
     pub(crate) async fn fresh(&self, key: &K, than: Option<SystemTime>) -> Option<(V, Lifetime)> {
-        let found = tokio::time::timeout(self.timeout, self.tier.get(key)).await;
-        let (value, lifetime) = match found {
-            Ok(found) => found?,
-            Err(_) => {
+        let (value, lifetime) = match self.bounded(self.tier.get(key)).await {
+            Some(found) => found?,
+            None => {
                 tracing::debug!(timeout = ?self.timeout, "the shared tier did not answer in time");
                 return None;
             }

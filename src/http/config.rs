@@ -44,6 +44,9 @@ pub(crate) struct Config {
     /// Statuses besides 5xx that mean "the origin failed this time" (408, 429 by default):
     /// a refresh answered so keeps the entry, a miss with a stale-if-error entry gets it.
     pub(crate) failure_statuses: Arc<[StatusCode]>,
+    /// Whether a failure remembered a moment (`remember_failures`) answers this layer's
+    /// requests: off where this layer's `remember_failures` is zero, whoever made the store.
+    pub(crate) answer_remembered_failures: bool,
 }
 
 impl Config {

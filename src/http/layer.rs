@@ -140,8 +140,9 @@ struct Tables {
 /// Settings that shape the store (`capacity_bytes`, `max_body_bytes`, `lock_timeout`,
 /// `refresh_timeout`, `refresh_backoff`, `circuit_breaker`, `ttl_jitter`, `early_refresh`,
 /// `stale_alert_age`, `remember_failures`, `cache_name`) cannot change a store that exists:
-/// set after first use, they give the layer a new, empty cache and log a warning. Set them
-/// first. A layer that [`share_memory_with`](Self::share_memory_with)s another uses that
+/// set after first use, they are not applied (a warning says so) and the layer keeps serving
+/// from its cache, so a handle taken before never ends up on a cache that does not serve. Set
+/// them first; a differently shaped cache is a new layer (`SwrLayer::new()...`). A layer that [`share_memory_with`](Self::share_memory_with)s another uses that
 /// layer's store and its store settings; its own are unused, and setting them logs a warning.
 #[must_use]
 #[derive(Clone)]
@@ -211,6 +212,7 @@ impl SwrLayer {
             credential_headers: Arc::new([]),
         });
         layer.store.remember_failures = Duration::ZERO;
+        layer.config.answer_remembered_failures = false;
         layer
     }
 
@@ -231,6 +233,7 @@ impl SwrLayer {
                     StatusCode::REQUEST_TIMEOUT,
                     StatusCode::TOO_MANY_REQUESTS,
                 ]),
+                answer_remembered_failures: true,
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,
@@ -255,16 +258,16 @@ impl SwrLayer {
         .changed()
     }
 
-    /// A setting that shapes the store changed: a new cache, unless none was created yet.
+    /// A setting that shapes the store changed: it shapes the cache this layer creates; one
+    /// that exists already is kept (handles taken before must keep seeing the serving cache).
     fn store_changed(mut self) -> Self {
         self.store.touched = true;
         if self.cache.get().is_some() {
             tracing::warn!(
                 "a setting that shapes the store was changed after the layer's cache was \
-                 created (by `layer`, `handle` or `stats`): this value of the layer gets a new, \
-                 empty cache; handles taken before keep the old one"
+                 created (by `layer`, `handle` or `stats`): not applied, the layer keeps its \
+                 cache; set store settings before first use"
             );
-            self.cache = Arc::new(OnceLock::new());
         }
         self.changed()
     }
@@ -531,6 +534,9 @@ impl SwrLayer {
     /// failure asks the origin itself, as before).
     pub fn remember_failures(mut self, duration: Duration) -> Self {
         self.store.remember_failures = duration;
+        // Zero holds for this layer even where the store is another's (`share_memory_with`)
+        // or already made: it never answers with a remembered failure.
+        self.config.answer_remembered_failures = !duration.is_zero();
         self.store_changed()
     }
 

@@ -319,7 +319,7 @@ where
         failure: &Failure,
         remembered: bool,
     ) -> Option<Self::Answer> {
-        if self.credentialed {
+        if self.credentialed || (remembered && !self.shared.config.answer_remembered_failures) {
             return None;
         }
         let failure = failure.downcast_ref::<OriginFailure>()?;

@@ -513,6 +513,99 @@ fn expires_gives_the_lifetime_and_an_invalid_one_means_stale() {
     }
 }
 
+// ---- Age (RFC 9111 §5.1) ----
+
+/// One member of a generated `Age` list.
+#[derive(Clone, Debug)]
+enum AgeMember {
+    /// A delta-seconds, written with `zeros` leading zeros.
+    Seconds { n: u64, zeros: usize },
+    /// Not a non-negative integer.
+    Junk(&'static str),
+    /// An empty member (`a,,b`), which list parsing skips (RFC 9110 §5.6.1).
+    Empty,
+}
+
+fn age_member() -> impl Strategy<Value = AgeMember> {
+    prop_oneof![
+        4 => (0u64..200, 0usize..3).prop_map(|(n, zeros)| AgeMember::Seconds { n, zeros }),
+        3 => prop::sample::select(vec![
+            "-5", "+5", "1.5", "7200.0", "7a", "a7", "abc", "5;x=1", "\"5\"", "0x10", "1 2", "-0",
+        ])
+        .prop_map(AgeMember::Junk),
+        1 => Just(AgeMember::Empty),
+    ]
+}
+
+/// `Age` field lines: 1–3 lines of 1–3 members, with optional whitespace around each.
+fn age_lines() -> impl Strategy<Value = Vec<Vec<(AgeMember, bool)>>> {
+    prop::collection::vec(
+        prop::collection::vec((age_member(), any::<bool>()), 1..4),
+        1..4,
+    )
+}
+
+fn write_age_line(members: &[(AgeMember, bool)]) -> String {
+    members
+        .iter()
+        .map(|(member, padded)| {
+            let text = match member {
+                AgeMember::Seconds { n, zeros } => format!("{}{n}", "0".repeat(*zeros)),
+                AgeMember::Junk(junk) => (*junk).to_owned(),
+                AgeMember::Empty => String::new(),
+            };
+            if *padded {
+                format!(" {text}\t")
+            } else {
+                text
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// RFC 9111 §5.1: the first member of the whole list, if it is a non-negative integer.
+fn rfc_age(lines: &[Vec<(AgeMember, bool)>]) -> Option<u64> {
+    match lines
+        .iter()
+        .flatten()
+        .map(|(member, _)| member)
+        .find(|member| !matches!(member, AgeMember::Empty))?
+    {
+        AgeMember::Seconds { n, .. } => Some(*n),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(256), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A `max-age=100` response with any `Age` lines is reused after `t` seconds exactly when
+    /// the first member of the list is an age under 100 − t, or when the field is invalid and
+    /// ignored and `t` is under 100: an invalid `Age` never refuses the response nor makes it
+    /// stale.
+    #[test]
+    fn age_is_its_first_member_or_ignored(lines in age_lines(), t in 0u64..120) {
+        let written: Vec<String> = lines.iter().map(|line| write_age_line(line)).collect();
+        let reused = runtime().block_on(async {
+            let mut headers = vec![(header::CACHE_CONTROL, HeaderValue::from_static("max-age=100"))];
+            for line in &written {
+                headers.push((header::AGE, HeaderValue::from_str(line).expect("printable")));
+            }
+            let (origin, calls) = origin(headers, StatusCode::OK);
+            let service = SwrLayer::shared_cache().layer(origin);
+            send(&service, get("/age")).await;
+            tokio::time::advance(Duration::from_secs(t)).await;
+            let (_, info, _) = send(&service, get("/age")).await;
+            let reused = calls.load(Ordering::SeqCst) == 1;
+            assert_eq!(reused, from_cache(&info));
+            reused
+        });
+        let expected = rfc_age(&lines).unwrap_or(0) + t < 100;
+        prop_assert_eq!(reused, expected, "Age lines {:?} after {} s", written, t);
+    }
+}
+
 // ---- 3. keys and Vary ----
 
 #[derive(Clone, Debug)]

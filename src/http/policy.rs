@@ -295,8 +295,6 @@ pub(crate) enum Reason {
     NoCacheWithoutValidators,
     /// A 5xx without explicit freshness, where the origin's headers are not read.
     ServerError,
-    /// An unreadable `Age`, and no validators to revalidate the (stale) response with.
-    InvalidAge,
     /// Neither explicit nor heuristic freshness.
     NoFreshness,
     /// Already past every window (and the revalidation retention) when it arrives.
@@ -324,7 +322,6 @@ impl Reason {
             Self::Cookie => "cookie",
             Self::NoCacheWithoutValidators => "no-cache without validators",
             Self::ServerError => "server error",
-            Self::InvalidAge => "invalid age",
             Self::NoFreshness => "no freshness",
             Self::NeverUsable => "already past every window",
             Self::BodyTooLarge => "body over max_body_bytes",
@@ -590,15 +587,9 @@ impl Policy {
                 decision(ttl, Duration::ZERO, false)
             };
         }
-        let Some(initial_age) = initial_age(headers, date, now, response_delay) else {
-            // An unreadable `Age`: the response is stale (RFC 9111 §4.2.3, as tested by the
-            // cache-tests suite); keep it only to revalidate it.
-            return if has_validators {
-                decision(Duration::ZERO, Duration::ZERO, true)
-            } else {
-                Decision::Pass(Reason::InvalidAge)
-            };
-        };
+        // An `Age` that is not a delta-seconds is ignored (RFC 9111 §5.1), not a reason to
+        // refuse the response or to take it as stale.
+        let initial_age = initial_age(headers, date, now, response_delay);
         if let Some(ttl) = explicit_lifetime(&cc, headers, date, now) {
             return decision(ttl, initial_age, ttl <= initial_age);
         }
@@ -730,10 +721,30 @@ fn heuristic_lifetime(
     Some((since / 10).min(Duration::from_secs(24 * 60 * 60)))
 }
 
+/// RFC 9111 §5.1: the `Age` of a response, in seconds, or `None` to ignore the field.
+///
+/// All its lines are one list (RFC 9110 §5.3), read by its first member: the rest is discarded,
+/// so `Age: 0, 7200` and the two lines `Age: 0` / `Age: 7200` are both 0. Empty members are
+/// skipped (RFC 9110 §5.6.1). A first member that is not a non-negative integer — signs,
+/// fractions, parameters, a digit prefix like `1a`, non-ASCII bytes — makes the whole field
+/// ignored, as if absent. An integer too large to represent is 2^31 (§1.2.2).
+pub(crate) fn age(headers: &HeaderMap) -> Option<u64> {
+    let first = headers
+        .get_all(header::AGE)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+        .map(|member| member.trim_ascii())
+        .find(|member| !member.is_empty())?;
+    // `Seconds::parse` wants text; a member of anything but digits is invalid either way.
+    let text = std::str::from_utf8(first).ok()?;
+    match Seconds::parse(Some(text)) {
+        Seconds::Valid(secs) => Some(secs),
+        Seconds::Invalid => None,
+    }
+}
+
 /// RFC 9111 §4.2.3 corrected initial age: the larger of the origin's `Age` and `now − Date`.
-/// `None` when `Age` is unreadable: a single line of digits is expected (a list such as
-/// `0,7200` is read by its first member; anything else — signs, fractions, spaces, two lines —
-/// makes the response stale).
+/// An `Age` that [`age`] ignores counts as absent.
 ///
 /// An `Age` from upstream is corrected by the response delay (the time from sending the request
 /// to receiving the response, RFC 9111 §4.2.3): the response aged upstream of us meanwhile.
@@ -743,26 +754,10 @@ fn initial_age(
     date: Option<SystemTime>,
     now: SystemTime,
     response_delay: Duration,
-) -> Option<Duration> {
-    let mut lines = headers.get_all(header::AGE).iter();
-    let age = match (lines.next(), lines.next()) {
-        (None, _) => Duration::ZERO,
-        (Some(line), None) => {
-            let text = line.to_str().ok()?;
-            if text.is_empty()
-                || !text
-                    .split(',')
-                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            {
-                return None;
-            }
-            let first = text.split(',').next().unwrap_or("0");
-            Seconds::parse(Some(first))
-                .duration()
-                .saturating_add(response_delay)
-        }
-        (Some(_), Some(_)) => return None,
-    };
+) -> Duration {
+    let age = age(headers).map_or(Duration::ZERO, |secs| {
+        Duration::from_secs(secs).saturating_add(response_delay)
+    });
     // `Date` has whole seconds: compare it with the current whole second, so a response dated
     // in the second it arrives has no apparent age (not up to a second of it).
     let now_secs = now
@@ -773,7 +768,7 @@ fn initial_age(
     let apparent = date
         .and_then(|date| now_secs.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
-    Some(age.max(apparent))
+    age.max(apparent)
 }
 
 #[cfg(test)]
@@ -942,12 +937,6 @@ mod tests {
                 &[("cache-control", "no-cache")],
                 Reason::NoCacheWithoutValidators,
             ),
-            (
-                plain,
-                200,
-                &[("cache-control", "max-age=60"), ("age", "-3")],
-                Reason::InvalidAge,
-            ),
             (plain, 200, &[], Reason::NoFreshness),
             (
                 plain,
@@ -1005,7 +994,6 @@ mod tests {
                 "no-cache without validators",
             ),
             (Reason::ServerError, "server error"),
-            (Reason::InvalidAge, "invalid age"),
             (Reason::NoFreshness, "no freshness"),
             (Reason::NeverUsable, "already past every window"),
             (Reason::BodyTooLarge, "body over max_body_bytes"),
@@ -1108,6 +1096,88 @@ mod tests {
         assert!(is_failure(StatusCode::TOO_MANY_REQUESTS, &extra));
         assert!(!is_failure(StatusCode::REQUEST_TIMEOUT, &extra));
         assert!(!is_failure(StatusCode::NOT_FOUND, &extra));
+    }
+
+    #[test]
+    fn age_is_the_first_member_or_ignored() {
+        let age_of = |lines: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(header::AGE, HeaderValue::from_static(line));
+            }
+            age(&headers)
+        };
+        assert_eq!(age_of(&[]), None);
+        assert_eq!(age_of(&["30"]), Some(30));
+        assert_eq!(age_of(&[" 30\t"]), Some(30));
+        // A list, on one line or several, is read by its first member.
+        assert_eq!(age_of(&["0, 7200"]), Some(0));
+        assert_eq!(age_of(&["7200,0"]), Some(7200));
+        assert_eq!(age_of(&["0", "7200"]), Some(0));
+        assert_eq!(age_of(&["7200", "0"]), Some(7200));
+        assert_eq!(age_of(&["5, abc"]), Some(5));
+        assert_eq!(age_of(&["", ", 9", "1"]), Some(9));
+        // Anything but a non-negative integer first: the field is ignored.
+        for bad in [
+            "abc",
+            "-5",
+            "+5",
+            "1.5",
+            "7200.0",
+            "1a",
+            "7200;foo=1",
+            "\"3\"",
+            "1 2",
+        ] {
+            assert_eq!(age_of(&[bad]), None, "Age: {bad}");
+        }
+        assert_eq!(age_of(&["abc", "5"]), None);
+        assert_eq!(
+            age_of(&["99999999999999999999999"]),
+            Some(DELTA_SECONDS_MAX)
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AGE, HeaderValue::from_bytes(b"\xff1").unwrap());
+        assert_eq!(age(&headers), None);
+    }
+
+    #[test]
+    fn an_ignored_age_leaves_the_response_fresh() {
+        let policy = shared_policy();
+        for bad in ["abc", "-3", "1.5", "1a", "7200;foo=bar"] {
+            let mut lines = headers(&[("cache-control", "max-age=60")]);
+            lines.insert(header::AGE, HeaderValue::from_static(bad));
+            let decision = policy.decide(
+                RequestFacts::default(),
+                StatusCode::OK,
+                &lines,
+                SystemTime::now(),
+                Duration::from_secs(2),
+            );
+            let Decision::Store {
+                freshness,
+                initial_age,
+                ..
+            } = decision
+            else {
+                panic!("Age: {bad} is ignored, the response stored: {decision:?}");
+            };
+            // Ignored as if absent: no age, and the response delay is not counted either.
+            assert_eq!(initial_age, Duration::ZERO, "Age: {bad}");
+            assert_eq!(freshness.ttl, Duration::from_secs(60));
+        }
+        // A valid first member still counts, with the response delay.
+        let decision = policy.decide(
+            RequestFacts::default(),
+            StatusCode::OK,
+            &headers(&[("cache-control", "max-age=60"), ("age", "10, abc")]),
+            SystemTime::now(),
+            Duration::from_secs(2),
+        );
+        assert!(
+            matches!(decision, Decision::Store { initial_age, .. } if initial_age == Duration::from_secs(12)),
+            "{decision:?}"
+        );
     }
 
     #[test]

@@ -359,11 +359,17 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 /// Whether an origin's failure answer (one that is not stored) may also answer the requests
 /// that waited for its origin call, and for a moment later ones (`remember_failures`).
 ///
-/// Only between requests without credentials, and only an answer that is the same for
-/// everyone: not `private`, not `no-store` (it must not be reused at all), no `Set-Cookie`,
-/// no `Vary` (it might not be the waiter's variant).
-pub(crate) fn failure_is_shareable(request_has_credentials: bool, response: &HeaderMap) -> bool {
+/// Only between requests without credentials, and only a final answer that is the same for
+/// everyone: not a 1xx (interim, RFC 9110 §15.2: never anyone's final response), not
+/// `private`, not `no-store` (it must not be reused at all), no `Set-Cookie`, no `Vary` (it
+/// might not be the waiter's variant).
+pub(crate) fn failure_is_shareable(
+    request_has_credentials: bool,
+    status: StatusCode,
+    response: &HeaderMap,
+) -> bool {
     if request_has_credentials
+        || status.is_informational()
         || response.contains_key(header::SET_COOKIE)
         || response.contains_key(header::VARY)
     {
@@ -671,8 +677,13 @@ pub(crate) fn declared_body_refusal(
 
 /// Whether an origin status is a failure (5xx, or one of the layer's `failure_statuses`): not
 /// an answer to store or to drop the stored entry for.
+///
+/// A 1xx is one too: a `Service` answers once, so an interim status (100 Continue, 103 Early
+/// Hints) as its answer means the origin gave no final response (RFC 9110 §15.2). It is passed
+/// to its own request when nothing stale may stand in, but it never replaces or drops a stored
+/// response, and [`failure_is_shareable`] never gives it to another request.
 pub(crate) fn is_failure(status: StatusCode, failure_statuses: &[StatusCode]) -> bool {
-    status.is_server_error() || failure_statuses.contains(&status)
+    status.is_server_error() || status.is_informational() || failure_statuses.contains(&status)
 }
 
 /// `s-maxage`, then `max-age`, then `Expires − Date` (RFC 9111 §4.2.1).
@@ -975,6 +986,36 @@ mod tests {
     }
 
     #[test]
+    fn interim_statuses_are_never_stored() {
+        let app = Policy {
+            default_ttl: Some(Duration::from_secs(60)),
+            default_stale_while_revalidate: Duration::from_secs(120),
+            ..shared_policy()
+        };
+        let ignoring = Policy {
+            respect_origin: false,
+            ..app.clone()
+        };
+        // Whatever the headers say: explicit freshness, `must-understand`, a targeted lifetime.
+        let lines = [
+            ("cache-control", "public, max-age=60, must-understand"),
+            ("surrogate-control", "max-age=60"),
+            ("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT"),
+        ];
+        for policy in [shared_policy(), app, ignoring] {
+            for status in 100..200 {
+                let decision = decide(&policy, RequestFacts::default(), status, &lines);
+                assert_eq!(decision, Decision::Pass(Reason::Status), "{status}");
+                // Nor under a route's own lifetime.
+                assert_eq!(
+                    decision.with_route_freshness(Freshness::new(Duration::from_secs(60))),
+                    Decision::Pass(Reason::Status)
+                );
+            }
+        }
+    }
+
+    #[test]
     fn reasons_read_as_before() {
         // Logged and in refresh errors (`not stored: ...`): the texts stay what they were.
         let texts = [
@@ -1096,6 +1137,15 @@ mod tests {
         assert!(is_failure(StatusCode::TOO_MANY_REQUESTS, &extra));
         assert!(!is_failure(StatusCode::REQUEST_TIMEOUT, &extra));
         assert!(!is_failure(StatusCode::NOT_FOUND, &extra));
+        for interim in [StatusCode::CONTINUE, StatusCode::from_u16(103).unwrap()] {
+            assert!(is_failure(interim, &[]));
+            assert!(!failure_is_shareable(false, interim, &HeaderMap::new()));
+        }
+        assert!(failure_is_shareable(
+            false,
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new()
+        ));
     }
 
     #[test]

@@ -473,3 +473,51 @@ async fn interim_responses_are_never_stored_or_shared() -> TestResult {
     }
     Ok(())
 }
+
+/// Under a targeted field (RFC 9213) the never-shared rules read its directives: its `private`
+/// or `no-store` keeps a response out even when `Cache-Control` says `public`, a request with
+/// `Authorization` is answered from the cache only by the targeted field's `public`, and
+/// `Set-Cookie` is never stored whatever the field says.
+#[tokio::test(start_paused = true)]
+async fn targeted_fields_cannot_share_what_must_not_be() -> TestResult {
+    let (origin, calls) = origin(|n, request: Request<ReqBody>| async move {
+        let lines: &[(&str, &str)] = match request.uri().path() {
+            "/private" => &[
+                ("cache-control", "public, max-age=60"),
+                ("cdn-cache-control", "private, max-age=60"),
+            ],
+            "/cookie" => &[
+                ("cdn-cache-control", "public, max-age=60"),
+                ("set-cookie", "session=abc"),
+            ],
+            "/auth-cc-public" => &[
+                ("cache-control", "public, max-age=60"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            _ => &[
+                ("cache-control", "private"),
+                ("cdn-cache-control", "public, max-age=60"),
+            ],
+        };
+        Ok(respond(200, format!("v{n}"), lines))
+    });
+    let service = SwrLayer::shared_cache().layer(origin);
+    for path in ["/private", "/cookie"] {
+        let before = calls.get();
+        body(service.clone().oneshot(get(path)).await?).await?;
+        let again = service.clone().oneshot(get(path)).await?;
+        assert_eq!(info(&again).status, CacheStatus::Miss, "{path}");
+        body(again).await?;
+        assert_eq!(calls.get(), before + 2, "{path} is never stored");
+    }
+    let with_auth = |path: &str| get_headers(path, &[("authorization", "Bearer a")]);
+    for (path, shared) in [("/auth-cc-public", false), ("/auth-cdn-public", true)] {
+        let before = calls.get();
+        body(service.clone().oneshot(with_auth(path)).await?).await?;
+        let again = service.clone().oneshot(with_auth(path)).await?;
+        assert_eq!(info(&again).status == CacheStatus::Fresh, shared, "{path}");
+        body(again).await?;
+        assert_eq!(calls.get(), before + if shared { 1 } else { 2 }, "{path}");
+    }
+    Ok(())
+}

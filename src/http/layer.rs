@@ -395,8 +395,8 @@ impl SwrLayer {
         self.changed()
     }
 
-    /// Origin statuses, besides every 5xx, that mean the origin failed this time rather than
-    /// answered (default `408 Request Timeout` and `429 Too Many Requests`, as nginx's
+    /// Origin statuses, besides every 5xx (and every 1xx: an interim answer is no final
+    /// response), that mean the origin failed this time rather than answered (default `408 Request Timeout` and `429 Too Many Requests`, as nginx's
     /// `proxy_cache_use_stale timeout http_429`): a background refresh answered so keeps the
     /// stored entry and backs off, and a request that a stale-if-error entry can answer gets
     /// that entry instead. Without a usable entry the client gets the origin's answer.

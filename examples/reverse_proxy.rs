@@ -2,6 +2,11 @@
 //! shared-cache preset. A real use on its own (a cache in front of a slow partner API) and the
 //! harness for the HTTP cache conformance suite (`tests/conformance/run.sh`).
 //!
+//! Interim responses are not forwarded: hyper-util's client reads an upstream's `103 Early
+//! Hints` and returns only the final response, and hyper 1.x's server cannot send a 1xx from a
+//! service (hyperium/hyper#3815, #4114 are open); it sends `100 Continue` itself when the body
+//! of an `Expect: 100-continue` request is first read, here by the upstream client.
+//!
 //! ```sh
 //! cargo run --release --example reverse_proxy -- \
 //!     --listen 127.0.0.1:8102 --upstream http://127.0.0.1:8100

@@ -150,29 +150,64 @@ async fn malformed_expires_means_already_expired() {
     assert!(stored_and_reused(SwrLayer::shared_cache(), headers, TEN_SECONDS).await);
 }
 
+/// RFC 9111 §5.1: an `Age` that is not a non-negative integer is ignored as if absent, so the
+/// response is stored and reused on its other merits; a list is read by its first member.
 #[tokio::test(start_paused = true)]
-async fn malformed_age_makes_the_response_stale() {
-    for age in [&b"-5"[..], b"1.5", b"abc", b"", b" 10", b"10 ", b"\xff"] {
-        let headers = vec![
-            (header::CACHE_CONTROL, value(b"max-age=60")),
-            (header::AGE, value(age)),
-        ];
+async fn malformed_age_is_ignored() {
+    let with_age = |lines: &[&[u8]]| {
+        let mut headers = vec![(header::CACHE_CONTROL, value(b"max-age=60"))];
+        headers.extend(lines.iter().map(|line| (header::AGE, value(line))));
+        headers
+    };
+    // Each of these, if read as an age, would be past max-age=60 or unreadable.
+    let ignored: [&[&[u8]]; 11] = [
+        &[b"-7200"],
+        &[b"7200.0"],
+        &[b"1.5"],
+        &[b"abc"],
+        &[b"7200a"],
+        &[b"7200;foo=bar"],
+        &[b"+7200"],
+        &[b"\xff"],
+        &[b""],
+        &[b"abc, 7200"],
+        &[b"abc", b"7200"],
+    ];
+    for lines in ignored {
         for layer in [SwrLayer::shared_cache(), SwrLayer::new()] {
-            let reused = stored_and_reused(layer, headers.clone(), TEN_SECONDS).await;
-            assert!(!reused, "Age: {:?}", String::from_utf8_lossy(age));
+            let reused = stored_and_reused(layer, with_age(lines), TEN_SECONDS).await;
+            assert!(reused, "Age: {:?} is ignored", lossy(lines));
         }
+        // Ignored, not taken as 0 past the lifetime: still stale after max-age.
+        let reused = stored_and_reused(SwrLayer::shared_cache(), with_age(lines), secs(61)).await;
+        assert!(!reused, "Age: {:?}: max-age still ends it", lossy(lines));
     }
-    // A list is read by its first member; a valid Age counts toward the lifetime.
-    let headers = vec![
-        (header::CACHE_CONTROL, value(b"max-age=60")),
-        (header::AGE, value(b"0,7200")),
+    // The first member counts, on one line or several; whitespace around it is not part of it.
+    let counted: [(&[&[u8]], bool); 8] = [
+        (&[b"0,7200"], true),
+        (&[b"0, 7200"], true),
+        (&[b"0", b"7200"], true),
+        (&[b"7200,0"], false),
+        (&[b"7200", b"0"], false),
+        (&[b" 55"], false),
+        (&[b"55"], false),
+        (&[b"45, abc"], true),
     ];
-    assert!(stored_and_reused(SwrLayer::shared_cache(), headers, TEN_SECONDS).await);
-    let headers = vec![
-        (header::CACHE_CONTROL, value(b"max-age=60")),
-        (header::AGE, value(b"55")),
-    ];
-    assert!(!stored_and_reused(SwrLayer::shared_cache(), headers, TEN_SECONDS).await);
+    for (lines, reused) in counted {
+        assert_eq!(
+            stored_and_reused(SwrLayer::shared_cache(), with_age(lines), TEN_SECONDS).await,
+            reused,
+            "Age: {:?}",
+            lossy(lines)
+        );
+    }
+}
+
+fn lossy(lines: &[&[u8]]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|line| String::from_utf8_lossy(line).into_owned())
+        .collect()
 }
 
 // ---- absurd lifetimes ----

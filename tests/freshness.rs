@@ -404,50 +404,35 @@ async fn invalid_max_age_is_stale_in_the_app_preset_too() -> TestResult {
     Ok(())
 }
 
+/// RFC 9111 §5.1: an invalid `Age` is ignored, so the response is fresh for its whole
+/// `max-age`, with or without validators, and its own `Age` downstream is the layer's.
 #[tokio::test(start_paused = true)]
-async fn invalid_age_makes_the_response_stale() -> TestResult {
-    for bad_age in ["abc", "-5", "1.5"] {
-        // Without validators it is not kept at all.
-        let (o, calls) = origin(move |_, _| async move {
-            Ok(respond(
-                200,
-                "x",
-                &[("cache-control", "max-age=600"), ("age", bad_age)],
-            ))
+async fn invalid_age_is_ignored() -> TestResult {
+    for (bad_age, etag) in [
+        ("abc", None),
+        ("-5", None),
+        ("1.5", Some("\"t\"")),
+        ("1a", None),
+    ] {
+        let (o, calls) = origin(move |n, _| async move {
+            let mut lines = vec![("cache-control", "max-age=600"), ("age", bad_age)];
+            lines.extend(etag.map(|etag| ("etag", etag)));
+            Ok(respond(200, format!("v{n}"), &lines))
         });
         let service = SwrLayer::shared_cache().layer(o);
+        let first = service.clone().oneshot(get("/bad-age")).await?;
+        assert_eq!(header_text(first.headers(), "age").as_deref(), Some("0"));
+        body(first).await?;
+        advance(secs(599)).await;
+        let hit = service.clone().oneshot(get("/bad-age")).await?;
+        assert_eq!(info(&hit).status, CacheStatus::Fresh, "Age: {bad_age:?}");
+        assert_eq!(header_text(hit.headers(), "age").as_deref(), Some("599"));
+        assert_eq!(body(hit).await?, "v1");
+        assert_eq!(calls.get(), 1, "Age: {bad_age:?} is ignored");
+        advance(secs(2)).await;
         body(service.clone().oneshot(get("/bad-age")).await?).await?;
-        body(service.clone().oneshot(get("/bad-age")).await?).await?;
-        assert_eq!(calls.get(), 2, "Age: {bad_age:?} must not be fresh");
+        assert_eq!(calls.get(), 2, "Age: {bad_age:?}: past max-age it is stale");
     }
-
-    // With a validator it is kept, and revalidated before reuse.
-    let seen = Seen::default();
-    let (o, calls) = origin({
-        let seen = seen.clone();
-        move |_, request: Request<ReqBody>| {
-            seen.record(&request);
-            async move {
-                Ok(respond(
-                    200,
-                    "x",
-                    &[
-                        ("cache-control", "max-age=600"),
-                        ("age", "abc"),
-                        ("etag", "\"t\""),
-                    ],
-                ))
-            }
-        }
-    });
-    let service = SwrLayer::shared_cache().layer(o);
-    body(service.clone().oneshot(get("/bad-age")).await?).await?;
-    body(service.clone().oneshot(get("/bad-age")).await?).await?;
-    assert_eq!(calls.get(), 2);
-    assert_eq!(
-        header_text(&seen.headers(2), "if-none-match").as_deref(),
-        Some("\"t\"")
-    );
     Ok(())
 }
 
@@ -1057,5 +1042,195 @@ async fn a_huge_max_age_is_capped_at_thirty_years() -> TestResult {
     let stored_at = info(&hit).stored_at.expect("stored_at");
     assert_eq!(Instant::now() - stored_at, secs(10));
     assert_eq!(calls.get(), 1);
+    Ok(())
+}
+
+/// An origin answering every path with the header lines `lines_for(path)` and body `v{n}`.
+fn by_path(
+    lines_for: fn(&str) -> Vec<(&'static str, &'static str)>,
+) -> (impl OriginService, Calls) {
+    origin(move |n, request: Request<ReqBody>| async move {
+        let lines = lines_for(request.uri().path());
+        Ok(respond(200, format!("v{n}"), &lines))
+    })
+}
+
+/// Whether the second request for `path`, `after` the first, is a fresh hit.
+async fn reused<S>(service: &S, path: &str, after: Duration) -> Result<bool, BoxError>
+where
+    S: tower::Service<Request<ReqBody>, Response = Answer, Error = BoxError> + Clone,
+{
+    let first = service.clone().oneshot(get(path)).await?;
+    let first_body = body(first).await?;
+    advance(after).await;
+    let second = service.clone().oneshot(get(path)).await?;
+    let fresh = info(&second).status == CacheStatus::Fresh;
+    if fresh {
+        assert_eq!(body(second).await?, first_body, "{path}");
+    }
+    Ok(fresh)
+}
+
+/// RFC 9213: in the shared-cache preset `CDN-Cache-Control` (and `Tower-Swr-Cache-Control`, of
+/// the cache's name, ahead of it) is this cache's `Cache-Control`: the response's
+/// `Cache-Control` and `Expires` are then ignored here, and every field reaches the client.
+#[tokio::test(start_paused = true)]
+async fn targeted_cache_control_overrides_cache_control_in_the_shared_preset() -> TestResult {
+    let (o, _) = by_path(|path| match path {
+        "/cdn" => vec![
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ],
+        "/cdn-no-store" => vec![
+            ("cache-control", "public, max-age=600"),
+            ("expires", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ("cdn-cache-control", "no-store"),
+        ],
+        "/own" => vec![
+            ("cache-control", "max-age=600"),
+            ("cdn-cache-control", "max-age=600"),
+            ("tower-swr-cache-control", "max-age=5"),
+        ],
+        "/invalid" => vec![
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60,"),
+        ],
+        "/invalid-own" => vec![
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+            ("tower-swr-cache-control", "max-age=5;"),
+        ],
+        "/wrong-type" => vec![
+            ("cache-control", "max-age=600"),
+            ("cdn-cache-control", "max-age=\"60\""),
+        ],
+        "/swr" => vec![
+            ("cache-control", "max-age=0, must-revalidate"),
+            ("cdn-cache-control", "max-age=10, stale-while-revalidate=60"),
+        ],
+        "/expires-ignored" => vec![
+            ("expires", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ("cdn-cache-control", "must-revalidate"),
+        ],
+        _ => vec![("cache-control", "no-store")],
+    });
+    let service = SwrLayer::shared_cache().layer(o);
+
+    let miss = service.clone().oneshot(get("/cdn")).await?;
+    assert!(info(&miss).stored);
+    body(miss).await?;
+    advance(secs(59)).await;
+    let hit = service.clone().oneshot(get("/cdn")).await?;
+    assert_eq!(info(&hit).status, CacheStatus::Fresh);
+    // Both fields go on downstream unchanged (RFC 9213 §3: for the CDN caches after this one).
+    assert_eq!(
+        header_value(&hit, "cdn-cache-control").as_deref(),
+        Some("max-age=60")
+    );
+    assert_eq!(
+        header_value(&hit, header::CACHE_CONTROL).as_deref(),
+        Some("no-store")
+    );
+    assert_eq!(body(hit).await?, "v1");
+
+    assert!(!reused(&service, "/cdn-no-store", secs(1)).await?);
+    // Our own field first: 5 s, not 600.
+    assert!(reused(&service, "/own", secs(4)).await?);
+    assert!(!reused(&service, "/own", secs(6)).await?);
+    // A field that is not a valid dictionary is ignored: the next on the list, or
+    // Cache-Control.
+    assert!(!reused(&service, "/invalid", secs(1)).await?);
+    assert!(reused(&service, "/invalid-own", secs(30)).await?);
+    // A valid field whose max-age is a string, not an integer: the field is this cache's
+    // Cache-Control, without a lifetime (the directive is not consumed).
+    assert!(!reused(&service, "/wrong-type", secs(1)).await?);
+    // stale-while-revalidate from the targeted field, not Cache-Control's must-revalidate.
+    let (o, calls) = by_path(|_| {
+        vec![
+            ("cache-control", "max-age=0, must-revalidate"),
+            ("cdn-cache-control", "max-age=10, stale-while-revalidate=60"),
+        ]
+    });
+    let swr = SwrLayer::shared_cache().layer(o);
+    body(swr.clone().oneshot(get("/swr")).await?).await?;
+    advance(secs(30)).await;
+    let stale = swr.clone().oneshot(get("/swr")).await?;
+    assert_eq!(info(&stale).status, CacheStatus::Stale);
+    assert_eq!(body(stale).await?, "v1");
+    settle().await;
+    assert_eq!(calls.get(), 2, "one background refresh");
+    // Expires is ignored under a targeted field that gives no lifetime.
+    assert!(!reused(&service, "/expires-ignored", secs(1)).await?);
+    Ok(())
+}
+
+/// The application preset reads targeted fields only when asked; the list and the own field's
+/// name are configurable, and an empty list turns it off again.
+#[tokio::test(start_paused = true)]
+async fn targeted_cache_control_is_an_option_in_the_application_preset() -> TestResult {
+    let lines = |_: &str| {
+        vec![
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+            ("edge-cache-control", "max-age=5"),
+            ("tower-swr-cache-control", "max-age=1"),
+        ]
+    };
+    let (o, _) = by_path(lines);
+    assert!(!reused(&SwrLayer::new().layer(o), "/a", secs(1)).await?);
+    let (o, _) = by_path(lines);
+    let on = SwrLayer::new().targeted_cache_control(true).layer(o);
+    assert!(
+        reused(&on, "/a", secs(0)).await?,
+        "tower-swr-cache-control: 1 s"
+    );
+    assert!(!reused(&on, "/b", secs(2)).await?);
+    // The own field follows the cache's name.
+    let (o, _) = by_path(lines);
+    let edge = SwrLayer::new()
+        .cache_name("edge")
+        .targeted_cache_control(true)
+        .layer(o);
+    assert!(reused(&edge, "/a", secs(4)).await?);
+    assert!(!reused(&edge, "/b", secs(6)).await?);
+    let (o, _) = by_path(lines);
+    let renamed = SwrLayer::shared_cache().cache_name("edge").layer(o);
+    assert!(reused(&renamed, "/a", secs(4)).await?);
+    assert!(!reused(&renamed, "/b", secs(6)).await?);
+    // An explicit list, in its order.
+    let (o, _) = by_path(lines);
+    let listed = SwrLayer::new()
+        .targeted_cache_control_fields(["cdn-cache-control", "edge-cache-control"])
+        .layer(o);
+    assert!(reused(&listed, "/a", secs(30)).await?);
+    assert!(!reused(&listed, "/b", secs(61)).await?);
+    // Off: Cache-Control: no-store rules.
+    for layer in [
+        SwrLayer::shared_cache().targeted_cache_control(false),
+        SwrLayer::shared_cache().targeted_cache_control_fields(Vec::<&str>::new()),
+    ] {
+        let (o, calls) = by_path(lines);
+        assert!(!reused(&layer.layer(o), "/a", secs(0)).await?);
+        assert_eq!(calls.get(), 2);
+    }
+    Ok(())
+}
+
+/// `Surrogate-Control` aimed at this cache still applies with targeted fields read.
+#[tokio::test(start_paused = true)]
+async fn surrogate_control_still_applies_with_targeted_fields() -> TestResult {
+    let (o, _) = by_path(|path| match path {
+        "/sc-store" => vec![
+            ("cache-control", "no-store"),
+            ("surrogate-control", "max-age=60"),
+        ],
+        _ => vec![
+            ("cdn-cache-control", "max-age=60"),
+            ("surrogate-control", "no-store"),
+        ],
+    });
+    let service = SwrLayer::shared_cache().layer(o);
+    assert!(reused(&service, "/sc-store", secs(30)).await?);
+    assert!(!reused(&service, "/sc-no-store", secs(1)).await?);
     Ok(())
 }

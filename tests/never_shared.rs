@@ -6,7 +6,7 @@ mod common;
 use axum::body::Body;
 use axum::{routing, Router};
 use common::*;
-use common::{body, Calls};
+use common::{body, settle, Calls, Gate};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use std::time::Duration;
 use tokio::time::advance;
@@ -368,4 +368,156 @@ async fn several_credential_headers_can_be_named_in_any_case() {
         b.starts_with("account of b "),
         "X-Api-Key answers were shared: {a} / {b}"
     );
+}
+
+/// An interim answer of the inner service for call 1 (`status`, with caching headers that
+/// would otherwise store it for a minute), held until `gate` opens; a 200 `v{n}` otherwise.
+fn interim_first(status: u16, gate: &Gate) -> (impl OriginService, Calls) {
+    let gate = gate.clone();
+    origin(move |n, _| {
+        let gate = gate.clone();
+        async move {
+            if n == 1 {
+                gate.wait().await;
+                return Ok(respond(
+                    status,
+                    "",
+                    &[
+                        ("cache-control", "public, max-age=60, must-understand"),
+                        ("link", "</style.css>; rel=preload; as=style"),
+                    ],
+                ));
+            }
+            Ok(reply_cc(
+                format!("v{n}"),
+                "max-age=10, stale-while-revalidate=60",
+            ))
+        }
+    })
+}
+
+/// RFC 9110 §15.2: a 1xx (100 Continue, 103 Early Hints) is interim, never the final response.
+/// One reaching the layer from the inner service (which answers once) means the origin gave no
+/// final response: it is passed to its own request only when nothing stale may stand in, is not
+/// stored (not even under a route lifetime), not given to the requests that waited for that
+/// origin call (they ask the origin themselves), and never replaces or drops a stored response.
+#[tokio::test(start_paused = true)]
+async fn interim_responses_are_never_stored_or_shared() -> TestResult {
+    let route_lifetime =
+        || SwrLayer::new().policy_fn(|_, _| Some(tower_swr::engine::Freshness::new(secs(60))));
+    for status in [100, 103] {
+        for layer in [SwrLayer::new(), SwrLayer::shared_cache(), route_lifetime()] {
+            let gate = Gate::new();
+            let (origin, calls) = interim_first(status, &gate);
+            let service = layer.layer(origin);
+            let leader = tokio::spawn(service.clone().oneshot(get("/early")));
+            settle().await;
+            let waiter = tokio::spawn(service.clone().oneshot(get("/early")));
+            settle().await;
+            assert_eq!(
+                calls.get(),
+                1,
+                "the second request waits for the first's call"
+            );
+            gate.open();
+
+            let leader = leader.await??;
+            assert_eq!(leader.status().as_u16(), status);
+            assert!(!cache_status(&leader).contains("stored"), "{status}");
+            let waiter = waiter.await??;
+            assert_eq!(waiter.status(), StatusCode::OK, "{status}: not shared");
+            assert_eq!(body(waiter).await?, "v2");
+            assert_eq!(calls.get(), 2);
+            let hit = service.clone().oneshot(get("/early")).await?;
+            assert_eq!(info(&hit).status, CacheStatus::Fresh);
+            assert_eq!(body(hit).await?, "v2");
+        }
+
+        let (origin, calls) = origin(move |n, _| async move {
+            Ok(match n {
+                1 => reply_cc(
+                    "v1",
+                    "max-age=10, stale-while-revalidate=60, stale-if-error=600",
+                ),
+                _ => respond(status, "", &[("cache-control", "max-age=60")]),
+            })
+        });
+        let service = SwrLayer::shared_cache().layer(origin);
+        body(service.clone().oneshot(get("/refresh")).await?).await?;
+        // A background refresh answered with a 1xx: the stale entry stays, served again.
+        advance(secs(11)).await;
+        let stale = service.clone().oneshot(get("/refresh")).await?;
+        assert_eq!(info(&stale).status, CacheStatus::Stale);
+        assert_eq!(body(stale).await?, "v1");
+        settle().await;
+        assert_eq!(calls.get(), 2, "the refresh ran");
+        let again = service.clone().oneshot(get("/refresh")).await?;
+        assert_eq!(
+            again.status(),
+            StatusCode::OK,
+            "{status} did not replace it"
+        );
+        assert_eq!(info(&again).status, CacheStatus::Stale);
+        assert_eq!(body(again).await?, "v1");
+        // Past the stale-while-revalidate window, the origin's 1xx is no answer: the entry
+        // stands in, as for a 5xx.
+        advance(secs(120)).await;
+        let fallback = service.clone().oneshot(get("/refresh")).await?;
+        assert_eq!(fallback.status(), StatusCode::OK);
+        assert_eq!(
+            cache_status(&fallback),
+            format!("tower-swr; fwd=stale; fwd-status={status}")
+        );
+        assert_eq!(body(fallback).await?, "v1");
+        assert!(calls.get() >= 3, "the origin was asked");
+    }
+    Ok(())
+}
+
+/// Under a targeted field (RFC 9213) the never-shared rules read its directives: its `private`
+/// or `no-store` keeps a response out even when `Cache-Control` says `public`, a request with
+/// `Authorization` is answered from the cache only by the targeted field's `public`, and
+/// `Set-Cookie` is never stored whatever the field says.
+#[tokio::test(start_paused = true)]
+async fn targeted_fields_cannot_share_what_must_not_be() -> TestResult {
+    let (origin, calls) = origin(|n, request: Request<ReqBody>| async move {
+        let lines: &[(&str, &str)] = match request.uri().path() {
+            "/private" => &[
+                ("cache-control", "public, max-age=60"),
+                ("cdn-cache-control", "private, max-age=60"),
+            ],
+            "/cookie" => &[
+                ("cdn-cache-control", "public, max-age=60"),
+                ("set-cookie", "session=abc"),
+            ],
+            "/auth-cc-public" => &[
+                ("cache-control", "public, max-age=60"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            _ => &[
+                ("cache-control", "private"),
+                ("cdn-cache-control", "public, max-age=60"),
+            ],
+        };
+        Ok(respond(200, format!("v{n}"), lines))
+    });
+    let service = SwrLayer::shared_cache().layer(origin);
+    for path in ["/private", "/cookie"] {
+        let before = calls.get();
+        body(service.clone().oneshot(get(path)).await?).await?;
+        let again = service.clone().oneshot(get(path)).await?;
+        assert_eq!(info(&again).status, CacheStatus::Miss, "{path}");
+        body(again).await?;
+        assert_eq!(calls.get(), before + 2, "{path} is never stored");
+    }
+    let with_auth = |path: &str| get_headers(path, &[("authorization", "Bearer a")]);
+    for (path, shared) in [("/auth-cc-public", false), ("/auth-cdn-public", true)] {
+        let before = calls.get();
+        body(service.clone().oneshot(with_auth(path)).await?).await?;
+        let again = service.clone().oneshot(with_auth(path)).await?;
+        assert_eq!(info(&again).status == CacheStatus::Fresh, shared, "{path}");
+        body(again).await?;
+        assert_eq!(calls.get(), before + if shared { 1 } else { 2 }, "{path}");
+    }
+    Ok(())
 }

@@ -109,7 +109,7 @@ fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(
         prop_oneof![
             8 => prop::sample::select(
-                b"0123456789=,;\" \t-max-agesno-storeprivatepublicstale-while-revalidate*\\"
+                b"0123456789=,;\" \t-max-agesno-storeprivatepublicstale-while-revalidate*\\?()"
                     .to_vec()
             ),
             2 => 0x20u8..=0x7e,
@@ -123,8 +123,10 @@ fn opt_header() -> impl Strategy<Value = Option<Vec<u8>>> {
     prop::option::of(header_bytes())
 }
 
-const FUZZED: [&str; 7] = [
+const FUZZED: [&str; 9] = [
     "cache-control",
+    "cdn-cache-control",
+    "tower-swr-cache-control",
     "expires",
     "age",
     "vary",
@@ -510,6 +512,176 @@ fn expires_gives_the_lifetime_and_an_invalid_one_means_stale() {
             });
             assert_eq!(reused, t < lifetime, "Expires {expires} after {t} s");
         }
+    }
+}
+
+// ---- Age (RFC 9111 §5.1) ----
+
+/// One member of a generated `Age` list.
+#[derive(Clone, Debug)]
+enum AgeMember {
+    /// A delta-seconds, written with `zeros` leading zeros.
+    Seconds { n: u64, zeros: usize },
+    /// Not a non-negative integer.
+    Junk(&'static str),
+    /// An empty member (`a,,b`), which list parsing skips (RFC 9110 §5.6.1).
+    Empty,
+}
+
+fn age_member() -> impl Strategy<Value = AgeMember> {
+    prop_oneof![
+        4 => (0u64..200, 0usize..3).prop_map(|(n, zeros)| AgeMember::Seconds { n, zeros }),
+        3 => prop::sample::select(vec![
+            "-5", "+5", "1.5", "7200.0", "7a", "a7", "abc", "5;x=1", "\"5\"", "0x10", "1 2", "-0",
+        ])
+        .prop_map(AgeMember::Junk),
+        1 => Just(AgeMember::Empty),
+    ]
+}
+
+/// `Age` field lines: 1–3 lines of 1–3 members, with optional whitespace around each.
+fn age_lines() -> impl Strategy<Value = Vec<Vec<(AgeMember, bool)>>> {
+    prop::collection::vec(
+        prop::collection::vec((age_member(), any::<bool>()), 1..4),
+        1..4,
+    )
+}
+
+fn write_age_line(members: &[(AgeMember, bool)]) -> String {
+    members
+        .iter()
+        .map(|(member, padded)| {
+            let text = match member {
+                AgeMember::Seconds { n, zeros } => format!("{}{n}", "0".repeat(*zeros)),
+                AgeMember::Junk(junk) => (*junk).to_owned(),
+                AgeMember::Empty => String::new(),
+            };
+            if *padded {
+                format!(" {text}\t")
+            } else {
+                text
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// RFC 9111 §5.1: the first member of the whole list, if it is a non-negative integer.
+fn rfc_age(lines: &[Vec<(AgeMember, bool)>]) -> Option<u64> {
+    match lines
+        .iter()
+        .flatten()
+        .map(|(member, _)| member)
+        .find(|member| !matches!(member, AgeMember::Empty))?
+    {
+        AgeMember::Seconds { n, .. } => Some(*n),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(256), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A `max-age=100` response with any `Age` lines is reused after `t` seconds exactly when
+    /// the first member of the list is an age under 100 − t, or when the field is invalid and
+    /// ignored and `t` is under 100: an invalid `Age` never refuses the response nor makes it
+    /// stale.
+    #[test]
+    fn age_is_its_first_member_or_ignored(lines in age_lines(), t in 0u64..120) {
+        let written: Vec<String> = lines.iter().map(|line| write_age_line(line)).collect();
+        let reused = runtime().block_on(async {
+            let mut headers = vec![(header::CACHE_CONTROL, HeaderValue::from_static("max-age=100"))];
+            for line in &written {
+                headers.push((header::AGE, HeaderValue::from_str(line).expect("printable")));
+            }
+            let (origin, calls) = origin(headers, StatusCode::OK);
+            let service = SwrLayer::shared_cache().layer(origin);
+            send(&service, get("/age")).await;
+            tokio::time::advance(Duration::from_secs(t)).await;
+            let (_, info, _) = send(&service, get("/age")).await;
+            let reused = calls.load(Ordering::SeqCst) == 1;
+            assert_eq!(reused, from_cache(&info));
+            reused
+        });
+        let expected = rfc_age(&lines).unwrap_or(0) + t < 100;
+        prop_assert_eq!(reused, expected, "Age lines {:?} after {} s", written, t);
+    }
+}
+
+// ---- targeted cache control (RFC 9213) ----
+
+/// A `CDN-Cache-Control` member besides `max-age`.
+fn targeted_extra() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "public",
+        "must-understand",
+        "none",
+        "foo=bar",
+        "x=\"a, max-age=1\"",
+        "n=1.5",
+        "b=:aGk=:",
+        "l=(1 2)",
+        "no-store=?0",
+        "private=?0",
+    ])
+}
+
+/// Damage that makes a `CDN-Cache-Control` value unparseable as a dictionary.
+fn targeted_damage() -> impl Strategy<Value = Option<&'static str>> {
+    prop::option::of(prop::sample::select(vec![
+        ",",
+        ", ,",
+        " max-age",
+        "=",
+        ";",
+        "Max-Age=1",
+        "\"",
+        "max-age=1.",
+        "a=?",
+        "(",
+    ]))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(256), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// In the shared-cache preset a valid `CDN-Cache-Control` dictionary (any member order,
+    /// parameters, unknown members, whitespace) gives the lifetime by its `max-age` and makes
+    /// `Cache-Control` irrelevant; damaged, it is ignored entirely and `Cache-Control` rules.
+    #[test]
+    fn cdn_cache_control_wins_unless_it_does_not_parse(
+        targeted in 0u64..100,
+        fallback in 0u64..100,
+        extras in prop::collection::vec(targeted_extra(), 0..4),
+        at in 0usize..4,
+        parameter in any::<bool>(),
+        spaced in any::<bool>(),
+        damage in targeted_damage(),
+        t in 0u64..100,
+    ) {
+        let mut members: Vec<String> = extras.iter().map(|m| (*m).to_owned()).collect();
+        let max_age = if parameter { format!("max-age={targeted};p=1") } else { format!("max-age={targeted}") };
+        members.insert(at.min(members.len()), max_age);
+        let mut value = members.join(if spaced { ",  " } else { "," });
+        if let Some(damage) = damage {
+            value.push_str(damage);
+        }
+        let headers = vec![
+            (header::CACHE_CONTROL, HeaderValue::from_str(&format!("max-age={fallback}")).expect("printable")),
+            (HeaderName::from_static("cdn-cache-control"), HeaderValue::from_str(&value).expect("printable")),
+        ];
+        let reused = runtime().block_on(async {
+            let (origin, calls) = origin(headers, StatusCode::OK);
+            let service = SwrLayer::shared_cache().layer(origin);
+            send(&service, get("/cdn")).await;
+            tokio::time::advance(Duration::from_secs(t)).await;
+            let (_, info, _) = send(&service, get("/cdn")).await;
+            let reused = calls.load(Ordering::SeqCst) == 1;
+            assert_eq!(reused, from_cache(&info));
+            reused
+        });
+        let lifetime = if damage.is_none() { targeted } else { fallback };
+        prop_assert_eq!(reused, t < lifetime, "CDN-Cache-Control: {:?}, Cache-Control: max-age={}, after {} s", value, fallback, t);
     }
 }
 

@@ -1212,3 +1212,170 @@ async fn head_of_an_event_stream_route_answers_promptly() {
         event.unwrap_err()
     );
 }
+
+/// A raw upstream that answers every request (reading its `Content-Length` body) with a
+/// `103 Early Hints` carrying `Link`, then a cacheable `200`; counts the requests.
+async fn early_hints_upstream() -> (SocketAddr, Calls) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("an address");
+    let calls = Calls::default();
+    let counter = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                let mut buf = [0u8; 1024];
+                let head_end = loop {
+                    if let Some(at) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+                while bytes.len() < head_end + length {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let n = counter.record();
+                let body = format!("final {n}");
+                let answer = format!(
+                    "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n\
+                     HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+/// The reverse proxy example's shape: `SwrLayer::shared_cache()` over hyper-util's client to
+/// one upstream.
+fn proxy_to(upstream: SocketAddr) -> Router {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let forward = tower::service_fn(move |request: http::Request<Body>| {
+        let client = client.clone();
+        async move {
+            let (mut parts, body) = request.into_parts();
+            let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            parts.uri = format!("http://{upstream}{path}").parse().expect("a URI");
+            Ok::<_, Infallible>(
+                match client.request(http::Request::from_parts(parts, body)).await {
+                    Ok(response) => response.map(Body::new),
+                    Err(_) => Response::builder()
+                        .status(StatusCode::BAD_GATEWAY)
+                        .body(Body::empty())
+                        .expect("a response"),
+                },
+            )
+        }
+    });
+    Router::new().fallback_service(
+        tower::ServiceBuilder::new()
+            .layer(SwrLayer::shared_cache())
+            .service(forward),
+    )
+}
+
+/// 1xx through a caching proxy built on hyper 1.x. Its client reads an upstream's interim
+/// responses and hands the layer only the final one, so a `103 Early Hints` is never stored
+/// nor taken for the answer (nor are its `Link` fields merged into it). hyper's server has no
+/// way for a service to send a 1xx (hyperium/hyper#3815, #4114 are open), so the 103 is not
+/// forwarded either: the client's first status line is the final `200`.
+#[tokio::test]
+async fn early_hints_from_upstream_are_neither_stored_nor_forwarded() {
+    let (upstream, calls) = early_hints_upstream().await;
+    let addr = serve(proxy_to(upstream)).await;
+    let first = exchange(addr, &raw_get("/hints", "proxy.test", ""), false)
+        .await
+        .expect("an answer");
+    assert_eq!(
+        first.status, 200,
+        "the first status line is the final response"
+    );
+    assert_eq!(first.body, b"final 1");
+    assert!(first.header("link").is_none(), "{:?}", first.headers);
+    assert!(
+        first.cache_status().ends_with("stored"),
+        "{}",
+        first.cache_status()
+    );
+    let second = exchange(addr, &raw_get("/hints", "proxy.test", ""), false)
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (second.status, second.body.as_slice()),
+        (200, &b"final 1"[..])
+    );
+    assert!(
+        second.cache_status().contains("hit"),
+        "{}",
+        second.cache_status()
+    );
+    assert!(second.header("link").is_none());
+    assert_eq!(calls.get(), 1);
+}
+
+/// The one 1xx a hyper 1.x server does send: `100 Continue`, itself, when the service first
+/// reads the body of a request that asked for it (hyperium/hyper#2119). Through the layer (an
+/// unsafe method passes straight to the upstream client, which reads the body), it reaches the
+/// client before the final response.
+#[tokio::test]
+async fn expect_100_continue_is_answered_through_the_layer() {
+    let (upstream, calls) = early_hints_upstream().await;
+    let addr = serve(proxy_to(upstream)).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /form HTTP/1.1\r\nHost: proxy.test\r\nExpect: 100-continue\r\n\
+              Content-Length: 4\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write the head");
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 256];
+    while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = timeout(READ_TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("a 100 Continue before the body is sent")
+            .expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&bytes));
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let mut rest = bytes.split_off(split);
+    stream.write_all(b"a=1&").await.expect("write the body");
+    timeout(READ_TIMEOUT, stream.read_to_end(&mut rest))
+        .await
+        .expect("the final response")
+        .expect("read");
+    let last = parse_wire(&rest, false).expect("a final response");
+    assert_eq!(last.status, 200);
+    assert_eq!(last.body, b"final 1");
+    assert_eq!(calls.get(), 1);
+}

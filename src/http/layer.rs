@@ -150,6 +150,8 @@ pub struct SwrLayer {
     config: Config,
     store: StoreSettings,
     cache_name: String,
+    /// The RFC 9213 target list is the default one of the cache's name (and follows it).
+    targeted_default: bool,
     x_cache: bool,
     x_cache_key: bool,
     cache_info: bool,
@@ -188,6 +190,7 @@ impl SwrLayer {
             cookies_need_public: true,
             revalidation_retention: Duration::from_secs(600),
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
+            targeted: Arc::new([]),
             credential_headers: Arc::new([]),
         })
     }
@@ -209,10 +212,12 @@ impl SwrLayer {
             cookies_need_public: true,
             revalidation_retention: Duration::from_secs(600),
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
+            targeted: default_targets(DEFAULT_NAME),
             credential_headers: Arc::new([]),
         });
         layer.store.remember_failures = Duration::ZERO;
         layer.config.answer_remembered_failures = false;
+        layer.targeted_default = true;
         layer
     }
 
@@ -249,6 +254,7 @@ impl SwrLayer {
                 touched: false,
             },
             cache_name,
+            targeted_default: false,
             x_cache: false,
             x_cache_key: false,
             cache_info: true,
@@ -392,8 +398,8 @@ impl SwrLayer {
         self.changed()
     }
 
-    /// Origin statuses, besides every 5xx, that mean the origin failed this time rather than
-    /// answered (default `408 Request Timeout` and `429 Too Many Requests`, as nginx's
+    /// Origin statuses, besides every 5xx (and every 1xx: an interim answer is no final
+    /// response), that mean the origin failed this time rather than answered (default `408 Request Timeout` and `429 Too Many Requests`, as nginx's
     /// `proxy_cache_use_stale timeout http_429`): a background refresh answered so keeps the
     /// stored entry and backs off, and a request that a stale-if-error entry can answer gets
     /// that entry instead. Without a usable entry the client gets the origin's answer.
@@ -462,7 +468,62 @@ impl SwrLayer {
         if self.config.policy.surrogate_token.is_some() {
             self.config.policy.surrogate_token = Some(Arc::from(self.cache_name.as_str()));
         }
+        if self.targeted_default {
+            self.config.policy.targeted = default_targets(&self.cache_name);
+        }
         self.store_changed()
+    }
+
+    /// Read targeted cache control (RFC 9213; default on in [`shared_cache`](Self::shared_cache),
+    /// off in [`new`](Self::new)): `<cache name>-Cache-Control` (`Tower-Swr-Cache-Control`),
+    /// then `CDN-Cache-Control`. The first of them present with a valid value (a Structured
+    /// Fields dictionary: `max-age=600, stale-while-revalidate=60`) is this cache's
+    /// `Cache-Control`: the response's `Cache-Control` and `Expires` are then ignored by this
+    /// cache (they still reach clients). One that does not parse is ignored, as if absent.
+    ///
+    /// `max-age`, `s-maxage`, `no-store`, `no-cache`, `private`, `public`, `must-revalidate`,
+    /// `proxy-revalidate`, `stale-while-revalidate`, `stale-if-error`, `immutable` and
+    /// `must-understand` mean what they mean in `Cache-Control`; a value of the wrong type
+    /// (`max-age=1.5`, `max-age=-1`, `no-store=?0`) leaves the directive out, and parameters are
+    /// ignored. `Surrogate-Control` aimed at this cache still applies on top.
+    ///
+    /// Targeted fields are passed on downstream unchanged, those on the list too (RFC 9213 §3:
+    /// a CDN cache typically forwards `CDN-Cache-Control` for the caches after it); when this
+    /// is the last cache that uses them, remove them in front of the layer.
+    pub fn targeted_cache_control(mut self, enabled: bool) -> Self {
+        self.targeted_default = enabled;
+        self.config.policy.targeted = if enabled {
+            default_targets(&self.cache_name)
+        } else {
+            Arc::new([])
+        };
+        self.changed()
+    }
+
+    /// The target list of [`targeted_cache_control`](Self::targeted_cache_control), most
+    /// applicable first, in place of the default one (an empty list turns it off):
+    ///
+    /// ```
+    /// use tower_swr::SwrLayer;
+    ///
+    /// let layer = SwrLayer::new().targeted_cache_control_fields(["edge-cache-control", "cdn-cache-control"]);
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If a name is not a valid header name.
+    pub fn targeted_cache_control_fields<N>(mut self, names: impl IntoIterator<Item = N>) -> Self
+    where
+        N: TryInto<HeaderName>,
+        N::Error: fmt::Debug,
+    {
+        self.targeted_default = false;
+        self.config.policy.targeted = names
+            .into_iter()
+            .map(|name| name.try_into().expect("a valid header name"))
+            .collect();
+        self.changed()
     }
 
     /// Read `Surrogate-Control` (default on): directives untargeted or targeted at this cache's
@@ -684,4 +745,13 @@ impl<S> Layer<S> for SwrLayer {
     fn layer(&self, inner: S) -> Self::Service {
         SwrService::new(inner, Arc::clone(self.shared()))
     }
+}
+
+/// The default RFC 9213 target list of a cache named `name`: its own field, when the name makes
+/// a header name (`tower-swr-cache-control`), then `cdn-cache-control`.
+fn default_targets(name: &str) -> Arc<[HeaderName]> {
+    let own = HeaderName::try_from(format!("{name}-cache-control")).ok();
+    own.into_iter()
+        .chain([HeaderName::from_static("cdn-cache-control")])
+        .collect()
 }

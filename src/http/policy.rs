@@ -143,6 +143,293 @@ impl CacheControl {
     }
 }
 
+impl CacheControl {
+    /// The directives of the first field of `targets` (a target list, most applicable first)
+    /// that is present, non-empty and a valid Structured Fields dictionary (RFC 9213 §2.2);
+    /// `None` when there is none, and `Cache-Control` applies.
+    pub(crate) fn targeted(headers: &HeaderMap, targets: &[http::HeaderName]) -> Option<Self> {
+        targets.iter().find_map(|name| {
+            let mut lines = headers.get_all(name).iter().peekable();
+            lines.peek()?;
+            // Several lines are one field, joined with commas (RFC 8941 §4.2).
+            let mut value = Vec::new();
+            for (i, line) in lines.enumerate() {
+                if i > 0 {
+                    value.push(b',');
+                }
+                value.extend_from_slice(line.as_bytes());
+            }
+            sf_dictionary(&value).map(Self::from_dictionary)
+        })
+    }
+
+    /// The cache directives of a targeted field (RFC 9213 §2.1): values of the type a directive
+    /// takes are consumed, any other value leaves the directive out; parameters are ignored.
+    fn from_dictionary(members: Vec<(String, SfItem)>) -> Self {
+        let mut cc = Self::default();
+        for (key, item) in members {
+            let seconds = match item {
+                SfItem::Integer(n) if n >= 0 => {
+                    Some(Seconds::Valid(n.unsigned_abs().min(DELTA_SECONDS_MAX)))
+                }
+                _ => None,
+            };
+            let fields = |list: &str| -> Vec<String> {
+                list.split(',')
+                    .map(|f| f.trim().to_ascii_lowercase())
+                    .filter(|f| !f.is_empty())
+                    .collect()
+            };
+            let set = item == SfItem::Boolean(true);
+            match key.as_str() {
+                "max-age" => cc.max_age = seconds,
+                "s-maxage" => cc.s_maxage = seconds,
+                "stale-while-revalidate" => cc.stale_while_revalidate = seconds,
+                "stale-if-error" => cc.stale_if_error = seconds,
+                "no-store" => cc.no_store = set,
+                "must-revalidate" => cc.must_revalidate = set,
+                "proxy-revalidate" => cc.proxy_revalidate = set,
+                "public" => cc.public = set,
+                "immutable" => cc.immutable = set,
+                "must-understand" => cc.must_understand = set,
+                "no-cache" => match &item {
+                    SfItem::String(list) if !fields(list).is_empty() => {
+                        cc.no_cache_fields = fields(list);
+                    }
+                    _ => cc.no_cache = set,
+                },
+                "private" => match &item {
+                    SfItem::String(list) if !fields(list).is_empty() => {
+                        cc.private_fields = fields(list);
+                    }
+                    _ => cc.private = set,
+                },
+                _ => {}
+            }
+        }
+        cc
+    }
+}
+
+/// A Structured Fields bare item (RFC 8941 §3.3), as far as cache directives need to tell them
+/// apart: the others are parsed, checked and kept as `Other`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SfItem {
+    Integer(i64),
+    Boolean(bool),
+    String(String),
+    /// A decimal, token, byte sequence or inner list.
+    Other,
+}
+
+/// Parses a Structured Fields dictionary (RFC 8941 §4.2.2), members in order with a repeated
+/// key keeping its last value; `None` on any parsing error, or when it is empty.
+pub(crate) fn sf_dictionary(input: &[u8]) -> Option<Vec<(String, SfItem)>> {
+    let mut parser = SfParser { input, at: 0 };
+    parser.skip(|b| b == b' ');
+    let mut members: Vec<(String, SfItem)> = Vec::new();
+    while !parser.done() {
+        let key = parser.key()?;
+        let item = if parser.eat(b'=') {
+            if parser.peek() == Some(b'(') {
+                parser.inner_list()?;
+                SfItem::Other
+            } else {
+                let item = parser.bare_item()?;
+                parser.parameters()?;
+                item
+            }
+        } else {
+            parser.parameters()?;
+            SfItem::Boolean(true)
+        };
+        members.retain(|(k, _)| *k != key);
+        members.push((key, item));
+        parser.skip(|b| b == b' ' || b == b'\t');
+        if parser.done() {
+            break;
+        }
+        if !parser.eat(b',') {
+            return None;
+        }
+        parser.skip(|b| b == b' ' || b == b'\t');
+        if parser.done() {
+            // A trailing comma.
+            return None;
+        }
+    }
+    (!members.is_empty()).then_some(members)
+}
+
+struct SfParser<'a> {
+    input: &'a [u8],
+    at: usize,
+}
+
+impl SfParser<'_> {
+    fn done(&self) -> bool {
+        self.at >= self.input.len()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.input.get(self.at).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        let matched = self.peek() == Some(byte);
+        self.at += usize::from(matched);
+        matched
+    }
+
+    fn skip(&mut self, what: impl Fn(u8) -> bool) {
+        while self.peek().is_some_and(&what) {
+            self.at += 1;
+        }
+    }
+
+    fn take_while(&mut self, what: impl Fn(u8) -> bool) -> &[u8] {
+        let start = self.at;
+        self.skip(what);
+        &self.input[start..self.at]
+    }
+
+    fn key(&mut self) -> Option<String> {
+        let first = self.peek()?;
+        if !(first.is_ascii_lowercase() || first == b'*') {
+            return None;
+        }
+        let key = self.take_while(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.' | b'*')
+        });
+        Some(String::from_utf8_lossy(key).into_owned())
+    }
+
+    fn parameters(&mut self) -> Option<()> {
+        while self.eat(b';') {
+            self.skip(|b| b == b' ');
+            self.key()?;
+            if self.eat(b'=') {
+                self.bare_item()?;
+            }
+        }
+        Some(())
+    }
+
+    fn inner_list(&mut self) -> Option<()> {
+        if !self.eat(b'(') {
+            return None;
+        }
+        loop {
+            self.skip(|b| b == b' ');
+            if self.eat(b')') {
+                return self.parameters();
+            }
+            self.bare_item()?;
+            self.parameters()?;
+            if !matches!(self.peek(), Some(b' ' | b')')) {
+                return None;
+            }
+        }
+    }
+
+    fn bare_item(&mut self) -> Option<SfItem> {
+        match self.peek()? {
+            b'-' | b'0'..=b'9' => self.number(),
+            b'"' => self.string(),
+            b'?' => {
+                self.at += 1;
+                let value = match self.peek()? {
+                    b'0' => false,
+                    b'1' => true,
+                    _ => return None,
+                };
+                self.at += 1;
+                Some(SfItem::Boolean(value))
+            }
+            b':' => {
+                self.at += 1;
+                self.skip(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+                self.eat(b':').then_some(SfItem::Other)
+            }
+            b if b.is_ascii_alphabetic() || b == b'*' => {
+                self.skip(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(
+                            b,
+                            b'!' | b'#'
+                                | b'$'
+                                | b'%'
+                                | b'&'
+                                | b'\''
+                                | b'*'
+                                | b'+'
+                                | b'-'
+                                | b'.'
+                                | b'^'
+                                | b'_'
+                                | b'`'
+                                | b'|'
+                                | b'~'
+                                | b':'
+                                | b'/'
+                        )
+                });
+                Some(SfItem::Other)
+            }
+            _ => None,
+        }
+    }
+
+    fn number(&mut self) -> Option<SfItem> {
+        let negative = self.eat(b'-');
+        let integer = self.take_while(|b| b.is_ascii_digit()).to_vec();
+        if integer.is_empty() {
+            return None;
+        }
+        if self.eat(b'.') {
+            let fraction = self.take_while(|b| b.is_ascii_digit());
+            return (integer.len() <= 12 && (1..=3).contains(&fraction.len()))
+                .then_some(SfItem::Other);
+        }
+        if integer.len() > 15 {
+            return None;
+        }
+        // At most 15 digits: it fits.
+        let magnitude: i64 = std::str::from_utf8(&integer).ok()?.parse().ok()?;
+        Some(SfItem::Integer(if negative {
+            -magnitude
+        } else {
+            magnitude
+        }))
+    }
+
+    fn string(&mut self) -> Option<SfItem> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let mut out = String::new();
+        loop {
+            match self.peek()? {
+                b'\\' => {
+                    self.at += 1;
+                    let escaped = self.peek()?;
+                    if !matches!(escaped, b'"' | b'\\') {
+                        return None;
+                    }
+                    out.push(char::from(escaped));
+                }
+                b'"' => {
+                    self.at += 1;
+                    return Some(SfItem::String(out));
+                }
+                b @ 0x20..=0x7e => out.push(char::from(b)),
+                _ => return None,
+            }
+            self.at += 1;
+        }
+    }
+}
+
 /// The `Surrogate-Control` directives aimed at this cache (W3C Edge Architecture): those
 /// targeted at our token if any, else the untargeted ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -295,8 +582,6 @@ pub(crate) enum Reason {
     NoCacheWithoutValidators,
     /// A 5xx without explicit freshness, where the origin's headers are not read.
     ServerError,
-    /// An unreadable `Age`, and no validators to revalidate the (stale) response with.
-    InvalidAge,
     /// Neither explicit nor heuristic freshness.
     NoFreshness,
     /// Already past every window (and the revalidation retention) when it arrives.
@@ -324,7 +609,6 @@ impl Reason {
             Self::Cookie => "cookie",
             Self::NoCacheWithoutValidators => "no-cache without validators",
             Self::ServerError => "server error",
-            Self::InvalidAge => "invalid age",
             Self::NoFreshness => "no freshness",
             Self::NeverUsable => "already past every window",
             Self::BodyTooLarge => "body over max_body_bytes",
@@ -362,11 +646,17 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 /// Whether an origin's failure answer (one that is not stored) may also answer the requests
 /// that waited for its origin call, and for a moment later ones (`remember_failures`).
 ///
-/// Only between requests without credentials, and only an answer that is the same for
-/// everyone: not `private`, not `no-store` (it must not be reused at all), no `Set-Cookie`,
-/// no `Vary` (it might not be the waiter's variant).
-pub(crate) fn failure_is_shareable(request_has_credentials: bool, response: &HeaderMap) -> bool {
+/// Only between requests without credentials, and only a final answer that is the same for
+/// everyone: not a 1xx (interim, RFC 9110 §15.2: never anyone's final response), not
+/// `private`, not `no-store` (it must not be reused at all), no `Set-Cookie`, no `Vary` (it
+/// might not be the waiter's variant).
+pub(crate) fn failure_is_shareable(
+    request_has_credentials: bool,
+    status: StatusCode,
+    response: &HeaderMap,
+) -> bool {
     if request_has_credentials
+        || status.is_informational()
         || response.contains_key(header::SET_COOKIE)
         || response.contains_key(header::VARY)
     {
@@ -402,6 +692,9 @@ pub(crate) struct Policy {
     pub(crate) revalidation_retention: Duration,
     /// Our `Surrogate-Control` target token; `None` ignores the header.
     pub(crate) surrogate_token: Option<std::sync::Arc<str>>,
+    /// RFC 9213 target list, most applicable first (`CDN-Cache-Control`, a field of the cache's
+    /// name): the first valid one present replaces `Cache-Control` and `Expires`. Empty: off.
+    pub(crate) targeted: std::sync::Arc<[http::HeaderName]>,
     /// Request headers treated like `Authorization` (`X-Api-Key`, ...): answers to requests
     /// carrying one are stored and shared only when explicitly shareable.
     pub(crate) credential_headers: std::sync::Arc<[http::HeaderName]>,
@@ -462,7 +755,11 @@ impl Policy {
             // Server-sent events never end: buffering them would hold every event back.
             return Decision::Pass(Reason::EventStream);
         }
-        let mut cc = CacheControl::from_headers(headers);
+        // RFC 9213 §2.2: a targeted field on our list, valid and non-empty, is this cache's
+        // `Cache-Control`, and `Cache-Control` and `Expires` are ignored.
+        let targeted = CacheControl::targeted(headers, &self.targeted);
+        let read_expires = targeted.is_none();
+        let mut cc = targeted.unwrap_or_else(|| CacheControl::from_headers(headers));
         let surrogate = self
             .surrogate_token
             .as_deref()
@@ -590,16 +887,10 @@ impl Policy {
                 decision(ttl, Duration::ZERO, false)
             };
         }
-        let Some(initial_age) = initial_age(headers, date, now, response_delay) else {
-            // An unreadable `Age`: the response is stale (RFC 9111 §4.2.3, as tested by the
-            // cache-tests suite); keep it only to revalidate it.
-            return if has_validators {
-                decision(Duration::ZERO, Duration::ZERO, true)
-            } else {
-                Decision::Pass(Reason::InvalidAge)
-            };
-        };
-        if let Some(ttl) = explicit_lifetime(&cc, headers, date, now) {
+        // An `Age` that is not a delta-seconds is ignored (RFC 9111 §5.1), not a reason to
+        // refuse the response or to take it as stale.
+        let initial_age = initial_age(headers, date, now, response_delay);
+        if let Some(ttl) = explicit_lifetime(&cc, read_expires.then_some(headers), date, now) {
             return decision(ttl, initial_age, ttl <= initial_age);
         }
         if !heuristically_cacheable(status) {
@@ -680,14 +971,20 @@ pub(crate) fn declared_body_refusal(
 
 /// Whether an origin status is a failure (5xx, or one of the layer's `failure_statuses`): not
 /// an answer to store or to drop the stored entry for.
+///
+/// A 1xx is one too: a `Service` answers once, so an interim status (100 Continue, 103 Early
+/// Hints) as its answer means the origin gave no final response (RFC 9110 §15.2). It is passed
+/// to its own request when nothing stale may stand in, but it never replaces or drops a stored
+/// response, and [`failure_is_shareable`] never gives it to another request.
 pub(crate) fn is_failure(status: StatusCode, failure_statuses: &[StatusCode]) -> bool {
-    status.is_server_error() || failure_statuses.contains(&status)
+    status.is_server_error() || status.is_informational() || failure_statuses.contains(&status)
 }
 
-/// `s-maxage`, then `max-age`, then `Expires − Date` (RFC 9111 §4.2.1).
+/// `s-maxage`, then `max-age`, then `Expires − Date` (RFC 9111 §4.2.1); `Expires` only when
+/// `headers` are given (not under a targeted field, RFC 9213 §2.2).
 fn explicit_lifetime(
     cc: &CacheControl,
-    headers: &HeaderMap,
+    headers: Option<&HeaderMap>,
     date: Option<SystemTime>,
     now: SystemTime,
 ) -> Option<Duration> {
@@ -697,7 +994,7 @@ fn explicit_lifetime(
     if let Some(max_age) = cc.max_age {
         return Some(max_age.duration());
     }
-    let mut expires = headers.get_all(header::EXPIRES).iter();
+    let mut expires = headers?.get_all(header::EXPIRES).iter();
     let first = expires.next()?;
     if expires.next().is_some() {
         // Conflicting Expires lines: treat as stale (§4.2.1).
@@ -730,10 +1027,30 @@ fn heuristic_lifetime(
     Some((since / 10).min(Duration::from_secs(24 * 60 * 60)))
 }
 
+/// RFC 9111 §5.1: the `Age` of a response, in seconds, or `None` to ignore the field.
+///
+/// All its lines are one list (RFC 9110 §5.3), read by its first member: the rest is discarded,
+/// so `Age: 0, 7200` and the two lines `Age: 0` / `Age: 7200` are both 0. Empty members are
+/// skipped (RFC 9110 §5.6.1). A first member that is not a non-negative integer — signs,
+/// fractions, parameters, a digit prefix like `1a`, non-ASCII bytes — makes the whole field
+/// ignored, as if absent. An integer too large to represent is 2^31 (§1.2.2).
+pub(crate) fn age(headers: &HeaderMap) -> Option<u64> {
+    let first = headers
+        .get_all(header::AGE)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+        .map(|member| member.trim_ascii())
+        .find(|member| !member.is_empty())?;
+    // `Seconds::parse` wants text; a member of anything but digits is invalid either way.
+    let text = std::str::from_utf8(first).ok()?;
+    match Seconds::parse(Some(text)) {
+        Seconds::Valid(secs) => Some(secs),
+        Seconds::Invalid => None,
+    }
+}
+
 /// RFC 9111 §4.2.3 corrected initial age: the larger of the origin's `Age` and `now − Date`.
-/// `None` when `Age` is unreadable: a single line of digits is expected (a list such as
-/// `0,7200` is read by its first member; anything else — signs, fractions, spaces, two lines —
-/// makes the response stale).
+/// An `Age` that [`age`] ignores counts as absent.
 ///
 /// An `Age` from upstream is corrected by the response delay (the time from sending the request
 /// to receiving the response, RFC 9111 §4.2.3): the response aged upstream of us meanwhile.
@@ -743,26 +1060,10 @@ fn initial_age(
     date: Option<SystemTime>,
     now: SystemTime,
     response_delay: Duration,
-) -> Option<Duration> {
-    let mut lines = headers.get_all(header::AGE).iter();
-    let age = match (lines.next(), lines.next()) {
-        (None, _) => Duration::ZERO,
-        (Some(line), None) => {
-            let text = line.to_str().ok()?;
-            if text.is_empty()
-                || !text
-                    .split(',')
-                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            {
-                return None;
-            }
-            let first = text.split(',').next().unwrap_or("0");
-            Seconds::parse(Some(first))
-                .duration()
-                .saturating_add(response_delay)
-        }
-        (Some(_), Some(_)) => return None,
-    };
+) -> Duration {
+    let age = age(headers).map_or(Duration::ZERO, |secs| {
+        Duration::from_secs(secs).saturating_add(response_delay)
+    });
     // `Date` has whole seconds: compare it with the current whole second, so a response dated
     // in the second it arrives has no apparent age (not up to a second of it).
     let now_secs = now
@@ -773,7 +1074,7 @@ fn initial_age(
     let apparent = date
         .and_then(|date| now_secs.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
-    Some(age.max(apparent))
+    age.max(apparent)
 }
 
 #[cfg(test)]
@@ -821,6 +1122,7 @@ mod tests {
             cookies_need_public: true,
             revalidation_retention: Duration::from_secs(600),
             surrogate_token: Some(std::sync::Arc::from("tower-swr")),
+            targeted: std::sync::Arc::new([]),
             credential_headers: std::sync::Arc::new([]),
         }
     }
@@ -942,12 +1244,6 @@ mod tests {
                 &[("cache-control", "no-cache")],
                 Reason::NoCacheWithoutValidators,
             ),
-            (
-                plain,
-                200,
-                &[("cache-control", "max-age=60"), ("age", "-3")],
-                Reason::InvalidAge,
-            ),
             (plain, 200, &[], Reason::NoFreshness),
             (
                 plain,
@@ -986,6 +1282,36 @@ mod tests {
     }
 
     #[test]
+    fn interim_statuses_are_never_stored() {
+        let app = Policy {
+            default_ttl: Some(Duration::from_secs(60)),
+            default_stale_while_revalidate: Duration::from_secs(120),
+            ..shared_policy()
+        };
+        let ignoring = Policy {
+            respect_origin: false,
+            ..app.clone()
+        };
+        // Whatever the headers say: explicit freshness, `must-understand`, a targeted lifetime.
+        let lines = [
+            ("cache-control", "public, max-age=60, must-understand"),
+            ("surrogate-control", "max-age=60"),
+            ("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT"),
+        ];
+        for policy in [shared_policy(), app, ignoring] {
+            for status in 100..200 {
+                let decision = decide(&policy, RequestFacts::default(), status, &lines);
+                assert_eq!(decision, Decision::Pass(Reason::Status), "{status}");
+                // Nor under a route's own lifetime.
+                assert_eq!(
+                    decision.with_route_freshness(Freshness::new(Duration::from_secs(60))),
+                    Decision::Pass(Reason::Status)
+                );
+            }
+        }
+    }
+
+    #[test]
     fn reasons_read_as_before() {
         // Logged and in refresh errors (`not stored: ...`): the texts stay what they were.
         let texts = [
@@ -1005,7 +1331,6 @@ mod tests {
                 "no-cache without validators",
             ),
             (Reason::ServerError, "server error"),
-            (Reason::InvalidAge, "invalid age"),
             (Reason::NoFreshness, "no freshness"),
             (Reason::NeverUsable, "already past every window"),
             (Reason::BodyTooLarge, "body over max_body_bytes"),
@@ -1108,6 +1433,311 @@ mod tests {
         assert!(is_failure(StatusCode::TOO_MANY_REQUESTS, &extra));
         assert!(!is_failure(StatusCode::REQUEST_TIMEOUT, &extra));
         assert!(!is_failure(StatusCode::NOT_FOUND, &extra));
+        for interim in [StatusCode::CONTINUE, StatusCode::from_u16(103).unwrap()] {
+            assert!(is_failure(interim, &[]));
+            assert!(!failure_is_shareable(false, interim, &HeaderMap::new()));
+        }
+        assert!(failure_is_shareable(
+            false,
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new()
+        ));
+    }
+
+    #[test]
+    fn age_is_the_first_member_or_ignored() {
+        let age_of = |lines: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(header::AGE, HeaderValue::from_static(line));
+            }
+            age(&headers)
+        };
+        assert_eq!(age_of(&[]), None);
+        assert_eq!(age_of(&["30"]), Some(30));
+        assert_eq!(age_of(&[" 30\t"]), Some(30));
+        // A list, on one line or several, is read by its first member.
+        assert_eq!(age_of(&["0, 7200"]), Some(0));
+        assert_eq!(age_of(&["7200,0"]), Some(7200));
+        assert_eq!(age_of(&["0", "7200"]), Some(0));
+        assert_eq!(age_of(&["7200", "0"]), Some(7200));
+        assert_eq!(age_of(&["5, abc"]), Some(5));
+        assert_eq!(age_of(&["", ", 9", "1"]), Some(9));
+        // Anything but a non-negative integer first: the field is ignored.
+        for bad in [
+            "abc",
+            "-5",
+            "+5",
+            "1.5",
+            "7200.0",
+            "1a",
+            "7200;foo=1",
+            "\"3\"",
+            "1 2",
+        ] {
+            assert_eq!(age_of(&[bad]), None, "Age: {bad}");
+        }
+        assert_eq!(age_of(&["abc", "5"]), None);
+        assert_eq!(
+            age_of(&["99999999999999999999999"]),
+            Some(DELTA_SECONDS_MAX)
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AGE, HeaderValue::from_bytes(b"\xff1").unwrap());
+        assert_eq!(age(&headers), None);
+    }
+
+    #[test]
+    fn an_ignored_age_leaves_the_response_fresh() {
+        let policy = shared_policy();
+        for bad in ["abc", "-3", "1.5", "1a", "7200;foo=bar"] {
+            let mut lines = headers(&[("cache-control", "max-age=60")]);
+            lines.insert(header::AGE, HeaderValue::from_static(bad));
+            let decision = policy.decide(
+                RequestFacts::default(),
+                StatusCode::OK,
+                &lines,
+                SystemTime::now(),
+                Duration::from_secs(2),
+            );
+            let Decision::Store {
+                freshness,
+                initial_age,
+                ..
+            } = decision
+            else {
+                panic!("Age: {bad} is ignored, the response stored: {decision:?}");
+            };
+            // Ignored as if absent: no age, and the response delay is not counted either.
+            assert_eq!(initial_age, Duration::ZERO, "Age: {bad}");
+            assert_eq!(freshness.ttl, Duration::from_secs(60));
+        }
+        // A valid first member still counts, with the response delay.
+        let decision = policy.decide(
+            RequestFacts::default(),
+            StatusCode::OK,
+            &headers(&[("cache-control", "max-age=60"), ("age", "10, abc")]),
+            SystemTime::now(),
+            Duration::from_secs(2),
+        );
+        assert!(
+            matches!(decision, Decision::Store { initial_age, .. } if initial_age == Duration::from_secs(12)),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn structured_dictionaries() {
+        use SfItem::{Boolean, Integer, Other, String as Str};
+        let parsed = |text: &str| sf_dictionary(text.as_bytes());
+        let members = |list: &[(&str, SfItem)]| {
+            Some(
+                list.iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            parsed("max-age=60, no-store,private=\"set-cookie, x\"  "),
+            members(&[
+                ("max-age", Integer(60)),
+                ("no-store", Boolean(true)),
+                ("private", Str("set-cookie, x".into())),
+            ])
+        );
+        // Parameters are parsed and dropped; a repeated key keeps its last value, in place of
+        // the first.
+        assert_eq!(
+            parsed("max-age=1;a=b, public;x, max-age=2"),
+            members(&[("public", Boolean(true)), ("max-age", Integer(2))])
+        );
+        assert_eq!(
+            parsed("max-age=-5, a=1.5, b=tok/en:1, c=:aGk=:, d=?0, e=(1 \"x\");p"),
+            members(&[
+                ("max-age", Integer(-5)),
+                ("a", Other),
+                ("b", Other),
+                ("c", Other),
+                ("d", Boolean(false)),
+                ("e", Other),
+            ])
+        );
+        for bad in [
+            "",
+            "   ",
+            "Max-Age=60",
+            "max-age=60,",
+            "max-age=60,,public",
+            "max-age =60",
+            "max-age= 60",
+            "max-age=60 public",
+            "max-age=\"60",
+            "max-age=1234567890123456",
+            "max-age=1.2345",
+            "max-age=1.",
+            "no-store=?2",
+            "a=\"\\x\"",
+            "1max-age=1",
+            "max-age=60;",
+            "e=(1,2)",
+            "max-age=\u{e9}",
+        ] {
+            assert_eq!(parsed(bad), None, "{bad:?}");
+        }
+    }
+
+    fn targeted_policy() -> Policy {
+        Policy {
+            targeted: std::sync::Arc::new([
+                http::HeaderName::from_static("tower-swr-cache-control"),
+                http::HeaderName::from_static("cdn-cache-control"),
+            ]),
+            ..shared_policy()
+        }
+    }
+
+    fn ttl_of(decision: &Decision) -> Option<u64> {
+        match decision {
+            Decision::Store { freshness, .. } => Some(freshness.ttl.as_secs()),
+            Decision::Pass(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_targeted_field_replaces_cache_control_and_expires() {
+        let policy = targeted_policy();
+        let plain = RequestFacts::default();
+        let at = |lines: &[(&'static str, &'static str)]| decide(&policy, plain, 200, lines);
+        // CDN-Cache-Control wins over Cache-Control, either way round.
+        let cc = ("cache-control", "no-store");
+        assert_eq!(
+            ttl_of(&at(&[cc, ("cdn-cache-control", "max-age=600")])),
+            Some(600)
+        );
+        let cc = ("cache-control", "max-age=600");
+        assert_eq!(
+            at(&[cc, ("cdn-cache-control", "no-store")]),
+            Decision::Pass(Reason::NoStore)
+        );
+        assert_eq!(
+            at(&[cc, ("cdn-cache-control", "private")]),
+            Decision::Pass(Reason::Private)
+        );
+        // Our own field wins over CDN-Cache-Control.
+        let both = [
+            cc,
+            ("cdn-cache-control", "max-age=60"),
+            ("tower-swr-cache-control", "max-age=5"),
+        ];
+        assert_eq!(ttl_of(&at(&both)), Some(5));
+        // An invalid or empty field is skipped: the next one, else Cache-Control.
+        let skipped = [
+            cc,
+            ("cdn-cache-control", "max-age=60"),
+            ("tower-swr-cache-control", "max-age=5,"),
+        ];
+        assert_eq!(ttl_of(&at(&skipped)), Some(60));
+        assert_eq!(ttl_of(&at(&[cc, ("cdn-cache-control", "")])), Some(600));
+        assert_eq!(
+            ttl_of(&at(&[cc, ("cdn-cache-control", "Max-Age=9")])),
+            Some(600)
+        );
+        // Cache-Control's and Expires' lifetimes are ignored under a valid targeted field.
+        let expires = [
+            ("expires", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ("cdn-cache-control", "none"),
+        ];
+        assert_eq!(at(&expires), Decision::Pass(Reason::NoFreshness));
+        assert_eq!(
+            at(&[cc, ("cdn-cache-control", "none")]),
+            Decision::Pass(Reason::NoFreshness)
+        );
+        // A value of the wrong type is not consumed; parameters are ignored.
+        assert_eq!(
+            at(&[("cdn-cache-control", "max-age=1.5")]),
+            Decision::Pass(Reason::NoFreshness)
+        );
+        assert_eq!(
+            at(&[("cdn-cache-control", "max-age=-1")]),
+            Decision::Pass(Reason::NoFreshness)
+        );
+        assert_eq!(
+            ttl_of(&at(&[("cdn-cache-control", "max-age=30;x=1, no-store=?0")])),
+            Some(30)
+        );
+        // s-maxage, stale windows and their prohibition as in Cache-Control.
+        let Decision::Store { freshness, .. } = at(&[(
+            "cdn-cache-control",
+            "max-age=10, stale-while-revalidate=20, stale-if-error=30",
+        )]) else {
+            panic!("stored");
+        };
+        assert_eq!(
+            (
+                freshness.stale_while_revalidate.as_secs(),
+                freshness.stale_if_error.as_secs()
+            ),
+            (20, 30)
+        );
+        let Decision::Store { freshness, .. } = at(&[(
+            "cdn-cache-control",
+            "s-maxage=10, max-age=99, stale-while-revalidate=20",
+        )]) else {
+            panic!("stored");
+        };
+        assert_eq!(
+            (
+                freshness.ttl.as_secs(),
+                freshness.stale_while_revalidate.as_secs()
+            ),
+            (10, 0)
+        );
+        // no-cache: stored to be revalidated, with validators only.
+        assert_eq!(
+            at(&[cc, ("cdn-cache-control", "no-cache")]),
+            Decision::Pass(Reason::NoCacheWithoutValidators)
+        );
+        // private="field" strips that field.
+        let Decision::Store { strip, .. } =
+            at(&[("cdn-cache-control", "max-age=5, private=\"x-user\"")])
+        else {
+            panic!("stored");
+        };
+        assert_eq!(strip, ["x-user"]);
+        // Surrogate-Control aimed at us still applies on top.
+        assert_eq!(
+            at(&[
+                ("cdn-cache-control", "max-age=5"),
+                ("surrogate-control", "no-store")
+            ]),
+            Decision::Pass(Reason::SurrogateNoStore)
+        );
+        // Off (the list empty), the targeted field changes nothing.
+        let off = shared_policy();
+        assert_eq!(
+            ttl_of(&decide(
+                &off,
+                plain,
+                200,
+                &[cc, ("cdn-cache-control", "no-store")]
+            )),
+            Some(600)
+        );
+        // Authorization: shareable by the targeted field's `public`, not Cache-Control's.
+        let auth = RequestFacts {
+            has_auth: true,
+            has_cookie: false,
+        };
+        let public_cc = [
+            ("cache-control", "public, max-age=60"),
+            ("cdn-cache-control", "max-age=60"),
+        ];
+        assert_eq!(
+            decide(&policy, auth, 200, &public_cc),
+            Decision::Pass(Reason::Authorization)
+        );
+        let public_cdn = [("cdn-cache-control", "public, max-age=60")];
+        assert!(decide(&policy, auth, 200, &public_cdn).reason().is_none());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::{CatchUnwind, Stamp, SwrCache, WallClock};
 
 /// The failure a panicking loader of `get_or_load` leaves its waiters: they panic too (as the
 /// callers of a shared future do), rather than call the loader again one after another.
-pub(crate) struct LoadPanicked;
+pub(crate) struct LoadPanicked(pub(crate) String);
 
 /// How a load ended, as its caller tells the engine.
 pub(crate) enum Outcome<K, V, A> {
@@ -105,8 +105,8 @@ pub(crate) trait Caller<K, V> {
         None
     }
 
-    /// What the waiters get when the load panics (`None`: they compete again).
-    fn panic_failure(&self) -> Option<Failure> {
+    /// What the waiters get when the load panics with `panic` (`None`: they compete again).
+    fn panic_failure(&self, _panic: &(dyn std::any::Any + Send)) -> Option<Failure> {
         None
     }
 
@@ -508,7 +508,7 @@ where
             Err(panic) => {
                 // A panicking load with a usable stale value is a failure like any other;
                 // without one, the panic is the load's own answer and goes on up.
-                let failure = caller.panic_failure();
+                let failure = caller.panic_failure(&*panic);
                 // A panic is shared with the waiters, never remembered for later callers.
                 let remember = !failure.as_ref().is_some_and(|f| f.is::<LoadPanicked>());
                 land(&mut leader, Landing::Failed { failure, remember });

@@ -1109,17 +1109,21 @@ where
         failure: &Failure,
         _remembered: bool,
     ) -> Option<Self::Answer> {
-        if failure.is::<LoadPanicked>() {
-            std::panic::resume_unwind(Box::new(
-                "the loader this caller waited for (another caller's) panicked",
-            ));
+        if let Some(LoadPanicked(message)) = failure.downcast_ref::<LoadPanicked>() {
+            // The same panic as the caller that ran the loader.
+            std::panic::resume_unwind(Box::new(message.clone()));
         }
         // Another caller's loader may fail with another error type: then this one loads.
         Arc::clone(failure).downcast::<E>().ok().map(Err)
     }
 
-    fn panic_failure(&self) -> Option<Failure> {
-        Some(Arc::new(LoadPanicked) as Failure)
+    fn panic_failure(&self, panic: &(dyn std::any::Any + Send)) -> Option<Failure> {
+        let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+            (Some(text), _) => (*text).to_owned(),
+            (None, Some(text)) => text.clone(),
+            (None, None) => "the loader panicked".to_owned(),
+        };
+        Some(Arc::new(LoadPanicked(message)) as Failure)
     }
 
     fn load(

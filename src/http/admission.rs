@@ -207,7 +207,12 @@ impl Shared {
         if let Some(reason) = verdict.decision.reason() {
             let shareable = share
                 && self.config.is_failure(parts.status)
-                && failure_is_shareable(false, parts.status, &parts.headers);
+                && failure_is_shareable(
+                    false,
+                    parts.status,
+                    &parts.headers,
+                    &self.config.policy.targeted,
+                );
             if !shareable {
                 return Admission::Uncacheable(
                     Response::from_parts(parts, SwrBody::inner(body)),

@@ -333,7 +333,7 @@ where
         self.shared.config.origin_timeout
     }
 
-    fn panic_failure(&self) -> Option<Failure> {
+    fn panic_failure(&self, _panic: &(dyn std::any::Any + Send)) -> Option<Failure> {
         (!self.credentialed)
             .then(|| OriginFailure::Error.shared())
             .flatten()

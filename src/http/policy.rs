@@ -193,13 +193,13 @@ impl CacheControl {
                 "immutable" => cc.immutable = set,
                 "must-understand" => cc.must_understand = set,
                 "no-cache" => match &item {
-                    SfItem::String(list) if !fields(list).is_empty() => {
+                    SfItem::String(list) | SfItem::Token(list) if !fields(list).is_empty() => {
                         cc.no_cache_fields = fields(list);
                     }
                     _ => cc.no_cache = set,
                 },
                 "private" => match &item {
-                    SfItem::String(list) if !fields(list).is_empty() => {
+                    SfItem::String(list) | SfItem::Token(list) if !fields(list).is_empty() => {
                         cc.private_fields = fields(list);
                     }
                     _ => cc.private = set,
@@ -218,7 +218,10 @@ pub(crate) enum SfItem {
     Integer(i64),
     Boolean(bool),
     String(String),
-    /// A decimal, token, byte sequence or inner list.
+    /// A token: `private=x-user` names one field as `private="x-user"` does (RFC 9213 §2.1:
+    /// a token value maps to a Token; RFC 9111 §5.2: accept both forms).
+    Token(String),
+    /// A decimal, byte sequence or inner list.
     Other,
 }
 
@@ -352,6 +355,7 @@ impl SfParser<'_> {
                 self.eat(b':').then_some(SfItem::Other)
             }
             b if b.is_ascii_alphabetic() || b == b'*' => {
+                let start = self.at;
                 self.skip(|b| {
                     b.is_ascii_alphanumeric()
                         || matches!(
@@ -374,7 +378,8 @@ impl SfParser<'_> {
                                 | b'/'
                         )
                 });
-                Some(SfItem::Other)
+                let token = String::from_utf8_lossy(&self.input[start..self.at]).into_owned();
+                Some(SfItem::Token(token))
             }
             _ => None,
         }
@@ -654,6 +659,7 @@ pub(crate) fn failure_is_shareable(
     request_has_credentials: bool,
     status: StatusCode,
     response: &HeaderMap,
+    targets: &[http::HeaderName],
 ) -> bool {
     if request_has_credentials
         || status.is_informational()
@@ -662,7 +668,9 @@ pub(crate) fn failure_is_shareable(
     {
         return false;
     }
-    let cc = CacheControl::from_headers(response);
+    // A targeted field (RFC 9213) speaks for this cache instead of `Cache-Control`.
+    let cc = CacheControl::targeted(response, targets)
+        .unwrap_or_else(|| CacheControl::from_headers(response));
     !(cc.private || !cc.private_fields.is_empty() || cc.no_store)
 }
 
@@ -879,17 +887,21 @@ impl Policy {
             }
             return decision(Duration::ZERO, Duration::ZERO, true);
         }
+        // An `Age` that is not a delta-seconds is ignored (RFC 9111 §5.1), not a reason to
+        // refuse the response or to take it as stale.
+        let initial_age = initial_age(headers, date, now, response_delay);
+        // The layer's own lifetimes count from when we got the response, but the response
+        // keeps its age (the `Age` sent on is never younger than the upstream's).
+        let from_receipt =
+            |ttl: Duration| decision(ttl.saturating_add(initial_age), initial_age, false);
         if !self.respect_origin {
             let ttl = self.default_ttl.unwrap_or(super::config::DEFAULT_TTL);
             return if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
                 Decision::Pass(Reason::ServerError)
             } else {
-                decision(ttl, Duration::ZERO, false)
+                from_receipt(ttl)
             };
         }
-        // An `Age` that is not a delta-seconds is ignored (RFC 9111 §5.1), not a reason to
-        // refuse the response or to take it as stale.
-        let initial_age = initial_age(headers, date, now, response_delay);
         if let Some(ttl) = explicit_lifetime(&cc, read_expires.then_some(headers), date, now) {
             return decision(ttl, initial_age, ttl <= initial_age);
         }
@@ -898,7 +910,7 @@ impl Policy {
         }
         if let Some(default) = self.default_ttl {
             // A default lifetime is counted from when we got the response.
-            return decision(default, Duration::ZERO, false);
+            return from_receipt(default);
         }
         match heuristic_lifetime(headers, date, now) {
             Some(ttl) => decision(ttl, initial_age, false),
@@ -910,7 +922,8 @@ impl Policy {
 
 impl Decision {
     /// The decision once a route's own lifetime (`SwrLayer::policy_fn`) applies: a storable
-    /// response takes it (counted from now), and so does one that lacked only a lifetime;
+    /// response takes it (counted from now, the response keeping its age), and so does one that
+    /// lacked only a lifetime;
     /// every other reason not to store still stands, and so do the never-shared rules.
     pub(crate) fn with_route_freshness(self, freshness: Freshness) -> Self {
         match self {
@@ -919,10 +932,14 @@ impl Decision {
                 shared_with_cookie,
                 retain,
                 strip,
+                initial_age,
                 ..
             } => Self::Store {
-                freshness,
-                initial_age: Duration::ZERO,
+                freshness: Freshness {
+                    ttl: freshness.ttl.saturating_add(initial_age),
+                    ..freshness
+                },
+                initial_age,
                 shared_with_auth,
                 shared_with_cookie,
                 retain,
@@ -1394,7 +1411,9 @@ mod tests {
         else {
             panic!("stored");
         };
-        assert_eq!((freshness, initial_age), (route, Duration::ZERO));
+        // Counted from now: fresh for the route's lifetime beyond the age it arrived with.
+        assert_eq!(initial_age, Duration::from_secs(100));
+        assert_eq!(freshness.ttl, route.ttl + Duration::from_secs(100));
     }
 
     #[test]
@@ -1435,12 +1454,18 @@ mod tests {
         assert!(!is_failure(StatusCode::NOT_FOUND, &extra));
         for interim in [StatusCode::CONTINUE, StatusCode::from_u16(103).unwrap()] {
             assert!(is_failure(interim, &[]));
-            assert!(!failure_is_shareable(false, interim, &HeaderMap::new()));
+            assert!(!failure_is_shareable(
+                false,
+                interim,
+                &HeaderMap::new(),
+                &[]
+            ));
         }
         assert!(failure_is_shareable(
             false,
             StatusCode::BAD_GATEWAY,
-            &HeaderMap::new()
+            &HeaderMap::new(),
+            &[]
         ));
     }
 
@@ -1556,7 +1581,7 @@ mod tests {
             members(&[
                 ("max-age", Integer(-5)),
                 ("a", Other),
-                ("b", Other),
+                ("b", SfItem::Token("tok/en:1".into())),
                 ("c", Other),
                 ("d", Boolean(false)),
                 ("e", Other),

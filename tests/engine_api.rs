@@ -740,48 +740,7 @@ async fn a_value_inserted_with_another_caches_lifetime_keeps_its_deadlines() {
     assert!(!second.insert_with_lifetime("d", 1, dead));
 }
 
-/// A shared tier in one process: a stand-in for Redis, counting its calls.
-#[derive(Default)]
-struct MapTier {
-    map: std::sync::Mutex<std::collections::HashMap<String, (u32, tower_swr::engine::Lifetime)>>,
-    gets: AtomicUsize,
-    hang: std::sync::atomic::AtomicBool,
-}
-
-impl tower_swr::engine::SharedTier<String, u32> for MapTier {
-    fn get<'a>(
-        &'a self,
-        key: &'a String,
-    ) -> tower_swr::engine::TierFuture<'a, Option<(u32, tower_swr::engine::Lifetime)>> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        let found = self.map.lock().unwrap().get(key).cloned();
-        let hang = self.hang.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if hang {
-                std::future::pending::<()>().await;
-            }
-            found
-        })
-    }
-    fn put<'a>(
-        &'a self,
-        key: &'a String,
-        value: &'a u32,
-        lifetime: &'a tower_swr::engine::Lifetime,
-    ) -> tower_swr::engine::TierFuture<'a, ()> {
-        self.map
-            .lock()
-            .unwrap()
-            .insert(key.clone(), (*value, *lifetime));
-        Box::pin(async {})
-    }
-    fn remove<'a>(&'a self, key: &'a String) -> tower_swr::engine::TierFuture<'a, ()> {
-        self.map.lock().unwrap().remove(key);
-        Box::pin(async {})
-    }
-}
-
-fn tiered(tier: &Arc<MapTier>) -> SwrCache<String, u32> {
+fn tiered(tier: &Arc<MapTier<u32>>) -> SwrCache<String, u32> {
     SwrCache::builder()
         .shared_tier(Arc::clone(tier) as Arc<dyn tower_swr::engine::SharedTier<String, u32>>)
         .build()
@@ -804,7 +763,7 @@ fn counting_loader(
 
 #[tokio::test(start_paused = true)]
 async fn caches_sharing_a_tier_load_a_key_once_between_them() {
-    let tier = Arc::new(MapTier::default());
+    let tier: Arc<MapTier<u32>> = Arc::default();
     let (one, two) = (tiered(&tier), tiered(&tier));
     let calls = Arc::new(AtomicUsize::new(0));
     let first = one
@@ -841,7 +800,7 @@ async fn caches_sharing_a_tier_load_a_key_once_between_them() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stale_entry_takes_the_fresher_copy_another_cache_put_in_the_tier() {
-    let tier = Arc::new(MapTier::default());
+    let tier: Arc<MapTier<u32>> = Arc::default();
     let (one, two) = (tiered(&tier), tiered(&tier));
     let calls = Arc::new(AtomicUsize::new(0));
     two.get_or_load("k".into(), counting_loader(&calls, 1))
@@ -873,7 +832,7 @@ async fn a_stale_entry_takes_the_fresher_copy_another_cache_put_in_the_tier() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_tier_costs_a_miss_its_timeout_and_nothing_more() {
-    let tier = Arc::new(MapTier::default());
+    let tier: Arc<MapTier<u32>> = Arc::default();
     tier.hang.store(true, Ordering::SeqCst);
     let cache: SwrCache<String, u32> = SwrCache::builder()
         .shared_tier(Arc::clone(&tier) as Arc<dyn tower_swr::engine::SharedTier<String, u32>>)
@@ -892,7 +851,7 @@ async fn a_hanging_tier_costs_a_miss_its_timeout_and_nothing_more() {
 
 #[tokio::test(start_paused = true)]
 async fn removing_a_key_removes_the_tiers_copy_too() {
-    let tier = Arc::new(MapTier::default());
+    let tier: Arc<MapTier<u32>> = Arc::default();
     let (one, two) = (tiered(&tier), tiered(&tier));
     let calls = Arc::new(AtomicUsize::new(0));
     one.get_or_load("k".into(), counting_loader(&calls, 1))

@@ -8,9 +8,9 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use common::*;
 use http::{header, HeaderName, Method, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
-use tower_swr::engine::{Freshness, Lifetime, Loaded, SharedTier, Status, SwrCache, TierFuture};
+use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
 use tower_swr::{CacheStatus, SwrLayer};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -1003,49 +1003,6 @@ async fn lock_timeout_zero_is_consistent() -> TestResult {
 // The shared tier
 // ---------------------------------------------------------------------------------------------
 
-/// An in-process tier; `delay` makes each call take that long (a network), `hang` never
-/// answers a `get`.
-#[derive(Default)]
-struct MapTier {
-    map: Mutex<HashMap<String, (u64, Lifetime)>>,
-    delay: Duration,
-    hang: bool,
-    gets: AtomicUsize,
-}
-
-impl SharedTier<String, u64> for MapTier {
-    fn get<'a>(&'a self, key: &'a String) -> TierFuture<'a, Option<(u64, Lifetime)>> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            if self.hang {
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(self.delay).await;
-            self.map.lock().unwrap().get(key).cloned()
-        })
-    }
-    fn put<'a>(
-        &'a self,
-        key: &'a String,
-        value: &'a u64,
-        lifetime: &'a Lifetime,
-    ) -> TierFuture<'a, ()> {
-        Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
-            self.map
-                .lock()
-                .unwrap()
-                .insert(key.clone(), (*value, *lifetime));
-        })
-    }
-    fn remove<'a>(&'a self, key: &'a String) -> TierFuture<'a, ()> {
-        Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
-            self.map.lock().unwrap().remove(key);
-        })
-    }
-}
-
 type BoxedLoad =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Loaded<u64>, String>> + Send>>;
 
@@ -1064,7 +1021,7 @@ fn counting_load(
 
 #[tokio::test(start_paused = true)]
 async fn two_caches_sharing_a_tier_load_a_key_once() {
-    let tier = Arc::new(MapTier {
+    let tier = Arc::new(MapTier::<u64> {
         delay: MS(5),
         ..MapTier::default()
     });
@@ -1106,8 +1063,8 @@ async fn two_caches_sharing_a_tier_load_a_key_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_tier_costs_at_most_its_timeout() {
-    let tier = Arc::new(MapTier {
-        hang: true,
+    let tier = Arc::new(MapTier::<u64> {
+        hang: AtomicBool::new(true),
         ..MapTier::default()
     });
     let cache: SwrCache<String, u64> = SwrCache::builder()
@@ -1159,7 +1116,7 @@ async fn a_hanging_tier_costs_at_most_its_timeout() {
 async fn an_invalidation_is_not_undone_by_the_shared_tier() {
     let mut wrong = Vec::new();
     for how in ["remove", "clear", "remove_if", "mark_stale"] {
-        let tier = Arc::new(MapTier {
+        let tier = Arc::new(MapTier::<u64> {
             delay: MS(5),
             ..MapTier::default()
         });
@@ -1206,7 +1163,7 @@ async fn an_invalidation_is_not_undone_by_the_shared_tier() {
 /// The other half: once the tier's `remove` landed, another cache loads afresh.
 #[tokio::test(start_paused = true)]
 async fn after_a_remove_another_cache_does_not_get_the_old_value() {
-    let tier = Arc::new(MapTier {
+    let tier = Arc::new(MapTier::<u64> {
         delay: MS(5),
         ..MapTier::default()
     });
@@ -1230,7 +1187,7 @@ async fn after_a_remove_another_cache_does_not_get_the_old_value() {
 /// back for another cache.
 #[tokio::test(start_paused = true)]
 async fn a_late_tier_write_does_not_outlive_a_remove() {
-    let tier = Arc::new(MapTier {
+    let tier = Arc::new(MapTier::<u64> {
         delay: MS(20),
         ..MapTier::default()
     });

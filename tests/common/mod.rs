@@ -1082,3 +1082,56 @@ impl Deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A shared tier in one process (a stand-in for Redis) for the engine's `SharedTier` seam:
+/// `delay` makes every call take that long (a network), `hang` makes a `get` never answer,
+/// `gets` counts lookups.
+#[derive(Default)]
+pub struct MapTier<V> {
+    pub map: Mutex<std::collections::HashMap<String, (V, tower_swr::engine::Lifetime)>>,
+    pub delay: Duration,
+    pub hang: AtomicBool,
+    pub gets: AtomicUsize,
+}
+
+impl<V: Clone + Send + Sync + 'static> tower_swr::engine::SharedTier<String, V> for MapTier<V> {
+    fn get<'a>(
+        &'a self,
+        key: &'a String,
+    ) -> tower_swr::engine::TierFuture<'a, Option<(V, tower_swr::engine::Lifetime)>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.map.lock().unwrap().get(key).cloned()
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a String,
+        value: &'a V,
+        lifetime: &'a tower_swr::engine::Lifetime,
+    ) -> tower_swr::engine::TierFuture<'a, ()> {
+        Box::pin(async move {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            let entry = (value.clone(), *lifetime);
+            self.map.lock().unwrap().insert(key.clone(), entry);
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a String) -> tower_swr::engine::TierFuture<'a, ()> {
+        Box::pin(async move {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.map.lock().unwrap().remove(key);
+        })
+    }
+}

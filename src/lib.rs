@@ -92,6 +92,9 @@
 
 pub mod engine;
 mod http;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 pub use crate::engine::Stats;
 

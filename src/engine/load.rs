@@ -19,7 +19,8 @@ use super::entry::{Entry, Loaded};
 use super::inflight::{
     stored_by_another, wait, Failure, FlightLeader, Join, Landing, Waited, Waiting,
 };
-use super::{CatchUnwind, Stamp, SwrCache, WallClock};
+use super::tier::TierClaim;
+use super::{CatchUnwind, Share, Stamp, SwrCache, WallClock};
 
 /// The failure a panicking loader of `get_or_load` leaves its waiters: they panic too (as the
 /// callers of a shared future do), rather than call the loader again one after another.
@@ -235,15 +236,30 @@ where
             (self.inner.tier.as_ref()).map(|_| entry.lifetime(&WallClock::now()).stored_at);
         self.spawn_refresh(key, guard, async move {
             let _mark = mark;
-            if let Some(than) = stale_since {
+            let mut claim = None;
+            if let (Some(than), Some(tier)) = (stale_since, &cache.inner.tier) {
                 if let Some(fresher) = cache.fresh_in_tier(&flight_key, Some(than)).await {
-                    cache.store_fenced(flight_key, &fresher, Some(&flight), 0, false);
+                    cache.store_fenced(flight_key, &fresher, Some(&flight), 0, Share::No);
                     flight.land(Landing::Stored(fresher));
                     return Ok(());
                 }
+                let held = TierClaim::ask(tier, &flight_key).await;
+                if held.is_held_elsewhere() {
+                    // Another cache refreshes it: take its value rather than ask the source too.
+                    match cache.wait_in_tier(&flight_key, Some(than)).await {
+                        Some(fresher) => {
+                            cache.store_fenced(flight_key, &fresher, Some(&flight), 0, Share::No);
+                            flight.land(Landing::Stored(fresher));
+                        }
+                        // Its holder went quiet: a later stale hit asks again (its lease ends).
+                        None => flight.land(Landing::NotStored),
+                    }
+                    return Ok(());
+                }
+                claim = Some(held);
             }
             let outcome = refresh.await;
-            cache.land_refresh(flight_key, flight, outcome)
+            cache.land_refresh(flight_key, flight, outcome, claim)
         });
         true
     }
@@ -254,6 +270,7 @@ where
         flight_key: K,
         flight: FlightLeader<K, V>,
         outcome: Outcome<K, V, A>,
+        claim: Option<TierClaim<K, V>>,
     ) -> Result<(), String> {
         match outcome {
             Outcome::Store { key, loaded, .. } => {
@@ -263,7 +280,7 @@ where
                     // Keep the stale value rather than lose it to one we cannot hold.
                     return Err("value heavier than the largest entry".to_owned());
                 }
-                self.store_fenced(key, &entry, Some(&flight), 0, true);
+                self.store_fenced(key, &entry, Some(&flight), 0, Share::Yes(claim));
                 flight.land(Landing::Stored(entry));
                 Ok(())
             }
@@ -420,13 +437,23 @@ where
         };
         // A load outside any flight is fenced by any invalidation from now on.
         let epoch = self.inner.flights.epoch();
-        // Before the loader: another cache sharing the tier may have loaded it.
-        if self.inner.tier.is_some() && earlier.is_none() {
+        // Before the loader: another cache sharing the tier may have loaded it, or be loading
+        // it under the tier's lock (then its value is awaited, up to the lock timeout).
+        let mut claim = None;
+        if let (Some(tier), None) = (&self.inner.tier, &earlier) {
             let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
-            if let Some(entry) = self.fresh_in_tier(&key, than).await {
+            let mut found = self.fresh_in_tier(&key, than).await;
+            if found.is_none() {
+                let held = TierClaim::ask(tier, &key).await;
+                if held.is_held_elsewhere() {
+                    found = self.wait_in_tier(&key, than).await;
+                }
+                claim = Some(held);
+            }
+            if let Some(entry) = found {
                 if let Accept::Yes = caller.accepts(&key, entry.value()) {
                     self.inner.counters.shared_tier_hits.inc();
-                    self.store_fenced(key.clone(), &entry, leader.as_ref(), epoch, false);
+                    self.store_fenced(key.clone(), &entry, leader.as_ref(), epoch, Share::No);
                     land(&mut leader, Landing::Stored(Arc::clone(&entry)));
                     return caller.answer(&key, &entry, Answered::SharedTier);
                 }
@@ -531,7 +558,8 @@ where
                 count_miss();
                 let (entry, fits) = self.entry_for(&store_key, loaded);
                 if fits {
-                    self.store_fenced(store_key, &entry, leader.as_ref(), epoch, true);
+                    let share = Share::Yes(claim);
+                    self.store_fenced(store_key, &entry, leader.as_ref(), epoch, share);
                     land(&mut leader, Landing::Stored(Arc::clone(&entry)));
                 } else {
                     land(&mut leader, Landing::NotStored);

@@ -72,8 +72,8 @@ pub(crate) use self::clock::Stamp;
 pub(crate) use self::entry::{Entry, WallClock};
 pub use self::entry::{Freshness, Lifetime, Loaded};
 pub use self::stats::Stats;
-use self::tier::Tier;
-pub use self::tier::{SharedTier, TierFuture};
+pub use self::tier::{Claim, Remote, SharedTier, TierFuture};
+use self::tier::{Tier, TierClaim};
 
 use self::entry::Phase;
 pub(crate) use self::inflight::Failure;
@@ -328,7 +328,7 @@ where
         let weigher = self.weigher.unwrap_or_else(|| {
             Arc::new(|_: &K, _: &V| std::mem::size_of::<V>() as u64) as Weigher<K, V>
         });
-        SwrCache {
+        let cache = SwrCache {
             inner: Arc::new(Inner {
                 max_entry_weight: store::max_entry_weight(&store),
                 store,
@@ -349,7 +349,50 @@ where
                 }),
                 tier_fence: std::sync::atomic::AtomicU64::new(0),
             }),
+        };
+        if let Some(tier) = &cache.inner.tier {
+            tier.tier.attach(Remote {
+                cache: Arc::new(AttachedCache(Arc::downgrade(&cache.inner))),
+            });
         }
+        cache
+    }
+}
+
+/// The cache a shared tier applies other caches' invalidations to (weakly: the tier must not
+/// keep it alive).
+struct AttachedCache<K, V>(std::sync::Weak<Inner<K, V>>);
+
+impl<K, V> tier::ApplyRemote<K> for AttachedCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn apply(&self, what: tier::Applied<'_, K>) -> bool {
+        let Some(inner) = self.0.upgrade() else {
+            return false;
+        };
+        let cache = SwrCache { inner };
+        match what {
+            tier::Applied::Remove(key) => cache.remove_here(key).is_some(),
+            tier::Applied::MarkStale(key) => cache.mark_stale_here(key).is_some(),
+        }
+    }
+
+    fn apply_where(&self, soft: bool, matches: &dyn Fn(&K) -> bool) -> usize {
+        let Some(inner) = self.0.upgrade() else {
+            return 0;
+        };
+        let cache = SwrCache { inner };
+        if soft {
+            cache.mark_stale_where(matches)
+        } else {
+            cache.remove_if(matches)
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 
@@ -397,6 +440,12 @@ impl<K: Hash + Eq, V> fmt::Debug for SwrCache<K, V> {
             .field("capacity_bytes", &self.inner.store.capacity())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether (and under which claim) a stored value is written to the shared tier.
+pub(crate) enum Share<K: Clone + Send + Sync + 'static, V: 'static> {
+    No,
+    Yes(Option<TierClaim<K, V>>),
 }
 
 /// How long a lookup in the shared tier may take unless configured otherwise.
@@ -507,13 +556,22 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.flights.fence(key);
-        self.fence_tier();
-        let removed = self.inner.store.remove(key);
-        if let Some((key, _)) = &removed {
+        let removed = self.remove_here(key);
+        if let Some(key) = &removed {
             self.forget_in_tier(key);
         }
         removed.is_some()
+    }
+
+    /// Removes `key` from this cache only (fencing its loads), not from the shared tier.
+    fn remove_here<Q>(&self, key: &Q) -> Option<K>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.flights.fence(key);
+        self.fence_tier();
+        self.inner.store.remove(key).map(|(key, _)| key)
     }
 
     /// Marks `key` stale (a soft purge): the next lookup is answered from it while it refreshes.
@@ -523,25 +581,35 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        let marked = self.mark_stale_here(key);
+        if let Some(key) = &marked {
+            let key = key.clone();
+            self.in_tier(move |tier| async move {
+                tier.bounded(tier.tier.mark_stale(&key)).await;
+            });
+        }
+        marked.is_some()
+    }
+
+    /// Marks `key` stale in this cache only (see [`mark_stale`](Self::mark_stale)); the key
+    /// when it was held.
+    fn mark_stale_here<Q>(&self, key: &Q) -> Option<K>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner.flights.fence(key);
         self.fence_tier();
-        let Some(entry) = self.inner.store.peek(key) else {
-            return false;
-        };
+        let entry = self.inner.store.peek(key)?;
         let now = Stamp::now();
         let stale = Arc::new(entry.expired_copy(now));
         // `replace` only succeeds if the key is still there, so a concurrent removal wins.
-        match self
+        let (key, _) = self
             .inner
             .store
-            .remove_if(key, |current| Arc::ptr_eq(current, &entry))
-        {
-            Some((k, _)) => {
-                self.inner.store.insert(k, stale);
-                true
-            }
-            None => false,
-        }
+            .remove_if(key, |current| Arc::ptr_eq(current, &entry))?;
+        self.inner.store.insert(key.clone(), stale);
+        Some(key)
     }
 
     /// Marks every entry whose key matches `predicate` stale (see [`mark_stale`](Self::mark_stale)).
@@ -556,7 +624,9 @@ where
             .filter(|(key, _)| predicate(key))
             .map(|(key, _)| key)
             .collect();
-        keys.iter().filter(|key| self.mark_stale(*key)).count()
+        keys.iter()
+            .filter(|key| self.mark_stale_here(*key).is_some())
+            .count()
     }
 
     /// Removes every entry whose key matches `predicate`.
@@ -573,11 +643,38 @@ where
         removed.into_inner()
     }
 
-    /// Removes every entry.
+    /// Removes every entry, here and (with a tier that can, see [`SharedTier::clear`]) in the
+    /// shared tier.
     pub fn clear(&self) {
         self.inner.flights.fence_where(|_| true);
         self.fence_tier();
         self.inner.store.clear();
+        self.in_tier(|tier| async move {
+            tier.bounded(tier.tier.clear()).await;
+        });
+    }
+
+    /// Invalidates every entry whose key `matches`, here and, through the shared tier, in every
+    /// cache attached to it: `scope` is the same set of keys in the tier's own encoding (its
+    /// other caches cannot run this closure), `soft` marks them stale rather than removing them.
+    /// Without a tier this is [`remove_if`](Self::remove_if) or
+    /// [`mark_stale_where`](Self::mark_stale_where). Returns how many entries were here.
+    pub fn invalidate_scope(
+        &self,
+        scope: &[u8],
+        soft: bool,
+        matches: impl Fn(&K) -> bool,
+    ) -> usize {
+        let here = if soft {
+            self.mark_stale_where(matches)
+        } else {
+            self.remove_if(matches)
+        };
+        let scope = scope.to_vec();
+        self.in_tier(move |tier| async move {
+            tier.bounded(tier.tier.invalidate_scope(&scope, soft)).await;
+        });
+        here
     }
 
     /// Whether a background refresh of `key` is running.
@@ -801,8 +898,12 @@ where
         entry: &Arc<Entry<V>>,
         leader: Option<&FlightLeader<K, V>>,
         epoch: u64,
-        share: bool,
+        share: Share<K, V>,
     ) -> bool {
+        let (share, claim) = match share {
+            Share::No => (false, None),
+            Share::Yes(claim) => (true, claim),
+        };
         let tier_key = self
             .inner
             .tier
@@ -814,7 +915,7 @@ where
             None => (self.inner.flights).store_if_unfenced(epoch, || self.insert_entry(key, entry)),
         };
         if let (Some(key), Some(())) = (tier_key, stored) {
-            self.share_in_tier(key, entry);
+            self.share_in_tier(key, entry, claim);
         }
         if stored.is_none() {
             tracing::debug!("an invalidation came after this load began: not stored");
@@ -823,7 +924,7 @@ where
     }
 
     /// Writes a value this cache loaded to the shared tier, detached (the answer does not wait).
-    fn share_in_tier(&self, key: K, entry: &Arc<Entry<V>>) {
+    fn share_in_tier(&self, key: K, entry: &Arc<Entry<V>>, claim: Option<TierClaim<K, V>>) {
         let Some(tier) = &self.inner.tier else {
             return;
         };
@@ -834,10 +935,14 @@ where
         let lifetime = entry.lifetime(&WallClock::now());
         self.inner.tasks.spawn_on(
             async move {
-                let put = tier.tier.put(&key, entry.value(), &lifetime);
+                let open = Claim::Open;
+                let under = claim.as_ref().map_or(&open, |claim| claim.for_key(&key));
+                let put = tier.tier.put_claimed(&key, entry.value(), &lifetime, under);
                 if tier.bounded(put).await.is_none() {
                     tracing::debug!("the shared tier did not take a value in time");
                 }
+                // The lock goes back after the write, so waiters find the value.
+                drop(claim);
             },
             &runtime,
         );
@@ -857,19 +962,60 @@ where
 
     /// Removes a key from the shared tier, detached.
     fn forget_in_tier(&self, key: &K) {
+        let key = key.clone();
+        self.in_tier(move |tier| async move {
+            tier.bounded(tier.tier.remove(&key)).await;
+        });
+    }
+
+    /// Runs a call to the shared tier detached (nothing waits for it), if there is a tier and a
+    /// runtime to run it on.
+    fn in_tier<F, Fut>(&self, call: F)
+    where
+        F: FnOnce(Tier<K, V>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let Some(tier) = &self.inner.tier else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (tier, key) = (tier.clone(), key.clone());
-        self.inner.tasks.spawn_on(
-            async move {
-                tier.bounded(tier.tier.remove(&key)).await;
-            },
-            &runtime,
-        );
+        self.inner.tasks.spawn_on(call(tier.clone()), &runtime);
+    }
+
+    /// Waits (up to the lock timeout) for the value another cache is loading under the tier's
+    /// lock on `key`: polls the tier, a little less often each time.
+    async fn wait_in_tier(
+        &self,
+        key: &K,
+        than: Option<std::time::SystemTime>,
+    ) -> Option<Arc<Entry<V>>> {
+        let deadline = Instant::now() + self.inner.lock_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            tokio::time::sleep_until((now + pause).min(deadline)).await;
+            if let Some(entry) = self.fresh_in_tier(key, than).await {
+                return Some(entry);
+            }
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether a shared tier is configured.
+    pub(crate) fn has_shared_tier(&self) -> bool {
+        self.inner.tier.is_some()
+    }
+
+    /// Removes `key` from the shared tier only (an invalidation whose local part is done).
+    pub(crate) fn forget_shared(&self, key: K) {
+        self.in_tier(move |tier| async move {
+            tier.bounded(tier.tier.remove(&key)).await;
+        });
     }
 
     /// The shared tier's fresh copy of `key`, stored after `than`, as an entry of this cache.
@@ -883,7 +1029,9 @@ where
             .inner
             .tier_fence
             .load(std::sync::atomic::Ordering::Acquire);
-        let fence = (fence > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(fence));
+        let fence = (fence > 0)
+            .then(|| std::time::UNIX_EPOCH + Duration::from_nanos(fence))
+            .filter(|fence| tier.honours_fence(*fence, std::time::SystemTime::now()));
         let than = than.max(fence);
         let (value, lifetime) = tier.fresh(key, than).await?;
         let weight = (self.inner.weigher)(key, &value).saturating_add(store::ENTRY_OVERHEAD);

@@ -77,7 +77,158 @@ pub trait SharedTier<K, V>: Send + Sync + 'static {
 
     /// Forgets `key` (an invalidation of it in this cache).
     fn remove<'a>(&'a self, key: &'a K) -> TierFuture<'a, ()>;
+
+    /// Asks for the tier's lock on loading `key` before the engine loads it (a miss it leads in
+    /// this process, or a background refresh), so that one cache in the fleet loads it while
+    /// the others wait for its value. The default has no lock: [`Claim::Open`].
+    fn claim<'a>(&'a self, key: &'a K) -> TierFuture<'a, Claim> {
+        let _ = key;
+        Box::pin(std::future::ready(Claim::Open))
+    }
+
+    /// Writes a value loaded under `claim`: a tier with fencing refuses it when the claim is no
+    /// longer current (the lock expired and another cache took it, or `key` was invalidated
+    /// since), so a slow load never overwrites a newer value nor brings purged content back.
+    /// The default ignores the claim and calls [`put`](Self::put).
+    fn put_claimed<'a>(
+        &'a self,
+        key: &'a K,
+        value: &'a V,
+        lifetime: &'a Lifetime,
+        claim: &'a Claim,
+    ) -> TierFuture<'a, ()> {
+        let _ = claim;
+        self.put(key, value, lifetime)
+    }
+
+    /// Gives back a lock that [`claim`](Self::claim) won (after the write, or when the load
+    /// stored nothing). The default does nothing.
+    fn release<'a>(&'a self, key: &'a K, claim: &'a Claim) -> TierFuture<'a, ()> {
+        let _ = (key, claim);
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Marks the tier's copy of `key` stale (a soft purge in this cache). The default removes it.
+    fn mark_stale<'a>(&'a self, key: &'a K) -> TierFuture<'a, ()> {
+        self.remove(key)
+    }
+
+    /// Forgets every value of this cache (a [`clear`](super::SwrCache::clear)). The default does
+    /// nothing: a tier without it keeps its copies until they expire.
+    fn clear(&self) -> TierFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Invalidates, in the tier and in every other cache attached to it, each value whose key
+    /// `scope` matches, in the tier's own encoding of scopes (e.g. an HTTP path prefix);
+    /// `soft`: mark stale rather than remove. See [`SwrCache::invalidate_scope`](super::SwrCache::invalidate_scope).
+    /// The default does nothing.
+    fn invalidate_scope<'a>(&'a self, scope: &'a [u8], soft: bool) -> TierFuture<'a, ()> {
+        let _ = (scope, soft);
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Called once when a cache is built on this tier, with the way to apply other caches'
+    /// invalidations to it (a tier with a message bus keeps it). The default drops it.
+    fn attach(&self, remote: Remote<K>) {
+        let _ = remote;
+    }
+
+    /// Whether the tier itself keeps invalidated values from coming back (fenced writes, purge
+    /// markers). Without that the engine refuses every tier copy stored before this cache's
+    /// last invalidation; with it, only for a moment after each one (while the tier's own
+    /// removal is under way). Default `false`.
+    fn fences_invalidations(&self) -> bool {
+        false
+    }
 }
+
+/// What [`SharedTier::claim`] answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// This cache holds the tier's lock on the key until it releases it or `token`'s lease
+    /// ends; `fence` is the key's write fence as the lock set it.
+    Won {
+        /// Identifies this holder (compare-and-delete on release).
+        token: u64,
+        /// The fence a write under this claim must still find.
+        fence: u64,
+    },
+    /// Another cache holds the lock: wait for its value; a write after loading anyway must
+    /// still find `fence`.
+    Held {
+        /// The fence the tier had when asked.
+        fence: u64,
+    },
+    /// No lock (the tier has none, or could not be asked): load here, as without a tier.
+    Open,
+}
+
+/// How a shared tier applies other caches' invalidations to the cache it is attached to (see
+/// [`SharedTier::attach`]). Applied here only: they are not sent back to the tier. Holds the
+/// cache weakly: once the cache is dropped every call does nothing.
+pub struct Remote<K> {
+    pub(crate) cache: Arc<dyn ApplyRemote<K>>,
+}
+
+impl<K> Clone for Remote<K> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: Arc::clone(&self.cache),
+        }
+    }
+}
+
+impl<K> std::fmt::Debug for Remote<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").finish_non_exhaustive()
+    }
+}
+
+impl<K> Remote<K> {
+    /// Removes `key` here (fencing its loads under way). Returns whether it was held.
+    pub fn remove(&self, key: &K) -> bool {
+        self.cache.apply(Applied::Remove(key))
+    }
+
+    /// Marks `key` stale here. Returns whether it was held.
+    pub fn mark_stale(&self, key: &K) -> bool {
+        self.cache.apply(Applied::MarkStale(key))
+    }
+
+    /// Removes (or, `soft`, marks stale) every entry here whose key `matches`.
+    pub fn invalidate_where(&self, soft: bool, matches: &dyn Fn(&K) -> bool) -> usize {
+        self.cache.apply_where(soft, matches)
+    }
+
+    /// Removes every entry here.
+    pub fn clear(&self) {
+        self.cache.apply_where(false, &|_| true);
+    }
+
+    /// Whether the cache is still alive.
+    pub fn is_attached(&self) -> bool {
+        self.cache.alive()
+    }
+}
+
+/// One invalidation from elsewhere.
+pub(crate) enum Applied<'a, K> {
+    Remove(&'a K),
+    MarkStale(&'a K),
+}
+
+/// The cache side of [`Remote`].
+pub(crate) trait ApplyRemote<K>: Send + Sync {
+    fn apply(&self, what: Applied<'_, K>) -> bool;
+    fn apply_where(&self, soft: bool, matches: &dyn Fn(&K) -> bool) -> usize;
+    fn alive(&self) -> bool;
+}
+
+/// The least time, after an invalidation, during which a fencing tier's copies from before it
+/// are refused (see [`Tier::honours_fence`]).
+const FENCE_GRACE: Duration = Duration::from_millis(500);
 
 /// The engine's handle on its shared tier.
 pub(crate) struct Tier<K, V> {
@@ -95,6 +246,14 @@ impl<K, V> Clone for Tier<K, V> {
 }
 
 impl<K: 'static, V: 'static> Tier<K, V> {
+    /// Whether a tier copy stored before `fence` (this cache's last invalidation, nanoseconds
+    /// since the epoch) must be refused at `now`: always for a tier that does not fence
+    /// invalidations itself; for one that does, only while its own removal may be under way.
+    pub(crate) fn honours_fence(&self, fence: SystemTime, now: SystemTime) -> bool {
+        !self.tier.fences_invalidations()
+            || now.duration_since(fence).unwrap_or_default() < self.timeout.max(FENCE_GRACE) * 2
+    }
+
     /// `call`, cut at the tier timeout (`None`); zero turns the timeout off.
     pub(crate) async fn bounded<T>(&self, call: impl Future<Output = T>) -> Option<T> {
         if self.timeout.is_zero() {
@@ -115,5 +274,64 @@ impl<K: 'static, V: 'static> Tier<K, V> {
         let now = SystemTime::now();
         let newer = than.is_none_or(|than| lifetime.stored_at > than);
         (now < lifetime.fresh_until && newer).then_some((value, lifetime))
+    }
+}
+
+/// A [`Claim`] this cache holds on a key, given back when dropped (after the write it guards,
+/// or when the load ends without one: a failure, a caller that went away).
+pub(crate) struct TierClaim<K: Clone + Send + Sync + 'static, V: 'static> {
+    tier: Tier<K, V>,
+    key: K,
+    pub(crate) claim: Claim,
+}
+
+impl<K: Clone + Send + Sync + 'static, V: 'static> TierClaim<K, V> {
+    /// Asks the tier for its lock on `key` (bounded by the tier timeout: no answer is
+    /// [`Claim::Open`], the lock fails open).
+    pub(crate) async fn ask(tier: &Tier<K, V>, key: &K) -> Self {
+        let claim = tier.bounded(tier.tier.claim(key)).await.unwrap_or_else(|| {
+            tracing::debug!(timeout = ?tier.timeout, "the shared tier did not grant a lock in time");
+            Claim::Open
+        });
+        Self {
+            tier: tier.clone(),
+            key: key.clone(),
+            claim,
+        }
+    }
+
+    /// Whether another cache holds the lock.
+    pub(crate) fn is_held_elsewhere(&self) -> bool {
+        matches!(self.claim, Claim::Held { .. })
+    }
+
+    /// The claim to write `key` under: this one for its own key, none for another (a `Vary`
+    /// variant the load was stored under).
+    pub(crate) fn for_key<'a>(&'a self, key: &K) -> &'a Claim
+    where
+        K: PartialEq,
+    {
+        const OPEN: &Claim = &Claim::Open;
+        if *key == self.key {
+            &self.claim
+        } else {
+            OPEN
+        }
+    }
+}
+
+impl<K: Clone + Send + Sync + 'static, V: 'static> Drop for TierClaim<K, V> {
+    fn drop(&mut self) {
+        if !matches!(self.claim, Claim::Won { .. }) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (tier, key) = (self.tier.clone(), self.key.clone());
+        let claim = std::mem::replace(&mut self.claim, Claim::Open);
+        runtime.spawn(async move {
+            tier.bounded(tier.tier.release(&key, &claim)).await;
+        });
     }
 }

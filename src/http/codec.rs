@@ -256,7 +256,7 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
 
 /// A key as [`CacheKey::to_bytes`](super::key::CacheKey::to_bytes) wrote it, in this
 /// process's id of its namespace.
-fn decode_key(input: &[u8]) -> Result<super::key::CacheKey, DecodeError> {
+pub(crate) fn decode_key(input: &[u8]) -> Result<super::key::CacheKey, DecodeError> {
     let mut r = Reader(input);
     let version = r.u8()?;
     if version != KEY_FORMAT {

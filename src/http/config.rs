@@ -115,6 +115,9 @@ pub(crate) struct BypassMarks {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) engine: SwrCache<CacheKey, CachedResponse>,
+    /// The shared tier in Redis, if any (for its counters).
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<super::layer::RedisTier>,
     pub(crate) config: Config,
     /// This layer's part of a store shared with other layers (`share_memory_with`): its keys
     /// carry it, so layers that see the same path keep, answer and purge their own entries.

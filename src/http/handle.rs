@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::Shared;
-use super::key::CacheKey;
+use super::invalidation::Scope;
+use super::key::{namespace_name, CacheKey};
 use crate::engine::Stats;
 
 /// A cloneable handle on a [`SwrLayer`](crate::SwrLayer)'s cache, from
@@ -55,15 +56,19 @@ impl SwrHandle {
 
     /// Removes every entry stored for `target` (path and query). Returns how many.
     pub fn purge(&self, target: &str) -> usize {
-        self.remove_where(|key| key.target() == target)
+        self.invalidate(Scope::Target(target), false, |key| key.target() == target)
     }
 
     /// Removes every entry whose target starts with `prefix`. Returns how many.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.remove_where(|key| key.target().starts_with(prefix))
+        self.invalidate(Scope::Prefix(prefix), false, |key| {
+            key.target().starts_with(prefix)
+        })
     }
 
-    /// Removes every entry for which `matches` is true. Returns how many.
+    /// Removes every entry for which `matches` is true. Returns how many. In this instance
+    /// only: with a shared tier, other instances cannot run the closure (use the purges by
+    /// target or prefix for them).
     pub fn purge_if(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
         self.remove_where(matches)
     }
@@ -71,22 +76,27 @@ impl SwrHandle {
     /// Removes every entry.
     pub fn clear(&self) {
         // Only this layer's entries: other layers may share the store (`share_memory_with`).
-        self.remove_where(|_| true);
+        self.invalidate(Scope::All, false, |_| true);
     }
 
     /// Marks every entry for `target` stale (a soft purge): the next request is answered from it
     /// at once and refreshes it in the background. Returns how many.
     pub fn soft_purge(&self, target: &str) -> usize {
-        self.shared
-            .engine
-            .mark_stale_where(|key| self.owns(key) && key.target() == target)
+        self.invalidate(Scope::Target(target), true, |key| key.target() == target)
     }
 
     /// Soft-purges every entry whose target starts with `prefix`. Returns how many.
     pub fn soft_purge_prefix(&self, prefix: &str) -> usize {
-        self.shared
-            .engine
-            .mark_stale_where(|key| self.owns(key) && key.target().starts_with(prefix))
+        self.invalidate(Scope::Prefix(prefix), true, |key| {
+            key.target().starts_with(prefix)
+        })
+    }
+
+    /// The Redis tier's counters, when the layer has one ([`SwrLayer::redis`](crate::SwrLayer::redis)).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_stats(&self) -> Option<crate::redis::RedisStats> {
+        self.shared.redis.as_ref().map(|tier| tier.stats())
     }
 
     /// Graceful shutdown: stop starting background refreshes and wait up to `deadline` for the
@@ -101,8 +111,32 @@ impl SwrHandle {
         key.namespace() == self.shared.namespace
     }
 
+    /// Invalidates the layer's entries in `scope` (`matches` is the same set, as a closure),
+    /// here and, through a shared tier, on every instance.
+    fn invalidate(
+        &self,
+        scope: Scope<'_>,
+        soft: bool,
+        matches: impl Fn(&CacheKey) -> bool,
+    ) -> usize {
+        let scope = scope.to_bytes(&namespace_name(self.shared.namespace));
+        if soft {
+            let engine = &self.shared.engine;
+            return engine.invalidate_scope(&scope, true, |key| self.owns(key) && matches(key));
+        }
+        let count = (self.shared.engine)
+            .invalidate_scope(&scope, false, |key| self.owns(key) && matches(key));
+        self.forget_indexes(&matches);
+        count
+    }
+
     fn remove_where(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
         let count = (self.shared.engine).remove_if(|key| self.owns(key) && matches(key));
+        self.forget_indexes(&matches);
+        count
+    }
+
+    fn forget_indexes(&self, matches: &impl Fn(&CacheKey) -> bool) {
         // The purged keys' `Vary` indexes go too: the next request is a plain miss again. So
         // does the memory that they passed: what the budget holds for them is freed.
         self.shared
@@ -111,6 +145,5 @@ impl SwrHandle {
         self.shared
             .passes
             .retain(|key, _| !(self.owns(key) && matches(key)));
-        count
     }
 }

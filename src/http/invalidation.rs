@@ -91,3 +91,56 @@ impl Shared {
         tracing::debug!(target = %target.target, "invalidated by an unsafe request");
     }
 }
+
+/// What a purge scope covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope<'a> {
+    /// Every entry of the target (path and query), any method, host or variant.
+    Target(&'a str),
+    /// Every entry whose target starts with this.
+    Prefix(&'a str),
+    /// Every entry of the layer.
+    All,
+}
+
+impl Scope<'_> {
+    /// The scope's bytes, for the entries of the layer whose namespace is `namespace`.
+    pub(crate) fn to_bytes(self, namespace: &str) -> Vec<u8> {
+        let (kind, text) = match self {
+            Scope::Target(target) => (b'T', target),
+            Scope::Prefix(prefix) => (b'P', prefix),
+            Scope::All => (b'A', ""),
+        };
+        let mut out = Vec::with_capacity(5 + namespace.len() + text.len());
+        out.push(kind);
+        out.extend_from_slice(&(namespace.len() as u32).to_be_bytes());
+        out.extend_from_slice(namespace.as_bytes());
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+
+    /// Whether `scope` (as [`to_bytes`](Self::to_bytes) wrote it) covers `key`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn matches(scope: &[u8], key: &CacheKey) -> bool {
+        let Some((&kind, rest)) = scope.split_first() else {
+            return false;
+        };
+        let Some(len) = rest.get(..4).and_then(|len| <[u8; 4]>::try_from(len).ok()) else {
+            return false;
+        };
+        let len = u32::from_be_bytes(len) as usize;
+        let (Some(namespace), Some(text)) = (rest.get(4..4 + len), rest.get(4 + len..)) else {
+            return false;
+        };
+        if namespace != key.namespace_name().as_bytes() {
+            return false;
+        }
+        let target = key.target().as_bytes();
+        match kind {
+            b'T' => target == text,
+            b'P' => target.starts_with(text),
+            b'A' => true,
+            _ => false,
+        }
+    }
+}

@@ -403,7 +403,7 @@ pub(crate) fn known_namespace(name: &str) -> Option<u32> {
 }
 
 /// The name of a namespace id (`""` for an id never handed out).
-fn namespace_name(id: u32) -> Arc<str> {
+pub(crate) fn namespace_name(id: u32) -> Arc<str> {
     let names = namespace_table()
         .read()
         .unwrap_or_else(PoisonError::into_inner);

@@ -20,6 +20,11 @@ use super::stored::CachedResponse;
 use super::vary_index::{self, Budget, Passes, VaryIndexes};
 use crate::engine::{Freshness, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
 
+/// The HTTP layer's Redis tier.
+#[cfg(feature = "redis")]
+pub(crate) type RedisTier =
+    crate::redis::RedisTier<CacheKey, CachedResponse, super::tier::HttpTierCodec>;
+
 /// Settings that shape the store; changing them means a new store.
 #[derive(Debug, Clone)]
 struct StoreSettings {
@@ -32,6 +37,9 @@ struct StoreSettings {
     early_refresh_beta: Option<f64>,
     stale_alert_age: Option<Duration>,
     remember_failures: Duration,
+    /// The shared tier in Redis, if any.
+    #[cfg(feature = "redis")]
+    redis: Option<crate::redis::RedisConfig>,
     /// Another layer's store and the tables beside it, when this layer shares its memory
     /// budget.
     shared_with: Option<Tables>,
@@ -53,6 +61,8 @@ struct CacheInstance {
 #[derive(Debug, Clone)]
 struct Tables {
     engine: SwrCache<CacheKey, CachedResponse>,
+    #[cfg(feature = "redis")]
+    redis: Option<RedisTier>,
     /// The namespaces claimed in `engine` (shared with the layers that share it).
     namespaces: Arc<StoreNamespaces>,
     vary_index: Arc<VaryIndexes>,
@@ -250,6 +260,8 @@ impl SwrLayer {
                 early_refresh_beta: None,
                 stale_alert_age: None,
                 remember_failures: DEFAULT_REMEMBER_FAILURES,
+                #[cfg(feature = "redis")]
+                redis: None,
                 shared_with: None,
                 touched: false,
             },
@@ -344,6 +356,30 @@ impl SwrLayer {
     /// failing, a request that has waited this long asks the origin itself.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.store.lock_timeout = timeout;
+        self.store_changed()
+    }
+
+    /// Shares the cache with every other instance on the same Redis (feature `redis`): a miss
+    /// or a stale entry consults Redis before the origin, one instance in the fleet loads a key
+    /// while the others wait for its value, purges and invalidations reach every instance. An
+    /// in-memory hit never touches Redis. Redis failing never fails a request: see
+    /// [`tower_swr::redis`](crate::redis).
+    ///
+    /// ```no_run
+    /// use axum::{routing::get, Router};
+    /// use tower_swr::{redis::RedisConfig, SwrLayer};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = RedisConfig::new("redis://127.0.0.1:6379/")?;
+    /// let app: Router = Router::new()
+    ///     .route("/prices", get(|| async { "42" }))
+    ///     .layer(SwrLayer::new().redis(redis));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(mut self, config: crate::redis::RedisConfig) -> Self {
+        self.store.redis = Some(config);
         self.store_changed()
     }
 
@@ -698,8 +734,20 @@ impl SwrLayer {
                     if let Some(age) = self.store.stale_alert_age {
                         builder = builder.stale_alert_age(age);
                     }
+                    #[cfg(feature = "redis")]
+                    let mut redis = None;
+                    #[cfg(feature = "redis")]
+                    if let Some(config) = self.store.redis.clone() {
+                        let tier = RedisTier::new(config, super::tier::HttpTierCodec);
+                        builder = builder
+                            .shared_tier_timeout(tier.config().call_timeout())
+                            .shared_tier(Arc::new(tier.clone()));
+                        redis = Some(tier);
+                    }
                     let engine = builder.build();
                     Tables {
+                        #[cfg(feature = "redis")]
+                        redis,
                         namespaces: Arc::default(),
                         vary_index: Arc::new(vary_index::vary_indexes(budget.vary_index, &engine)),
                         passes: Arc::new(vary_index::passes(budget.passes)),
@@ -719,6 +767,8 @@ impl SwrLayer {
             let cache = self.cache();
             Arc::new(Shared {
                 engine: cache.tables.engine.clone(),
+                #[cfg(feature = "redis")]
+                redis: cache.tables.redis.clone(),
                 config: self.config.clone(),
                 namespace: cache.namespace,
                 vary_index: Arc::clone(&cache.tables.vary_index),

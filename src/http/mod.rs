@@ -18,6 +18,8 @@ mod service;
 mod status;
 mod stored;
 mod template;
+#[cfg(feature = "redis")]
+mod tier;
 mod vary_index;
 
 pub use self::body::SwrBody;

@@ -273,8 +273,8 @@ where
             Answered::SharedTier => {
                 let now = Stamp::now();
                 let ttl = entry.ttl_secs_at(now);
-                let member = Member::Hit { ttl };
-                shared.respond(entry, CacheStatus::Fresh, member, ask, false, now)
+                let member = Member::SharedHit { ttl };
+                shared.respond(entry, CacheStatus::SharedTier, member, ask, false, now)
             }
             Answered::StaleIfError { failure } => {
                 let failure = failure.and_then(|f| f.downcast_ref::<OriginFailure>());

@@ -36,13 +36,16 @@ pub enum CacheStatus {
     /// With the failure of this key's origin call that ended a moment ago (the layer's
     /// `remember_failures`); the origin was not called.
     FailureHit,
+    /// From the shared tier (Redis): fresh, loaded by another instance; the origin was not
+    /// called. `Cache-Status` says `hit` with `detail=shared`.
+    SharedTier,
 }
 
 impl CacheStatus {
     /// The `X-Cache` value: `HIT`, `STALE`, `MISS` or `BYPASS`.
     pub fn x_cache(self) -> &'static str {
         match self {
-            Self::Fresh | Self::Collapsed | Self::FailureHit => "HIT",
+            Self::Fresh | Self::Collapsed | Self::FailureHit | Self::SharedTier => "HIT",
             Self::Stale | Self::StaleIfError => "STALE",
             Self::Miss => "MISS",
             Self::Bypass => "BYPASS",
@@ -94,6 +97,10 @@ impl CacheInfo {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Member {
     Hit {
+        ttl: i64,
+    },
+    /// A hit on a value from the shared tier.
+    SharedHit {
         ttl: i64,
     },
     Stale {
@@ -227,6 +234,7 @@ impl StatusHeaders {
                     .clone();
             }
             Member::Hit { ttl } => format!("{name}; hit; ttl={ttl}"),
+            Member::SharedHit { ttl } => format!("{name}; hit; ttl={ttl}; detail=shared"),
             Member::Stale {
                 fwd_status: Some(status),
             } => format!("{name}; fwd=stale; fwd-status={status}"),

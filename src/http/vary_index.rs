@@ -247,6 +247,10 @@ impl Shared {
     /// Removes a key's plain entry and every indexed variant.
     pub(crate) fn remove_all_variants(&self, base: KeyRef<'_>) -> bool {
         let mut removed = self.engine.purge_equivalent(&base);
+        // The URL's key fences and purges every variant in the shared tier too.
+        if self.engine.has_shared_tier() {
+            self.engine.forget_shared(base.to_owned());
+        }
         if let Some((_, index)) = self.vary_index.remove(&base) {
             for variant in index.variants.iter() {
                 removed |= self.engine.purge_equivalent(&base.with_variant(variant));

@@ -1,0 +1,1010 @@
+//! A shared cache tier in Redis (feature `redis`): several instances of a service behave as one
+//! cache.
+//!
+//! [`RedisTier`] is a [`SharedTier`] of the engine: the in-memory store stays the first tier
+//! (a fresh hit never touches Redis and costs what it costs without it); a miss or a stale entry
+//! consults Redis before the origin, under a Redis lock so that one instance in the fleet loads
+//! a key while the others wait for its value, and every value loaded is written back. The HTTP
+//! layer takes it in one call, [`SwrLayer::redis`](crate::SwrLayer::redis); the engine through
+//! [`SwrCacheBuilder::shared_tier`](crate::engine::SwrCacheBuilder::shared_tier) with a
+//! [`TierCodec`] for its types.
+//!
+//! What it guarantees, and how:
+//! - **One load per key per expiry for the fleet**: the instance that leads a miss or a
+//!   refresh in its process asks for the key's lock (`SET NX PX` with a random token, released
+//!   by compare-and-delete); the others wait for the winner's value (polling Redis, up to the
+//!   engine's lock timeout), then load themselves. The lock is an efficiency lock: losing it
+//!   means duplicated work, never corruption.
+//! - **No lost or resurrected data**: every lock grant and every purge bumps the key's fence;
+//!   a write carries the fence its load began under, and the write script refuses it when the
+//!   fence moved (a lease that expired and passed on, a purge). Purges also stamp the key with
+//!   Redis' own clock, so a `Vary` variant written before it is never read again.
+//! - **Invalidation reaches every instance**: purges, soft purges and scope invalidations (an
+//!   HTTP path, a prefix) are published on a pub/sub channel; each instance applies them to its
+//!   memory within the delivery time (milliseconds). A scope's purge time is also kept in Redis
+//!   (a hash of at most [`MAX_SCOPES`] scopes, each kept for the longest lifetime a value may
+//!   have in Redis), so a value written before it is never taken from Redis, by any instance,
+//!   even one that started after the purge. After the bus reconnects, every in-memory entry
+//!   re-checks Redis once (it is marked stale).
+//! - **Redis failing never fails a request**: every call is bounded by the tier's timeout
+//!   (50 ms by default); nothing connects until the first call (startup never waits); a circuit
+//!   breaker stops calling a failing Redis and probes it again after a cooldown; a lock that
+//!   cannot be asked for fails open (the instance loads); a value that cannot be decoded is a
+//!   miss with one `warn!`. Logged once per change of state.
+//! - **Cluster**: every Redis key of one cache key shares a hash tag, so every script touches
+//!   one slot; a clear bumps a generation that is part of every key name (old keys expire by
+//!   their TTL), so it reaches every node without a scan.
+//!
+//! Redis' TTL on a value is its physical lifetime: its last deadline (stale and error windows
+//! included) plus a second, capped at [`RedisConfig::max_lifetime`]. The deadlines inside the
+//! value are the logical lifetime: Redis never serves a value past them.
+//!
+//! Needs Redis 7.0 or later (`PEXPIRETIME`).
+
+mod breaker;
+mod bus;
+mod codec;
+mod scripts;
+mod stats;
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+pub use self::breaker::BreakerState;
+pub use self::codec::TierCodec;
+pub use self::stats::RedisStats;
+
+use self::breaker::Breaker;
+use self::bus::Message;
+use self::stats::Counters;
+use crate::engine::{Claim, Lifetime, Remote, SharedTier, TierFuture};
+
+/// Most scope invalidations (HTTP path or prefix purges) remembered at once; one more clears
+/// the tier instead (a safe fallback: it invalidates more, never less).
+pub const MAX_SCOPES: usize = 1024;
+
+/// Where the Redis tier connects and how it behaves. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisConfig {
+    target: Target,
+    prefix: String,
+    timeout: Duration,
+    lock_lease: Duration,
+    max_lifetime: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+}
+
+#[derive(Clone)]
+enum Target {
+    Single(::redis::Client),
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = match &self.target {
+            Target::Single(client) => format!("{:?}", client.get_connection_info().addr()),
+            Target::Cluster(urls) => format!("cluster of {} nodes", urls.len()),
+        };
+        f.debug_struct("RedisConfig")
+            .field("target", &target)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("lock_lease", &self.lock_lease)
+            .field("max_lifetime", &self.max_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Redis address that could not be read.
+#[derive(Debug)]
+pub struct RedisConfigError(RedisError);
+
+impl std::fmt::Display for RedisConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid Redis address: {}", self.0)
+    }
+}
+
+impl std::error::Error for RedisConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl RedisConfig {
+    /// One Redis server (`redis://host:port/db`, `rediss://` with TLS where redis-rs is built
+    /// with it, `redis+unix:///path`). Nothing connects until the first call.
+    pub fn new(url: &str) -> Result<Self, RedisConfigError> {
+        let client = ::redis::Client::open(url).map_err(RedisConfigError)?;
+        Ok(Self::with_target(Target::Single(client)))
+    }
+
+    /// A Redis Cluster, from the addresses of some of its nodes.
+    pub fn cluster<I, S>(urls: I) -> Result<Self, RedisConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        for url in &urls {
+            ::redis::Client::open(url.as_str()).map_err(RedisConfigError)?;
+        }
+        if urls.is_empty() {
+            return Err(RedisConfigError(RedisError::from((
+                ::redis::ErrorKind::InvalidClientConfig,
+                "a cluster needs at least one node address",
+            ))));
+        }
+        Ok(Self::with_target(Target::Cluster(urls)))
+    }
+
+    fn with_target(target: Target) -> Self {
+        Self {
+            target,
+            prefix: "swr".to_owned(),
+            timeout: Duration::from_millis(50),
+            lock_lease: Duration::from_secs(10),
+            max_lifetime: Duration::from_secs(24 * 3600),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+        }
+    }
+
+    /// The first part of every Redis key and of the bus channel (default `swr`): services that
+    /// share one Redis but not their caches use different prefixes.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one Redis call may take before the request goes on without it (default 50 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a lock on a key lasts if its holder never gives it back (default 10 s): after
+    /// it, another instance takes the load over.
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The longest a value stays in Redis whatever its deadlines (default 24 h); scope
+    /// invalidations are remembered as long.
+    pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_lifetime = lifetime.max(Duration::from_secs(1));
+        self
+    }
+
+    /// After `threshold` consecutive failures, Redis is not called for `cooldown`, then one
+    /// probe decides (default 5 failures, 1 s).
+    pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// The per-call timeout.
+    pub fn call_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How long a fence outlives its last use: longer than any load under a lock.
+    fn fence_lifetime(&self) -> Duration {
+        (self.lock_lease * 6).max(Duration::from_secs(60))
+    }
+}
+
+/// A connection: one server (reconnecting by itself) or a cluster.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A scope invalidation remembered: values written (Redis time) at or before `at` that it
+/// covers are not taken from Redis (`soft`: taken, but stale).
+#[derive(Debug, Clone)]
+struct Marker {
+    scope: Vec<u8>,
+    at: u64,
+    soft: bool,
+}
+
+/// A field of the scopes hash: the scope, then its kind and purge time (`h1700000000000`).
+type ScopeField = (Vec<u8>, Vec<u8>);
+
+/// The generation and the scope markers, as this instance knows them.
+#[derive(Debug, Default)]
+struct Known {
+    generation: u64,
+    markers: Vec<Marker>,
+}
+
+/// A shared tier in Redis for an engine cache of `K → V`, encoded by `C`. Cheap to clone;
+/// clones share the connection. See the [module docs](self).
+pub struct RedisTier<K, V, C> {
+    inner: Arc<Inner<K, V, C>>,
+}
+
+impl<K, V, C> Clone for RedisTier<K, V, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V, C> std::fmt::Debug for RedisTier<K, V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("config", &self.inner.config)
+            .field("instance", &self.inner.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<K, V, C> {
+    config: RedisConfig,
+    codec: C,
+    connection: tokio::sync::OnceCell<Connection>,
+    breaker: Breaker,
+    counters: Counters,
+    /// Tells this instance's bus messages from the others'.
+    instance: u64,
+    known: RwLock<Known>,
+    /// Whether `known` has been read from Redis since the last (re)connection of the bus.
+    loaded: AtomicBool,
+    remote: OnceLock<Remote<K>>,
+    bus_started: AtomicBool,
+    bus_up: AtomicBool,
+    _values: PhantomData<fn() -> V>,
+}
+
+impl<K, V, C> RedisTier<K, V, C>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: TierCodec<K, V>,
+{
+    /// A tier on `config`, with `codec` for keys and values. Connects on first use.
+    pub fn new(config: RedisConfig, codec: C) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown),
+                config,
+                codec,
+                connection: tokio::sync::OnceCell::new(),
+                counters: Counters::default(),
+                instance: fastrand::u64(..),
+                known: RwLock::new(Known::default()),
+                loaded: AtomicBool::new(false),
+                remote: OnceLock::new(),
+                bus_started: AtomicBool::new(false),
+                bus_up: AtomicBool::new(false),
+                _values: PhantomData,
+            }),
+        }
+    }
+
+    /// The tier's counters.
+    pub fn stats(&self) -> RedisStats {
+        self.inner.counters.snapshot(self.inner.breaker.state())
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms (the hash tag of a key's Redis names).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The Redis names of one cache key.
+struct Names {
+    value: Vec<u8>,
+    base: Vec<u8>,
+    lock: Vec<u8>,
+}
+
+impl<K, V, C> Inner<K, V, C>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: TierCodec<K, V>,
+{
+    fn meta_name(&self, what: &str) -> String {
+        format!("{}:1:{{meta}}:{what}", self.config.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:1:bus", self.config.prefix)
+    }
+
+    fn names(&self, key: &K, generation: u64) -> Names {
+        let key_bytes = self.codec.key_bytes(key);
+        let fence_bytes = self.codec.fence_key_bytes(key);
+        let head = format!(
+            "{}:1:{generation}:{{{:016x}}}",
+            self.config.prefix,
+            fnv1a(&fence_bytes)
+        );
+        let name = |kind: u8, bytes: &[u8]| {
+            let mut name = Vec::with_capacity(head.len() + 1 + bytes.len());
+            name.extend_from_slice(head.as_bytes());
+            name.push(kind);
+            name.extend_from_slice(bytes);
+            name
+        };
+        Names {
+            value: name(b'd', &key_bytes),
+            base: name(b'd', &fence_bytes),
+            lock: name(b'l', &fence_bytes),
+        }
+    }
+
+    async fn connect(&self) -> RedisResult<Connection> {
+        let timeout = self.config.timeout;
+        match &self.config.target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let manager = client.get_connection_manager_with_config(config).await?;
+                Ok(Connection::Single(manager))
+            }
+            Target::Cluster(urls) => {
+                let client = ::redis::cluster::ClusterClientBuilder::new(urls.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()?;
+                Ok(Connection::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// Runs one Redis call through the breaker, bounded by the timeout. `None`: no answer
+    /// (skipped, failed, timed out; counted and, on a change of state, logged).
+    async fn call<T, F, Fut>(&self, call: F) -> Option<T>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let Some(pass) = self.breaker.pass() else {
+            self.counters.skipped.inc("swr_redis_skipped_total");
+            return None;
+        };
+        let attempt = async {
+            let connection = self.connection.get_or_try_init(|| self.connect()).await?;
+            call(connection.clone()).await
+        };
+        match tokio::time::timeout(self.config.timeout, attempt).await {
+            Ok(Ok(value)) => {
+                self.breaker.succeeded(pass);
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                self.counters.errors.inc("swr_redis_errors_total");
+                // An error Redis answered (out of memory, a script error) is not an outage.
+                let transport = error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.is_timeout();
+                if transport {
+                    self.breaker.failed(pass, &error);
+                } else {
+                    self.breaker.succeeded(pass);
+                    tracing::debug!(%error, "redis tier: Redis refused a call");
+                }
+                None
+            }
+            Err(_) => {
+                self.counters.timeouts.inc("swr_redis_timeouts_total");
+                self.breaker.failed(pass, &"no answer within the timeout");
+                None
+            }
+        }
+    }
+
+    /// The generation and markers, read from Redis first if not known since the bus last
+    /// (re)connected.
+    async fn generation(&self) -> Option<u64> {
+        if !self.loaded.load(Ordering::Acquire) {
+            self.reload().await?;
+        }
+        Some(self.read_known().generation)
+    }
+
+    fn read_known(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.known
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_known(&self) -> std::sync::RwLockWriteGuard<'_, Known> {
+        self.known
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads the generation and the scope markers from Redis, dropping markers older than any
+    /// value can be.
+    async fn reload(&self) -> Option<()> {
+        let (generation, markers) = self
+            .call(|mut connection| {
+                let (generation, scopes) = (self.meta_name("gen"), self.meta_name("scopes"));
+                async move {
+                    let mut pipe = ::redis::pipe();
+                    pipe.get(&generation).hgetall(&scopes);
+                    let (generation, scopes): (Option<u64>, Vec<ScopeField>) =
+                        pipe.query_async(&mut connection).await?;
+                    Ok((generation.unwrap_or(0), scopes))
+                }
+            })
+            .await?;
+        let oldest = unix_ms(SystemTime::now()).saturating_sub(
+            u64::try_from(self.config.max_lifetime.as_millis()).unwrap_or(u64::MAX),
+        );
+        let mut expired = Vec::new();
+        let mut kept = Vec::new();
+        for (scope, stamp) in markers {
+            let parsed = stamp.split_first().and_then(|(kind, at)| {
+                let at: u64 = std::str::from_utf8(at).ok()?.parse().ok()?;
+                Some((*kind == b's', at))
+            });
+            match parsed {
+                Some((soft, at)) if at >= oldest => kept.push(Marker { scope, at, soft }),
+                _ => expired.push(scope),
+            }
+        }
+        {
+            let mut known = self.write_known();
+            known.generation = generation;
+            known.markers = kept;
+        }
+        self.loaded.store(true, Ordering::Release);
+        if !expired.is_empty() {
+            let scopes = self.meta_name("scopes");
+            self.call(|mut connection| async move {
+                ::redis::cmd("HDEL")
+                    .arg(&scopes)
+                    .arg(expired)
+                    .query_async::<()>(&mut connection)
+                    .await
+            })
+            .await;
+        }
+        Some(())
+    }
+
+    fn publish(&self, message: Message) -> impl Future<Output = ()> + '_ {
+        let payload = message.encode(self.instance);
+        let channel = self.channel();
+        async move {
+            let sent = self
+                .call(|mut connection| async move {
+                    ::redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(payload)
+                        .query_async::<i64>(&mut connection)
+                        .await
+                })
+                .await;
+            if sent.is_some() {
+                self.counters.bus_sent.inc("swr_redis_bus_sent_total");
+            }
+        }
+    }
+
+    async fn get(&self, key: &K) -> Option<(V, Lifetime)> {
+        let generation = self.generation().await?;
+        let names = self.names(key, generation);
+        let read: (Option<Vec<u8>>, Option<u64>, Option<u64>, Option<u64>) = self
+            .call(|mut connection| async move {
+                scripts::READ
+                    .key(names.value)
+                    .key(names.base)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let (Some(bytes), Some(written)) = (read.0, read.1) else {
+            self.counters.misses.inc("swr_redis_misses_total");
+            return None;
+        };
+        if read.2.is_some_and(|purged| written <= purged) {
+            self.counters.misses.inc("swr_redis_misses_total");
+            return None;
+        }
+        let Some((value, mut lifetime)) = self.codec.decode(key, &bytes) else {
+            self.counters.corrupt.inc("swr_redis_corrupt_total");
+            self.counters.misses.inc("swr_redis_misses_total");
+            tracing::warn!(
+                bytes = bytes.len(),
+                "redis tier: a value in Redis could not be decoded; taken as a miss"
+            );
+            return None;
+        };
+        let mut stale = read.3.is_some_and(|soft| written <= soft);
+        for marker in &self.read_known().markers {
+            if written <= marker.at && self.codec.scope_matches(&marker.scope, key) {
+                if !marker.soft {
+                    self.counters.misses.inc("swr_redis_misses_total");
+                    return None;
+                }
+                stale = true;
+            }
+        }
+        if stale {
+            lifetime.fresh_until = lifetime.fresh_until.min(lifetime.stored_at);
+        }
+        self.counters.hits.inc("swr_redis_hits_total");
+        Some((value, lifetime))
+    }
+
+    async fn claim(&self, key: &K) -> Claim {
+        let Some(generation) = self.generation().await else {
+            return Claim::Open;
+        };
+        let names = self.names(key, generation);
+        let token = fastrand::u64(1..);
+        let lease = millis(self.config.lock_lease);
+        let fence_lifetime = millis(self.config.fence_lifetime());
+        let start = fastrand::u64(..1 << 40);
+        let answer: Option<(u8, u64)> = self
+            .call(|mut connection| async move {
+                scripts::CLAIM
+                    .key(names.base)
+                    .key(names.lock)
+                    .arg(token)
+                    .arg(lease)
+                    .arg(fence_lifetime)
+                    .arg(start)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await;
+        match answer {
+            Some((1, fence)) => {
+                self.counters.locks_won.inc("swr_redis_locks_won_total");
+                Claim::Won { token, fence }
+            }
+            Some((_, fence)) => {
+                self.counters.locks_lost.inc("swr_redis_locks_lost_total");
+                Claim::Held { fence }
+            }
+            None => Claim::Open,
+        }
+    }
+
+    async fn put(&self, key: &K, value: &V, lifetime: &Lifetime, claim: &Claim) {
+        let Some(bytes) = self.codec.encode(key, value, lifetime) else {
+            self.counters.unshared.inc("swr_redis_unshared_total");
+            return;
+        };
+        let now = SystemTime::now();
+        let last = lifetime.last_deadline() + Duration::from_secs(1);
+        let expire_at = unix_ms(last.min(now + self.config.max_lifetime));
+        if expire_at <= unix_ms(now) {
+            return;
+        }
+        let Some(generation) = self.generation().await else {
+            return;
+        };
+        let names = self.names(key, generation);
+        let fence = match claim {
+            Claim::Won { fence, .. } | Claim::Held { fence } => fence.to_string(),
+            _ => String::new(),
+        };
+        let stored_at = unix_ms(lifetime.stored_at);
+        let written: Option<u8> = self
+            .call(|mut connection| async move {
+                scripts::PUT
+                    .key(names.value)
+                    .key(names.base)
+                    .arg(bytes)
+                    .arg(fence)
+                    .arg(stored_at)
+                    .arg(expire_at)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await;
+        match written {
+            Some(1) => self.counters.writes.inc("swr_redis_writes_total"),
+            Some(_) => {
+                self.counters
+                    .fenced_writes
+                    .inc("swr_redis_fenced_writes_total");
+                tracing::debug!(
+                    "redis tier: a write was fenced off (a newer claim, a purge or a newer value)"
+                );
+            }
+            None => {}
+        }
+    }
+
+    async fn release(&self, key: &K, claim: &Claim) {
+        let Claim::Won { token, .. } = claim else {
+            return;
+        };
+        let Some(generation) = self.generation().await else {
+            return;
+        };
+        let lock = self.names(key, generation).lock;
+        let token = *token;
+        self.call(|mut connection| async move {
+            scripts::RELEASE
+                .key(lock)
+                .arg(token)
+                .invoke_async::<i64>(&mut connection)
+                .await
+        })
+        .await;
+    }
+
+    async fn purge(&self, key: &K, soft: bool) {
+        if let Some(generation) = self.generation().await {
+            let names = self.names(key, generation);
+            let fence_lifetime = millis(self.config.fence_lifetime());
+            self.call(|mut connection| async move {
+                scripts::PURGE
+                    .key(names.base)
+                    .key(names.lock)
+                    .arg(if soft { "q" } else { "p" })
+                    .arg(fence_lifetime)
+                    .invoke_async::<i64>(&mut connection)
+                    .await
+            })
+            .await;
+        }
+        let bytes = self.codec.key_bytes(key);
+        let message = if soft {
+            Message::MarkStale(bytes)
+        } else {
+            Message::Remove(bytes)
+        };
+        self.publish(message).await;
+    }
+
+    async fn clear(&self) {
+        let (generation, scopes) = (self.meta_name("gen"), self.meta_name("scopes"));
+        let next: Option<u64> = self
+            .call(|mut connection| async move {
+                let mut pipe = ::redis::pipe();
+                pipe.atomic().incr(&generation, 1).del(&scopes).ignore();
+                let (next,): (u64,) = pipe.query_async(&mut connection).await?;
+                Ok(next)
+            })
+            .await;
+        if let Some(next) = next {
+            self.adopt_generation(next);
+            self.publish(Message::Clear { generation: next }).await;
+        }
+    }
+
+    fn adopt_generation(&self, generation: u64) {
+        let mut known = self.write_known();
+        if generation > known.generation {
+            known.generation = generation;
+            known.markers.clear();
+        }
+    }
+
+    async fn invalidate_scope(&self, scope: &[u8], soft: bool) {
+        if self.read_known().markers.len() >= MAX_SCOPES {
+            tracing::warn!(
+                max = MAX_SCOPES,
+                "redis tier: too many scope invalidations remembered; clearing the tier instead"
+            );
+            self.clear().await;
+            return;
+        }
+        let scopes = self.meta_name("scopes");
+        let owned = scope.to_vec();
+        let at: Option<u64> = self
+            .call(|mut connection| async move {
+                scripts::MARK_SCOPE
+                    .key(scopes)
+                    .arg(owned)
+                    .arg(if soft { "s" } else { "h" })
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await;
+        let Some(at) = at else {
+            return;
+        };
+        self.remember(Marker {
+            scope: scope.to_vec(),
+            at,
+            soft,
+        });
+        self.publish(Message::Scope {
+            soft,
+            at,
+            scope: scope.to_vec(),
+        })
+        .await;
+    }
+
+    fn remember(&self, marker: Marker) {
+        let mut known = self.write_known();
+        match known.markers.iter_mut().find(|m| m.scope == marker.scope) {
+            Some(existing) if existing.at <= marker.at => *existing = marker,
+            Some(_) => {}
+            None => known.markers.push(marker),
+        }
+    }
+
+    /// Applies a message from the bus (from another instance) to this instance's memory.
+    fn apply(&self, payload: &[u8]) {
+        let Some((sender, message)) = Message::decode(payload) else {
+            tracing::debug!("redis tier: a bus message of another format; ignored");
+            return;
+        };
+        if sender == self.instance {
+            return;
+        }
+        let Some(remote) = self.remote.get() else {
+            return;
+        };
+        self.counters
+            .bus_received
+            .inc("swr_redis_bus_received_total");
+        match message {
+            Message::Remove(bytes) => {
+                if let Some(key) = self.codec.decode_key(&bytes) {
+                    remote.remove(&key);
+                    if self.codec.has_families() {
+                        remote.invalidate_where(false, &|k| self.codec.same_family(&key, k));
+                    }
+                }
+            }
+            Message::MarkStale(bytes) => {
+                if let Some(key) = self.codec.decode_key(&bytes) {
+                    remote.mark_stale(&key);
+                }
+            }
+            Message::Scope { soft, at, scope } => {
+                remote.invalidate_where(soft, &|key| self.codec.scope_matches(&scope, key));
+                self.remember(Marker { scope, at, soft });
+            }
+            Message::Clear { generation } => {
+                self.adopt_generation(generation);
+                remote.clear();
+            }
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The bus subscriber of one tier: (re)subscribes, applies messages, and after a gap has
+/// every in-memory entry re-check Redis. Ends when the tier or its cache is dropped.
+async fn run_bus<K, V, C>(tier: Weak<Inner<K, V, C>>)
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: TierCodec<K, V>,
+{
+    let mut pause = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        let Some(inner) = tier.upgrade() else {
+            return;
+        };
+        if !inner.remote.get().is_some_and(Remote::is_attached) {
+            return;
+        }
+        let client = match &inner.config.target {
+            Target::Single(client) => Ok(client.clone()),
+            // A classic PUBLISH reaches every node of a cluster: one node's channel will do.
+            Target::Cluster(urls) => ::redis::Client::open(urls[0].as_str()),
+        };
+        let channel = inner.channel();
+        let connect = async {
+            let mut pubsub = client?.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let pubsub = tokio::time::timeout(Duration::from_secs(1), connect).await;
+        let Ok(Ok(pubsub)) = pubsub else {
+            if inner.bus_up.swap(false, Ordering::AcqRel) {
+                tracing::warn!("redis tier: the invalidation bus is down; reconnecting");
+            }
+            drop(inner);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        pause = Duration::from_millis(100);
+        // Whatever was published while away is lost: read the markers again, and have every
+        // entry in memory re-check Redis once.
+        inner.loaded.store(false, Ordering::Release);
+        if connected_before {
+            if let Some(remote) = inner.remote.get() {
+                remote.invalidate_where(true, &|_| true);
+            }
+            tracing::info!("redis tier: the invalidation bus is back");
+        }
+        connected_before = true;
+        inner.bus_up.store(true, Ordering::Release);
+        drop(inner);
+        let mut messages = pubsub.into_on_message();
+        loop {
+            let next = std::future::poll_fn(|cx| poll_next(&mut messages, cx));
+            let message = tokio::select! {
+                message = next => message,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let alive = tier.upgrade().is_some_and(|inner| {
+                        inner.remote.get().is_some_and(Remote::is_attached)
+                    });
+                    if !alive {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else {
+                break;
+            };
+            let Some(inner) = tier.upgrade() else {
+                return;
+            };
+            inner.apply(message.get_payload_bytes());
+        }
+        if let Some(inner) = tier.upgrade() {
+            if inner.bus_up.swap(false, Ordering::AcqRel) {
+                tracing::warn!("redis tier: lost the invalidation bus; reconnecting");
+            }
+        }
+    }
+}
+
+fn poll_next<S: futures_core::Stream + Unpin>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+) -> Poll<Option<S::Item>> {
+    Pin::new(stream).poll_next(cx)
+}
+
+impl<K, V, C> SharedTier<K, V> for RedisTier<K, V, C>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: TierCodec<K, V>,
+{
+    fn get<'a>(&'a self, key: &'a K) -> TierFuture<'a, Option<(V, Lifetime)>> {
+        self.start_bus();
+        Box::pin(self.inner.get(key))
+    }
+
+    fn put<'a>(&'a self, key: &'a K, value: &'a V, lifetime: &'a Lifetime) -> TierFuture<'a, ()> {
+        Box::pin(self.inner.put(key, value, lifetime, &Claim::Open))
+    }
+
+    fn remove<'a>(&'a self, key: &'a K) -> TierFuture<'a, ()> {
+        Box::pin(self.inner.purge(key, false))
+    }
+
+    fn claim<'a>(&'a self, key: &'a K) -> TierFuture<'a, Claim> {
+        Box::pin(self.inner.claim(key))
+    }
+
+    fn put_claimed<'a>(
+        &'a self,
+        key: &'a K,
+        value: &'a V,
+        lifetime: &'a Lifetime,
+        claim: &'a Claim,
+    ) -> TierFuture<'a, ()> {
+        Box::pin(self.inner.put(key, value, lifetime, claim))
+    }
+
+    fn release<'a>(&'a self, key: &'a K, claim: &'a Claim) -> TierFuture<'a, ()> {
+        Box::pin(self.inner.release(key, claim))
+    }
+
+    fn mark_stale<'a>(&'a self, key: &'a K) -> TierFuture<'a, ()> {
+        Box::pin(self.inner.purge(key, true))
+    }
+
+    fn clear(&self) -> TierFuture<'_, ()> {
+        Box::pin(self.inner.clear())
+    }
+
+    fn invalidate_scope<'a>(&'a self, scope: &'a [u8], soft: bool) -> TierFuture<'a, ()> {
+        Box::pin(self.inner.invalidate_scope(scope, soft))
+    }
+
+    fn attach(&self, remote: Remote<K>) {
+        if self.inner.remote.set(remote).is_err() {
+            tracing::warn!(
+                "redis tier: attached to a second cache; its invalidations go to the first only"
+            );
+            return;
+        }
+        self.start_bus();
+    }
+
+    fn fences_invalidations(&self) -> bool {
+        true
+    }
+}
+
+impl<K, V, C> RedisTier<K, V, C>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: TierCodec<K, V>,
+{
+    /// Starts the bus subscriber once, on the current runtime (none yet: on first use).
+    fn start_bus(&self) {
+        if self.inner.bus_started.load(Ordering::Acquire) || self.inner.remote.get().is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.bus_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(run_bus(Arc::downgrade(&self.inner)));
+    }
+}

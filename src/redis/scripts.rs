@@ -1,0 +1,114 @@
+//! The Lua scripts of the Redis tier. Each touches the keys of one cache key only, which share
+//! one hash tag, so each runs in one slot (Redis Cluster) and atomically.
+//!
+//! Per cache key: the *base* hash (the key without its `Vary` variant) holds the write fence
+//! `f` (bumped by every lock grant and every purge), the purge time `p` and the soft-purge time
+//! `q` (Redis server milliseconds), and, for a response without `Vary`, the value itself; each
+//! variant's hash holds `v` (the encoded value), `s` (when it was written, server ms) and `w`
+//! (the writer's wall-clock stored-at, ms, so an older load never replaces a newer one).
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+
+/// `KEYS[1]` base, `KEYS[2]` lock; `ARGV[1]` token, `ARGV[2]` lock lease ms, `ARGV[3]` the
+/// least lifetime of the fence ms, `ARGV[4]` a random start for a new fence. Returns
+/// `{1, fence}` when the lock was granted, `{0, fence}` when another holds it.
+pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('HSETNX', KEYS[1], 'f', ARGV[4])
+  local f = redis.call('HINCRBY', KEYS[1], 'f', 1)
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  return {1, f}
+end
+return {0, tonumber(redis.call('HGET', KEYS[1], 'f') or '0')}
+",
+    )
+});
+
+/// `KEYS[1]` the value's hash, `KEYS[2]` base; `ARGV[1]` value, `ARGV[2]` fence (`''`: none),
+/// `ARGV[3]` the writer's stored-at ms, `ARGV[4]` expire-at ms (Unix). Returns 1 when
+/// written, 0 when fenced off (the claim is stale: the lock passed on or the key was purged),
+/// 2 when a newer value is there.
+pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] ~= '' and (redis.call('HGET', KEYS[2], 'f') or '0') ~= ARGV[2] then
+  return 0
+end
+local w = redis.call('HGET', KEYS[1], 'w')
+if w and tonumber(w) > tonumber(ARGV[3]) and redis.call('HEXISTS', KEYS[1], 'v') == 1 then
+  return 2
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', now, 'w', ARGV[3])
+local at = tonumber(ARGV[4])
+if redis.call('PEXPIRETIME', KEYS[1]) < at then redis.call('PEXPIREAT', KEYS[1], at) end
+if KEYS[1] ~= KEYS[2] and redis.call('PEXPIRETIME', KEYS[2]) < at then
+  redis.call('PEXPIREAT', KEYS[2], at)
+end
+return 1
+",
+    )
+});
+
+/// `KEYS[1]` the value's hash, `KEYS[2]` base. Returns `{v, s, p, q}` (`false` where absent).
+pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local d = redis.call('HMGET', KEYS[1], 'v', 's')
+local b = redis.call('HMGET', KEYS[2], 'p', 'q')
+return {d[1], d[2], b[1], b[2]}
+",
+    )
+});
+
+/// `KEYS[1]` lock; `ARGV[1]` token. Deletes the lock only if this holder still has it.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// `KEYS[1]` base, `KEYS[2]` lock; `ARGV[1]` `'p'` (purge) or `'q'` (soft purge), `ARGV[2]`
+/// the least lifetime of the fence ms. A purge drops the base's value, bumps the fence (every
+/// write under an older claim is refused) and frees the lock; both stamp the time (variants
+/// written before it are purged, or stale). Returns 1 if the base held a value.
+pub(crate) static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local had = redis.call('HEXISTS', KEYS[1], 'v')
+redis.call('HSET', KEYS[1], ARGV[1], now)
+if ARGV[1] == 'p' then
+  redis.call('HDEL', KEYS[1], 'v', 's', 'w')
+  redis.call('HINCRBY', KEYS[1], 'f', 1)
+  redis.call('DEL', KEYS[2])
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return had
+",
+    )
+});
+
+/// `KEYS[1]` the scopes hash; `ARGV[1]` scope, `ARGV[2]` `'h'` (hard) or `'s'` (soft).
+/// Records the scope's purge time (server ms) and returns it.
+pub(crate) static MARK_SCOPE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. now)
+return now
+",
+    )
+});

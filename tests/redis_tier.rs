@@ -1,0 +1,578 @@
+//! The Redis tier (feature `redis`) against a real `redis-server` that each test starts on a
+//! free loopback port. Where `redis-server` is not installed, each test prints why and passes
+//! without running (CI installs it, so there they always run).
+//!
+//! Several layers in one process on one Redis stand for several instances: each has its own
+//! memory, its own connection and bus subscription, and shares only Redis.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, StatusCode};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+use tower_swr::redis::{BreakerState, RedisConfig};
+use tower_swr::{CacheStatus, SwrLayer};
+
+/// A `redis-server` of the test's own; stopped when dropped.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts one, or `None` (with the reason printed) when `redis-server` is not installed.
+    fn start(test: &str) -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping {test}: redis-server is not installed (apt install redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut server = Self { child: None, port };
+        server.launch();
+        Some(server)
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn config(&self) -> RedisConfig {
+        RedisConfig::new(&self.url())
+            .expect("a valid address")
+            .timeout(Duration::from_millis(100))
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A plain client for looking inside.
+    fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("client")
+    }
+
+    fn keys(&self) -> Vec<Vec<u8>> {
+        let mut connection = self.client().get_connection().expect("connect");
+        redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut connection)
+            .expect("KEYS")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped server ignores SIGKILL's delivery order issues: wake it first.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.stop();
+    }
+}
+
+/// Waits (real time) until `condition` holds, up to 5 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An origin answering `v<call number>` after `delay`, with `cache_control`.
+fn slow_origin(delay: Duration, cache_control: &'static str) -> (impl OriginService, Calls) {
+    origin(move |n, _request| async move {
+        tokio::time::sleep(delay).await;
+        Ok(reply_cc(format!("v{n}"), cache_control))
+    })
+}
+
+/// Three instances: three layers of their own on one Redis, around one origin.
+fn three_instances<S: OriginService>(
+    redis: &RedisServer,
+    origin: S,
+    layer: impl Fn() -> SwrLayer,
+) -> Vec<(tower_swr::SwrService<S>, tower_swr::SwrHandle)> {
+    (0..3)
+        .map(|_| {
+            let layer = layer().redis(redis.config());
+            let handle = layer.handle();
+            (layer.layer(origin.clone()), handle)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_loaded_by_one_instance_is_answered_by_the_others_without_the_origin() -> TestResult
+{
+    let Some(redis) = RedisServer::start("shared fill") else {
+        return Ok(());
+    };
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=60");
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    let (status, body) = call(&instances[0].0, get("/item")).await?;
+    assert_eq!((status, &body[..]), (CacheStatus::Miss, &b"v1"[..]));
+    // The write to Redis is detached: the others see it a moment later.
+    for (service, _) in &instances[1..] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let response = service.clone().oneshot(get("/item")).await?;
+            let from_tier = info(&response).status == CacheStatus::SharedTier;
+            let line = cache_status(&response);
+            let text = common::body(response).await?;
+            assert_eq!(
+                &text[..],
+                b"v1",
+                "only the first instance's value is ever served"
+            );
+            if from_tier {
+                assert!(
+                    line.contains("hit"),
+                    "a shared-tier answer is a hit: {line}"
+                );
+                assert!(
+                    line.contains("detail=shared"),
+                    "and says where it came from: {line}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the other instance never found the value"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(calls.get(), 1, "one origin call for three instances");
+    let stats = instances[1].1.redis_stats().expect("a Redis tier");
+    assert!(stats.hits >= 1);
+    assert_eq!(stats.breaker, BreakerState::Closed);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_cold_requests_over_three_instances_make_one_origin_call() -> TestResult {
+    let Some(redis) = RedisServer::start("fleet-wide miss coalescing") else {
+        return Ok(());
+    };
+    let (origin, calls) = slow_origin(Duration::from_millis(300), "max-age=60");
+    let instances = Arc::new(three_instances(&redis, origin, SwrLayer::new));
+    let mut requests = Vec::new();
+    for i in 0..300 {
+        let instances = Arc::clone(&instances);
+        requests.push(tokio::spawn(async move {
+            let service = &instances[i % 3].0;
+            call(service, get("/cold")).await
+        }));
+    }
+    for request in requests {
+        let (status, body) = request.await??;
+        assert_eq!(
+            &body[..],
+            b"v1",
+            "every request gets the one origin answer ({status:?})"
+        );
+    }
+    assert_eq!(calls.get(), 1, "one origin call for the whole fleet");
+    let won: u64 = instances
+        .iter()
+        .map(|(_, h)| h.redis_stats().unwrap().locks_won)
+        .sum();
+    let lost: u64 = instances
+        .iter()
+        .map(|(_, h)| h.redis_stats().unwrap().locks_lost)
+        .sum();
+    assert_eq!(won, 1, "one instance won the lock");
+    assert_eq!(lost, 2, "the two others waited for its value");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_stale_requests_over_three_instances_make_one_refresh() -> TestResult {
+    let Some(redis) = RedisServer::start("fleet-wide single refresh") else {
+        return Ok(());
+    };
+    let (origin, calls) = slow_origin(
+        Duration::from_millis(200),
+        "max-age=1, stale-while-revalidate=60",
+    );
+    let instances = Arc::new(three_instances(&redis, origin, SwrLayer::new));
+    // Every instance holds v1 (one load, shared).
+    call(&instances[0].0, get("/stale")).await?;
+    for (service, _) in instances.iter() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while call(service, get("/stale")).await?.0 == CacheStatus::Miss {
+            assert!(Instant::now() < deadline);
+        }
+    }
+    assert_eq!(calls.get(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    for i in 0..300 {
+        let instances = Arc::clone(&instances);
+        requests.push(tokio::spawn(async move {
+            let begun = Instant::now();
+            let answer = call(&instances[i % 3].0, get("/stale")).await;
+            (answer, begun.elapsed())
+        }));
+    }
+    for request in requests {
+        let (answer, took) = request.await?;
+        let (status, body) = answer?;
+        assert_eq!(
+            &body[..],
+            b"v1",
+            "stale is served at once while one refresh runs"
+        );
+        assert_eq!(status, CacheStatus::Stale);
+        assert!(
+            took < Duration::from_millis(150),
+            "a stale answer never waits for the origin ({took:?})"
+        );
+    }
+    // The refresh lands, every instance takes it (from Redis), and the origin saw one refresh.
+    for (service, _) in instances.iter() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, body) = call(service, get("/stale")).await?;
+            if &body[..] == b"v2" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "an instance never took the refreshed value"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(calls.get(), 2, "one refresh for the whole fleet");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_instance_holds_on_every_instance_and_in_redis() -> TestResult {
+    let Some(redis) = RedisServer::start("purge through the bus") else {
+        return Ok(());
+    };
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=600");
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    for path in ["/a", "/b/1", "/b/2"] {
+        call(&instances[0].0, get(path)).await?;
+    }
+    // Every instance holds all three in memory.
+    for (service, handle) in &instances[1..] {
+        for path in ["/a", "/b/1", "/b/2"] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while call(service, get(path)).await?.0 != CacheStatus::SharedTier {
+                assert!(Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(handle.stats().entries, 3);
+    }
+    assert_eq!(calls.get(), 3);
+    instances[0].1.purge("/a");
+    instances[0].1.purge_prefix("/b/");
+    // The others drop their copies (the bus delivers within milliseconds).
+    for (_, handle) in &instances[1..] {
+        let handle = handle.clone();
+        eventually("the purge reached the other instance", move || {
+            handle.stats().entries == 0
+        })
+        .await;
+    }
+    // And nobody finds the purged values in Redis: each path is loaded again, once.
+    for path in ["/a", "/b/1", "/b/2"] {
+        let (status, _) = call(&instances[2].0, get(path)).await?;
+        assert_eq!(status, CacheStatus::Miss, "{path} was purged everywhere");
+    }
+    assert_eq!(calls.get(), 6);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_post_invalidates_the_url_on_every_instance() -> TestResult {
+    let Some(redis) = RedisServer::start("unsafe-method invalidation") else {
+        return Ok(());
+    };
+    let (origin, calls) =
+        origin(|n, _request| async move { Ok(reply_cc(format!("v{n}"), "max-age=600")) });
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    call(&instances[0].0, get("/cart")).await?;
+    let other = &instances[1];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call(&other.0, get("/cart")).await?.0 != CacheStatus::SharedTier {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let response = instances[2]
+        .0
+        .clone()
+        .oneshot(request(Method::POST, "/cart"))
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let handle = other.1.clone();
+    eventually("the POST reached the other instance", move || {
+        handle.stats().entries == 0
+    })
+    .await;
+    let (status, body) = call(&other.0, get("/cart")).await?;
+    assert_eq!(status, CacheStatus::Miss, "not answered from Redis either");
+    assert_ne!(&body[..], b"v1");
+    let _ = calls;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_began_before_a_purge_never_brings_the_value_back() -> TestResult {
+    let Some(redis) = RedisServer::start("refresh racing a purge") else {
+        return Ok(());
+    };
+    let gate = Gate::default();
+    let (origin, _calls) = gated_after_first(&gate, "max-age=1, stale-while-revalidate=60");
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    let (one, two) = (&instances[0], &instances[1]);
+    call(&one.0, get("/race")).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Stale: a refresh starts on instance one and hangs at the origin.
+    assert_eq!(call(&one.0, get("/race")).await?.0, CacheStatus::Stale);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The purge, from another instance, comes while it hangs; then the origin answers.
+    two.1.purge("/race");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.open();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The refreshed value was loaded before the purge: no instance may take it from Redis.
+    let (status, _) = call(&instances[2].0, get("/race")).await?;
+    assert_eq!(
+        status,
+        CacheStatus::Miss,
+        "the purge wins over the refresh under way"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_under_a_key_is_a_miss_and_counted() -> TestResult {
+    let Some(redis) = RedisServer::start("garbage in Redis") else {
+        return Ok(());
+    };
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=600");
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    call(&instances[0].0, get("/g")).await?;
+    // Overwrite every value in Redis with garbage.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut connection = redis.client().get_connection()?;
+    let mut spoiled = 0;
+    for key in redis.keys() {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection)?;
+        if kind == "hash" {
+            let has_value: bool = redis::cmd("HEXISTS")
+                .arg(&key)
+                .arg("v")
+                .query(&mut connection)?;
+            if has_value {
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg("v")
+                    .arg(&b"\x01\xffnot a response"[..])
+                    .query::<()>(&mut connection)?;
+                spoiled += 1;
+            }
+        }
+    }
+    assert_eq!(spoiled, 1);
+    let (status, body) = call(&instances[1].0, get("/g")).await?;
+    assert_eq!(status, CacheStatus::Miss);
+    assert_eq!(
+        &body[..],
+        b"v2",
+        "answered by the origin, not by the garbage"
+    );
+    assert_eq!(instances[1].1.redis_stats().unwrap().corrupt, 1);
+    assert_eq!(calls.get(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_kept_with_credentials_never_reach_redis() -> TestResult {
+    let Some(redis) = RedisServer::start("credentials stay out of Redis") else {
+        return Ok(());
+    };
+    let (origin, _calls) = origin(|n, _request| async move {
+        Ok(reply_cc(format!("private v{n}"), "private, max-age=600"))
+    });
+    let layer = SwrLayer::new().allow_private(true).redis(redis.config());
+    let handle = layer.handle();
+    let service = layer.layer(origin);
+    let request = get_with(
+        "/me",
+        http::header::AUTHORIZATION,
+        "Bearer secret-token-123",
+    );
+    let response = service.clone().oneshot(request).await?;
+    assert_eq!(common::body(response).await?, Bytes::from("private v1"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut connection = redis.client().get_connection()?;
+    for key in redis.keys() {
+        assert!(!String::from_utf8_lossy(&key).contains("secret-token"));
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection)?;
+        if kind == "hash" {
+            let fields: Vec<Vec<u8>> = redis::cmd("HVALS").arg(&key).query(&mut connection)?;
+            for field in fields {
+                assert!(
+                    !String::from_utf8_lossy(&field).contains("secret-token"),
+                    "the token is in Redis"
+                );
+            }
+        }
+    }
+    let stats = handle.redis_stats().unwrap();
+    assert_eq!(stats.writes, 0);
+    assert_eq!(
+        handle.stats().entries,
+        1,
+        "cached in this instance's memory"
+    );
+    assert_eq!(stats.unshared, 1, "kept out of Redis on purpose");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_paused_and_restarted_never_fails_or_stalls_a_request() -> TestResult {
+    let Some(mut redis) = RedisServer::start("Redis failing") else {
+        return Ok(());
+    };
+    let (origin, _calls) = slow_origin(Duration::ZERO, "max-age=0, stale-while-revalidate=0");
+    let layer = SwrLayer::new().redis(redis.config());
+    let handle = layer.handle();
+    let service = layer.layer(origin);
+    let mut worst = Duration::ZERO;
+    let run = |phase: &'static str| {
+        let service = service.clone();
+        async move {
+            let mut worst = Duration::ZERO;
+            for i in 0..40 {
+                let begun = Instant::now();
+                let response = service.clone().oneshot(get(&format!("/p/{i}"))).await?;
+                assert_eq!(response.status(), StatusCode::OK, "{phase}: answered");
+                common::body(response).await?;
+                worst = worst.max(begun.elapsed());
+            }
+            Ok::<_, BoxError>(worst)
+        }
+    };
+    worst = worst.max(run("Redis up").await?);
+    redis.signal("-STOP");
+    let paused = run("Redis paused (SIGSTOP)").await?;
+    redis.signal("-CONT");
+    redis.stop();
+    let stopped = run("Redis stopped").await?;
+    redis.launch();
+    // Sharing resumes by itself once Redis is back (after the breaker's cooldown).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        run("Redis restarted").await?;
+        if handle.redis_stats().unwrap().breaker == BreakerState::Closed && !redis.keys().is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sharing never resumed: {:?}",
+            handle.redis_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each request waits for Redis at most a few timeouts (100 ms each here), never longer.
+    for (phase, took) in [("paused", paused), ("stopped", stopped), ("up", worst)] {
+        assert!(
+            took < Duration::from_millis(1500),
+            "{phase}: a request took {took:?}"
+        );
+    }
+    let stats = handle.redis_stats().unwrap();
+    assert!(
+        stats.timeouts + stats.errors + stats.skipped > 0,
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_with_an_unreachable_redis_starts_and_answers_at_once() -> TestResult {
+    // No server at all on this port.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = RedisConfig::new(&format!("redis://127.0.0.1:{port}/"))?;
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=60");
+    let layer = SwrLayer::new().redis(config);
+    let service = layer.layer(origin);
+    let begun = Instant::now();
+    for _ in 0..20 {
+        let (_, body) = call(&service, get("/x")).await?;
+        assert_eq!(&body[..], b"v1");
+    }
+    assert!(begun.elapsed() < Duration::from_secs(2));
+    assert_eq!(calls.get(), 1, "memory still caches");
+    Ok(())
+}
+
+#[test]
+fn an_invalid_redis_address_is_a_clear_error() {
+    let error = RedisConfig::new("not a url").expect_err("refused");
+    assert!(
+        error.to_string().contains("invalid Redis address"),
+        "{error}"
+    );
+    assert!(RedisConfig::cluster(Vec::<String>::new()).is_err());
+}

@@ -1063,6 +1063,7 @@ where
                     shared: Some(Arc::clone(&error) as Failure),
                     remember: true,
                     answer: Err(error),
+                    unreachable: false,
                 }
             }
         })

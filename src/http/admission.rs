@@ -136,13 +136,18 @@ impl Shared {
         } else {
             (headers, None)
         };
-        let (shared_with_auth, shared_with_cookie) = match &decision {
+        let (shared_with_auth, shared_with_cookie, stale_when_unreachable) = match &decision {
             Decision::Store {
                 shared_with_auth,
                 shared_with_cookie,
+                stale_when_unreachable,
                 ..
-            } => (*shared_with_auth, *shared_with_cookie),
-            Decision::Pass(_) => (false, false),
+            } => (
+                *shared_with_auth,
+                *shared_with_cookie,
+                *stale_when_unreachable,
+            ),
+            Decision::Pass(_) => (false, false, false),
         };
         // A response with `Vary` is stored under its variant's key; one without, under the
         // plain key.
@@ -164,6 +169,7 @@ impl Shared {
             shared_with_auth,
             shared_with_cookie,
             credentials,
+            stale_when_unreachable,
         };
         let Decision::Store {
             freshness,

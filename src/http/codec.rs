@@ -13,7 +13,7 @@
 //! u16    status
 //! u8     HTTP version: 0 = 0.9, 1 = 1.0, 2 = 1.1, 3 = 2, 4 = 3
 //! u8     flags: 1 = Age/Cache-Status slots reserved, 2 = shared with Authorization,
-//!        4 = shared with Cookie (other bits 0)
+//!        4 = shared with Cookie, 8 = may stand in for an unreachable origin (other bits 0)
 //! u32    header lines, then each: bytes name (lowercase), bytes value; in order, duplicates
 //!        kept, without the slots (a decoded entry reserves them again)
 //! u8     0, or 1 and the Vary values: u32 count, then each: bytes name, opt value
@@ -46,6 +46,7 @@ pub(crate) const MAX_HEADER_LINES: usize = 4096;
 const FLAG_SLOTS: u8 = 1;
 const FLAG_SHARED_WITH_AUTH: u8 = 2;
 const FLAG_SHARED_WITH_COOKIE: u8 = 4;
+const FLAG_STALE_WHEN_UNREACHABLE: u8 = 8;
 
 /// Why bytes are not an encoded response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +113,9 @@ pub(crate) fn encode(cached: &CachedResponse, lifetime: &Lifetime) -> Vec<u8> {
     }
     if cached.shared_with_cookie {
         flags |= FLAG_SHARED_WITH_COOKIE;
+    }
+    if cached.stale_when_unreachable {
+        flags |= FLAG_STALE_WHEN_UNREACHABLE;
     }
     out.push(flags);
     // Without the slots (a decoded entry reserves them again), in order: `without_slots`
@@ -183,7 +187,9 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
     let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Invalid("status"))?;
     let version = version_of(r.u8()?)?;
     let flags = r.u8()?;
-    if flags & !(FLAG_SLOTS | FLAG_SHARED_WITH_AUTH | FLAG_SHARED_WITH_COOKIE) != 0 {
+    let known =
+        FLAG_SLOTS | FLAG_SHARED_WITH_AUTH | FLAG_SHARED_WITH_COOKIE | FLAG_STALE_WHEN_UNREACHABLE;
+    if flags & !known != 0 {
         return Err(DecodeError::Invalid("flags"));
     }
     let lines = r.count(8)?;
@@ -250,6 +256,7 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
         shared_with_auth: flags & FLAG_SHARED_WITH_AUTH != 0,
         shared_with_cookie: flags & FLAG_SHARED_WITH_COOKIE != 0,
         credentials,
+        stale_when_unreachable: flags & FLAG_STALE_WHEN_UNREACHABLE != 0,
     };
     Ok((cached, lifetime))
 }
@@ -465,6 +472,7 @@ pub fn fuzz_codec_seeds() -> Vec<Vec<u8>> {
         shared_with_auth: false,
         shared_with_cookie: true,
         credentials: Credentials::of(&request, &[]),
+        stale_when_unreachable: true,
     };
     let bare = CachedResponse {
         key: key("/"),
@@ -477,6 +485,7 @@ pub fn fuzz_codec_seeds() -> Vec<Vec<u8>> {
         shared_with_auth: false,
         shared_with_cookie: false,
         credentials: None,
+        stale_when_unreachable: false,
     };
     vec![encode(&full, &lifetime), encode(&bare, &lifetime)]
 }
@@ -503,6 +512,10 @@ pub(crate) fn assert_same(a: &CachedResponse, b: &CachedResponse) {
         a.credentials.as_ref().map(|c| &c.0),
         b.credentials.as_ref().map(|c| &c.0),
         "credentials"
+    );
+    assert_eq!(
+        a.stale_when_unreachable, b.stale_when_unreachable,
+        "stale_when_unreachable"
     );
 }
 
@@ -581,6 +594,7 @@ mod tests {
             shared_with_auth: true,
             shared_with_cookie: false,
             credentials: Credentials::of(&credentials, &[]),
+            stale_when_unreachable: false,
         }
     }
 
@@ -795,7 +809,7 @@ mod tests {
             credentials in prop::collection::vec(
                 (prop_oneof![Just("authorization"), Just("cookie"), Just("x-api-key")],
                  value_strategy()), 0..3),
-            flags in (any::<bool>(), any::<bool>()),
+            flags in (any::<bool>(), any::<bool>(), any::<bool>()),
             method in prop_oneof![Just("GET"), Just("POST"), Just("FOO")],
             host in "[a-z.:0-9]{0,16}",
             target in "/[ -~]{0,24}",
@@ -847,6 +861,7 @@ mod tests {
                 shared_with_auth: flags.0,
                 shared_with_cookie: flags.1,
                 credentials: Credentials::of(&request, &[HeaderName::from_static("x-api-key")]),
+                stale_when_unreachable: flags.2,
             }
         }
     }

@@ -146,3 +146,8 @@ pub(crate) const PASS_FOR: Duration = Duration::from_secs(120);
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(60);
 pub(crate) const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::from_secs(120);
 pub(crate) const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
+/// How stale a response may be to stand in for an unreachable origin in the shared-cache
+/// preset (RFC 9111 §4.2.4 sets no bound; Squid's `max_stale` is a week, nginx's
+/// `proxy_cache_use_stale error timeout` unbounded): a day rides out an outage without
+/// serving pages from last week.
+pub(crate) const DEFAULT_MAX_STALE_WHEN_DISCONNECTED: Duration = Duration::from_secs(24 * 3600);

@@ -9,7 +9,8 @@ use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
 use super::config::{
-    Config, PolicyFn, Shared, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
+    Config, PolicyFn, Shared, DEFAULT_MAX_STALE_WHEN_DISCONNECTED, DEFAULT_STALE_IF_ERROR,
+    DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
 };
 use super::handle::SwrHandle;
 use super::key::{CacheKey, StoreNamespaces};
@@ -192,6 +193,7 @@ impl SwrLayer {
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
             targeted: Arc::new([]),
             credential_headers: Arc::new([]),
+            stale_if_unreachable: None,
         })
     }
 
@@ -214,6 +216,7 @@ impl SwrLayer {
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
             targeted: default_targets(DEFAULT_NAME),
             credential_headers: Arc::new([]),
+            stale_if_unreachable: Some(DEFAULT_MAX_STALE_WHEN_DISCONNECTED),
         });
         layer.store.remember_failures = Duration::ZERO;
         layer.config.answer_remembered_failures = false;
@@ -431,6 +434,29 @@ impl SwrLayer {
     /// tower's `TimeoutLayer` inside this layer for a hard limit.
     pub fn origin_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.origin_timeout = timeout.into().filter(|timeout| !timeout.is_zero());
+        self.changed()
+    }
+
+    /// RFC 9111 §4.2.4, a stale response when disconnected: when the origin cannot be reached
+    /// at all, a stored response may stand in up to `most` stale (how long past its fresh
+    /// lifetime), beyond its own `stale-if-error` window, unless `must-revalidate`,
+    /// `proxy-revalidate`, `no-cache` or `s-maxage` forbid serving it stale (in the field that
+    /// applies to this cache: targeted, `Surrogate-Control` or `Cache-Control`). Default 24 h
+    /// in [`shared_cache`](Self::shared_cache), off in [`new`](Self::new) (whose default
+    /// stale-if-error window covers failures); `None` or zero turns it off.
+    ///
+    /// "Cannot be reached" is an error returned by the inner service (a refused or reset
+    /// connection, a DNS failure, tower's `Timeout`) or the [`origin_timeout`](Self::origin_timeout)
+    /// running out; any response is the origin's answer, a `5xx` too (a `502` that an HTTP
+    /// client makes up itself must be an `Err` instead: `examples/reverse_proxy.rs`). Such an
+    /// answer is marked `Cache-Status: tower-swr; fwd=stale` (status
+    /// [`CacheStatus::StaleIfError`](crate::CacheStatus::StaleIfError)), with a warning in the
+    /// log. Responses that may be served so are kept that long past their windows (within
+    /// [`capacity_bytes`](Self::capacity_bytes)). The staleness counts from the end of the
+    /// fresh lifetime as this cache stored it: for a response that arrived stale (its `Age`
+    /// past its lifetime), from when it was stored.
+    pub fn max_stale_when_disconnected(mut self, most: impl Into<Option<Duration>>) -> Self {
+        self.config.policy.stale_if_unreachable = most.into().filter(|most| !most.is_zero());
         self.changed()
     }
 

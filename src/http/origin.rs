@@ -88,6 +88,7 @@ where
             shared: None,
             remember: false,
             reason: "the inner service returned an error".to_owned(),
+            unreachable: true,
         };
     };
     let status = response.status();
@@ -98,6 +99,7 @@ where
             shared: OriginFailure::Withheld { status }.shared(),
             remember: true,
             reason: format!("the origin answered {}", response.status()),
+            unreachable: false,
         };
     }
     let key = &entry.value().key;
@@ -333,6 +335,14 @@ where
         self.shared.config.origin_timeout
     }
 
+    fn unreachable_until(&self, entry: &Entry<CachedResponse>) -> Option<Stamp> {
+        self.shared.unreachable_until(entry)
+    }
+
+    fn unreachable(&self, failure: &Failure) -> bool {
+        matches!(failure.downcast_ref(), Some(OriginFailure::Error))
+    }
+
     fn panic_failure(&self, _panic: &(dyn std::any::Any + Send)) -> Option<Failure> {
         (!self.credentialed)
             .then(|| OriginFailure::Error.shared())
@@ -386,6 +396,9 @@ where
                         shared: shared.flatten(),
                         remember: true,
                         reason: "the inner service returned an error".to_owned(),
+                        // The origin was not reached: RFC 9111 §4.2.4 may let a stale
+                        // response stand in (`SwrLayer::max_stale_when_disconnected`).
+                        unreachable: true,
                     };
                 }
             };
@@ -404,6 +417,7 @@ where
                     shared: OriginFailure::Withheld { status: code }.shared(),
                     remember: true,
                     reason: format!("the origin answered {status}"),
+                    unreachable: false,
                 };
             }
             // A 5xx with explicit freshness may still be stored (below); otherwise it passes.
@@ -459,6 +473,7 @@ where
                         reason: format!(
                             "failure not stored ({reason}); shared with the requests that waited"
                         ),
+                        unreachable: false,
                     }
                 }
                 Admission::Uncacheable(response, reason)
@@ -472,6 +487,7 @@ where
                             shared: OriginFailure::Withheld { status: code }.shared(),
                             remember: true,
                             reason,
+                            unreachable: false,
                         }
                     } else {
                         Outcome::Unstored { answer, reason }

@@ -188,8 +188,16 @@ impl Shared {
         ask: Ask<'_>,
     ) -> Response<SwrBody<B>> {
         let now = Stamp::now();
-        tracing::warn!(key = %entry.value().key, age_secs = entry.age_at(now).as_secs(), fwd_status,
-            "serving stale response: the origin failed");
+        let age_secs = entry.age_at(now).as_secs();
+        if entry.usable_on_error_at(now) {
+            tracing::warn!(key = %entry.value().key, age_secs, fwd_status,
+                "serving stale response: the origin failed");
+        } else {
+            // Past its stale-if-error window: only RFC 9111 §4.2.4's allowance lets it answer.
+            let stale_secs = now.since(entry.fresh_until_stamp()).as_secs();
+            tracing::warn!(key = %entry.value().key, age_secs, stale_secs,
+                "serving stale response: the origin cannot be reached (disconnected)");
+        }
         self.respond(
             entry,
             CacheStatus::StaleIfError,
@@ -198,6 +206,14 @@ impl Shared {
             false,
             now,
         )
+    }
+
+    /// Until when `entry` may stand in for an origin that cannot be reached (RFC 9111 §4.2.4):
+    /// the end of its fresh lifetime plus the layer's `max_stale_when_disconnected`, unless
+    /// its directives forbid serving it stale.
+    pub(crate) fn unreachable_until(&self, entry: &Entry<CachedResponse>) -> Option<Stamp> {
+        let most = self.config.policy.stale_if_unreachable?;
+        (entry.value().stale_when_unreachable).then(|| entry.fresh_until_stamp().after(most))
     }
 
     /// The answer from an entry another request's origin call just stored.

@@ -81,6 +81,9 @@ pub(crate) struct CachedResponse {
     pub(crate) shared_with_cookie: bool,
     /// The storing request's credentials, which a refresh sends again.
     pub(crate) credentials: Option<Box<Credentials>>,
+    /// No directive forbids serving it stale when the origin cannot be reached (RFC 9111
+    /// §4.2.4; the layer's `max_stale_when_disconnected` bounds how stale).
+    pub(crate) stale_when_unreachable: bool,
 }
 
 impl CachedResponse {

@@ -234,3 +234,310 @@ async fn waiters_of_an_unreachable_origin_get_the_stale_response_too() -> TestRe
     assert_eq!(calls.get(), 2, "one origin call for both");
     Ok(())
 }
+
+// --- Item 5: cache tags --------------------------------------------------------------------
+
+/// `/a` tagged `product-1 shared` (Surrogate-Key), `/b` tagged `product-2, shared`
+/// (Cache-Tag), `/c` tagged `shared` (xkey), `/d` untagged; each answers `{path} v{n}`.
+fn tagged_origin(cache_control: &'static str) -> (impl OriginService, Calls) {
+    origin(move |n, request: Request<ReqBody>| async move {
+        let path = request.uri().path().to_owned();
+        let mut response = reply_cc(format!("{path} v{n}"), cache_control);
+        let tag = match path.as_str() {
+            "/a" => Some(("surrogate-key", "product-1 shared")),
+            "/b" => Some(("cache-tag", "product-2, shared")),
+            "/c" => Some(("xkey", "shared")),
+            _ => None,
+        };
+        if let Some((name, value)) = tag {
+            response = with_header(response, HeaderName::from_static(name), value);
+        }
+        Ok::<_, BoxError>(response)
+    })
+}
+
+async fn status_and_text<S>(service: &S, path: &str) -> (CacheStatus, String)
+where
+    S: tower::Service<
+            Request<ReqBody>,
+            Response = http::Response<tower_swr::SwrBody<ReqBody>>,
+            Error = BoxError,
+        > + Clone,
+{
+    let response = service.clone().oneshot(get(path)).await.expect("an answer");
+    (info(&response).status, text(response).await)
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_tag_field_tags_the_stored_response_and_a_hard_purge_makes_it_a_miss() -> TestResult {
+    let (origin, calls) = tagged_origin("max-age=600");
+    let layer = SwrLayer::new();
+    let cache = layer.handle();
+    let service = layer.layer(origin);
+    for path in ["/a", "/b", "/c", "/d"] {
+        service.clone().oneshot(get(path)).await?;
+    }
+    assert_eq!(calls.get(), 4);
+    assert_eq!(cache.purge_tag(["shared"]), 1);
+    for path in ["/a", "/b", "/c"] {
+        let (status, body) = status_and_text(&service, path).await;
+        assert_eq!(status, CacheStatus::Miss, "{path} was purged by tag");
+        assert!(
+            body.ends_with('2')
+                || body.ends_with('5')
+                || body.ends_with('6')
+                || body.ends_with('7'),
+            "{body}"
+        );
+    }
+    assert_eq!(calls.get(), 7);
+    let (status, body) = status_and_text(&service, "/d").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (CacheStatus::Fresh, "/d v4"),
+        "untagged: untouched"
+    );
+    // What was stored after the purge is not purged by it.
+    for path in ["/a", "/b", "/c"] {
+        assert_eq!(
+            status_and_text(&service, path).await.0,
+            CacheStatus::Fresh,
+            "{path}"
+        );
+    }
+    assert_eq!(calls.get(), 7);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn purge_tag_takes_several_tags_and_purges_only_those() -> TestResult {
+    let (origin, calls) = tagged_origin("max-age=600");
+    let layer = SwrLayer::shared_cache();
+    let cache = layer.handle();
+    let service = layer.layer(origin);
+    for path in ["/a", "/b", "/c"] {
+        service.clone().oneshot(get(path)).await?;
+    }
+    // Distinct valid tags: `product-1`, `product-2`; `bad tag` and the empty one are skipped.
+    assert_eq!(
+        cache.purge_tag(["product-1", "product-2", "product-1", "bad tag", ""]),
+        2
+    );
+    assert_eq!(status_and_text(&service, "/a").await.0, CacheStatus::Miss);
+    assert_eq!(status_and_text(&service, "/b").await.0, CacheStatus::Miss);
+    assert_eq!(status_and_text(&service, "/c").await.0, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 5);
+    // Tags are compared exactly.
+    cache.purge_tag(["SHARED"]);
+    assert_eq!(status_and_text(&service, "/c").await.0, CacheStatus::Fresh);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_soft_tag_purge_serves_stale_while_one_refresh_replaces_it() -> TestResult {
+    let (origin, calls) = tagged_origin("max-age=600, stale-while-revalidate=60");
+    let layer = SwrLayer::shared_cache();
+    let cache = layer.handle();
+    let service = layer.layer(origin);
+    service.clone().oneshot(get("/a")).await?;
+    assert_eq!(cache.soft_purge_tag(["product-1"]), 1);
+    let stale = service.clone().oneshot(get("/a")).await?;
+    assert_eq!(info(&stale).status, CacheStatus::Stale);
+    assert!(ttl_param(&stale) <= 0, "{}", cache_status(&stale));
+    assert_eq!(text(stale).await, "/a v1");
+    settle().await;
+    assert_eq!(calls.get(), 2, "one background refresh");
+    let (status, body) = status_and_text(&service, "/a").await;
+    assert_eq!((status, body.as_str()), (CacheStatus::Fresh, "/a v2"));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_soft_tag_purge_without_a_stale_window_revalidates_on_the_next_request() -> TestResult {
+    let (origin, calls) = tagged_origin("max-age=600");
+    let layer = SwrLayer::shared_cache();
+    let cache = layer.handle();
+    let service = layer.layer(origin);
+    service.clone().oneshot(get("/a")).await?;
+    cache.soft_purge_tag(["shared"]);
+    let (status, body) = status_and_text(&service, "/a").await;
+    assert_eq!((status, body.as_str()), (CacheStatus::Miss, "/a v2"));
+    assert_eq!(calls.get(), 2);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hard_purged_entry_never_stands_in_for_a_failing_origin() -> TestResult {
+    let mode = Mode::default();
+    let (origin, _calls) = switchable(
+        &[
+            ("cache-control", "max-age=10, stale-if-error=600"),
+            ("surrogate-key", "k"),
+        ],
+        mode.clone(),
+    );
+    let layer = SwrLayer::shared_cache();
+    let cache = layer.handle();
+    let service = layer.layer(origin);
+    service.clone().oneshot(get("/p")).await?;
+    advance(secs(20)).await;
+    cache.purge_tag(["k"]);
+    mode.set(ERROR);
+    assert!(service.clone().oneshot(get("/p")).await.is_err());
+    mode.set(UNAVAILABLE);
+    let answer = service.clone().oneshot(get("/p")).await?;
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_under_way_when_its_tag_is_purged_is_not_served_afterwards() -> TestResult {
+    let gate = Gate::new();
+    let (origin, calls) = {
+        let gate = gate.clone();
+        origin(move |n, _request: Request<ReqBody>| {
+            let gate = gate.clone();
+            async move {
+                if n == 1 {
+                    gate.wait().await;
+                }
+                let response = reply_cc(format!("v{n}"), "max-age=600");
+                Ok::<_, BoxError>(with_header(response, HeaderName::from_static("xkey"), "k"))
+            }
+        })
+    };
+    let layer = SwrLayer::shared_cache();
+    let cache = layer.handle();
+    let service = layer.layer(origin);
+    let first = tokio::spawn(service.clone().oneshot(get("/p")));
+    settle().await;
+    cache.purge_tag(["k"]);
+    // A request after the purge does not take the purged load's answer.
+    let second = tokio::spawn(service.clone().oneshot(get("/p")));
+    settle().await;
+    gate.open();
+    assert_eq!(text(first.await??).await, "v1", "its own request gets it");
+    assert_eq!(text(second.await??).await, "v2");
+    let (status, body) = status_and_text(&service, "/p").await;
+    assert_eq!((status, body.as_str()), (CacheStatus::Fresh, "v2"));
+    assert_eq!(calls.get(), 2);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn tag_fields_are_removed_downstream_unless_forwarded() -> TestResult {
+    for forward in [false, true] {
+        let (origin, _calls) = tagged_origin("max-age=600");
+        let service = SwrLayer::new().forward_cache_tags(forward).layer(origin);
+        for path in ["/a", "/b", "/c"] {
+            for round in ["miss", "hit"] {
+                let response = service.clone().oneshot(get(path)).await?;
+                let present = ["surrogate-key", "cache-tag", "xkey"]
+                    .iter()
+                    .any(|name| response.headers().contains_key(*name));
+                assert_eq!(
+                    present, forward,
+                    "{path} {round}, forward_cache_tags({forward})"
+                );
+            }
+        }
+        // Not stored (no-store): removed all the same.
+        let (origin, _calls) = tagged_origin("no-store");
+        let service = SwrLayer::new().forward_cache_tags(forward).layer(origin);
+        let response = service.clone().oneshot(get("/a")).await?;
+        assert_eq!(response.headers().contains_key("surrogate-key"), forward);
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_keeps_its_first_64_tags_and_ignores_the_rest() -> TestResult {
+    let many: String = (0..100).map(|i| format!("t{i} ")).collect();
+    let many: &'static str = Box::leak(many.into_boxed_str());
+    let long: &'static str = Box::leak("x".repeat(257).into_boxed_str());
+    let headers: &'static [(&'static str, &'static str)] = Box::leak(Box::new([
+        ("cache-control", "max-age=600"),
+        ("surrogate-key", many),
+        ("cache-tag", long),
+    ]));
+    let (origin, calls) = switchable(headers, Mode::default());
+    let layer = SwrLayer::new();
+    let cache = layer.handle();
+    let service = layer.layer(origin);
+    service.clone().oneshot(get("/p")).await?;
+    cache.purge_tag(["t70", &"x".repeat(257)]);
+    assert_eq!(
+        status_and_text(&service, "/p").await.0,
+        CacheStatus::Fresh,
+        "past the limits"
+    );
+    cache.purge_tag(["t63"]);
+    assert_eq!(
+        status_and_text(&service, "/p").await.0,
+        CacheStatus::Miss,
+        "the 64th tag"
+    );
+    assert_eq!(calls.get(), 2);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revalidated_entry_keeps_its_tags() -> TestResult {
+    let (origin, calls) = origin(|n, request: Request<ReqBody>| async move {
+        if n > 1 && request.headers().contains_key("if-none-match") {
+            let mut response = reply_status(StatusCode::NOT_MODIFIED, "");
+            response = with_header(response, http::header::ETAG, "\"e\"");
+            return Ok::<_, BoxError>(with_header(
+                response,
+                http::header::CACHE_CONTROL,
+                "max-age=10",
+            ));
+        }
+        let response = reply_cc(format!("v{n}"), "max-age=10");
+        let response = with_header(response, http::header::ETAG, "\"e\"");
+        Ok(with_header(
+            response,
+            HeaderName::from_static("surrogate-key"),
+            "k",
+        ))
+    });
+    let layer = SwrLayer::shared_cache();
+    let cache = layer.handle();
+    let service = layer.layer(origin);
+    service.clone().oneshot(get("/p")).await?;
+    advance(secs(20)).await;
+    let revalidated = service.clone().oneshot(get("/p")).await?;
+    assert!(
+        cache_status(&revalidated).contains("fwd-status=304"),
+        "{}",
+        cache_status(&revalidated)
+    );
+    assert_eq!(status_and_text(&service, "/p").await.0, CacheStatus::Fresh);
+    cache.purge_tag(["k"]);
+    assert_eq!(status_and_text(&service, "/p").await.0, CacheStatus::Miss);
+    assert_eq!(calls.get(), 3);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tag_purge_stays_in_its_layer() -> TestResult {
+    let budget = SwrLayer::new();
+    let (one, _) = tagged_origin("max-age=600");
+    let (two, _) = tagged_origin("max-age=600");
+    let first = SwrLayer::new().cache_name("one").share_memory_with(&budget);
+    let second = SwrLayer::new().cache_name("two").share_memory_with(&budget);
+    let (first_cache, first_service) = (first.handle(), first.layer(one));
+    let second_service = second.layer(two);
+    first_service.clone().oneshot(get("/a")).await?;
+    second_service.clone().oneshot(get("/a")).await?;
+    first_cache.purge_tag(["shared"]);
+    assert_eq!(
+        status_and_text(&first_service, "/a").await.0,
+        CacheStatus::Miss
+    );
+    assert_eq!(
+        status_and_text(&second_service, "/a").await.0,
+        CacheStatus::Fresh
+    );
+    Ok(())
+}

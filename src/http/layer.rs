@@ -18,6 +18,7 @@ use super::policy::Policy;
 use super::service::SwrService;
 use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
 use super::stored::CachedResponse;
+use super::tags::TagPurges;
 use super::vary_index::{self, Budget, Passes, VaryIndexes};
 use crate::engine::{Freshness, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
 
@@ -58,6 +59,7 @@ struct Tables {
     namespaces: Arc<StoreNamespaces>,
     vary_index: Arc<VaryIndexes>,
     passes: Arc<Passes>,
+    tags: Arc<TagPurges>,
 }
 
 /// Layer that gives a service stale-while-revalidate caching.
@@ -242,6 +244,7 @@ impl SwrLayer {
                     StatusCode::TOO_MANY_REQUESTS,
                 ]),
                 answer_remembered_failures: true,
+                forward_cache_tags: false,
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,
@@ -562,6 +565,20 @@ impl SwrLayer {
         self.changed()
     }
 
+    /// Send the cache-tag fields `Surrogate-Key`, `Cache-Tag` and `xkey` downstream (default
+    /// `false`: removed from every response, stored or not, as Fastly and Cloudflare remove
+    /// them; turn on when a cache after this one purges by tag too).
+    ///
+    /// A stored response is tagged by them whichever way: `Surrogate-Key` separated by spaces,
+    /// `Cache-Tag` by commas, `xkey` by either; a tag is 1 to 256 visible ASCII characters
+    /// (no commas), compared exactly, and a response keeps its first 64 distinct tags. An
+    /// invalid or longer tag, and those past 64, are ignored (a debug log says so). Purge with
+    /// [`SwrHandle::purge_tag`] and [`SwrHandle::soft_purge_tag`].
+    pub fn forward_cache_tags(mut self, forward: bool) -> Self {
+        self.config.forward_cache_tags = forward;
+        self.changed()
+    }
+
     /// Also send `X-Cache: HIT|STALE|MISS|BYPASS` (default off).
     pub fn x_cache_header(mut self, enabled: bool) -> Self {
         self.x_cache = enabled;
@@ -729,6 +746,7 @@ impl SwrLayer {
                         namespaces: Arc::default(),
                         vary_index: Arc::new(vary_index::vary_indexes(budget.vary_index, &engine)),
                         passes: Arc::new(vary_index::passes(budget.passes)),
+                        tags: Arc::new(TagPurges::new()),
                         engine,
                     }
                 }
@@ -749,6 +767,7 @@ impl SwrLayer {
                 namespace: cache.namespace,
                 vary_index: Arc::clone(&cache.tables.vary_index),
                 passes: Arc::clone(&cache.tables.passes),
+                tags: Arc::clone(&cache.tables.tags),
             })
         })
     }

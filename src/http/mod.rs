@@ -17,6 +17,7 @@ mod render;
 mod service;
 mod status;
 mod stored;
+mod tags;
 mod template;
 mod vary_index;
 

@@ -2,6 +2,7 @@
 //! the miss. The engine runs both (one refresh per key, coalescing, stale-if-error, shared
 //! failures, counting); this file says how to ask the origin and what its answer means.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -245,6 +246,11 @@ where
     }
 
     fn accepts(&self, key: &CacheKey, value: &CachedResponse) -> Accept<CacheKey> {
+        if !(value.tags.as_deref())
+            .is_none_or(|tags| self.shared.tags_allow(tags, &Cell::new(false)))
+        {
+            return Accept::No; // purged by tag since its load began
+        }
         let headers = self.headers();
         match value.refusal(headers, self.facts) {
             None => Accept::Yes,

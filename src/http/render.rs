@@ -13,7 +13,8 @@ use super::failure::OriginFailure;
 use super::key::CacheKey;
 use super::policy::SURROGATE_CONTROL;
 use super::status::{CacheInfo, CacheStatus, Member, CACHE_STATUS, X_CACHE};
-use super::stored::CachedResponse;
+use super::stored::{remove_present, CachedResponse};
+use super::tags::TAG_FIELDS;
 use crate::engine::{Entry, Stamp};
 
 /// What the client asked for beyond the resource: `HEAD`, a conditional, a range.
@@ -59,6 +60,9 @@ pub(crate) fn mark_bypass<B: Body>(
     headers.append(CACHE_STATUS.clone(), cache_status.clone());
     if marks.strip_surrogate_control {
         headers.remove(&SURROGATE_CONTROL);
+    }
+    if marks.strip_cache_tags {
+        remove_present(headers, &TAG_FIELDS);
     }
     if marks.x_cache {
         headers.insert(X_CACHE.clone(), HeaderValue::from_static("BYPASS"));
@@ -242,6 +246,7 @@ impl Shared {
     ) -> Response<SwrBody<B>> {
         let mut response = response;
         self.config.strip_surrogate_control(response.headers_mut());
+        self.config.strip_cache_tags(response.headers_mut());
         let member = if vary_miss {
             Member::VaryMiss { stored: false }
         } else {

@@ -541,3 +541,196 @@ async fn a_tag_purge_stays_in_its_layer() -> TestResult {
     );
     Ok(())
 }
+
+// --- Over real HTTP, through examples/reverse_proxy.rs --------------------------------------
+
+#[allow(dead_code)]
+#[path = "../examples/reverse_proxy.rs"]
+mod reverse_proxy;
+
+mod wire {
+    use super::reverse_proxy;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use axum::Router;
+    use bytes::Bytes;
+    use http::{Method, Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    type Client_ = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+    /// The upstream: `/t1` tagged `k one` (Surrogate-Key), `/t2` tagged `k` (xkey), `/p` with
+    /// `max-age=1`; every answer closes its connection. `mode` 1: every answer is a 503.
+    async fn upstream(
+        calls: Arc<AtomicUsize>,
+        mode: Arc<AtomicUsize>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let handler = move |tag: Option<(&'static str, &'static str)>, cc: &'static str| {
+            let (calls, mode) = (calls.clone(), mode.clone());
+            move || async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if mode.load(Ordering::SeqCst) == 1 {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [("connection", "close")],
+                        "down".to_owned(),
+                    )
+                        .into_response();
+                }
+                let mut response = (
+                    [("cache-control", cc), ("connection", "close")],
+                    format!("v{n}"),
+                )
+                    .into_response();
+                if let Some((name, value)) = tag {
+                    response.headers_mut().insert(name, value.parse().unwrap());
+                }
+                response
+            }
+        };
+        let app = Router::new()
+            .route(
+                "/t1",
+                get(handler(Some(("surrogate-key", "k one")), "max-age=600")),
+            )
+            .route("/t2", get(handler(Some(("xkey", "k")), "max-age=600")))
+            .route("/p", get(handler(None, "max-age=1")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (addr, task)
+    }
+
+    async fn proxy(upstream: SocketAddr) -> SocketAddr {
+        let (app, _cache) = reverse_proxy::app(format!("http://{upstream}").parse().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        addr
+    }
+
+    /// Status, `Cache-Status`, whether a tag field came through, and the body.
+    async fn send(
+        client: &Client_,
+        method: &str,
+        url: String,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String, bool, String) {
+        let mut request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = client
+            .request(request.body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let cache_status = headers
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let tagged = ["surrogate-key", "cache-tag", "xkey"]
+            .iter()
+            .any(|n| headers.contains_key(*n));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            cache_status,
+            tagged,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn over_http_an_unreachable_upstream_gets_the_stale_copy_and_a_503_does_not() {
+        let (calls, mode) = (Arc::default(), Arc::new(AtomicUsize::new(0)));
+        let (up, task) = upstream(Arc::clone(&calls), Arc::clone(&mode)).await;
+        let proxy = proxy(up).await;
+        let client: Client_ = Client::builder(TokioExecutor::new()).build_http();
+        let url = |path: &str| format!("http://{proxy}{path}");
+        let (status, _, _, body) = send(&client, "GET", url("/p"), &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "v1"));
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        // The upstream's own 503 is its answer.
+        mode.store(1, Ordering::SeqCst);
+        let (status, _, _, body) = send(&client, "GET", url("/p"), &[]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "down")
+        );
+        // Gone: connections are refused.
+        task.abort();
+        let _ = task.await;
+        let (status, cache_status, _, body) = send(&client, "GET", url("/p"), &[]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "v1"),
+            "{cache_status}"
+        );
+        assert_eq!(cache_status, "tower-swr; fwd=stale");
+        // Nothing stored to stand in: the proxy's own 502.
+        let (status, _, _, _) = send(&client, "GET", url("/t1"), &[]).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn over_http_purge_by_surrogate_key_xkey_purge_or_target_from_loopback() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (up, _task) = upstream(Arc::clone(&calls), Arc::default()).await;
+        let proxy = proxy(up).await;
+        let client: Client_ = Client::builder(TokioExecutor::new()).build_http();
+        let url = |path: &str| format!("http://{proxy}{path}");
+        for path in ["/t1", "/t2", "/t1", "/t2"] {
+            let (status, _, tagged, _) = send(&client, "GET", url(path), &[]).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(!tagged, "tag fields are not sent downstream");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        let (status, _, _, body) =
+            send(&client, "PURGE", url("/"), &[("surrogate-key", "one")]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "purged 1 tags\n"));
+        let (_, cache_status, _, _) = send(&client, "GET", url("/t1"), &[]).await;
+        assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
+        let (_, cache_status, _, _) = send(&client, "GET", url("/t2"), &[]).await;
+        assert!(cache_status.contains("hit"), "{cache_status}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let (status, _, _, body) = send(&client, "PURGE", url("/"), &[("xkey-purge", "k")]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "purged 1 tags\n"));
+        for path in ["/t1", "/t2"] {
+            let (_, cache_status, _, _) = send(&client, "GET", url(path), &[]).await;
+            assert!(
+                cache_status.contains("fwd=uri-miss"),
+                "{path}: {cache_status}"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+
+        let (status, _, _, body) = send(&client, "PURGE", url("/t1"), &[]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "purged 1 entries\n")
+        );
+        let (_, cache_status, _, _) = send(&client, "GET", url("/t1"), &[]).await;
+        assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+}

@@ -7,9 +7,29 @@
 //! service (hyperium/hyper#3815, #4114 are open); it sends `100 Continue` itself when the body
 //! of an `Expect: 100-continue` request is first read, here by the upstream client.
 //!
+//! An upstream that cannot be reached (connection refused or reset, DNS, no answer within 30 s)
+//! is an `Err` of the upstream service, not a response: the layer then knows the origin gave no
+//! answer, and in the shared-cache preset serves a stored stale response if it has one (RFC 9111
+//! §4.2.4, `SwrLayer::max_stale_when_disconnected`, `Cache-Status: ...; fwd=stale`). A `502`
+//! made up here would look like the origin's own answer and be passed on. The outermost layer
+//! turns the errors nothing could stand in for into `502 Bad Gateway` for the client.
+//!
+//! `PURGE` from a loopback address purges (others get `403`):
+//!
+//! ```text
+//! PURGE /path?query                      the entries of that target
+//! PURGE /  with  Surrogate-Key: a b      every entry tagged a or b (Fastly's form)
+//! PURGE /  with  xkey-purge: a b         the same (Varnish xkey's form)
+//! Fastly-Soft-Purge: 1 / xkey-softpurge  soft: stale, served while it refreshes
+//! ```
+//!
+//! The answer says how many entries (by target) or tags were purged. Stored responses are
+//! tagged by their `Surrogate-Key`, `Cache-Tag` and `xkey` fields, which are not sent on.
+//!
 //! ```sh
 //! cargo run --release --example reverse_proxy -- \
 //!     --listen 127.0.0.1:8102 --upstream http://127.0.0.1:8100
+//! curl -X PURGE -H 'Surrogate-Key: product-42' http://127.0.0.1:8102/
 //! ```
 
 use std::convert::Infallible;
@@ -17,17 +37,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, HeaderName, Request, Response, StatusCode, Uri};
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
 use axum::Router;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower::{Service, ServiceBuilder};
-use tower_swr::SwrLayer;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_swr::{SwrBody, SwrHandle, SwrLayer};
 
-/// Forwards requests to one upstream; an unreachable upstream is a 502.
+/// Forwards requests to one upstream; an unreachable upstream is an `Err`.
 #[derive(Clone)]
 struct Upstream {
     client: Client<HttpConnector, Body>,
@@ -57,10 +79,10 @@ impl Upstream {
 
 impl Service<Request<Body>> for Upstream {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
@@ -83,17 +105,111 @@ impl Service<Request<Body>> for Upstream {
         }
         let client = self.client.clone();
         Box::pin(async move {
-            match client.request(Request::from_parts(parts, body)).await {
-                Ok(response) => Ok(response.map(Body::new)),
-                Err(error) => {
-                    tracing::warn!(%error, "upstream request failed");
-                    let mut response = Response::new(Body::from("upstream unavailable\n"));
-                    *response.status_mut() = StatusCode::BAD_GATEWAY;
-                    Ok(response)
-                }
-            }
+            // A transport error is no answer of the origin: the cache may stand in for it.
+            let response = client.request(Request::from_parts(parts, body)).await?;
+            Ok(response.map(Body::new))
         })
     }
+}
+
+/// The client's answer to an error nothing could stand in for.
+fn bad_gateway(
+    result: Result<Response<SwrBody<Body>>, BoxError>,
+) -> Result<Response<Body>, Infallible> {
+    Ok(match result {
+        Ok(response) => response.map(Body::new),
+        Err(error) => {
+            tracing::warn!(%error, "upstream unreachable");
+            let mut response = Response::new(Body::from("upstream unavailable\n"));
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+            response
+        }
+    })
+}
+
+/// The tags a `PURGE` names, and whether it is soft.
+fn purge_tags(headers: &HeaderMap) -> (Vec<String>, bool) {
+    let mut tags = Vec::new();
+    let mut add = |name: &str| {
+        for value in headers.get_all(name) {
+            let text = value.to_str().unwrap_or_default();
+            let split = text.split(|c: char| c == ',' || c.is_ascii_whitespace());
+            tags.extend(split.filter(|t| !t.is_empty()).map(str::to_owned));
+        }
+    };
+    add("surrogate-key");
+    add("xkey-purge");
+    add("xkey-softpurge");
+    let soft = headers.contains_key("xkey-softpurge")
+        || headers
+            .get("fastly-soft-purge")
+            .is_some_and(|v| v.as_bytes() == b"1");
+    (tags, soft)
+}
+
+/// Answers a `PURGE`: by tag when it names tags, else by target.
+fn purge(cache: &SwrHandle, request: &Request<Body>) -> Response<Body> {
+    let loopback = (request.extensions().get::<ConnectInfo<SocketAddr>>())
+        .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+    let (status, text) = if !loopback {
+        (
+            StatusCode::FORBIDDEN,
+            "PURGE only from loopback\n".to_owned(),
+        )
+    } else {
+        let (tags, soft) = purge_tags(request.headers());
+        if !tags.is_empty() {
+            let purged = if soft {
+                cache.soft_purge_tag(&tags)
+            } else {
+                cache.purge_tag(&tags)
+            };
+            (StatusCode::OK, format!("purged {purged} tags\n"))
+        } else {
+            let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let purged = if soft {
+                cache.soft_purge(target)
+            } else {
+                cache.purge(target)
+            };
+            (StatusCode::OK, format!("purged {purged} entries\n"))
+        }
+    };
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    response
+}
+
+/// The proxy in front of `upstream`, and a handle on its cache. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`, which `PURGE` needs.
+pub fn app(upstream: Uri) -> (Router, SwrHandle) {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    // The upstream chooses by method itself: a HEAD miss may be asked as a GET and stored, as
+    // nginx and Varnish do.
+    let layer = SwrLayer::shared_cache().convert_head(true);
+    let cache = layer.handle();
+    let proxy = ServiceBuilder::new()
+        .layer(layer)
+        // An upstream that does not answer in 30 s is unreachable too.
+        .timeout(Duration::from_secs(30))
+        .service(Upstream {
+            client,
+            base: upstream,
+        });
+    let handle = cache.clone();
+    let front = tower::service_fn(move |request: Request<Body>| {
+        let (proxy, cache) = (proxy.clone(), cache.clone());
+        async move {
+            if request.method().as_str() == "PURGE" {
+                return Ok(purge(&cache, &request));
+            }
+            // Outermost: what is still an error (no stale response could stand in) is a 502.
+            bad_gateway(proxy.oneshot(request).await)
+        }
+    });
+    (Router::new().fallback_service(front), handle)
 }
 
 fn arg(name: &str) -> Option<String> {
@@ -125,17 +241,13 @@ async fn main() {
         .parse()
         .expect("--upstream takes a URL such as http://127.0.0.1:8100");
 
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let proxy = ServiceBuilder::new()
-        .layer(
-            // The upstream chooses by method itself: a HEAD miss may be asked as a GET and
-            // stored, as nginx and Varnish do.
-            SwrLayer::shared_cache().convert_head(true),
-        )
-        .service(Upstream { client, base });
-    let app = Router::new().fallback_service(proxy);
-
+    let (app, _cache) = app(base);
     let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
     println!("caching proxy on http://{listen}");
-    axum::serve(listener, app).await.expect("server");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .expect("server");
 }

@@ -282,6 +282,11 @@ impl<V> Entry<V> {
         now < self.error_until || now < self.stale_until
     }
 
+    /// Whether it has a stale-while-revalidate window at all.
+    pub(crate) fn has_stale_window(&self) -> bool {
+        self.stale_until > self.fresh_until
+    }
+
     pub(crate) fn fresh_until_stamp(&self) -> Stamp {
         self.fresh_until
     }

@@ -48,6 +48,9 @@ pub(crate) enum Outcome<K, V, A> {
         shared: Option<Failure>,
         remember: bool,
         reason: String,
+        /// The source could not be reached at all (a transport error): a value past its
+        /// stale-if-error window may still stand in, as [`Caller::unreachable_until`] says.
+        unreachable: bool,
     },
 }
 
@@ -106,6 +109,20 @@ pub(crate) trait Caller<K, V> {
         None
     }
 
+    /// Until when `entry`, past every window in which it may stand in for a failed load, may
+    /// still stand in for a load that could not reach its source at all (a transport error, a
+    /// timeout): RFC 9111 §4.2.4's stale response when disconnected. `None` (the default):
+    /// never.
+    fn unreachable_until(&self, _entry: &Entry<V>) -> Option<Stamp> {
+        None
+    }
+
+    /// Whether `failure` (another caller's load, or one remembered) says its source could not
+    /// be reached.
+    fn unreachable(&self, _failure: &Failure) -> bool {
+        false
+    }
+
     /// What the waiters get when the load panics with `panic` (`None`: they compete again).
     fn panic_failure(&self, _panic: &(dyn std::any::Any + Send)) -> Option<Failure> {
         None
@@ -151,6 +168,22 @@ fn land<K: Hash + Eq + Clone, V>(leader: &mut Option<FlightLeader<K, V>>, landin
     if let Some(leader) = leader.take() {
         leader.land(landing);
     }
+}
+
+/// Whether `entry` may answer for a failed load: inside its stale-if-error (or
+/// stale-while-revalidate) window, or, when the source could not be reached, before the
+/// caller's [`unreachable_until`](Caller::unreachable_until).
+fn may_stand_in<K, V, C: Caller<K, V>>(
+    caller: &C,
+    entry: &Entry<V>,
+    now: Stamp,
+    unreachable: bool,
+) -> bool {
+    entry.usable_on_error_at(now)
+        || (unreachable
+            && caller
+                .unreachable_until(entry)
+                .is_some_and(|until| now < until))
 }
 
 impl<K, V> SwrCache<K, V>
@@ -352,10 +385,11 @@ where
                     // unless a stale value may stand in.
                     Join::Failed(failure) => {
                         let reason = "a load failed a moment ago";
+                        let unreachable = caller.unreachable(&failure);
                         if let Some(answer) = self.stale_on_error(
                             &key,
                             existing.as_ref(),
-                            Some(&failure),
+                            (Some(&failure), unreachable),
                             &mut caller,
                             reason,
                         ) {
@@ -387,10 +421,12 @@ where
                         Waited::Failed(failure) => {
                             // One load failed for every caller that waited for it.
                             let reason = "the load waited for failed";
+                            let unreachable =
+                                failure.as_ref().is_some_and(|f| caller.unreachable(f));
                             if let Some(answer) = self.stale_on_error(
                                 &key,
                                 existing.as_ref(),
-                                failure.as_ref(),
+                                (failure.as_ref(), unreachable),
                                 &mut caller,
                                 reason,
                             ) {
@@ -429,10 +465,12 @@ where
         mut leader: Option<FlightLeader<K, V>>,
         earlier: Option<Waiting<V>>,
     ) -> C::Answer {
-        let usable = |existing: &Option<Arc<Entry<V>>>| {
+        // `unreachable`: for a load that could not reach its source (a timeout too), which a
+        // value past its stale-if-error window may still answer (see `may_stand_in`).
+        let usable = |existing: &Option<Arc<Entry<V>>>, caller: &C, unreachable: bool| {
             existing
                 .as_ref()
-                .filter(|entry| entry.usable_on_error_at(Stamp::now()))
+                .filter(|entry| may_stand_in(caller, entry, Stamp::now(), unreachable))
                 .cloned()
         };
         // A load outside any flight is fenced by any invalidation from now on.
@@ -463,7 +501,7 @@ where
         // this is a miss whatever happens next (even if the caller goes away): counted now.
         // With one, the answer may be stale-if-error instead; a backup attempt may be answered
         // by an earlier one (collapsed): counted with the outcome.
-        let miss_counted = usable(&existing).is_none() && earlier.is_none();
+        let miss_counted = usable(&existing, &caller, true).is_none() && earlier.is_none();
         if miss_counted {
             self.inner.counters.misses.inc();
         }
@@ -472,12 +510,13 @@ where
                 self.inner.counters.misses.inc();
             }
         };
-        let fallback = usable(&existing).is_some();
+        let fallback = usable(&existing, &caller, false).is_some();
         let load = caller.load(&key, existing.as_ref(), fallback, leader.is_some());
         let mut load = std::pin::pin!(CatchUnwind::new(load));
-        // With a value to fall back on, the load gets the caller's fallback timeout; without
-        // one, its own answer is awaited (there is nothing else to give).
-        let limit = usable(&existing).and(caller.fallback_timeout());
+        // With a value to fall back on, the load gets the caller's fallback timeout (a load cut
+        // at it did not reach its source: a value usable only then counts too); without one, its
+        // own answer is awaited (there is nothing else to give).
+        let limit = usable(&existing, &caller, true).and(caller.fallback_timeout());
         let deadline = limit.map(|limit| Instant::now() + limit);
         // `Some(None)`: the load was cut at the deadline.
         let mut first = None;
@@ -515,7 +554,7 @@ where
             Some(outcome) => outcome,
             // Only while the value may still stand in: once its window has closed, the load's
             // own answer is awaited after all.
-            None => match usable(&existing) {
+            None => match usable(&existing, &caller, true) {
                 Some(fallback) => {
                     land(&mut leader, Landing::FAILED);
                     let timeout_ms = limit.map_or(0, |limit| limit.as_millis() as u64);
@@ -541,7 +580,7 @@ where
                 land(&mut leader, Landing::Failed { failure, remember });
                 let reason = "the load panicked";
                 if let Some(answer) =
-                    self.stale_on_error(&key, existing.as_ref(), None, &mut caller, reason)
+                    self.stale_on_error(&key, existing.as_ref(), (None, false), &mut caller, reason)
                 {
                     return answer;
                 }
@@ -592,6 +631,7 @@ where
                 shared,
                 remember,
                 reason,
+                unreachable,
             } => {
                 let failure = shared.clone();
                 land(
@@ -604,7 +644,7 @@ where
                 if let Some(answer) = self.stale_on_error(
                     &key,
                     existing.as_ref(),
-                    failure.as_ref(),
+                    (failure.as_ref(), unreachable),
                     &mut caller,
                     &reason,
                 ) {
@@ -616,17 +656,18 @@ where
         }
     }
 
-    /// The stale value as the answer to a failed load, if it may stand in (stale-if-error).
+    /// The stale value as the answer to a failed load, if it may stand in (stale-if-error, or
+    /// past it when `failed.1` says the source could not be reached: see [`may_stand_in`]).
     fn stale_on_error<C: Caller<K, V>>(
         &self,
         key: &K,
         existing: Option<&Arc<Entry<V>>>,
-        failure: Option<&Failure>,
+        (failure, unreachable): (Option<&Failure>, bool),
         caller: &mut C,
         reason: &str,
     ) -> Option<C::Answer> {
         let now = Stamp::now();
-        let entry = existing.filter(|entry| entry.usable_on_error_at(now))?;
+        let entry = existing.filter(|entry| may_stand_in(caller, entry, now, unreachable))?;
         self.inner.counters.stale_if_error.inc();
         // The caller warns as it renders (it knows what the failure was); this says why.
         tracing::debug!(key = ?key, reason, "a stale value stands in for a failed load");

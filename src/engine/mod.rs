@@ -1211,6 +1211,7 @@ where
                     shared: Some(Arc::clone(&error) as Failure),
                     remember: true,
                     answer: Err(error),
+                    unreachable: false,
                 }
             }
         })

@@ -16,6 +16,7 @@ use super::key::{CacheKey, Vary};
 use super::policy::{declared_body_refusal, failure_is_shareable, Decision, Reason, RequestFacts};
 use super::status::{reserve_slots, without_slots};
 use super::stored::{storable_headers, CachedResponse, Credentials};
+use super::tags::Tags;
 use super::template::RequestTemplate;
 use crate::engine::{Entry, Loaded};
 
@@ -25,6 +26,8 @@ pub(crate) struct Verdict {
     pub(crate) vary: Vary,
     /// The request's credentials, kept with the entry for its refreshes.
     pub(crate) credentials: Option<Box<Credentials>>,
+    /// The response's cache tags, dated by when the load began.
+    pub(crate) tags: Option<Box<Tags>>,
 }
 
 /// A response that was not stored, and why.
@@ -98,6 +101,7 @@ impl Shared {
                 .with_vary(&vary),
             vary,
             credentials: Credentials::of(&template.headers, &self.config.policy.credential_headers),
+            tags: Tags::of(&parts.headers, template.tag_generation),
         }
     }
 
@@ -110,6 +114,7 @@ impl Shared {
             decision,
             vary,
             credentials,
+            tags,
         }: Verdict,
         (parts, body): (http::response::Parts, Bytes),
         declared_len: Option<u64>,
@@ -120,6 +125,8 @@ impl Shared {
             Decision::Store { strip, .. } => {
                 let mut headers = storable_headers(parts.headers, strip);
                 self.config.strip_surrogate_control(&mut headers);
+                // Stored as they go downstream: a hit removes nothing.
+                self.config.strip_cache_tags(&mut headers);
                 (headers, true)
             }
             Decision::Pass(_) => (parts.headers, false),
@@ -136,13 +143,18 @@ impl Shared {
         } else {
             (headers, None)
         };
-        let (shared_with_auth, shared_with_cookie) = match &decision {
+        let (shared_with_auth, shared_with_cookie, stale_when_unreachable) = match &decision {
             Decision::Store {
                 shared_with_auth,
                 shared_with_cookie,
+                stale_when_unreachable,
                 ..
-            } => (*shared_with_auth, *shared_with_cookie),
-            Decision::Pass(_) => (false, false),
+            } => (
+                *shared_with_auth,
+                *shared_with_cookie,
+                *stale_when_unreachable,
+            ),
+            Decision::Pass(_) => (false, false, false),
         };
         // A response with `Vary` is stored under its variant's key; one without, under the
         // plain key.
@@ -164,6 +176,8 @@ impl Shared {
             shared_with_auth,
             shared_with_cookie,
             credentials,
+            stale_when_unreachable,
+            tags: tags.filter(|_| stored),
         };
         let Decision::Store {
             freshness,
@@ -224,7 +238,11 @@ impl Shared {
                     failure: Arc::new(OriginFailure::Answer {
                         status: parts.status,
                         version: parts.version,
-                        headers: storable_headers(parts.headers, &[]),
+                        headers: {
+                            let mut headers = storable_headers(parts.headers, &[]);
+                            self.config.strip_cache_tags(&mut headers);
+                            headers
+                        },
                         body,
                     }),
                     reason,
@@ -281,7 +299,17 @@ impl Shared {
             conditional::merge_304(&without_slots(cached.headers.clone()), &parts.headers);
         parts.status = cached.status;
         parts.version = cached.version;
-        let verdict = self.judge(&template, &parts, Duration::ZERO);
+        let mut verdict = self.judge(&template, &parts, Duration::ZERO);
+        if verdict.tags.is_none() {
+            // The stored tags (removed from the stored headers) unless the 304 names others;
+            // dated by this revalidation, which confirms the response anew.
+            verdict.tags = cached.tags.as_ref().map(|tags| {
+                Box::new(Tags {
+                    names: tags.names.clone(),
+                    since: template.tag_generation,
+                })
+            });
+        }
         self.admit_buffered(
             cached.key.clone(),
             verdict,

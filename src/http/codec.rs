@@ -13,11 +13,14 @@
 //! u16    status
 //! u8     HTTP version: 0 = 0.9, 1 = 1.0, 2 = 1.1, 3 = 2, 4 = 3
 //! u8     flags: 1 = Age/Cache-Status slots reserved, 2 = shared with Authorization,
-//!        4 = shared with Cookie (other bits 0)
+//!        4 = shared with Cookie, 8 = may stand in for an unreachable origin, 16 = tagged
+//!        (other bits 0)
 //! u32    header lines, then each: bytes name (lowercase), bytes value; in order, duplicates
 //!        kept, without the slots (a decoded entry reserves them again)
 //! u8     0, or 1 and the Vary values: u32 count, then each: bytes name, opt value
 //! u8     0, or 1 and the credentials: u32 count, then each: bytes name, bytes value
+//! (if tagged) u32 count (1 to 64), then each: bytes tag (cache tags; a decoded entry counts
+//!        as loaded before every tag purge this process made)
 //! u64    body length, then the body
 //! ```
 //!
@@ -34,6 +37,7 @@ use http::{Method, StatusCode, Version};
 use super::key::{known_namespace, put_bytes, put_optional, KeyRef, VaryValues, KEY_FORMAT};
 use super::status::{is_slot, reserve_slots};
 use super::stored::{CachedResponse, Credentials};
+use super::tags::{is_tag, Tags, MAX_TAGS};
 use crate::engine::Lifetime;
 
 /// The version byte that starts an encoded response.
@@ -46,6 +50,8 @@ pub(crate) const MAX_HEADER_LINES: usize = 4096;
 const FLAG_SLOTS: u8 = 1;
 const FLAG_SHARED_WITH_AUTH: u8 = 2;
 const FLAG_SHARED_WITH_COOKIE: u8 = 4;
+const FLAG_STALE_WHEN_UNREACHABLE: u8 = 8;
+const FLAG_TAGGED: u8 = 16;
 
 /// Why bytes are not an encoded response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +119,12 @@ pub(crate) fn encode(cached: &CachedResponse, lifetime: &Lifetime) -> Vec<u8> {
     if cached.shared_with_cookie {
         flags |= FLAG_SHARED_WITH_COOKIE;
     }
+    if cached.stale_when_unreachable {
+        flags |= FLAG_STALE_WHEN_UNREACHABLE;
+    }
+    if cached.tags.is_some() {
+        flags |= FLAG_TAGGED;
+    }
     out.push(flags);
     // Without the slots (a decoded entry reserves them again), in order: `without_slots`
     // would reorder the lines.
@@ -150,6 +162,12 @@ pub(crate) fn encode(cached: &CachedResponse, lifetime: &Lifetime) -> Vec<u8> {
             }
         }
     }
+    if let Some(tags) = &cached.tags {
+        put_count(&mut out, tags.names.len());
+        for tag in tags.names.iter() {
+            put_bytes(&mut out, tag.as_bytes());
+        }
+    }
     out.extend_from_slice(&(cached.body.len() as u64).to_be_bytes());
     out.extend_from_slice(&cached.body);
     out
@@ -183,7 +201,12 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
     let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Invalid("status"))?;
     let version = version_of(r.u8()?)?;
     let flags = r.u8()?;
-    if flags & !(FLAG_SLOTS | FLAG_SHARED_WITH_AUTH | FLAG_SHARED_WITH_COOKIE) != 0 {
+    let known = FLAG_SLOTS
+        | FLAG_SHARED_WITH_AUTH
+        | FLAG_SHARED_WITH_COOKIE
+        | FLAG_STALE_WHEN_UNREACHABLE
+        | FLAG_TAGGED;
+    if flags & !known != 0 {
         return Err(DecodeError::Invalid("flags"));
     }
     let lines = r.count(8)?;
@@ -233,6 +256,27 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
         }
         _ => return Err(DecodeError::Invalid("credentials flag")),
     };
+    let tags = if flags & FLAG_TAGGED != 0 {
+        let count = r.count(5)?;
+        if count == 0 || count > MAX_TAGS {
+            return Err(DecodeError::Invalid("tag count"));
+        }
+        let mut names = Vec::with_capacity(count);
+        for _ in 0..count {
+            let tag = std::str::from_utf8(r.bytes()?).map_err(|_| DecodeError::Invalid("tag"))?;
+            if !is_tag(tag) {
+                return Err(DecodeError::Invalid("tag"));
+            }
+            names.push(Box::from(tag));
+        }
+        // Its load's place among this process's tag purges is unknown: before all of them.
+        Some(Box::new(Tags {
+            names: names.into_boxed_slice(),
+            since: 0,
+        }))
+    } else {
+        None
+    };
     let body_len = r.u64()?;
     let body_len = usize::try_from(body_len).map_err(|_| DecodeError::Truncated)?;
     let body = Bytes::copy_from_slice(r.take(body_len)?);
@@ -250,6 +294,8 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
         shared_with_auth: flags & FLAG_SHARED_WITH_AUTH != 0,
         shared_with_cookie: flags & FLAG_SHARED_WITH_COOKIE != 0,
         credentials,
+        stale_when_unreachable: flags & FLAG_STALE_WHEN_UNREACHABLE != 0,
+        tags,
     };
     Ok((cached, lifetime))
 }
@@ -465,6 +511,11 @@ pub fn fuzz_codec_seeds() -> Vec<Vec<u8>> {
         shared_with_auth: false,
         shared_with_cookie: true,
         credentials: Credentials::of(&request, &[]),
+        stale_when_unreachable: true,
+        tags: Some(Box::new(Tags {
+            names: vec![Box::from("product-1"), Box::from("page")].into_boxed_slice(),
+            since: 0,
+        })),
     };
     let bare = CachedResponse {
         key: key("/"),
@@ -477,6 +528,8 @@ pub fn fuzz_codec_seeds() -> Vec<Vec<u8>> {
         shared_with_auth: false,
         shared_with_cookie: false,
         credentials: None,
+        stale_when_unreachable: false,
+        tags: None,
     };
     vec![encode(&full, &lifetime), encode(&bare, &lifetime)]
 }
@@ -503,6 +556,15 @@ pub(crate) fn assert_same(a: &CachedResponse, b: &CachedResponse) {
         a.credentials.as_ref().map(|c| &c.0),
         b.credentials.as_ref().map(|c| &c.0),
         "credentials"
+    );
+    assert_eq!(
+        a.stale_when_unreachable, b.stale_when_unreachable,
+        "stale_when_unreachable"
+    );
+    assert_eq!(
+        a.tags.as_ref().map(|t| &t.names),
+        b.tags.as_ref().map(|t| &t.names),
+        "tags"
     );
 }
 
@@ -581,6 +643,8 @@ mod tests {
             shared_with_auth: true,
             shared_with_cookie: false,
             credentials: Credentials::of(&credentials, &[]),
+            stale_when_unreachable: false,
+            tags: None,
         }
     }
 
@@ -795,7 +859,8 @@ mod tests {
             credentials in prop::collection::vec(
                 (prop_oneof![Just("authorization"), Just("cookie"), Just("x-api-key")],
                  value_strategy()), 0..3),
-            flags in (any::<bool>(), any::<bool>()),
+            flags in (any::<bool>(), any::<bool>(), any::<bool>()),
+            tags in prop::collection::btree_set("[!-+--~]{1,12}", 0..5),
             method in prop_oneof![Just("GET"), Just("POST"), Just("FOO")],
             host in "[a-z.:0-9]{0,16}",
             target in "/[ -~]{0,24}",
@@ -847,6 +912,11 @@ mod tests {
                 shared_with_auth: flags.0,
                 shared_with_cookie: flags.1,
                 credentials: Credentials::of(&request, &[HeaderName::from_static("x-api-key")]),
+                stale_when_unreachable: flags.2,
+                tags: (!tags.is_empty()).then(|| Box::new(Tags {
+                    names: tags.into_iter().map(String::into_boxed_str).collect(),
+                    since: 0,
+                })),
             }
         }
     }

@@ -11,7 +11,8 @@ use http::{Request, StatusCode};
 use super::key::CacheKey;
 use super::policy::{Policy, SURROGATE_CONTROL};
 use super::status::StatusHeaders;
-use super::stored::CachedResponse;
+use super::stored::{remove_present, CachedResponse};
+use super::tags::{TagPurges, TAG_FIELDS};
 use super::vary_index::{Passes, VaryIndexes};
 use crate::engine::{Freshness, Stats, SwrCache};
 
@@ -47,6 +48,9 @@ pub(crate) struct Config {
     /// Whether a failure remembered a moment (`remember_failures`) answers this layer's
     /// requests: off where this layer's `remember_failures` is zero, whoever made the store.
     pub(crate) answer_remembered_failures: bool,
+    /// Send the cache-tag fields (`Surrogate-Key`, `Cache-Tag`, `xkey`) downstream (default:
+    /// removed, as Fastly and Cloudflare do).
+    pub(crate) forward_cache_tags: bool,
 }
 
 impl Config {
@@ -78,6 +82,14 @@ impl Config {
             x_cache: self.headers.x_cache,
             cache_info: self.headers.cache_info,
             strip_surrogate_control: self.policy.surrogate_token.is_some(),
+            strip_cache_tags: !self.forward_cache_tags,
+        }
+    }
+
+    /// Removes the cache-tag fields unless the layer forwards them.
+    pub(crate) fn strip_cache_tags(&self, headers: &mut HeaderMap) {
+        if !self.forward_cache_tags {
+            remove_present(headers, &TAG_FIELDS);
         }
     }
 
@@ -109,6 +121,7 @@ pub(crate) struct BypassMarks {
     pub(crate) x_cache: bool,
     pub(crate) cache_info: bool,
     pub(crate) strip_surrogate_control: bool,
+    pub(crate) strip_cache_tags: bool,
 }
 
 /// What a layer's services share: the engine and the settings.
@@ -129,6 +142,8 @@ pub(crate) struct Shared {
     /// a conditional or range request for one goes to the origin as the client sent it. Its
     /// bytes are part of the budget too.
     pub(crate) passes: Arc<Passes>,
+    /// When each cache tag was last purged (bounded; shared by the layers sharing the store).
+    pub(crate) tags: Arc<TagPurges>,
 }
 
 impl Shared {
@@ -149,3 +164,8 @@ pub(crate) const PASS_FOR: Duration = Duration::from_secs(120);
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(60);
 pub(crate) const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::from_secs(120);
 pub(crate) const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
+/// How stale a response may be to stand in for an unreachable origin in the shared-cache
+/// preset (RFC 9111 §4.2.4 sets no bound; Squid's `max_stale` is a week, nginx's
+/// `proxy_cache_use_stale error timeout` unbounded): a day rides out an outage without
+/// serving pages from last week.
+pub(crate) const DEFAULT_MAX_STALE_WHEN_DISCONNECTED: Duration = Duration::from_secs(24 * 3600);

@@ -99,6 +99,62 @@ impl SwrHandle {
         self.shared.redis.as_ref().map(|tier| tier.stats())
     }
 
+    /// Purges every entry tagged with one of `tags` (`Surrogate-Key`, `Cache-Tag`, `xkey`; see
+    /// [`SwrLayer::forward_cache_tags`](crate::SwrLayer::forward_cache_tags)): the next request
+    /// for one is a miss, and no such entry is served again, stale-if-error or disconnected
+    /// either. An origin call under way when this runs may still answer the requests waiting
+    /// for it, but what it stores counts as purged too. Returns how many distinct tags were
+    /// purged (tags that are not 1 to 256 visible ASCII characters are skipped).
+    ///
+    /// It scans nothing: each tag's purge time is recorded and compared when a tagged entry is
+    /// used. At most 16,384 tags are recorded per store; past that, the records fold into one
+    /// purge of every tagged entry of the layer (a warning says so), so a purge never does less
+    /// than asked.
+    ///
+    /// ```
+    /// use tower_swr::SwrLayer;
+    ///
+    /// let cache = SwrLayer::new().handle();
+    /// assert_eq!(cache.purge_tag(["product-42", "category-7"]), 2);
+    /// assert_eq!(cache.soft_purge_tag(["homepage"]), 1);
+    /// ```
+    pub fn purge_tag<I>(&self, tags: I) -> usize
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.purge_tags(tags, false)
+    }
+
+    /// Soft-purges every entry tagged with one of `tags`: each is stale from now, answered at
+    /// once while one background refresh replaces it (where it has a stale-while-revalidate
+    /// window; otherwise the next request revalidates it, and stale-if-error still applies).
+    /// Returns how many distinct tags were purged (see [`purge_tag`](Self::purge_tag)).
+    pub fn soft_purge_tag<I>(&self, tags: I) -> usize
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.purge_tags(tags, true)
+    }
+
+    fn purge_tags<I>(&self, tags: I, soft: bool) -> usize
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let tags: Vec<I::Item> = tags.into_iter().collect();
+        let purge =
+            (self.shared.tags).purge(self.shared.namespace, tags.iter().map(AsRef::as_ref), soft);
+        tracing::debug!(
+            tags = purge.tags,
+            soft,
+            folded = purge.folded,
+            "purged by tag"
+        );
+        purge.tags
+    }
+
     /// Graceful shutdown: stop starting background refreshes and wait up to `deadline` for the
     /// running ones. Returns whether they all finished in time. Requests are still answered
     /// (stale entries without refreshing).

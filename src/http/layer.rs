@@ -9,7 +9,8 @@ use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
 use super::config::{
-    Config, PolicyFn, Shared, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
+    Config, PolicyFn, Shared, DEFAULT_MAX_STALE_WHEN_DISCONNECTED, DEFAULT_STALE_IF_ERROR,
+    DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_TTL,
 };
 use super::handle::SwrHandle;
 use super::key::{CacheKey, StoreNamespaces};
@@ -17,6 +18,7 @@ use super::policy::Policy;
 use super::service::SwrService;
 use super::status::{is_token, StatusHeaders, DEFAULT_NAME};
 use super::stored::CachedResponse;
+use super::tags::TagPurges;
 use super::vary_index::{self, Budget, Passes, VaryIndexes};
 use crate::engine::{Freshness, Stats, SwrCache, DEFAULT_REMEMBER_FAILURES};
 
@@ -67,6 +69,7 @@ struct Tables {
     namespaces: Arc<StoreNamespaces>,
     vary_index: Arc<VaryIndexes>,
     passes: Arc<Passes>,
+    tags: Arc<TagPurges>,
 }
 
 /// Layer that gives a service stale-while-revalidate caching.
@@ -202,6 +205,7 @@ impl SwrLayer {
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
             targeted: Arc::new([]),
             credential_headers: Arc::new([]),
+            stale_if_unreachable: None,
         })
     }
 
@@ -224,6 +228,7 @@ impl SwrLayer {
             surrogate_token: Some(Arc::from(DEFAULT_NAME)),
             targeted: default_targets(DEFAULT_NAME),
             credential_headers: Arc::new([]),
+            stale_if_unreachable: Some(DEFAULT_MAX_STALE_WHEN_DISCONNECTED),
         });
         layer.store.remember_failures = Duration::ZERO;
         layer.config.answer_remembered_failures = false;
@@ -249,6 +254,7 @@ impl SwrLayer {
                     StatusCode::TOO_MANY_REQUESTS,
                 ]),
                 answer_remembered_failures: true,
+                forward_cache_tags: false,
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,
@@ -470,6 +476,29 @@ impl SwrLayer {
         self.changed()
     }
 
+    /// RFC 9111 §4.2.4, a stale response when disconnected: when the origin cannot be reached
+    /// at all, a stored response may stand in up to `most` stale (how long past its fresh
+    /// lifetime), beyond its own `stale-if-error` window, unless `must-revalidate`,
+    /// `proxy-revalidate`, `no-cache` or `s-maxage` forbid serving it stale (in the field that
+    /// applies to this cache: targeted, `Surrogate-Control` or `Cache-Control`). Default 24 h
+    /// in [`shared_cache`](Self::shared_cache), off in [`new`](Self::new) (whose default
+    /// stale-if-error window covers failures); `None` or zero turns it off.
+    ///
+    /// "Cannot be reached" is an error returned by the inner service (a refused or reset
+    /// connection, a DNS failure, tower's `Timeout`) or the [`origin_timeout`](Self::origin_timeout)
+    /// running out; any response is the origin's answer, a `5xx` too (a `502` that an HTTP
+    /// client makes up itself must be an `Err` instead: `examples/reverse_proxy.rs`). Such an
+    /// answer is marked `Cache-Status: tower-swr; fwd=stale` (status
+    /// [`CacheStatus::StaleIfError`](crate::CacheStatus::StaleIfError)), with a warning in the
+    /// log. Responses that may be served so are kept that long past their windows (within
+    /// [`capacity_bytes`](Self::capacity_bytes)). The staleness counts from the end of the
+    /// fresh lifetime as this cache stored it: for a response that arrived stale (its `Age`
+    /// past its lifetime), from when it was stored.
+    pub fn max_stale_when_disconnected(mut self, most: impl Into<Option<Duration>>) -> Self {
+        self.config.policy.stale_if_unreachable = most.into().filter(|most| !most.is_zero());
+        self.changed()
+    }
+
     /// Ask the inner service with `GET` when a `HEAD` misses, store the answer and send the
     /// client its headers only (nginx's `proxy_cache_convert_head`, Varnish). Default `false`:
     /// a `HEAD` miss goes to the inner service as a `HEAD` and nothing is stored; a `HEAD` is
@@ -569,6 +598,20 @@ impl SwrLayer {
     /// minutes while telling browsers `no-cache`.
     pub fn surrogate_control(mut self, enabled: bool) -> Self {
         self.config.policy.surrogate_token = enabled.then(|| Arc::from(self.cache_name.as_str()));
+        self.changed()
+    }
+
+    /// Send the cache-tag fields `Surrogate-Key`, `Cache-Tag` and `xkey` downstream (default
+    /// `false`: removed from every response, stored or not, as Fastly and Cloudflare remove
+    /// them; turn on when a cache after this one purges by tag too).
+    ///
+    /// A stored response is tagged by them whichever way: `Surrogate-Key` separated by spaces,
+    /// `Cache-Tag` by commas, `xkey` by either; a tag is 1 to 256 visible ASCII characters
+    /// (no commas), compared exactly, and a response keeps its first 64 distinct tags. An
+    /// invalid or longer tag, and those past 64, are ignored (a debug log says so). Purge with
+    /// [`SwrHandle::purge_tag`] and [`SwrHandle::soft_purge_tag`].
+    pub fn forward_cache_tags(mut self, forward: bool) -> Self {
+        self.config.forward_cache_tags = forward;
         self.changed()
     }
 
@@ -751,6 +794,7 @@ impl SwrLayer {
                         namespaces: Arc::default(),
                         vary_index: Arc::new(vary_index::vary_indexes(budget.vary_index, &engine)),
                         passes: Arc::new(vary_index::passes(budget.passes)),
+                        tags: Arc::new(TagPurges::new()),
                         engine,
                     }
                 }
@@ -773,6 +817,7 @@ impl SwrLayer {
                 namespace: cache.namespace,
                 vary_index: Arc::clone(&cache.tables.vary_index),
                 passes: Arc::clone(&cache.tables.passes),
+                tags: Arc::clone(&cache.tables.tags),
             })
         })
     }

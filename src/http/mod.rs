@@ -17,6 +17,7 @@ mod render;
 mod service;
 mod status;
 mod stored;
+mod tags;
 mod template;
 #[cfg(feature = "redis")]
 mod tier;

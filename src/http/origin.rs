@@ -2,6 +2,7 @@
 //! the miss. The engine runs both (one refresh per key, coalescing, stale-if-error, shared
 //! failures, counting); this file says how to ask the origin and what its answer means.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ where
             shared: None,
             remember: false,
             reason: "the inner service returned an error".to_owned(),
+            unreachable: true,
         };
     };
     let status = response.status();
@@ -98,6 +100,7 @@ where
             shared: OriginFailure::Withheld { status }.shared(),
             remember: true,
             reason: format!("the origin answered {}", response.status()),
+            unreachable: false,
         };
     }
     let key = &entry.value().key;
@@ -243,6 +246,11 @@ where
     }
 
     fn accepts(&self, key: &CacheKey, value: &CachedResponse) -> Accept<CacheKey> {
+        if !(value.tags.as_deref())
+            .is_none_or(|tags| self.shared.tags_allow(tags, &Cell::new(false)))
+        {
+            return Accept::No; // purged by tag since its load began
+        }
         let headers = self.headers();
         match value.refusal(headers, self.facts) {
             None => Accept::Yes,
@@ -333,6 +341,14 @@ where
         self.shared.config.origin_timeout
     }
 
+    fn unreachable_until(&self, entry: &Entry<CachedResponse>) -> Option<Stamp> {
+        self.shared.unreachable_until(entry)
+    }
+
+    fn unreachable(&self, failure: &Failure) -> bool {
+        matches!(failure.downcast_ref(), Some(OriginFailure::Error))
+    }
+
     fn panic_failure(&self, _panic: &(dyn std::any::Any + Send)) -> Option<Failure> {
         (!self.credentialed)
             .then(|| OriginFailure::Error.shared())
@@ -386,6 +402,9 @@ where
                         shared: shared.flatten(),
                         remember: true,
                         reason: "the inner service returned an error".to_owned(),
+                        // The origin was not reached: RFC 9111 §4.2.4 may let a stale
+                        // response stand in (`SwrLayer::max_stale_when_disconnected`).
+                        unreachable: true,
                     };
                 }
             };
@@ -404,6 +423,7 @@ where
                     shared: OriginFailure::Withheld { status: code }.shared(),
                     remember: true,
                     reason: format!("the origin answered {status}"),
+                    unreachable: false,
                 };
             }
             // A 5xx with explicit freshness may still be stored (below); otherwise it passes.
@@ -459,6 +479,7 @@ where
                         reason: format!(
                             "failure not stored ({reason}); shared with the requests that waited"
                         ),
+                        unreachable: false,
                     }
                 }
                 Admission::Uncacheable(response, reason)
@@ -472,6 +493,7 @@ where
                             shared: OriginFailure::Withheld { status: code }.shared(),
                             remember: true,
                             reason,
+                            unreachable: false,
                         }
                     } else {
                         Outcome::Unstored { answer, reason }

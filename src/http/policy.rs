@@ -706,6 +706,9 @@ pub(crate) struct Policy {
     /// Request headers treated like `Authorization` (`X-Api-Key`, ...): answers to requests
     /// carrying one are stored and shared only when explicitly shareable.
     pub(crate) credential_headers: std::sync::Arc<[http::HeaderName]>,
+    /// RFC 9111 §4.2.4: how stale a stored response may be to stand in when the origin cannot
+    /// be reached at all, where its directives allow serving stale (`None`: not at all).
+    pub(crate) stale_if_unreachable: Option<Duration>,
 }
 
 /// What the policy needs to know of the request.
@@ -730,6 +733,9 @@ pub(crate) enum Decision {
         retain: Duration,
         /// Fields named by `private=` / `no-cache=`: stored without them.
         strip: Vec<String>,
+        /// No `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage` forbids serving
+        /// it stale when the origin cannot be reached (RFC 9111 §4.2.4).
+        stale_when_unreachable: bool,
     },
     /// Not stored, for this reason.
     Pass(Reason),
@@ -867,6 +873,13 @@ impl Policy {
             if initial_age >= last_use {
                 return Decision::Pass(Reason::NeverUsable);
             }
+            // Kept (not served) past its windows for as long as it may stand in for an
+            // unreachable origin; that alone is no reason to store a response.
+            let stale_when_unreachable = !stale_forbidden || !self.respect_origin;
+            let retain = match self.stale_if_unreachable {
+                Some(most) if stale_when_unreachable => retain.max(most),
+                _ => retain,
+            };
             Decision::Store {
                 freshness,
                 initial_age,
@@ -877,6 +890,7 @@ impl Policy {
                     || !self.cookies_need_public,
                 retain,
                 strip: strip.clone(),
+                stale_when_unreachable,
             }
         };
 
@@ -933,6 +947,7 @@ impl Decision {
                 retain,
                 strip,
                 initial_age,
+                stale_when_unreachable,
                 ..
             } => Self::Store {
                 freshness: Freshness {
@@ -944,7 +959,9 @@ impl Decision {
                 shared_with_cookie,
                 retain,
                 strip,
+                stale_when_unreachable,
             },
+            // The origin gave no lifetime, nor leave to serve it stale when unreachable.
             Self::Pass(reason) if reason.route_lifetime_overrides() => Self::Store {
                 freshness,
                 initial_age: Duration::ZERO,
@@ -952,6 +969,7 @@ impl Decision {
                 shared_with_cookie: false,
                 retain: Duration::ZERO,
                 strip: Vec::new(),
+                stale_when_unreachable: false,
             },
             pass @ Self::Pass(_) => pass,
         }
@@ -1141,6 +1159,7 @@ mod tests {
             surrogate_token: Some(std::sync::Arc::from("tower-swr")),
             targeted: std::sync::Arc::new([]),
             credential_headers: std::sync::Arc::new([]),
+            stale_if_unreachable: None,
         }
     }
 

@@ -13,7 +13,8 @@ use super::failure::OriginFailure;
 use super::key::CacheKey;
 use super::policy::SURROGATE_CONTROL;
 use super::status::{CacheInfo, CacheStatus, Member, CACHE_STATUS, X_CACHE};
-use super::stored::CachedResponse;
+use super::stored::{remove_present, CachedResponse};
+use super::tags::TAG_FIELDS;
 use crate::engine::{Entry, Stamp};
 
 /// What the client asked for beyond the resource: `HEAD`, a conditional, a range.
@@ -59,6 +60,9 @@ pub(crate) fn mark_bypass<B: Body>(
     headers.append(CACHE_STATUS.clone(), cache_status.clone());
     if marks.strip_surrogate_control {
         headers.remove(&SURROGATE_CONTROL);
+    }
+    if marks.strip_cache_tags {
+        remove_present(headers, &TAG_FIELDS);
     }
     if marks.x_cache {
         headers.insert(X_CACHE.clone(), HeaderValue::from_static("BYPASS"));
@@ -188,8 +192,16 @@ impl Shared {
         ask: Ask<'_>,
     ) -> Response<SwrBody<B>> {
         let now = Stamp::now();
-        tracing::warn!(key = %entry.value().key, age_secs = entry.age_at(now).as_secs(), fwd_status,
-            "serving stale response: the origin failed");
+        let age_secs = entry.age_at(now).as_secs();
+        if entry.usable_on_error_at(now) {
+            tracing::warn!(key = %entry.value().key, age_secs, fwd_status,
+                "serving stale response: the origin failed");
+        } else {
+            // Past its stale-if-error window: only RFC 9111 §4.2.4's allowance lets it answer.
+            let stale_secs = now.since(entry.fresh_until_stamp()).as_secs();
+            tracing::warn!(key = %entry.value().key, age_secs, stale_secs,
+                "serving stale response: the origin cannot be reached (disconnected)");
+        }
         self.respond(
             entry,
             CacheStatus::StaleIfError,
@@ -198,6 +210,14 @@ impl Shared {
             false,
             now,
         )
+    }
+
+    /// Until when `entry` may stand in for an origin that cannot be reached (RFC 9111 §4.2.4):
+    /// the end of its fresh lifetime plus the layer's `max_stale_when_disconnected`, unless
+    /// its directives forbid serving it stale.
+    pub(crate) fn unreachable_until(&self, entry: &Entry<CachedResponse>) -> Option<Stamp> {
+        let most = self.config.policy.stale_if_unreachable?;
+        (entry.value().stale_when_unreachable).then(|| entry.fresh_until_stamp().after(most))
     }
 
     /// The answer from an entry another request's origin call just stored.
@@ -226,6 +246,7 @@ impl Shared {
     ) -> Response<SwrBody<B>> {
         let mut response = response;
         self.config.strip_surrogate_control(response.headers_mut());
+        self.config.strip_cache_tags(response.headers_mut());
         let member = if vary_miss {
             Member::VaryMiss { stored: false }
         } else {

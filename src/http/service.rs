@@ -22,6 +22,7 @@ use super::policy::{Policy, RequestFacts};
 use super::render::{mark_bypass, Ask};
 use super::status::{CacheStatus, Member};
 use super::stored::{CachedResponse, Refusal};
+use super::tags::soft_purged_found;
 use crate::engine::{Found, Stamp};
 
 impl RequestFacts {
@@ -241,7 +242,12 @@ where
         };
         let now = Stamp::now();
         let mut key = KeyRef::with_host(&request, host, extra.as_deref(), shared.namespace);
-        let serves = |cached: &CachedResponse| cached.serves(request.headers(), facts);
+        // A tagged entry purged by tag is refused (a miss); one soft-purged is taken as stale.
+        let soft_purged = std::cell::Cell::new(false);
+        let serves = |cached: &CachedResponse| {
+            cached.serves(request.headers(), facts)
+                && (cached.tags.as_deref()).is_none_or(|tags| shared.tags_allow(tags, &soft_purged))
+        };
         let mut found = shared.engine.find(&key, now, serves);
         let variant;
         let mut vary_miss = false;
@@ -252,6 +258,9 @@ where
                 found = shared.engine.find(&key, now, serves);
                 vary_miss = matches!(found, Found::Miss { expired: None });
             }
+        }
+        if soft_purged.get() {
+            found = soft_purged_found(found);
         }
         let expired = match found {
             Found::Fresh {
@@ -275,7 +284,8 @@ where
                 tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
                 let refreshing =
                     refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
-                let ttl = entry.ttl_secs_at(now);
+                // Not positive for an entry soft-purged by tag before its fresh lifetime ended.
+                let ttl = entry.ttl_secs_at(now).min(0);
                 return ResponseFuture::ready(shared.respond(
                     &entry,
                     CacheStatus::Stale,

@@ -9,6 +9,7 @@ use super::body::{headers_weight, SwrBody};
 use super::key::{CacheKey, VaryValues};
 use super::policy::RequestFacts;
 use super::status::{without_slots, Slots};
+use super::tags::Tags;
 
 /// The `Authorization` and `Cookie` lines of the request a response was stored from.
 ///
@@ -81,6 +82,12 @@ pub(crate) struct CachedResponse {
     pub(crate) shared_with_cookie: bool,
     /// The storing request's credentials, which a refresh sends again.
     pub(crate) credentials: Option<Box<Credentials>>,
+    /// No directive forbids serving it stale when the origin cannot be reached (RFC 9111
+    /// §4.2.4; the layer's `max_stale_when_disconnected` bounds how stale).
+    pub(crate) stale_when_unreachable: bool,
+    /// Its cache tags (`Surrogate-Key`, `Cache-Tag`, `xkey`), checked against tag purges when
+    /// it is used; `None` (the usual case) costs a hit one comparison.
+    pub(crate) tags: Option<Box<Tags>>,
 }
 
 impl CachedResponse {
@@ -89,6 +96,7 @@ impl CachedResponse {
             + headers_weight(&self.headers)
             + self.vary.as_ref().map_or(0, VaryValues::weight)
             + self.credentials.as_ref().map_or(0, |c| c.weight())
+            + self.tags.as_ref().map_or(0, |t| t.weight())
             + self.key.target().len()
             + self.key.host().len()
             + 128) as u64

@@ -18,6 +18,9 @@ pub(crate) struct RequestTemplate {
     pub(crate) version: Version,
     pub(crate) headers: HeaderMap,
     pub(crate) extensions: Extensions,
+    /// The tag purge generation when the load began: purges of its response's tags after
+    /// this apply to the entry it becomes.
+    pub(crate) tag_generation: u64,
 }
 
 impl RequestTemplate {
@@ -35,6 +38,7 @@ impl RequestTemplate {
             version: request.version(),
             headers,
             extensions: request.extensions().clone(),
+            tag_generation: super::tags::generation(),
         }
     }
 

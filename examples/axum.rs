@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --example axum                      # listens on 127.0.0.1:3000
 //! cargo run --example axum -- --listen 127.0.0.1:8080
+//! cargo run --example axum --features redis -- --redis redis://127.0.0.1:6379/  # instances share a cache
 //! curl -i http://127.0.0.1:3000/prices          # ~1 s: a miss, stored
 //! curl -i http://127.0.0.1:3000/prices          # instant: Cache-Status: tower-swr; hit; ttl=9
 //! curl http://127.0.0.1:3000/metrics            # swr_requests_total{status="hit"} ...
@@ -92,20 +93,52 @@ struct Admin {
     prometheus: PrometheusHandle,
 }
 
-fn listen_addr() -> SocketAddr {
+/// The value of `--name VALUE` or `--name=VALUE` on the command line.
+fn arg_value(name: &str) -> Option<String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--listen" {
-            let value = args
-                .next()
-                .expect("--listen needs an address, e.g. 127.0.0.1:3000");
-            return value.parse().expect("--listen takes ADDR:PORT");
+        if arg == name {
+            return Some(args.next().unwrap_or_default());
         }
-        if let Some(value) = arg.strip_prefix("--listen=") {
-            return value.parse().expect("--listen takes ADDR:PORT");
+        if let Some(value) = arg.strip_prefix(name).and_then(|v| v.strip_prefix('=')) {
+            return Some(value.to_owned());
         }
     }
-    SocketAddr::from(([127, 0, 0, 1], 3000))
+    None
+}
+
+/// Stops with a clear message (bad command-line input is not a panic).
+fn usage(message: &str) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2)
+}
+
+fn listen_addr() -> SocketAddr {
+    match arg_value("--listen") {
+        Some(value) => value
+            .parse()
+            .unwrap_or_else(|_| usage("--listen takes ADDR:PORT, e.g. 127.0.0.1:3000")),
+        None => SocketAddr::from(([127, 0, 0, 1], 3000)),
+    }
+}
+
+/// `--redis URL`: share the cache with every instance on that Redis (feature `redis`).
+fn with_redis(layer: SwrLayer) -> SwrLayer {
+    let Some(url) = arg_value("--redis") else {
+        return layer;
+    };
+    #[cfg(feature = "redis")]
+    {
+        match tower_swr::redis::RedisConfig::new(&url) {
+            Ok(config) => layer.redis(config),
+            Err(error) => usage(&format!("--redis {url:?}: {error}")),
+        }
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (layer, url);
+        usage("--redis needs the `redis` feature: cargo run --example axum --features redis -- --redis redis://127.0.0.1:6379/")
+    }
 }
 
 #[tokio::main]
@@ -124,6 +157,7 @@ async fn main() {
     let layer = SwrLayer::new()
         .x_cache_header(true)
         .stale_alert_age(Duration::from_secs(300));
+    let layer = with_redis(layer);
     let admin = Admin {
         cache: layer.handle(),
         prometheus,

@@ -23,13 +23,21 @@
 //! Fastly-Soft-Purge: 1 / xkey-softpurge  soft: stale, served while it refreshes
 //! ```
 //!
-//! The answer says how many entries (by target) or tags were purged. Stored responses are
+//! A tag purge says how many tags were purged. Stored responses are
 //! tagged by their `Surrogate-Key`, `Cache-Tag` and `xkey` fields, which are not sent on.
+//!
+//! A target purge answers `200` when an entry was purged and `404` when no instance had one.
+//! With `--redis URL` (feature `redis`) every proxy started on that Redis is one cache: they
+//! share stored responses and their fills, and a `PURGE` on one reaches all of them. The key
+//! names the upstream's host, not the one clients used (nginx's default), so proxies on other
+//! addresses in front of one upstream share their entries.
 //!
 //! ```sh
 //! cargo run --release --example reverse_proxy -- \
 //!     --listen 127.0.0.1:8102 --upstream http://127.0.0.1:8100
 //! curl -X PURGE -H 'Surrogate-Key: product-42' http://127.0.0.1:8102/
+//! cargo run --release --example reverse_proxy --features redis -- \
+//!     --listen 127.0.0.1:8103 --upstream http://127.0.0.1:8100 --redis redis://127.0.0.1:6379/
 //! ```
 
 use std::convert::Infallible;
@@ -147,9 +155,10 @@ fn purge_tags(headers: &HeaderMap) -> (Vec<String>, bool) {
     (tags, soft)
 }
 
-/// Answers a `PURGE`: by tag when it names tags, else by target.
-fn purge(cache: &SwrHandle, request: &Request<Body>) -> Response<Body> {
-    let loopback = (request.extensions().get::<ConnectInfo<SocketAddr>>())
+/// Answers a `PURGE`: by tag when it names tags, else by target (`404` when no instance had
+/// it: this one's memory, or the shared tier's copy).
+async fn purge(cache: &SwrHandle, request: &axum::http::request::Parts) -> Response<Body> {
+    let loopback = (request.extensions.get::<ConnectInfo<SocketAddr>>())
         .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
     let (status, text) = if !loopback {
         (
@@ -157,7 +166,7 @@ fn purge(cache: &SwrHandle, request: &Request<Body>) -> Response<Body> {
             "PURGE only from loopback\n".to_owned(),
         )
     } else {
-        let (tags, soft) = purge_tags(request.headers());
+        let (tags, soft) = purge_tags(&request.headers);
         if !tags.is_empty() {
             let purged = if soft {
                 cache.soft_purge_tag(&tags)
@@ -166,13 +175,15 @@ fn purge(cache: &SwrHandle, request: &Request<Body>) -> Response<Body> {
             };
             (StatusCode::OK, format!("purged {purged} tags\n"))
         } else {
-            let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            let purged = if soft {
-                cache.soft_purge(target)
+            let target = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let host = (request.headers.get(header::HOST))
+                .and_then(|host| host.to_str().ok())
+                .unwrap_or_default();
+            if cache.purge_everywhere(host, target, soft).await {
+                (StatusCode::OK, format!("purged {target}\n"))
             } else {
-                cache.purge(target)
-            };
-            (StatusCode::OK, format!("purged {purged} entries\n"))
+                (StatusCode::NOT_FOUND, format!("{target} was not cached\n"))
+            }
         }
     };
     let mut response = Response::new(Body::from(text));
@@ -180,15 +191,29 @@ fn purge(cache: &SwrHandle, request: &Request<Body>) -> Response<Body> {
     response
 }
 
+/// The proxy's cache: the strict shared-cache preset. The upstream chooses by method itself:
+/// a HEAD miss may be asked as a GET and stored, as nginx and Varnish do.
+pub fn cache_layer() -> SwrLayer {
+    SwrLayer::shared_cache().convert_head(true)
+}
+
 /// The proxy in front of `upstream`, and a handle on its cache. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`, which `PURGE` needs.
+#[allow(dead_code)] // used by the tests that include this file
 pub fn app(upstream: Uri) -> (Router, SwrHandle) {
+    app_with(upstream, cache_layer())
+}
+
+/// The proxy in front of `upstream`, caching through `layer`.
+pub fn app_with(upstream: Uri, layer: SwrLayer) -> (Router, SwrHandle) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     let client = Client::builder(TokioExecutor::new()).build(connector);
-    // The upstream chooses by method itself: a HEAD miss may be asked as a GET and stored, as
-    // nginx and Varnish do.
-    let layer = SwrLayer::shared_cache().convert_head(true);
+    // As nginx's default (`proxy_set_header Host $proxy_host`, a key of `$proxy_host`): the
+    // upstream is asked for its own host, and the key names it, so every proxy in front of one
+    // upstream (several instances on one Redis) has the same keys whatever name clients used.
+    let upstream_host = (upstream.authority())
+        .and_then(|authority| header::HeaderValue::from_str(authority.as_str()).ok());
     let cache = layer.handle();
     let proxy = ServiceBuilder::new()
         .layer(layer)
@@ -201,9 +226,22 @@ pub fn app(upstream: Uri) -> (Router, SwrHandle) {
     let handle = cache.clone();
     let front = tower::service_fn(move |request: Request<Body>| {
         let (proxy, cache) = (proxy.clone(), cache.clone());
+        let upstream_host = upstream_host.clone();
         async move {
+            let mut request = request;
+            if let Some(host) = upstream_host {
+                request.headers_mut().insert(header::HOST, host);
+                // An absolute-form target's authority would name the key instead.
+                if request.uri().authority().is_some() {
+                    let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                    if let Ok(path) = path.parse() {
+                        *request.uri_mut() = path;
+                    }
+                }
+            }
             if request.method().as_str() == "PURGE" {
-                return Ok(purge(&cache, &request));
+                let (parts, _body) = request.into_parts();
+                return Ok(purge(&cache, &parts).await);
             }
             // Outermost: what is still an error (no stale response could stand in) is a 502.
             bad_gateway(proxy.oneshot(request).await)
@@ -225,6 +263,31 @@ fn arg(name: &str) -> Option<String> {
     None
 }
 
+/// Stops with a clear message (bad command-line input is not a panic).
+fn usage(message: &str) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2)
+}
+
+/// `--redis URL`: one cache with every proxy on that Redis (feature `redis`).
+fn with_redis(layer: SwrLayer) -> SwrLayer {
+    let Some(url) = arg("--redis") else {
+        return layer;
+    };
+    #[cfg(feature = "redis")]
+    {
+        match tower_swr::redis::RedisConfig::new(&url) {
+            Ok(config) => layer.redis(config),
+            Err(error) => usage(&format!("--redis {url:?}: {error}")),
+        }
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (layer, url);
+        usage("--redis needs the `redis` feature: cargo run --example reverse_proxy --features redis -- --redis redis://127.0.0.1:6379/ ...")
+    }
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -235,13 +298,16 @@ async fn main() {
     let listen: SocketAddr = arg("--listen")
         .unwrap_or_else(|| "127.0.0.1:8102".into())
         .parse()
-        .expect("--listen takes ADDR:PORT");
+        .unwrap_or_else(|_| usage("--listen takes ADDR:PORT, e.g. 127.0.0.1:8102"));
     let base: Uri = arg("--upstream")
         .unwrap_or_else(|| "http://127.0.0.1:8100".into())
         .parse()
-        .expect("--upstream takes a URL such as http://127.0.0.1:8100");
+        .ok()
+        .filter(|uri: &Uri| uri.authority().is_some())
+        .unwrap_or_else(|| usage("--upstream takes a URL such as http://127.0.0.1:8100"));
 
-    let (app, _cache) = app(base);
+    let layer = with_redis(cache_layer());
+    let (app, _cache) = app_with(base, layer);
     let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
     println!("caching proxy on http://{listen}");
     axum::serve(

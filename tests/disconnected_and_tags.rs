@@ -725,10 +725,12 @@ mod wire {
         assert_eq!(calls.load(Ordering::SeqCst), 5);
 
         let (status, _, _, body) = send(&client, "PURGE", url("/t1"), &[]).await;
-        assert_eq!(
-            (status, body.as_str()),
-            (StatusCode::OK, "purged 1 entries\n")
-        );
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "purged /t1\n"));
+        // Nothing left to purge: 404.
+        let (status, _, _, _) = send(&client, "PURGE", url("/t1"), &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _, _) = send(&client, "PURGE", url("/never-stored"), &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
         let (_, cache_status, _, _) = send(&client, "GET", url("/t1"), &[]).await;
         assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
         assert_eq!(calls.load(Ordering::SeqCst), 6);

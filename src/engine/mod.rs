@@ -563,6 +563,16 @@ where
         removed.is_some()
     }
 
+    /// Whether the shared tier holds a value for `key` that no invalidation has reached (see
+    /// [`SharedTier::contains`]). `false` without a tier, or when it does not answer within its
+    /// timeout.
+    pub async fn in_shared_tier(&self, key: &K) -> bool {
+        let Some(tier) = &self.inner.tier else {
+            return false;
+        };
+        tier.bounded(tier.tier.contains(key)).await.unwrap_or(false)
+    }
+
     /// Removes `key` from this cache only (fencing its loads), not from the shared tier.
     fn remove_here<Q>(&self, key: &Q) -> Option<K>
     where

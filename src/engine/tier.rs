@@ -78,6 +78,17 @@ pub trait SharedTier<K, V>: Send + Sync + 'static {
     /// Forgets `key` (an invalidation of it in this cache).
     fn remove<'a>(&'a self, key: &'a K) -> TierFuture<'a, ()>;
 
+    /// Whether the tier holds a value for `key` (or, in a tier with key families, for one of
+    /// `key`'s family), stale or not, that no invalidation has reached. For reporting (e.g. a
+    /// `PURGE` answering 200 or 404 for the whole fleet). The default asks [`get`](Self::get).
+    fn contains<'a>(&'a self, key: &'a K) -> TierFuture<'a, bool>
+    where
+        V: 'a,
+    {
+        let get = self.get(key);
+        Box::pin(async move { get.await.is_some() })
+    }
+
     /// Asks for the tier's lock on loading `key` before the engine loads it (a miss it leads in
     /// this process, or a background refresh), so that one cache in the fleet loads it while
     /// the others wait for its value. The default has no lock: [`Claim::Open`].

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::config::Shared;
 use super::invalidation::Scope;
-use super::key::{namespace_name, CacheKey};
+use super::key::{namespace_name, CacheKey, KeyRef};
 use crate::engine::Stats;
 
 /// A cloneable handle on a [`SwrLayer`](crate::SwrLayer)'s cache, from
@@ -57,6 +57,35 @@ impl SwrHandle {
     /// Removes every entry stored for `target` (path and query). Returns how many.
     pub fn purge(&self, target: &str) -> usize {
         self.invalidate(Scope::Target(target), false, |key| key.target() == target)
+    }
+
+    /// Purges `target` as [`purge`](Self::purge) (or, `soft`, [`soft_purge`](Self::soft_purge))
+    /// does, and says whether anything was purged anywhere: an entry in this instance's memory,
+    /// or, with a shared tier, the tier's response to `GET` `target` on `host` (which another
+    /// instance may have stored). For answering a `PURGE` with 200 or 404 for a whole fleet.
+    /// Without a shared tier it is `purge(target) > 0`; when the tier does not answer in time,
+    /// only this instance's memory counts. Keys with a [key function](crate::SwrLayer::key_fn)'s
+    /// addition are purged but not looked for in the tier.
+    pub async fn purge_everywhere(&self, host: &str, target: &str, soft: bool) -> bool {
+        // Asked before the purge, which would hide the tier's copy.
+        let shared = if self.shared.engine.has_shared_tier() {
+            let request = http::Request::get(target).body(()).ok();
+            let key = request.as_ref().map(|request| {
+                KeyRef::with_host(request, host, None, self.shared.namespace).to_owned()
+            });
+            match key {
+                Some(key) => self.shared.engine.in_shared_tier(&key).await,
+                None => false,
+            }
+        } else {
+            false
+        };
+        let here = if soft {
+            self.soft_purge(target)
+        } else {
+            self.purge(target)
+        };
+        here > 0 || shared
     }
 
     /// Removes every entry whose target starts with `prefix`. Returns how many.

@@ -595,6 +595,36 @@ where
         Some((value, lifetime))
     }
 
+    /// Whether Redis holds a value of `key`'s family written after every purge that reaches
+    /// it (by key or by scope).
+    async fn contains(&self, key: &K) -> bool {
+        let Some(generation) = self.generation().await else {
+            return false;
+        };
+        let base = self.names(key, generation).base;
+        // Whether the base holds a value, when it was written, a variant's last write, the purge.
+        type Held = (bool, Option<u64>, Option<u64>, Option<u64>);
+        let read: Option<Held> = self
+            .call(|mut connection| async move {
+                scripts::CONTAINS
+                    .key(base)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await;
+        let Some((has_value, written, variant_written, purged)) = read else {
+            return false;
+        };
+        let written = written.filter(|_| has_value).max(variant_written);
+        let Some(written) = written.filter(|at| purged.is_none_or(|p| *at > p)) else {
+            return false;
+        };
+        let known = self.read_known();
+        !(known.markers.iter()).any(|marker| {
+            !marker.soft && written <= marker.at && self.codec.scope_matches(&marker.scope, key)
+        })
+    }
+
     async fn claim(&self, key: &K) -> Claim {
         let Some(generation) = self.generation().await else {
             return Claim::Open;
@@ -941,6 +971,13 @@ where
 
     fn remove<'a>(&'a self, key: &'a K) -> TierFuture<'a, ()> {
         Box::pin(self.inner.purge(key, false))
+    }
+
+    fn contains<'a>(&'a self, key: &'a K) -> TierFuture<'a, bool>
+    where
+        V: 'a,
+    {
+        Box::pin(self.inner.contains(key))
     }
 
     fn claim<'a>(&'a self, key: &'a K) -> TierFuture<'a, Claim> {

@@ -33,7 +33,8 @@ return {0, tonumber(redis.call('HGET', KEYS[1], 'f') or '0')}
 /// `KEYS[1]` the value's hash, `KEYS[2]` base; `ARGV[1]` value, `ARGV[2]` fence (`''`: none),
 /// `ARGV[3]` the writer's stored-at ms, `ARGV[4]` expire-at ms (Unix). Returns 1 when
 /// written, 0 when fenced off (the claim is stale: the lock passed on or the key was purged),
-/// 2 when a newer value is there.
+/// 2 when a newer value is there. A variant's write stamps `e` on its base: the family holds
+/// a value written then (see [`CONTAINS`]).
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -49,8 +50,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', now, 'w', ARGV[3])
 local at = tonumber(ARGV[4])
 if redis.call('PEXPIRETIME', KEYS[1]) < at then redis.call('PEXPIREAT', KEYS[1], at) end
-if KEYS[1] ~= KEYS[2] and redis.call('PEXPIRETIME', KEYS[2]) < at then
-  redis.call('PEXPIREAT', KEYS[2], at)
+if KEYS[1] ~= KEYS[2] then
+  redis.call('HSET', KEYS[2], 'e', now)
+  if redis.call('PEXPIRETIME', KEYS[2]) < at then redis.call('PEXPIREAT', KEYS[2], at) end
 end
 return 1
 ",
@@ -64,6 +66,17 @@ pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
 local d = redis.call('HMGET', KEYS[1], 'v', 's')
 local b = redis.call('HMGET', KEYS[2], 'p', 'q')
 return {d[1], d[2], b[1], b[2]}
+",
+    )
+});
+
+/// `KEYS[1]` base. Returns `{has v, s, e, p}`: whether the base holds a value, when it was
+/// written, when a variant was last written (`false` where absent), the purge time.
+pub(crate) static CONTAINS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local b = redis.call('HMGET', KEYS[1], 's', 'e', 'p')
+return {redis.call('HEXISTS', KEYS[1], 'v'), b[1], b[2], b[3]}
 ",
     )
 });
@@ -90,7 +103,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local had = redis.call('HEXISTS', KEYS[1], 'v')
 redis.call('HSET', KEYS[1], ARGV[1], now)
 if ARGV[1] == 'p' then
-  redis.call('HDEL', KEYS[1], 'v', 's', 'w')
+  redis.call('HDEL', KEYS[1], 'v', 's', 'w', 'e')
   redis.call('HINCRBY', KEYS[1], 'f', 1)
   redis.call('DEL', KEYS[2])
 end

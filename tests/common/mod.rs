@@ -25,6 +25,9 @@ use tokio::time::{timeout, Instant};
 use tower::{service_fn, Service, ServiceExt};
 use tower_swr::{CacheInfo, CacheStatus, Stats, SwrBody, CACHE_STATUS};
 
+#[cfg(feature = "redis")]
+pub mod redis_server;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestResult = Result<(), BoxError>;
 

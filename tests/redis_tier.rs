@@ -243,6 +243,114 @@ async fn a_purge_on_one_instance_holds_on_every_instance_and_in_redis() -> TestR
     Ok(())
 }
 
+/// An origin answering `v<call number>` for 10 minutes, tagged `shelf` under `/shelf/`, else
+/// `other`.
+fn tagged_origin() -> (impl OriginService, Calls) {
+    origin(|n, request: http::Request<ReqBody>| async move {
+        let tag = if request.uri().path().starts_with("/shelf/") {
+            "shelf"
+        } else {
+            "other"
+        };
+        let response = reply_cc(format!("v{n}"), "max-age=600, stale-while-revalidate=600");
+        Ok(with_header(
+            response,
+            http::HeaderName::from_static("surrogate-key"),
+            tag,
+        ))
+    })
+}
+
+/// Calls `path` on `service` until it answers `wanted` (5 s at most); returns the body.
+async fn until_status<S>(service: &S, path: &str, wanted: CacheStatus) -> Result<Bytes, BoxError>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = Answer, Error = BoxError> + Clone + Send,
+    S::Future: Send,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = call(service, get(path)).await?;
+        if status == wanted {
+            return Ok(body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {wanted:?} (last {status:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_purge_on_one_instance_holds_on_every_instance_and_in_redis() -> TestResult {
+    let Some(redis) = RedisServer::start("tag purge through the bus") else {
+        return Ok(());
+    };
+    let (origin, calls) = tagged_origin();
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    for path in ["/shelf/1", "/shelf/2", "/desk"] {
+        call(&instances[0].0, get(path)).await?;
+    }
+    // Instance one holds all three in memory; instance two has only Redis's copies.
+    for path in ["/shelf/1", "/shelf/2", "/desk"] {
+        until_status(&instances[1].0, path, CacheStatus::SharedTier).await?;
+    }
+    assert_eq!(calls.get(), 3);
+    assert_eq!(instances[0].1.purge_tag(["shelf"]), 1);
+    // Its memory copy of a tagged entry stops being served on instance one...
+    let body = until_status(&instances[1].0, "/shelf/1", CacheStatus::Miss).await?;
+    assert_eq!(&body[..], b"v4");
+    // ...and nobody takes the copy in Redis written before the purge.
+    let body = until_status(&instances[2].0, "/shelf/2", CacheStatus::Miss).await?;
+    assert_eq!(&body[..], b"v5");
+    // The untagged-by-`shelf` entry is kept everywhere, and what was loaded after is shared.
+    assert_eq!(
+        call(&instances[1].0, get("/desk")).await?.0,
+        CacheStatus::Fresh
+    );
+    assert_eq!(
+        call(&instances[2].0, get("/desk")).await?.0,
+        CacheStatus::SharedTier
+    );
+    let body = until_status(&instances[2].0, "/shelf/1", CacheStatus::SharedTier).await?;
+    assert_eq!(
+        &body[..],
+        b"v4",
+        "the value loaded after the purge is shared"
+    );
+    assert_eq!(calls.get(), 5);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_tag_purge_makes_every_instance_serve_stale_and_refresh_once() -> TestResult {
+    let Some(redis) = RedisServer::start("soft tag purge through the bus") else {
+        return Ok(());
+    };
+    let (origin, calls) = tagged_origin();
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    call(&instances[0].0, get("/shelf/1")).await?;
+    until_status(&instances[1].0, "/shelf/1", CacheStatus::SharedTier).await?;
+    assert_eq!(instances[0].1.soft_purge_tag(["shelf"]), 1);
+    // Instance one serves its copy stale at once, and the fleet refreshes it.
+    let body = until_status(&instances[1].0, "/shelf/1", CacheStatus::Stale).await?;
+    assert_eq!(&body[..], b"v1");
+    // Instance two, with no memory copy, finds Redis's copy stale too; soon the refreshed one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = call(&instances[2].0, get("/shelf/1")).await?;
+        if &body[..] == b"v2" {
+            break;
+        }
+        assert_eq!((status, &body[..]), (CacheStatus::Stale, &b"v1"[..]));
+        assert!(Instant::now() < deadline, "the refreshed value never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(calls.get(), 2, "one refresh for the fleet");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successful_post_invalidates_the_url_on_every_instance() -> TestResult {
     let Some(redis) = RedisServer::start("unsafe-method invalidation") else {

@@ -687,6 +687,15 @@ where
         here
     }
 
+    /// Sends an invalidation `scope` to the other caches of the shared tier only: for scopes
+    /// whose entries here the caller has already dealt with by other means (the HTTP layer's
+    /// tag purges). Nothing happens without a tier.
+    pub(crate) fn share_invalidation(&self, scope: Vec<u8>, soft: bool) {
+        self.in_tier(move |tier| async move {
+            tier.bounded(tier.tier.invalidate_scope(&scope, soft)).await;
+        });
+    }
+
     /// Whether a background refresh of `key` is running.
     pub fn is_refreshing<Q>(&self, key: &Q) -> bool
     where

@@ -175,6 +175,16 @@ impl SwrHandle {
         let tags: Vec<I::Item> = tags.into_iter().collect();
         let purge =
             (self.shared.tags).purge(self.shared.namespace, tags.iter().map(AsRef::as_ref), soft);
+        // Every instance on a shared tier records the purge too, and its copies in the tier
+        // are judged by the purge's time there.
+        let namespace = namespace_name(self.shared.namespace);
+        let mut shared = std::collections::HashSet::new();
+        for tag in tags.iter().map(AsRef::as_ref) {
+            if super::tags::is_tag(tag) && shared.insert(tag) {
+                let scope = Scope::Tag(tag).to_bytes(&namespace);
+                self.shared.engine.share_invalidation(scope, soft);
+            }
+        }
         tracing::debug!(
             tags = purge.tags,
             soft,

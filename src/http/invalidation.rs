@@ -5,6 +5,7 @@ use http::{Method, Uri};
 
 use super::config::Shared;
 use super::key::{CacheKey, KeyRef};
+use super::stored::CachedResponse;
 
 /// Where an unsafe request was sent, to invalidate it once it succeeds.
 #[derive(Debug)]
@@ -101,6 +102,9 @@ pub(crate) enum Scope<'a> {
     Prefix(&'a str),
     /// Every entry of the layer.
     All,
+    /// Every entry tagged with this (`Surrogate-Key`, `Cache-Tag`, `xkey`): matched against
+    /// values, not keys.
+    Tag(&'a str),
 }
 
 impl Scope<'_> {
@@ -110,6 +114,7 @@ impl Scope<'_> {
             Scope::Target(target) => (b'T', target),
             Scope::Prefix(prefix) => (b'P', prefix),
             Scope::All => (b'A', ""),
+            Scope::Tag(tag) => (b'G', tag),
         };
         let mut out = Vec::with_capacity(5 + namespace.len() + text.len());
         out.push(kind);
@@ -119,17 +124,20 @@ impl Scope<'_> {
         out
     }
 
-    /// Whether `scope` (as [`to_bytes`](Self::to_bytes) wrote it) covers `key`.
+    /// A scope's kind, namespace name and text (`None`: not a scope of [`to_bytes`](Self::to_bytes)).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn parse(scope: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&kind, rest) = scope.split_first()?;
+        let len = <[u8; 4]>::try_from(rest.get(..4)?).ok()?;
+        let len = u32::from_be_bytes(len) as usize;
+        Some((kind, rest.get(4..4 + len)?, rest.get(4 + len..)?))
+    }
+
+    /// Whether `scope` (as [`to_bytes`](Self::to_bytes) wrote it) covers `key` (a tag scope
+    /// covers no key: see [`matches_value`](Self::matches_value)).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn matches(scope: &[u8], key: &CacheKey) -> bool {
-        let Some((&kind, rest)) = scope.split_first() else {
-            return false;
-        };
-        let Some(len) = rest.get(..4).and_then(|len| <[u8; 4]>::try_from(len).ok()) else {
-            return false;
-        };
-        let len = u32::from_be_bytes(len) as usize;
-        let (Some(namespace), Some(text)) = (rest.get(4..4 + len), rest.get(4 + len..)) else {
+        let Some((kind, namespace, text)) = Self::parse(scope) else {
             return false;
         };
         if namespace != key.namespace_name().as_bytes() {
@@ -141,6 +149,19 @@ impl Scope<'_> {
             b'P' => target.starts_with(text),
             b'A' => true,
             _ => false,
+        }
+    }
+
+    /// Whether `scope` covers `key` with its stored `value` (tag scopes need the value).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn matches_value(scope: &[u8], key: &CacheKey, value: &CachedResponse) -> bool {
+        match Self::parse(scope) {
+            Some((b'G', namespace, tag)) => {
+                namespace == key.namespace_name().as_bytes()
+                    && (value.tags.as_deref())
+                        .is_some_and(|tags| tags.names.iter().any(|name| name.as_bytes() == tag))
+            }
+            _ => Self::matches(scope, key),
         }
     }
 }

@@ -777,11 +777,13 @@ impl SwrLayer {
                     if let Some(age) = self.store.stale_alert_age {
                         builder = builder.stale_alert_age(age);
                     }
+                    let tags = Arc::new(TagPurges::new());
                     #[cfg(feature = "redis")]
                     let mut redis = None;
                     #[cfg(feature = "redis")]
                     if let Some(config) = self.store.redis.clone() {
-                        let tier = RedisTier::new(config, super::tier::HttpTierCodec);
+                        let codec = super::tier::HttpTierCodec { tags: tags.clone() };
+                        let tier = RedisTier::new(config, codec);
                         builder = builder
                             .shared_tier_timeout(tier.config().call_timeout())
                             .shared_tier(Arc::new(tier.clone()));
@@ -794,7 +796,7 @@ impl SwrLayer {
                         namespaces: Arc::default(),
                         vary_index: Arc::new(vary_index::vary_indexes(budget.vary_index, &engine)),
                         passes: Arc::new(vary_index::passes(budget.passes)),
-                        tags: Arc::new(TagPurges::new()),
+                        tags,
                         engine,
                     }
                 }

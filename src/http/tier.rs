@@ -1,17 +1,24 @@
 //! The HTTP layer's encoding for the Redis tier: keys as [`CacheKey::to_bytes`], responses in
 //! the stored format (`docs/stored-format.md`), and purge scopes (a path, a path prefix, all of
-//! a layer's entries) that every instance can match against its keys.
+//! a layer's entries) that every instance can match against its keys, and tag purges that
+//! each instance records in its own tag book.
+
+use std::sync::Arc;
 
 use super::codec;
 use super::invalidation::Scope;
-use super::key::CacheKey;
+use super::key::{known_namespace, CacheKey};
 use super::stored::CachedResponse;
+use super::tags::{self, TagPurges};
 use crate::engine::Lifetime;
 use crate::redis::TierCodec;
 
 /// The [`TierCodec`] of the HTTP layer.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct HttpTierCodec;
+#[derive(Debug, Clone)]
+pub(crate) struct HttpTierCodec {
+    /// The tag purges of the store the tier serves: other instances' tag purges land here.
+    pub(crate) tags: Arc<TagPurges>,
+}
 
 impl TierCodec<CacheKey, CachedResponse> for HttpTierCodec {
     fn key_bytes(&self, key: &CacheKey) -> Vec<u8> {
@@ -59,12 +66,40 @@ impl TierCodec<CacheKey, CachedResponse> for HttpTierCodec {
     }
 
     fn decode(&self, key: &CacheKey, bytes: &[u8]) -> Option<(CachedResponse, Lifetime)> {
-        let (cached, lifetime) = codec::decode(bytes).ok()?;
+        let (mut cached, lifetime) = codec::decode(bytes).ok()?;
         // A value under another key's name is foreign (a collision, a bug, tampering).
-        (cached.key == *key).then_some((cached, lifetime))
+        if cached.key != *key {
+            return None;
+        }
+        // Tag purges before now are checked against the value's write time by the tier's
+        // scope markers; this instance's tag book judges only the purges after this read.
+        if let Some(tags) = cached.tags.as_mut() {
+            tags.since = tags::generation();
+        }
+        Some((cached, lifetime))
     }
 
     fn scope_matches(&self, scope: &[u8], key: &CacheKey) -> bool {
         Scope::matches(scope, key)
+    }
+
+    fn scope_matches_value(&self, scope: &[u8], key: &CacheKey, value: &CachedResponse) -> bool {
+        Scope::matches_value(scope, key, value)
+    }
+
+    /// A tag purge from another instance goes into this instance's tag book, which every
+    /// answer consults; other scopes are matched against keys by the tier.
+    fn apply_scope(&self, scope: &[u8], soft: bool) -> bool {
+        let Some((b'G', namespace, tag)) = Scope::parse(scope) else {
+            return false;
+        };
+        // A layer this process never built has nothing in memory to purge.
+        let known = std::str::from_utf8(namespace)
+            .ok()
+            .and_then(known_namespace);
+        if let (Some(id), Ok(tag)) = (known, std::str::from_utf8(tag)) {
+            self.tags.purge(id, [tag], soft);
+        }
+        true
     }
 }

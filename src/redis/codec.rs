@@ -47,4 +47,21 @@ pub trait TierCodec<K, V>: Send + Sync + 'static {
         let _ = (scope, key);
         false
     }
+
+    /// Whether `scope` covers `key` holding `value` (scopes by a property of values, such as
+    /// an HTTP response's cache tags). Checked on every value read from Redis. The default asks
+    /// [`scope_matches`](Self::scope_matches).
+    fn scope_matches_value(&self, scope: &[u8], key: &K, value: &V) -> bool {
+        let _ = value;
+        self.scope_matches(scope, key)
+    }
+
+    /// Applies another instance's invalidation `scope` to this instance's memory by the codec's
+    /// own means, when keys cannot tell which entries it covers (e.g. a purge by cache tag
+    /// recorded where the HTTP layer checks tags). Returns whether it did; when `false` (the
+    /// default) the entries whose keys [`scope_matches`](Self::scope_matches) are invalidated.
+    fn apply_scope(&self, scope: &[u8], soft: bool) -> bool {
+        let _ = (scope, soft);
+        false
+    }
 }

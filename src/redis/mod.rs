@@ -510,10 +510,23 @@ where
                 _ => expired.push(scope),
             }
         }
-        {
+        let unseen: Vec<(Vec<u8>, bool)> = {
             let mut known = self.write_known();
             known.generation = generation;
+            let unseen = (kept.iter())
+                .filter(|marker| {
+                    !(known.markers.iter()).any(|m| m.scope == marker.scope && m.at >= marker.at)
+                })
+                .map(|marker| (marker.scope.clone(), marker.soft))
+                .collect();
             known.markers = kept;
+            unseen
+        };
+        // Invalidations this instance did not hear of on the bus (it was away, or new): those
+        // the codec applies itself (tag purges) are applied now; the others are checked on
+        // every read, and memory copies re-check Redis after a bus gap.
+        for (scope, soft) in unseen {
+            self.codec.apply_scope(&scope, soft);
         }
         self.loaded.store(true, Ordering::Release);
         if !expired.is_empty() {
@@ -580,7 +593,7 @@ where
         };
         let mut stale = read.3.is_some_and(|soft| written <= soft);
         for marker in &self.read_known().markers {
-            if written <= marker.at && self.codec.scope_matches(&marker.scope, key) {
+            if written <= marker.at && self.codec.scope_matches_value(&marker.scope, key, &value) {
                 if !marker.soft {
                     self.counters.misses.inc("swr_redis_misses_total");
                     return None;
@@ -850,8 +863,15 @@ where
                 }
             }
             Message::Scope { soft, at, scope } => {
-                remote.invalidate_where(soft, &|key| self.codec.scope_matches(&scope, key));
-                self.remember(Marker { scope, at, soft });
+                // Remembered first: a read that misses the codec's own record sees the marker.
+                self.remember(Marker {
+                    scope: scope.clone(),
+                    at,
+                    soft,
+                });
+                if !self.codec.apply_scope(&scope, soft) {
+                    remote.invalidate_where(soft, &|key| self.codec.scope_matches(&scope, key));
+                }
             }
             Message::Clear { generation } => {
                 self.adopt_generation(generation);

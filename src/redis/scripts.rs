@@ -59,7 +59,8 @@ return 1
     )
 });
 
-/// `KEYS[1]` the value's hash, `KEYS[2]` base. Returns `{v, s, p, q}` (`false` where absent).
+/// `KEYS[1]` the value's hash, `KEYS[2]` base (another key: a `Vary` variant's). Returns `{v, s, p, q}`
+/// (`false` where absent). A key that is its own base is read with one `HMGET` instead.
 pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"

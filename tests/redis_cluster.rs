@@ -389,3 +389,57 @@ async fn a_clear_reaches_keys_on_every_node() -> TestResult {
     assert_eq!(calls.get(), 60, "one new load per path");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_reach_every_instance_when_the_first_listed_node_is_down() -> TestResult {
+    let Some(cluster) = RedisCluster::start("the bus with a dead seed node") else {
+        return Ok(());
+    };
+    // The first address of the list has no server (a node taken out of the cluster); the
+    // others are the cluster's. The data connection finds the live nodes; so must the bus.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut urls = vec![format!("redis://127.0.0.1:{dead}/")];
+    urls.extend(cluster.urls());
+    let config = tower_swr::redis::RedisConfig::cluster(&urls)?.timeout(Duration::from_secs(1));
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=600");
+    let instances: Vec<Instance<_>> = (0..2)
+        .map(|_| {
+            let layer = SwrLayer::new().redis(config.clone());
+            let handle = layer.handle();
+            (layer.layer(origin.clone()), handle)
+        })
+        .collect();
+    let (one, two) = (&instances[0], &instances[1]);
+    fill_everywhere(&instances, &["/x".to_owned()]).await?;
+    assert_eq!(calls.get(), 1, "the cluster is used through the live nodes");
+    // A purge at once, most likely before the second instance's bus is up (its first try,
+    // the dead node, failed): the second instance must not keep the purged value anyway.
+    one.1.purge("/x");
+    let deadline = Deadline::after(Duration::from_secs(10), "the purged /x gone from two");
+    loop {
+        // Before the bus is up: a hit; once up, a miss, or (the purge missed, every entry
+        // re-checks Redis) one stale answer while the refresh finds nothing there.
+        if call(&two.0, get("/x")).await?.1 != "v1" {
+            break;
+        }
+        deadline.tick().await;
+    }
+    assert_eq!(calls.get(), 2);
+    // The bus is up on a live node: a purge reaches the other instance's memory.
+    let deadline = Deadline::after(Duration::from_secs(10), "a bus message on two");
+    while two.1.redis_stats().unwrap().bus_received == 0 {
+        one.1.purge("/probe");
+        deadline.tick().await;
+    }
+    fill_everywhere(&instances, &["/y".to_owned()]).await?;
+    one.1.purge("/y");
+    let handle = two.1.clone();
+    eventually("the purge of /y reached two's memory", move || {
+        handle.stats().entries == 1
+    })
+    .await;
+    assert_eq!(call(&two.0, get("/y")).await?.0, CacheStatus::Miss);
+    Ok(())
+}

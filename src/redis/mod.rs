@@ -24,8 +24,8 @@
 //!   memory within the delivery time (milliseconds). A scope's purge time is also kept in Redis
 //!   (a hash of at most [`MAX_SCOPES`] scopes, each kept for the longest lifetime a value may
 //!   have in Redis), so a value written before it is never taken from Redis, by any instance,
-//!   even one that started after the purge. After the bus reconnects, every in-memory entry
-//!   re-checks Redis once (it is marked stale).
+//!   even one that started after the purge. After the bus reconnects (or connects late: its
+//!   first try failed), every in-memory entry re-checks Redis once (it is marked stale).
 //! - **Redis failing never fails a request**: every call is bounded by the tier's timeout
 //!   (50 ms by default); nothing connects until the first call (startup never waits); a circuit
 //!   breaker stops calling a failing Redis and probes it again after a cooldown; a lock that
@@ -33,7 +33,8 @@
 //!   miss with one `warn!`. Logged once per change of state.
 //! - **Cluster**: every Redis key of one cache key shares a hash tag, so every script touches
 //!   one slot; a clear bumps a generation that is part of every key name (old keys expire by
-//!   their TTL), so it reaches every node without a scan.
+//!   their TTL), so it reaches every node without a scan. The bus subscribes on one listed
+//!   node (a classic `PUBLISH` reaches every node), the next listed one after a failure.
 //!
 //! Redis' TTL on a value is its physical lifetime: its last deadline (stale and error windows
 //! included) plus a second, capped at [`RedisConfig::max_lifetime`]. The deadlines inside the
@@ -904,6 +905,12 @@ where
 {
     let mut pause = Duration::from_millis(100);
     let mut connected_before = false;
+    // Whether the bus was down (a connection failed or was lost) while this tier served:
+    // what was published meanwhile is lost, the first connection's included.
+    let mut missed = false;
+    // Which of a cluster's listed nodes the bus tries: the next one after each failure, so a
+    // node that is down (or gone for good) never keeps the bus down.
+    let mut node = 0usize;
     loop {
         let Some(inner) = tier.upgrade() else {
             return;
@@ -914,7 +921,7 @@ where
         let client = match &inner.config.target {
             Target::Single(client) => Ok(client.clone()),
             // A classic PUBLISH reaches every node of a cluster: one node's channel will do.
-            Target::Cluster(urls) => ::redis::Client::open(urls[0].as_str()),
+            Target::Cluster(urls) => ::redis::Client::open(urls[node % urls.len()].as_str()),
         };
         let channel = inner.channel();
         let connect = async {
@@ -924,6 +931,8 @@ where
         };
         let pubsub = tokio::time::timeout(Duration::from_secs(1), connect).await;
         let Ok(Ok(pubsub)) = pubsub else {
+            node = node.wrapping_add(1);
+            missed = true;
             if inner.bus_up.swap(false, Ordering::AcqRel) {
                 tracing::warn!("redis tier: the invalidation bus is down; reconnecting");
             }
@@ -934,13 +943,18 @@ where
         };
         pause = Duration::from_millis(100);
         // Whatever was published while away is lost: read the markers again, and have every
-        // entry in memory re-check Redis once.
+        // entry in memory re-check Redis once (after a first connection that failed too: the
+        // tier may have served values meanwhile).
         inner.loaded.store(false, Ordering::Release);
-        if connected_before {
+        if missed {
             if let Some(remote) = inner.remote.get() {
                 remote.invalidate_where(true, &|_| true);
             }
-            tracing::info!("redis tier: the invalidation bus is back");
+            if connected_before {
+                tracing::info!("redis tier: the invalidation bus is back");
+            } else {
+                tracing::info!("redis tier: the invalidation bus is up");
+            }
         }
         connected_before = true;
         inner.bus_up.store(true, Ordering::Release);
@@ -961,6 +975,8 @@ where
                 }
             };
             let Some(message) = message else {
+                node = node.wrapping_add(1);
+                missed = true;
                 break;
             };
             let Some(inner) = tier.upgrade() else {

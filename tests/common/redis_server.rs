@@ -1,8 +1,10 @@
-//! A `redis-server` of a test's own, on a free loopback port (tests of feature `redis`).
+//! A `redis-server` of a test's own, on a free loopback port, or a Redis Cluster of three
+//! (tests of feature `redis`).
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tower_swr::redis::RedisConfig;
 
@@ -41,12 +43,9 @@ impl RedisServer {
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not listen"
-            );
+            assert!(Instant::now() < deadline, "redis-server did not listen");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -100,5 +99,165 @@ impl Drop for RedisServer {
                 .status();
         }
         self.stop();
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) of the test's own, each on a free loopback
+/// port with its cluster bus on another free port; every node is stopped, and its directory
+/// removed, when dropped.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+/// Whether `program --version` runs (the program is installed).
+fn installed(program: &str) -> bool {
+    Command::new(program).arg("--version").output().is_ok()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl RedisCluster {
+    /// Starts three nodes, joins them into one cluster and waits until every node says
+    /// `cluster_state:ok`; `None` (with the reason printed) when `redis-server` or `redis-cli`
+    /// is not installed.
+    pub fn start(test: &str) -> Option<Self> {
+        for program in ["redis-server", "redis-cli"] {
+            if !installed(program) {
+                eprintln!("skipping {test}: {program} is not installed (apt install redis-server)");
+                return None;
+            }
+        }
+        // Six distinct ports: three for clients, three for the cluster bus (the default bus
+        // port, the client port + 10000, may be taken or past 65535).
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let bus_ports = ports.split_off(3);
+        let dir = std::env::temp_dir().join(format!(
+            "tower-swr-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster");
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            ports,
+            dir,
+        };
+        for (port, bus) in cluster.ports.clone().into_iter().zip(bus_ports) {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-port", &bus.to_string()])
+                .arg("--cluster-config-file")
+                .arg(cluster.dir.join(format!("nodes-{port}.conf")))
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(&cluster.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.nodes.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in &cluster.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "a cluster node did not listen");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let addresses: Vec<String> = (cluster.ports.iter())
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in 0..cluster.ports.len() {
+            loop {
+                let info: Option<String> = cluster
+                    .client(node)
+                    .get_connection()
+                    .and_then(|mut c| ::redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+                    .ok();
+                if info.is_some_and(|info| info.contains("cluster_state:ok")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never reached cluster_state:ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(cluster)
+    }
+
+    /// `redis://127.0.0.1:P/` for every node.
+    pub fn urls(&self) -> Vec<String> {
+        (self.ports.iter())
+            .map(|port| format!("redis://127.0.0.1:{port}/"))
+            .collect()
+    }
+
+    /// The tier's configuration for this cluster, from the address of one node only (the
+    /// client finds the others).
+    pub fn config(&self) -> RedisConfig {
+        RedisConfig::cluster(&self.urls()[..1])
+            .expect("valid addresses")
+            .timeout(Duration::from_millis(250))
+    }
+
+    /// A plain client of node `node` (0, 1 or 2), for looking inside.
+    pub fn client(&self, node: usize) -> ::redis::Client {
+        ::redis::Client::open(self.urls()[node].as_str()).expect("client")
+    }
+
+    /// Every key node `node` holds.
+    pub fn keys(&self, node: usize) -> Vec<Vec<u8>> {
+        let mut connection = self.client(node).get_connection().expect("connect");
+        ::redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut connection)
+            .expect("KEYS")
+    }
+
+    /// `DBSIZE` of node `node`.
+    pub fn dbsize(&self, node: usize) -> usize {
+        let mut connection = self.client(node).get_connection().expect("connect");
+        ::redis::cmd("DBSIZE")
+            .query(&mut connection)
+            .expect("DBSIZE")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -36,7 +36,12 @@ mod redis_server;
 
 use redis_server::RedisServer;
 
-const ROUNDS: usize = 31;
+/// Paired rounds per comparison: 31, or `SWR_BENCH_ROUNDS` (fewer under a profiler).
+fn rounds() -> usize {
+    (std::env::var("SWR_BENCH_ROUNDS").ok())
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(31)
+}
 const BATCH: usize = 400;
 const BODY: usize = 1024;
 
@@ -111,6 +116,30 @@ where
     body.len()
 }
 
+/// A raw redis-rs `GET` of the stored bytes' copy number `i` (a function of its own, to find
+/// under a profiler).
+#[inline(never)]
+async fn raw_get(connection: &mut ConnectionManager, i: usize) -> usize {
+    let value: Vec<u8> = redis::cmd("GET")
+        .arg(format!("raw:{i}"))
+        .query_async(connection)
+        .await
+        .expect("GET");
+    value.len()
+}
+
+/// Entry `i` through the layer (a function of its own, to find under a profiler).
+#[inline(never)]
+async fn read_through<S, B>(service: &S, i: usize) -> usize
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    get(service, &format!("/items/{i}?lang=en")).await
+}
+
 /// Median and quartiles of `samples`.
 fn spread(samples: &mut [f64]) -> (f64, f64, f64) {
     samples.sort_by(f64::total_cmp);
@@ -119,7 +148,7 @@ fn spread(samples: &mut [f64]) -> (f64, f64, f64) {
 }
 
 /// Runs `a` and `b` (each timing a batch of `BATCH` and returning ns per call) in turns for
-/// `ROUNDS` rounds; prints and returns the per-round ratio b / a.
+/// [`rounds`] rounds; prints and returns the per-round ratio b / a.
 fn paired(
     title: &str,
     names: (&str, &str),
@@ -129,7 +158,8 @@ fn paired(
     a();
     b();
     let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    let rounds = rounds();
+    for round in 0..rounds {
         // Alternate which goes first, so neither always follows the other.
         let (x, y) = if round % 2 == 0 {
             (a(), b())
@@ -144,7 +174,7 @@ fn paired(
     let (ma, qa1, qa3) = spread(&mut ta);
     let (mb, qb1, qb3) = spread(&mut tb);
     let (r, r1, r3) = spread(&mut ratios);
-    println!("\n== {title} ({ROUNDS} paired rounds of {BATCH} requests)");
+    println!("\n== {title} ({rounds} paired rounds of {BATCH} requests)");
     println!("   {:<28} {ma:>10.0} ns  (IQR {qa1:.0}..{qa3:.0})", names.0);
     println!("   {:<28} {mb:>10.0} ns  (IQR {qb1:.0}..{qb3:.0})", names.1);
     println!(
@@ -162,7 +192,7 @@ fn runtime() -> Runtime {
 
 fn l2_hit_against_raw_get(redis: &RedisServer) {
     let rt = runtime();
-    let keys = BATCH * (ROUNDS + 2);
+    let keys = BATCH * (rounds() + 2);
     let calls = Arc::new(AtomicUsize::new(0));
     let inner = origin(Duration::ZERO, "max-age=3600", calls.clone());
     let loader = SwrLayer::new().redis(redis.config()).layer(inner.clone());
@@ -222,12 +252,7 @@ fn l2_hit_against_raw_get(redis: &RedisServer) {
             let start = Instant::now();
             rt.block_on(async {
                 for _ in 0..BATCH {
-                    let value: Vec<u8> = redis::cmd("GET")
-                        .arg(format!("raw:{}", next_raw % keys))
-                        .query_async(&mut raw)
-                        .await
-                        .expect("GET");
-                    black_box(value);
+                    black_box(raw_get(&mut raw, next_raw % keys).await);
                     next_raw += 1;
                 }
             });
@@ -237,7 +262,7 @@ fn l2_hit_against_raw_get(redis: &RedisServer) {
             let start = Instant::now();
             rt.block_on(async {
                 for _ in 0..BATCH {
-                    black_box(get(&reader, &format!("/items/{}?lang=en", next_l2)).await);
+                    black_box(read_through(&reader, next_l2).await);
                     next_l2 += 1;
                 }
             });

@@ -455,6 +455,132 @@ async fn garbage_under_a_key_is_a_miss_and_counted() -> TestResult {
     Ok(())
 }
 
+/// A Redis key name and the bytes of the value under it.
+type NamedValue = (Vec<u8>, Vec<u8>);
+
+/// The Redis key names holding a value (hashes with a `v` field), with their value's bytes.
+fn stored_values(redis: &RedisServer) -> Result<Vec<NamedValue>, BoxError> {
+    let mut connection = redis.client().get_connection()?;
+    let mut values = Vec::new();
+    for key in redis.keys() {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection)?;
+        if kind == "hash" {
+            let value: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("v")
+                .query(&mut connection)?;
+            if let Some(value) = value {
+                values.push((key, value));
+            }
+        }
+    }
+    Ok(values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_moved_under_another_keys_name_is_never_served_for_it() -> TestResult {
+    let Some(redis) = RedisServer::start("a foreign value in Redis") else {
+        return Ok(());
+    };
+    let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
+        let body = format!("{} v{n}", request.uri().path());
+        Ok(reply_cc(body, "max-age=600"))
+    });
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    call(&instances[0].0, get("/alice")).await?;
+    call(&instances[0].0, get("/bob")).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let values = loop {
+        let values = stored_values(&redis)?;
+        if values.len() == 2 {
+            break values;
+        }
+        assert!(Instant::now() < deadline, "both values reach Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Alice's response, byte for byte, under Bob's key name (a bug, a collision, tampering).
+    let (alice, bob) = if values[0].1.windows(6).any(|w| w == b"/alice") {
+        (&values[0], &values[1])
+    } else {
+        (&values[1], &values[0])
+    };
+    let mut connection = redis.client().get_connection()?;
+    redis::cmd("HSET")
+        .arg(&bob.0)
+        .arg("v")
+        .arg(&alice.1)
+        .query::<()>(&mut connection)?;
+    let (status, body) = call(&instances[1].0, get("/bob")).await?;
+    assert_eq!(status, CacheStatus::Miss, "not taken from Redis");
+    assert_eq!(&body[..], b"/bob v3", "Bob never gets Alice's response");
+    assert_eq!(instances[1].1.redis_stats().unwrap().corrupt, 1);
+    assert_eq!(calls.get(), 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_fails_no_request_and_sharing_resumes_when_it_has_room() -> TestResult {
+    let Some(redis) = RedisServer::start("Redis out of memory") else {
+        return Ok(());
+    };
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=600");
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    // Redis refuses every write: full, and told never to evict.
+    let mut connection = redis.client().get_connection()?;
+    let used: String = redis::cmd("INFO").arg("memory").query(&mut connection)?;
+    let used: u64 = (used.lines())
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("used_memory");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query::<()>(&mut connection)?;
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used.saturating_sub(1).max(1))
+        .query::<()>(&mut connection)?;
+    let refused = redis::cmd("SET")
+        .arg("probe")
+        .arg("x")
+        .query::<()>(&mut connection);
+    assert!(refused.is_err(), "Redis is full");
+    for i in 0..30 {
+        let path = format!("/full/{}", i % 10);
+        let started = Instant::now();
+        let (status, body) = call(&instances[i % 3].0, get(&path)).await?;
+        assert!(
+            matches!(
+                status,
+                CacheStatus::Miss | CacheStatus::Fresh | CacheStatus::SharedTier
+            ),
+            "{status:?}"
+        );
+        assert!(body.starts_with(b"v"), "answered by the origin or memory");
+        assert!(started.elapsed() < Duration::from_secs(1), "not held up");
+    }
+    // Every (instance, key) pair came once: with nothing shared, each was its own load.
+    assert_eq!(calls.get(), 30);
+    let stats = instances[0].1.redis_stats().unwrap();
+    assert_eq!(stats.writes, 0, "nothing was written while full");
+    assert_eq!(
+        stats.breaker,
+        BreakerState::Closed,
+        "a full Redis is not an outage"
+    );
+    // Room again: the next value is shared.
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query::<()>(&mut connection)?;
+    call(&instances[0].0, get("/after")).await?;
+    until_status(&instances[1].0, "/after", CacheStatus::SharedTier).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_kept_with_credentials_never_reach_redis() -> TestResult {
     let Some(redis) = RedisServer::start("credentials stay out of Redis") else {

@@ -116,28 +116,35 @@ where
     body.len()
 }
 
-/// A raw redis-rs `GET` of the stored bytes' copy number `i` (a function of its own, to find
-/// under a profiler).
-#[inline(never)]
-async fn raw_get(connection: &mut ConnectionManager, i: usize) -> usize {
-    let value: Vec<u8> = redis::cmd("GET")
-        .arg(format!("raw:{i}"))
-        .query_async(connection)
-        .await
-        .expect("GET");
-    value.len()
+/// A raw redis-rs `GET` of the stored bytes' copy number `i` (boxed: a function of its own
+/// under a profiler, `raw_get::{closure}`).
+fn raw_get(
+    connection: &mut ConnectionManager,
+    i: usize,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + '_>> {
+    Box::pin(async move {
+        let value: Vec<u8> = redis::cmd("GET")
+            .arg(format!("raw:{i}"))
+            .query_async(connection)
+            .await
+            .expect("GET");
+        value.len()
+    })
 }
 
-/// Entry `i` through the layer (a function of its own, to find under a profiler).
-#[inline(never)]
-async fn read_through<S, B>(service: &S, i: usize) -> usize
+/// Entry `i` through the layer (boxed: `read_through::{closure}` under a profiler).
+fn read_through<'a, S, B>(
+    service: &'a S,
+    i: usize,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + 'a>>
 where
     S: Service<Request<Empty<Bytes>>, Response = Response<B>> + Clone,
     S::Error: std::fmt::Debug,
-    B: http_body::Body,
+    B: http_body::Body + 'a,
     B::Error: std::fmt::Debug,
+    S::Future: 'a,
 {
-    get(service, &format!("/items/{i}?lang=en")).await
+    Box::pin(async move { get(service, &format!("/items/{i}?lang=en")).await })
 }
 
 /// Median and quartiles of `samples`.

@@ -38,6 +38,10 @@ impl TierCodec<CacheKey, CachedResponse> for HttpTierCodec {
         }
     }
 
+    fn is_own_fence_key(&self, key: &CacheKey) -> bool {
+        !key.is_variant()
+    }
+
     fn has_families(&self) -> bool {
         true
     }

@@ -19,6 +19,13 @@ pub trait TierCodec<K, V>: Send + Sync + 'static {
         self.key_bytes(key)
     }
 
+    /// Whether `key` is its own fence key (then [`fence_key_bytes`](Self::fence_key_bytes)
+    /// is not asked: [`key_bytes`](Self::key_bytes) stand for both). Default `false`.
+    fn is_own_fence_key(&self, key: &K) -> bool {
+        let _ = key;
+        false
+    }
+
     /// Whether keys come in families under one fence key (see
     /// [`fence_key_bytes`](Self::fence_key_bytes)): then an invalidation of the family's key
     /// from another instance also invalidates the family here. Default `false`.

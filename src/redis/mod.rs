@@ -374,24 +374,31 @@ where
     }
 
     fn names(&self, key: &K, generation: u64) -> Names {
+        use std::io::Write as _;
         let key_bytes = self.codec.key_bytes(key);
-        let fence_bytes = self.codec.fence_key_bytes(key);
-        let head = format!(
+        // Encoded once when the key is its own fence key (the common case: no `Vary`).
+        let fence_bytes =
+            (!self.codec.is_own_fence_key(key)).then(|| self.codec.fence_key_bytes(key));
+        let fence_bytes = fence_bytes.as_deref().unwrap_or(&key_bytes);
+        // `{prefix}:1:{generation}:{{hash}}`: the hash tag puts every name of the key in one slot.
+        let mut head = Vec::with_capacity(self.config.prefix.len() + 48 + key_bytes.len());
+        let _ = write!(
+            head,
             "{}:1:{generation}:{{{:016x}}}",
             self.config.prefix,
-            fnv1a(&fence_bytes)
+            fnv1a(fence_bytes)
         );
         let name = |kind: u8, bytes: &[u8]| {
             let mut name = Vec::with_capacity(head.len() + 1 + bytes.len());
-            name.extend_from_slice(head.as_bytes());
+            name.extend_from_slice(&head);
             name.push(kind);
             name.extend_from_slice(bytes);
             name
         };
         Names {
             value: name(b'd', &key_bytes),
-            base: name(b'd', &fence_bytes),
-            lock: name(b'l', &fence_bytes),
+            base: name(b'd', fence_bytes),
+            lock: name(b'l', fence_bytes),
         }
     }
 

@@ -20,6 +20,7 @@ use super::inflight::{
     stored_by_another, wait, Failure, FlightLeader, Join, Landing, Waited, Waiting,
 };
 use super::tier::TierClaim;
+use super::TierWait;
 use super::{CatchUnwind, Share, Stamp, SwrCache, WallClock};
 
 /// The failure a panicking loader of `get_or_load` leaves its waiters: they panic too (as the
@@ -276,18 +277,23 @@ where
                     flight.land(Landing::Stored(fresher));
                     return Ok(());
                 }
-                let held = TierClaim::ask(tier, &flight_key).await;
+                let mut held = TierClaim::ask(tier, &flight_key).await;
                 if held.is_held_elsewhere() {
                     // Another cache refreshes it: take its value rather than ask the source too.
                     match cache.wait_in_tier(&flight_key, Some(than)).await {
-                        Some(fresher) => {
+                        TierWait::Found(fresher) => {
                             cache.store_fenced(flight_key, &fresher, Some(&flight), 0, Share::No);
                             flight.land(Landing::Stored(fresher));
+                            return Ok(());
                         }
+                        // Its holder let go without a value: this cache refreshes.
+                        TierWait::Claimed(taken) => held = taken,
                         // Its holder went quiet: a later stale hit asks again (its lease ends).
-                        None => flight.land(Landing::NotStored),
+                        TierWait::GaveUp => {
+                            flight.land(Landing::NotStored);
+                            return Ok(());
+                        }
                     }
-                    return Ok(());
                 }
                 claim = Some(held);
             }
@@ -482,9 +488,13 @@ where
             let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
             let mut found = self.fresh_in_tier(&key, than).await;
             if found.is_none() {
-                let held = TierClaim::ask(tier, &key).await;
+                let mut held = TierClaim::ask(tier, &key).await;
                 if held.is_held_elsewhere() {
-                    found = self.wait_in_tier(&key, than).await;
+                    match self.wait_in_tier(&key, than).await {
+                        TierWait::Found(entry) => found = Some(entry),
+                        TierWait::Claimed(taken) => held = taken,
+                        TierWait::GaveUp => {}
+                    }
                 }
                 claim = Some(held);
             }

@@ -1004,22 +1004,31 @@ where
     }
 
     /// Waits (up to the lock timeout) for the value another cache is loading under the tier's
-    /// lock on `key`: polls the tier, a little less often each time.
-    async fn wait_in_tier(
-        &self,
-        key: &K,
-        than: Option<std::time::SystemTime>,
-    ) -> Option<Arc<Entry<V>>> {
+    /// lock on `key`: polls the tier, a little less often each time. When the lock is free
+    /// again without a value (its holder failed, went away, or its lease ended) this cache
+    /// takes it and loads: [`TierWait::Claimed`].
+    async fn wait_in_tier(&self, key: &K, than: Option<std::time::SystemTime>) -> TierWait<K, V> {
+        let Some(tier) = &self.inner.tier else {
+            return TierWait::GaveUp;
+        };
         let deadline = Instant::now() + self.inner.lock_timeout;
         let mut pause = Duration::from_millis(5);
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return None;
+                return TierWait::GaveUp;
             }
             tokio::time::sleep_until((now + pause).min(deadline)).await;
             if let Some(entry) = self.fresh_in_tier(key, than).await {
-                return Some(entry);
+                return TierWait::Found(entry);
+            }
+            let claim = TierClaim::ask_again(tier, key).await;
+            if !claim.is_held_elsewhere() {
+                // The holder's value may have landed just before it let go of the lock.
+                if let Some(entry) = self.fresh_in_tier(key, than).await {
+                    return TierWait::Found(entry);
+                }
+                return TierWait::Claimed(claim);
             }
             pause = (pause * 2).min(Duration::from_millis(50));
         }
@@ -1331,4 +1340,15 @@ impl<F: Future> Future for CatchUnwind<F> {
             Err(payload) => Poll::Ready(Err(payload)),
         }
     }
+}
+
+/// How a wait for another cache's load under the shared tier's lock ended.
+pub(crate) enum TierWait<K: Clone + Send + Sync + 'static, V: 'static> {
+    /// Its value, from the tier.
+    Found(Arc<Entry<V>>),
+    /// The lock came free without a value: this cache holds it now (or the tier could not be
+    /// asked: an open claim), and loads.
+    Claimed(TierClaim<K, V>),
+    /// The lock timeout passed with the lock still held.
+    GaveUp,
 }

@@ -97,6 +97,13 @@ pub trait SharedTier<K, V>: Send + Sync + 'static {
         Box::pin(std::future::ready(Claim::Open))
     }
 
+    /// Asks for the lock again while waiting for the value of the cache that holds it (each
+    /// time the waiter polls), so that a lock given back or expired without a value is taken
+    /// over at once. The default asks [`claim`](Self::claim); a tier may count it apart.
+    fn claim_again<'a>(&'a self, key: &'a K) -> TierFuture<'a, Claim> {
+        self.claim(key)
+    }
+
     /// Writes a value loaded under `claim`: a tier with fencing refuses it when the claim is no
     /// longer current (the lock expired and another cache took it, or `key` was invalidated
     /// since), so a slow load never overwrites a newer value nor brings purged content back.
@@ -304,6 +311,19 @@ impl<K: Clone + Send + Sync + 'static, V: 'static> TierClaim<K, V> {
             tracing::debug!(timeout = ?tier.timeout, "the shared tier did not grant a lock in time");
             Claim::Open
         });
+        Self {
+            tier: tier.clone(),
+            key: key.clone(),
+            claim,
+        }
+    }
+
+    /// [`ask`](Self::ask) again, while waiting for the holder's value.
+    pub(crate) async fn ask_again(tier: &Tier<K, V>, key: &K) -> Self {
+        let claim = tier
+            .bounded(tier.tier.claim_again(key))
+            .await
+            .unwrap_or(Claim::Open);
         Self {
             tier: tier.clone(),
             key: key.clone(),

@@ -655,7 +655,8 @@ where
         })
     }
 
-    async fn claim(&self, key: &K) -> Claim {
+    /// `again`: a waiter polling while another instance holds the lock (not counted as lost).
+    async fn claim(&self, key: &K, again: bool) -> Claim {
         let Some(generation) = self.generation().await else {
             return Claim::Open;
         };
@@ -683,7 +684,9 @@ where
                 Claim::Won { token, fence }
             }
             Some((_, fence)) => {
-                self.counters.locks_lost.inc("swr_redis_locks_lost_total");
+                if !again {
+                    self.counters.locks_lost.inc("swr_redis_locks_lost_total");
+                }
                 Claim::Held { fence }
             }
             None => Claim::Open,
@@ -1033,7 +1036,11 @@ where
     }
 
     fn claim<'a>(&'a self, key: &'a K) -> TierFuture<'a, Claim> {
-        Box::pin(self.inner.claim(key))
+        Box::pin(self.inner.claim(key, false))
+    }
+
+    fn claim_again<'a>(&'a self, key: &'a K) -> TierFuture<'a, Claim> {
+        Box::pin(self.inner.claim(key, true))
     }
 
     fn put_claimed<'a>(

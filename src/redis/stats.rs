@@ -30,7 +30,7 @@ pub struct RedisStats {
     pub unshared: u64,
     /// Locks this instance won.
     pub locks_won: u64,
-    /// Locks another instance held.
+    /// Locks another instance held (each load that waited for another's value, once).
     pub locks_lost: u64,
     /// Invalidations sent on the bus.
     pub bus_sent: u64,

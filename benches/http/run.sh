@@ -39,7 +39,9 @@ MEMORY_PROBE="${MEMORY_PROBE:-0}"
 say() { printf '%s\n' "$*" >&2; }
 die() { say "run.sh: $*"; exit 1; }
 
-[[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 3 ] || die "ROUNDS=$ROUNDS: at least 3 rounds (the spread check needs them)"
+if ! [[ "$ROUNDS" =~ ^[0-9]+$ ]] || [ "$ROUNDS" -lt 3 ]; then
+  die "ROUNDS=$ROUNDS: at least 3 rounds (the spread check needs them)"
+fi
 
 # ---- what it needs -------------------------------------------------------------------------
 SUDO=""
@@ -65,7 +67,9 @@ command -v cargo >/dev/null 2>&1 || die "cargo is needed to build the bench serv
 # ---- pinning -------------------------------------------------------------------------------
 # Command prefixes, arrays rather than functions, so that `PREFIX... CMD &` leaves $! = the pid
 # of CMD itself (taskset execs it). Children (nginx's worker, Varnish's child) inherit the mask.
-[ -n "$SERVER_CPUS" ] && [ -n "$LOAD_CPUS" ] || die "SERVER_CPUS and LOAD_CPUS must both be set (the run pins)"
+if [ -z "$SERVER_CPUS" ] || [ -z "$LOAD_CPUS" ]; then
+  die "SERVER_CPUS and LOAD_CPUS must both be set (the run pins)"
+fi
 taskset -c "$SERVER_CPUS" true 2>/dev/null || die "cannot pin to SERVER_CPUS=$SERVER_CPUS ($(nproc) CPUs here)"
 taskset -c "$LOAD_CPUS" true 2>/dev/null || die "cannot pin to LOAD_CPUS=$LOAD_CPUS ($(nproc) CPUs here)"
 SERVER_PIN=(taskset -c "$SERVER_CPUS")
@@ -79,7 +83,8 @@ say "building the bench server (cargo build --release)..."
 SERVER_BIN="$(cargo build --release --message-format=json-render-diagnostics \
   --manifest-path "$HERE/server/Cargo.toml" |
   grep -o '"executable":"[^"]*tower-swr-http-bench-server"' | tail -n 1 | sed 's/^"executable":"//; s/"$//')"
-[ -n "$SERVER_BIN" ] && [ -x "$SERVER_BIN" ] || die "cannot find the bench server's executable after the build"
+[ -n "$SERVER_BIN" ] || die "cargo named no executable for the bench server"
+[ -x "$SERVER_BIN" ] || die "cannot find the bench server's executable after the build"
 
 # ---- start ---------------------------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tower-swr-http.XXXXXX")"
@@ -122,7 +127,7 @@ pick_port() {
   local p
   for _ in $(seq 200); do
     p=$(( 10000 + (RANDOM * 32768 + RANDOM) % (EPHEMERAL_LOW - 10000) ))
-    [ "$p" != "$APP_PORT" ] && [ "$p" != "$NGINX_PORT" ] && [ "$p" != "$VARNISH_PORT" ] || continue
+    case "$p" in "$APP_PORT" | "$NGINX_PORT" | "$VARNISH_PORT") continue ;; esac
     port_busy "$p" || { echo "$p"; return 0; }
   done
   die "no free port found"
@@ -194,16 +199,20 @@ varnish_ttl="$(header x-varnish-ttl <<<"$varnish_headers")"
 varnish_grace="$(header x-varnish-grace <<<"$varnish_headers")"
 say "primed: /swr Cache-Status: ${swr_status:-none}; nginx X-Cache-Status: ${nginx_status:-none}; varnish X-Cache: ${varnish_status:-none} (ttl ${varnish_ttl:-?} s, grace ${varnish_grace:-?} s from the origin's Cache-Control)"
 case "$swr_status" in *hit*) ;; *) die "/swr: the second answer is not a hit (Cache-Status: ${swr_status:-none})" ;; esac
-[ "$nginx_status" = HIT ] || die "nginx: the second answer is not a HIT (${nginx_status:-none})"
+# (nginx says UPDATING when its entry went stale (max-age=1) while varnishd
+# compiled its VCL: served from the cache all the same.)
+case "$nginx_status" in HIT | UPDATING | STALE) ;; *) die "nginx: the second answer is not from its cache (${nginx_status:-none})" ;; esac
 [ "$varnish_status" = HIT ] || die "varnish: the second answer is not a HIT (${varnish_status:-none})"
 # Varnish must have taken ttl and grace from max-age=1 and stale-while-revalidate=60.
-[ "$varnish_ttl" = 1.000 ] && [ "$varnish_grace" = 60.000 ] ||
+if [ "$varnish_ttl" != 1.000 ] || [ "$varnish_grace" != 60.000 ]; then
   die "varnish: ttl ${varnish_ttl:-?} / grace ${varnish_grace:-?}, expected 1.000 / 60.000 from the origin's Cache-Control"
+fi
 
+children() { cat /proc/"$1"/task/*/children 2>/dev/null || true; }
 pinned() { # pinned PID: the CPU list of PID and of its child processes
   local pid="$1" out kid
   out="$(taskset -pc "$pid" 2>/dev/null | sed 's/.*: //')"
-  for kid in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+  for kid in $(children "$pid"); do
     out+=", child $(taskset -pc "$kid" 2>/dev/null | sed 's/.*: //')"
   done
   echo "$out"
@@ -234,14 +243,43 @@ declare -A LABEL=(
   [varnish]="Varnish -> axum /slow"
   [uncached]="axum /slow (50 ms, no cache)"
 )
-declare -A ALL_RPS ALL_P50 ALL_P99 ERRS
+declare -A ALL_RPS ALL_P50 ALL_P99 ALL_CPU ERRS
+# Server-side CPU time per request: less sensitive than requests/s to how much of the server
+# CPU other processes take (the scheduler's share changes with the machine's load; the work per
+# request does not, much). Summed over the processes that serve the target: the bench server
+# (for nginx and Varnish too: it answers their refreshes), nginx's master and worker, varnishd's
+# manager and child. From /proc/PID/stat (utime + stime, all threads), in clock ticks.
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+pids_of() { # pids_of NAME: the processes serving NAME
+  case "$1" in
+    nginx) echo "$SERVER_PID" "$NGINX_PID" "$(children "$NGINX_PID")" ;;
+    varnish) echo "$SERVER_PID" "$VARNISH_PID" "$(children "$VARNISH_PID")" ;;
+    *) echo "$SERVER_PID" ;;
+  esac
+}
+ticks() { # ticks PID...: their CPU time so far (the comm field may hold spaces: cut after ") ")
+  local total=0 pid t
+  for pid in "$@"; do
+    t="$(sed 's/^.*) //' /proc/"$pid"/stat 2>/dev/null | awk '{ print $12 + $13 }')" || t=0
+    total=$(( total + ${t:-0} ))
+  done
+  echo "$total"
+}
 wrk_once() { # wrk_once NAME DURATION OUT
   "${LOAD_PIN[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency "${URL[$1]}" >"$3"
 }
 run() { # run NAME ROUND: one wrk run, appended to NAME's samples (one per round, in order)
   local name="$1" out="$WORK/wrk.$1.$2.txt"
   say "round $(( $2 + 1 ))/$ROUNDS  wrk: $name  ${URL[$name]}"
+  local pids before after requests
+  pids="$(pids_of "$name")"
+  # shellcheck disable=SC2086 # a list of pids
+  before="$(ticks $pids)"
   wrk_once "$name" "$DURATION" "$out"
+  # shellcheck disable=SC2086
+  after="$(ticks $pids)"
+  requests="$(awk '/ requests in / { print $1 }' "$out")"
+  ALL_CPU[$name]+="$(awk -v t=$(( after - before )) -v hz="$CLK_TCK" -v n="${requests:-0}" 'BEGIN { printf "%.2f", (n > 0 ? t * 1e6 / hz / n : 0) }') "
   ALL_RPS[$name]+="$(awk '/^Requests\/sec:/ { print $2 }' "$out") "
   ALL_P50[$name]+="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")") "
   ALL_P99[$name]+="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")") "
@@ -285,11 +323,12 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
 fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { printf ("%." d "f"), v }'; }
 
-declare -A RPS_MED RPS_MIN RPS_MAX P50_MED P50_MIN P50_MAX P99_MED P99_MIN P99_MAX SPREAD
+declare -A RPS_MED RPS_MIN RPS_MAX P50_MED P50_MIN P50_MAX P99_MED P99_MIN P99_MAX CPU_MED CPU_MIN CPU_MAX SPREAD
 for name in "${TARGETS[@]}"; do
   read -r "RPS_MED[$name]" "RPS_MIN[$name]" "RPS_MAX[$name]" <<<"$(summary "${ALL_RPS[$name]}")"
   read -r "P50_MED[$name]" "P50_MIN[$name]" "P50_MAX[$name]" <<<"$(summary "${ALL_P50[$name]}")"
   read -r "P99_MED[$name]" "P99_MIN[$name]" "P99_MAX[$name]" <<<"$(summary "${ALL_P99[$name]}")"
+  read -r "CPU_MED[$name]" "CPU_MIN[$name]" "CPU_MAX[$name]" <<<"$(summary "${ALL_CPU[$name]}")"
   SPREAD[$name]="$(ratio "${RPS_MAX[$name]}" "${RPS_MIN[$name]}")"
 done
 DISCARDED=0
@@ -299,7 +338,7 @@ gt "${SPREAD[static]}" "$SPREAD_LIMIT" && DISCARDED=1
 COMMIT="$(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ "$COMMIT" != unknown ] && ! git -C "$HERE" diff --quiet HEAD -- 2>/dev/null; then COMMIT+="-dirty"; fi
 DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
-load_of() { sed 's/.*load average: //' <<<"$1"; }
+load_of() { echo "${1##*load average: }"; }
 echo
 echo "== over HTTP on loopback, $DATE, commit $COMMIT, $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null))"
 echo "   load average (1, 5, 15 min) before: $(load_of "$LOAD_BEFORE"); after: $(load_of "$LOAD_AFTER")"
@@ -307,12 +346,13 @@ echo "   pinned: server side (axum ${SERVER_WORKERS} tokio worker(s), nginx 1 wo
 echo "   ($PINNING)"
 echo "   every target: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency; $ROUNDS interleaved rounds (warm-up $WARMUP each); median (min..max) over the rounds"
 echo "   body 1 KiB; origin 50 ms; Cache-Control: public, max-age=1, stale-while-revalidate=60"
-printf '   %-34s %26s %7s %22s %22s  %s\n' "target" "requests/s" "max/min" "p50 ms" "p99 ms" "errors"
+printf '   %-34s %26s %7s %22s %22s %22s  %s\n' "target" "requests/s" "max/min" "p50 ms" "p99 ms" "server CPU us/req" "errors"
 for name in "${TARGETS[@]}"; do
-  printf '   %-34s %26s %7s %22s %22s  %s\n' "${LABEL[$name]}" \
+  printf '   %-34s %26s %7s %22s %22s %22s  %s\n' "${LABEL[$name]}" \
     "$(fmt "${RPS_MED[$name]}") ($(fmt "${RPS_MIN[$name]}")..$(fmt "${RPS_MAX[$name]}"))" "${SPREAD[$name]}" \
     "$(fmt "${P50_MED[$name]}" 2) ($(fmt "${P50_MIN[$name]}" 2)..$(fmt "${P50_MAX[$name]}" 2))" \
     "$(fmt "${P99_MED[$name]}" 2) ($(fmt "${P99_MIN[$name]}" 2)..$(fmt "${P99_MAX[$name]}" 2))" \
+    "$(fmt "${CPU_MED[$name]}" 1) ($(fmt "${CPU_MIN[$name]}" 1)..$(fmt "${CPU_MAX[$name]}" 1))" \
     "${ERRS[$name]:-none}"
 done
 for name in "${TARGETS[@]}"; do
@@ -366,6 +406,7 @@ echo "| \`/swr\` / \`/static\` (requests/s) | **${RATIO[static]}** (${RATIO_MIN[
 echo "| \`/swr\` / nginx \`proxy_cache\` | **${RATIO[nginx]}** (${RATIO_MIN[nginx]}..${RATIO_MAX[nginx]}); nginx $(fmt "${RPS_MED[nginx]}") | > 1 | $(verdict nginx gt 1) |"
 echo "| \`/swr\` / Varnish | **${RATIO[varnish]}** (${RATIO_MIN[varnish]}..${RATIO_MAX[varnish]}); Varnish $(fmt "${RPS_MED[varnish]}") | > 1 | $(verdict varnish gt 1) |"
 echo "| p50 / p99 (ms, median of rounds): \`/static\`, \`/swr\`, nginx, Varnish | $(fmt "${P50_MED[static]}" 2) / $(fmt "${P99_MED[static]}" 2), $(fmt "${P50_MED[swr]}" 2) / $(fmt "${P99_MED[swr]}" 2), $(fmt "${P50_MED[nginx]}" 2) / $(fmt "${P99_MED[nginx]}" 2), $(fmt "${P50_MED[varnish]}" 2) / $(fmt "${P99_MED[varnish]}" 2) | reported | — |"
+echo "| server-side CPU per request (µs, median of rounds): \`/static\`, \`/swr\`, nginx (+ origin), Varnish (+ origin) | $(fmt "${CPU_MED[static]}" 1), $(fmt "${CPU_MED[swr]}" 1), $(fmt "${CPU_MED[nginx]}" 1), $(fmt "${CPU_MED[varnish]}" 1) | reported | — |"
 if [ "$DISCARDED" = 1 ]; then
   echo "| \`/static\` spread over the rounds (max/min) | **${SPREAD[static]}** | ≤ $SPREAD_LIMIT | **no: DISCARDED** |"
 else

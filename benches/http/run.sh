@@ -344,7 +344,7 @@ echo "== over HTTP on loopback, $DATE, commit $COMMIT, $(nproc) CPUs ($(awk -F':
 echo "   load average (1, 5, 15 min) before: $(load_of "$LOAD_BEFORE"); after: $(load_of "$LOAD_AFTER")"
 echo "   pinned: server side (axum ${SERVER_WORKERS} tokio worker(s), nginx 1 worker, varnishd 1 thread pool) on CPUs $SERVER_CPUS, wrk on $LOAD_CPUS"
 echo "   ($PINNING)"
-echo "   every target: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency; $ROUNDS interleaved rounds (warm-up $WARMUP each); median (min..max) over the rounds"
+echo "   every target: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency; $ROUNDS interleaved rounds ($( [ "$WARMUP" = 0 ] && echo "no warm-up" || echo "first a $WARMUP warm-up each")); median (min..max) over the rounds"
 echo "   body 1 KiB; origin 50 ms; Cache-Control: public, max-age=1, stale-while-revalidate=60"
 printf '   %-34s %26s %7s %22s %22s %22s  %s\n' "target" "requests/s" "max/min" "p50 ms" "p99 ms" "server CPU us/req" "errors"
 for name in "${TARGETS[@]}"; do

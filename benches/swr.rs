@@ -49,6 +49,18 @@ struct CountingAlloc;
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
+/// Live allocations by exact size (the last slot: every size from `SIZES - 1` up, counted in
+/// bytes), for the memory group's breakdown.
+const SIZES: usize = 4097;
+static BY_SIZE: [AtomicIsize; SIZES] = [const { AtomicIsize::new(0) }; SIZES];
+
+fn count_size(size: usize, allocations: isize) {
+    if size < SIZES - 1 {
+        BY_SIZE[size].fetch_add(allocations, Ordering::Relaxed);
+    } else {
+        BY_SIZE[SIZES - 1].fetch_add(allocations * size as isize, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: every call is forwarded to `System` unchanged; the counters have no effect on it.
 unsafe impl GlobalAlloc for CountingAlloc {
@@ -58,6 +70,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
         if COUNTING.load(Ordering::Relaxed) && !ptr.is_null() {
             LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            count_size(layout.size(), 1);
         }
         ptr
     }
@@ -68,6 +81,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
         if COUNTING.load(Ordering::Relaxed) && !ptr.is_null() {
             LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            count_size(layout.size(), 1);
         }
         ptr
     }
@@ -76,6 +90,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
         if COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
             ALLOCATIONS.fetch_sub(1, Ordering::Relaxed);
+            count_size(layout.size(), -1);
         }
         // SAFETY: forwarded with the caller's pointer and layout.
         unsafe { System.dealloc(ptr, layout) }
@@ -89,6 +104,8 @@ unsafe impl GlobalAlloc for CountingAlloc {
                 new_size as isize - layout.size() as isize,
                 Ordering::Relaxed,
             );
+            count_size(layout.size(), -1);
+            count_size(new_size, 1);
         }
         new
     }
@@ -1493,6 +1510,9 @@ fn count_entries<T>(
     let rss_before = rss_bytes();
     LIVE_BYTES.store(0, Ordering::SeqCst);
     ALLOCATIONS.store(0, Ordering::SeqCst);
+    for slot in &BY_SIZE {
+        slot.store(0, Ordering::SeqCst);
+    }
     COUNTING.store(true, Ordering::SeqCst);
     let (layer, keep) = fill();
     COUNTING.store(false, Ordering::SeqCst);
@@ -1527,7 +1547,35 @@ fn count_entries<T>(
             rss / body
         );
     }
+    print_by_size(n);
     (layer, keep)
+}
+
+/// The live allocations by size, per entry: every size held by at least one allocation in
+/// ten entries, the rest summed (tables that grow with the entry count: quick_cache's slab and
+/// hash table, and any side table, are the large sizes).
+fn print_by_size(n: f64) {
+    let mut rows: Vec<(usize, f64)> = Vec::new();
+    let mut rest = 0.0;
+    for (size, slot) in BY_SIZE.iter().enumerate().take(SIZES - 1) {
+        let live = slot.load(Ordering::SeqCst) as f64;
+        if live / n >= 0.1 {
+            rows.push((size, live / n));
+        } else {
+            rest += live * size as f64 / n;
+        }
+    }
+    let large = BY_SIZE[SIZES - 1].load(Ordering::SeqCst) as f64 / n;
+    rows.sort_by(|a, b| (b.0 as f64 * b.1).total_cmp(&(a.0 as f64 * a.1)));
+    println!("     live allocations by size (per entry):");
+    for (size, per_entry) in rows {
+        println!(
+            "       {size:>5} B x {per_entry:>5.2} = {:>6.1} B",
+            size as f64 * per_entry
+        );
+    }
+    println!("       >= {} B (tables)   = {large:>6.1} B", SIZES - 1);
+    println!("       other sizes        = {rest:>6.1} B");
 }
 
 // ---------------------------------------------------------------------------------------------

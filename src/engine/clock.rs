@@ -64,6 +64,11 @@ impl Stamp {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
+    /// The nanoseconds from `earlier` to this stamp; zero when `earlier` is later.
+    pub(crate) fn nanos_since(self, earlier: Self) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
     /// The same instant as a tokio `Instant`.
     pub(crate) fn instant(self) -> Instant {
         Instant::from_std(origin() + Duration::from_nanos(self.0))

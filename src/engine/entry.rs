@@ -185,12 +185,15 @@ pub(crate) enum Phase {
 pub(crate) struct Entry<V> {
     value: V,
     stored_at: Stamp,
-    initial_age: Duration,
+    /// How old the value already was when stored, in nanoseconds (8 bytes, not a
+    /// `Duration`'s 16; saturating at 584 years).
+    initial_age: u64,
     fresh_until: Stamp,
     stale_until: Stamp,
     error_until: Stamp,
     retain_until: Stamp,
-    load_time: Duration,
+    /// How long producing the value took, in nanoseconds.
+    load_time: u64,
     pub(crate) weight: u64,
     /// Set while a background refresh of this entry runs, so a stale hit can tell without
     /// taking the in-flight set's lock.
@@ -199,6 +202,11 @@ pub(crate) struct Entry<V> {
 
 /// Far enough to mean "never", near enough to convert back to an `Instant`.
 const FOREVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
+/// A duration as whole nanoseconds, saturating (an entry keeps its durations in 8 bytes).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
 
 fn deadline(from: Stamp, after: Duration) -> Stamp {
     from.after(after.min(FOREVER))
@@ -221,12 +229,12 @@ impl<V> Entry<V> {
         Self {
             value,
             stored_at,
-            initial_age,
+            initial_age: nanos(initial_age),
             fresh_until,
             stale_until: window(freshness.stale_while_revalidate),
             error_until: window(freshness.stale_if_error),
             retain_until: window(retain_for),
-            load_time,
+            load_time: nanos(load_time),
             weight,
             refreshing: AtomicBool::new(false),
         }
@@ -266,12 +274,15 @@ impl<V> Entry<V> {
     }
 
     pub(crate) fn age_at(&self, now: Stamp) -> Duration {
-        self.initial_age.saturating_add(now.since(self.stored_at))
+        Duration::from_nanos(
+            self.initial_age
+                .saturating_add(now.nanos_since(self.stored_at)),
+        )
     }
 
     /// How long producing the value took, as its loader reported.
     pub(crate) fn load_time(&self) -> Duration {
-        self.load_time
+        Duration::from_nanos(self.load_time)
     }
 
     pub(crate) fn ttl_secs_at(&self, now: Stamp) -> i64 {
@@ -295,12 +306,12 @@ impl<V> Entry<V> {
     pub(crate) fn lifetime(&self, clock: &WallClock) -> Lifetime {
         Lifetime {
             stored_at: clock.wall(self.stored_at),
-            initial_age: self.initial_age,
+            initial_age: Duration::from_nanos(self.initial_age),
             fresh_until: clock.wall(self.fresh_until),
             stale_until: clock.wall(self.stale_until),
             error_until: clock.wall(self.error_until),
             retain_until: clock.wall(self.retain_until),
-            load_time: self.load_time,
+            load_time: Duration::from_nanos(self.load_time),
         }
     }
 
@@ -314,12 +325,12 @@ impl<V> Entry<V> {
         Self {
             value,
             stored_at: clock.stamp(lifetime.stored_at),
-            initial_age: lifetime.initial_age,
+            initial_age: nanos(lifetime.initial_age),
             fresh_until: clock.stamp(lifetime.fresh_until),
             stale_until: clock.stamp(lifetime.stale_until),
             error_until: clock.stamp(lifetime.error_until),
             retain_until: clock.stamp(lifetime.retain_until),
-            load_time: lifetime.load_time,
+            load_time: nanos(lifetime.load_time),
             weight,
             refreshing: AtomicBool::new(false),
         }

@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
@@ -231,14 +230,4 @@ where
             whole.freeze()
         }
     })
-}
-
-/// The weight of a header map in bytes, as held in memory: a `HeaderMap` bucket plus index is
-/// ~100 bytes per field besides the name and value bytes (measured with a counting allocator
-/// in `benches/swr.rs`), and the map itself ~100.
-pub(crate) fn headers_weight(headers: &HeaderMap) -> usize {
-    100 + headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 100)
-        .sum::<usize>()
 }

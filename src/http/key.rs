@@ -23,7 +23,8 @@ pub struct CacheKey {
     /// Host and target in one allocation, shared by the clones of the key (the store, the
     /// entry and the flight of a miss each hold one).
     host_and_target: Arc<str>,
-    host_len: usize,
+    /// Where the host ends (a `u32` beside `namespace`: 8 bytes less per copy of the key).
+    host_len: u32,
     /// Which layer stored it, among layers sharing one store: the id of its namespace name
     /// (see [`namespace_id`]; 0 is the default cache name's).
     namespace: u32,
@@ -40,12 +41,12 @@ impl CacheKey {
 
     /// The host, or `""` when the request named none.
     pub fn host(&self) -> &str {
-        &self.host_and_target[..self.host_len]
+        &self.host_and_target[..self.host_len as usize]
     }
 
     /// Path and query, exactly as received.
     pub fn target(&self) -> &str {
-        &self.host_and_target[self.host_len..]
+        &self.host_and_target[self.host_len as usize..]
     }
 
     /// Which of the layers sharing one store (`SwrLayer::share_memory_with`) the key is of.
@@ -94,6 +95,11 @@ impl CacheKey {
     /// What the layer's key function added, if any.
     pub fn extra(&self) -> Option<&str> {
         self.extra.as_deref()
+    }
+
+    /// The length of the variant's values, for a key of one variant.
+    pub(crate) fn variant_len(&self) -> Option<usize> {
+        self.variant.as_deref().map(<[u8]>::len)
     }
 
     /// Whether this key names one variant of a response that has `Vary`.
@@ -276,7 +282,8 @@ impl<'a> KeyRef<'a> {
         CacheKey {
             method: self.method.clone(),
             host_and_target: [self.host, self.target].concat().into(),
-            host_len: self.host.len(),
+            // A request's host comes from a URI or a header line: far below 4 GiB.
+            host_len: u32::try_from(self.host.len()).expect("a host shorter than 4 GiB"),
             namespace: self.namespace,
             extra: self.extra.map(Into::into),
             variant: self.variant.map(Into::into),
@@ -332,12 +339,13 @@ impl Hash for KeyRef<'_> {
 
 impl Equivalent<CacheKey> for KeyRef<'_> {
     fn equivalent(&self, key: &CacheKey) -> bool {
+        let host_len = key.host_len as usize;
         *self.method == key.method
-            && key.host_len == self.host.len()
+            && host_len == self.host.len()
             && key.host_and_target.len() == self.host.len() + self.target.len()
             // As bytes: no char-boundary checks on the hit path.
-            && key.host_and_target.as_bytes()[key.host_len..] == *self.target.as_bytes()
-            && key.host_and_target.as_bytes()[..key.host_len] == *self.host.as_bytes()
+            && key.host_and_target.as_bytes()[host_len..] == *self.target.as_bytes()
+            && key.host_and_target.as_bytes()[..host_len] == *self.host.as_bytes()
             && self.extra == key.extra.as_deref()
             && self.variant == key.variant.as_deref()
             && self.namespace == key.namespace

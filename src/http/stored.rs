@@ -5,7 +5,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use http_body::Body;
 
-use super::body::{headers_weight, SwrBody};
+use super::body::SwrBody;
 use super::key::{CacheKey, VaryValues};
 use super::policy::RequestFacts;
 use super::status::{without_slots, Slots};
@@ -91,15 +91,21 @@ pub(crate) struct CachedResponse {
 }
 
 impl CachedResponse {
+    /// What the entry holds in memory, in bytes, as the store weighs it (the engine adds
+    /// `ENTRY_OVERHEAD` for the entry's deadlines, its `Arc` and the store's slot): the
+    /// response inline, the store's own copy of the key (inline in its slot), the body and
+    /// its shared header, the header map's heap and the key's strings. `benches/swr.rs`
+    /// (`memory`) prints it beside the bytes really allocated per entry.
     pub(crate) fn weight(&self) -> u64 {
-        (self.body.len()
-            + headers_weight(&self.headers)
+        (size_of::<Self>()
+            + size_of::<CacheKey>()
+            + self.body.len()
+            + BODY_HEADER
+            + headers_heap(&self.headers)
+            + key_heap(&self.key)
             + self.vary.as_ref().map_or(0, VaryValues::weight)
             + self.credentials.as_ref().map_or(0, |c| c.weight())
-            + self.tags.as_ref().map_or(0, |t| t.weight())
-            + self.key.target().len()
-            + self.key.host().len()
-            + 128) as u64
+            + self.tags.as_ref().map_or(0, |t| t.weight())) as u64
     }
 
     /// Whether this entry may answer a request with these headers.
@@ -133,6 +139,40 @@ impl CachedResponse {
         *response.headers_mut() = without_slots(self.headers);
         response
     }
+}
+
+/// The shared header a `Bytes` body allocates once it is cloned (`bytes` 1: 24 bytes).
+const BODY_HEADER: usize = 24;
+
+/// A `HeaderMap` bucket (one per field name: hash, name, value, links) and an extra value
+/// (each further value of a name), as `http` 1 lays them out on 64-bit targets.
+const HEADER_BUCKET: usize = 104;
+const HEADER_EXTRA_VALUE: usize = 72;
+
+/// The heap a stored `HeaderMap` holds: its index (4 bytes a slot, a power of two above the
+/// usable capacity), a bucket per name and an extra-value record per further value (stored
+/// maps hold no spare buckets, see `reserve_slots`), and the value bytes (shared with the
+/// origin's buffers or owned; static values hold none, so this over-counts those).
+fn headers_heap(headers: &HeaderMap) -> usize {
+    let index = if headers.capacity() == 0 {
+        0
+    } else {
+        4 * (headers.capacity() * 4 / 3).next_power_of_two()
+    };
+    let keys = headers.keys_len();
+    index
+        + HEADER_BUCKET * keys
+        + HEADER_EXTRA_VALUE * (headers.len() - keys)
+        + headers.values().map(HeaderValue::len).sum::<usize>()
+}
+
+/// The heap of a key: its host and target in one `Arc<str>`, and what a key function added
+/// and the variant's values, in an `Arc` each.
+fn key_heap(key: &CacheKey) -> usize {
+    let arc = |len: usize| 16 + len;
+    arc(key.host().len() + key.target().len())
+        + key.extra().map_or(0, |extra| arc(extra.len()))
+        + key.variant_len().map_or(0, arc)
 }
 
 /// Why a stored entry does not answer a request.
@@ -183,5 +223,25 @@ pub(crate) fn remove_present(headers: &mut HeaderMap, names: &[HeaderName]) {
         for name in names {
             headers.remove(name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Entry;
+
+    /// The inline sizes behind `weight()` and the breakdown in benches/README.md ("Memory").
+    #[test]
+    fn an_entry_is_as_small_as_measured() {
+        eprintln!(
+            "CachedResponse {} B, Entry<CachedResponse> {} B, CacheKey {} B, HeaderMap {} B",
+            size_of::<CachedResponse>(),
+            size_of::<Entry<CachedResponse>>(),
+            size_of::<CacheKey>(),
+            size_of::<HeaderMap>()
+        );
+        assert!(size_of::<CacheKey>() <= 80);
+        assert!(size_of::<Entry<CachedResponse>>() <= 328);
     }
 }

@@ -13,6 +13,10 @@
 //!   the number of origin calls when 10,000 concurrent requests hit one key;
 //! - `miss`: a miss (coalescing + buffering + insert) against calling the origin directly, for
 //!   1 KiB and 1 MiB bodies;
+//! - `ttfb`: time to the first byte of a miss (the call until the first data frame) against
+//!   calling the origin directly, for 1 KiB and 1 MiB bodies streamed in 16 KiB chunks (a
+//!   `Pending` between chunks, as from a socket); and
+//!   (printed) the issue's origin, 10 chunks of 1,000 bytes 200 ms apart, on the wall clock;
 //! - `memory` (printed): bytes held per entry beyond the body, for 100,000 entries of 1 KiB.
 //!
 //! Each comparison is also printed as ratios measured side by side: the variants run in turns
@@ -1393,6 +1397,231 @@ fn bench_miss(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// (d') Time to first byte of a miss (issue 15): the call until the first data frame, the rest of
+// the body drained untimed, against the origin called directly.
+
+/// `n` misses on new keys: the summed time from `call` to the first data frame.
+fn time_to_first_byte<S, B>(
+    rt: &Runtime,
+    n: u64,
+    service: &mut S,
+    uri: &dyn Fn() -> Uri,
+) -> Duration
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    S::Error: Debug,
+    B: Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    rt.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..n {
+            let request = request(uri());
+            let start = Instant::now();
+            std::future::poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .expect("ready");
+            let response = service.call(request).await.expect("response");
+            let mut body = pin!(response.into_body());
+            let first = body.frame().await;
+            total += start.elapsed();
+            black_box(first);
+            while let Some(frame) = body.frame().await {
+                black_box(frame.expect("frame"));
+            }
+        }
+        total
+    })
+}
+
+/// A body that arrives like a network stream: the first chunk at once, then one `Pending`
+/// (woken at once) before each next one.
+struct Streamed {
+    rest: Bytes,
+    chunk: usize,
+    pend: bool,
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        if self.pend {
+            self.pend = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.pend = true;
+        let n = self.chunk.min(self.rest.len());
+        let data = self.rest.split_to(n);
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+fn streamed_origin(
+    len: usize,
+) -> impl Service<Request<ReqBody>, Response = Response<Streamed>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    let body = body_of(len);
+    let content_length = HeaderValue::from(len);
+    service_fn(move |_req: Request<ReqBody>| {
+        let body = Streamed {
+            rest: body.clone(),
+            chunk: CHUNK,
+            pend: false,
+        };
+        let response = response(body, FRESH, &content_length);
+        async move { Ok::<_, Infallible>(response) }
+    })
+}
+
+/// The issue's origin: `chunks` chunks of 1,000 bytes, `gap` apart (the first at once).
+fn paced_origin(
+    chunks: usize,
+    gap: Duration,
+    cache_control: &'static str,
+) -> impl Service<Request<ReqBody>, Response = Response<Paced>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    service_fn(move |_req: Request<ReqBody>| {
+        let body = Paced {
+            left: chunks,
+            gap,
+            sleep: None,
+        };
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        );
+        async move { Ok::<_, Infallible>(response) }
+    })
+}
+
+struct Paced {
+    left: usize,
+    gap: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        if let Some(sleep) = self.sleep.as_mut() {
+            std::task::ready!(sleep.as_mut().poll(cx));
+        }
+        self.left -= 1;
+        self.sleep = Some(Box::pin(tokio::time::sleep(self.gap)));
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 1000])))))
+    }
+}
+
+fn bench_ttfb(c: &mut Criterion) {
+    if !wanted(
+        "ttfb",
+        &["origin directly", "tower-swr miss", "KiB", "MiB", "paced"],
+    ) {
+        return;
+    }
+    let rt = current_thread();
+    let counter = AtomicU64::new(0);
+    let next_uri = || {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        Uri::try_from(format!("/v1/items/42?lang=en&n={n}")).expect("uri")
+    };
+    let mut group = c.benchmark_group("ttfb");
+    let mut gaps = Vec::new();
+    for (len, label) in [(KIB, "1 KiB"), (MIB, "1 MiB")] {
+        let layer = SwrLayer::new();
+        let mut swr = layer.layer(streamed_origin(len));
+        let mut direct = streamed_origin(len);
+        let mut ttfb_swr = |n| time_to_first_byte(&rt, n, &mut swr, &next_uri);
+        let mut ttfb_direct = |n| time_to_first_byte(&rt, n, &mut direct, &next_uri);
+        group.bench_function(format!("origin directly/{label}"), |b| {
+            b.iter_custom(&mut ttfb_direct)
+        });
+        group.bench_function(format!("tower-swr miss/{label}"), |b| {
+            b.iter_custom(&mut ttfb_swr)
+        });
+        let medians = side_by_side(
+            &format!(
+                "time to first byte of a miss, {label} body streamed in {} KiB chunks",
+                CHUNK / KIB
+            ),
+            &mut [
+                ("origin directly", Box::new(&mut ttfb_direct)),
+                ("tower-swr miss", Box::new(&mut ttfb_swr)),
+            ],
+        );
+        if let [direct, swr] = medians[..] {
+            gaps.push((label, direct, swr));
+        }
+        assert!(layer.stats().stores > 0, "the misses were stored");
+    }
+    group.finish();
+    for (label, direct, swr) in gaps {
+        println!(
+            "   time to first byte, {label}: {:.0} ns over the origin ({direct:.0} ns vs {swr:.0} ns)",
+            swr - direct
+        );
+    }
+    if quick_mode() || profiling() {
+        return;
+    }
+    // The issue's case, on the wall clock: 10 chunks of 1,000 bytes, 200 ms apart.
+    let gap = Duration::from_millis(200);
+    let swr = SwrLayer::new().layer(paced_origin(10, gap, FRESH));
+    let direct = paced_origin(10, gap, FRESH);
+    for round in 0..3 {
+        let (mut s, mut d) = (swr.clone(), direct.clone());
+        let via = time_to_first_byte(&rt, 1, &mut s, &next_uri);
+        let bare = time_to_first_byte(&rt, 1, &mut d, &next_uri);
+        println!(
+            "   paced origin (10 x 1,000 B, 200 ms apart), round {round}: first byte after {:.3} ms bare, {:.3} ms through the layer",
+            bare.as_secs_f64() * 1e3,
+            via.as_secs_f64() * 1e3
+        );
+    }
+    // With a stored entry that may stand in if the origin fails (stale-if-error), the miss
+    // buffers the whole body before answering, as before issue 15.
+    let mut fallback = SwrLayer::new().layer(paced_origin(
+        10,
+        gap,
+        "max-age=1, stale-while-revalidate=0, stale-if-error=86400",
+    ));
+    let uri = Uri::from_static("/v1/items/stale-if-error");
+    time_to_first_byte(&rt, 1, &mut fallback, &|| uri.clone());
+    std::thread::sleep(Duration::from_millis(1100));
+    let buffered = time_to_first_byte(&rt, 1, &mut fallback, &|| uri.clone());
+    println!(
+        "   paced origin, a miss with a stale-if-error entry stored: first byte after {:.3} ms (buffered)",
+        buffered.as_secs_f64() * 1e3
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // (e) Memory per entry.
 
 fn rss_bytes() -> Option<u64> {
@@ -1659,6 +1888,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = memory, bench_hit, bench_hit_oneshot, bench_contention, bench_stale, bench_miss
+    targets = memory, bench_hit, bench_hit_oneshot, bench_contention, bench_stale, bench_miss,
+        bench_ttfb
 }
 criterion_main!(benches);

@@ -238,11 +238,18 @@ impl<K: Hash + Eq + Clone> Drop for RefreshGuard<K> {
 /// `Arc<E>`, the HTTP layer's origin answer), so that one failure answers every caller.
 pub(crate) type Failure = Arc<dyn Any + Send + Sync>;
 
+/// A load's answer while it is still being produced (the HTTP layer's streaming fill), which
+/// its waiters may take before the load lands (see [`Publisher`]).
+pub(crate) type Partial = Arc<dyn Any + Send + Sync>;
+
 /// How a foreground load ended, as its waiters see it.
 #[derive(Debug)]
 pub(crate) enum Landing<V> {
     /// Still running.
     Pending,
+    /// Still running, with an answer waiters may take as it is produced (they may also wait
+    /// for the landing that follows).
+    Streaming(Partial),
     /// Loaded: waiters answer from this entry (stored, unless an invalidation fenced the load).
     Stored(Arc<Entry<V>>),
     /// Loaded, but nothing was stored: each waiter loads itself.
@@ -339,6 +346,8 @@ pub(crate) enum Waited<V> {
     Stored(Arc<Entry<V>>),
     NotStored,
     Failed(Option<Failure>),
+    /// The load is still running and offers its answer as it is produced.
+    Streaming(Partial),
     /// The leader went away without an answer: compete again.
     Abandoned,
     /// The lock timeout passed: [`Flights::rejoin`] says whether to start another attempt.
@@ -500,20 +509,33 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
 }
 
 /// Waits for the flight's next landing, or until another attempt may start (`TimedOut`).
-pub(crate) async fn wait<V>(waiting: Waiting<V>) -> Waited<V> {
+/// `take_streaming`: a load under way that streams its answer is a landing too.
+pub(crate) async fn wait<V>(waiting: Waiting<V>, take_streaming: bool) -> Waited<V> {
     let Waiting {
         mut rx,
         another_attempt_at,
     } = waiting;
-    match tokio::time::timeout_at(another_attempt_at, rx.changed()).await {
-        Err(_) => Waited::TimedOut,
-        Ok(Err(_)) => Waited::Abandoned,
-        Ok(Ok(())) => match &*rx.borrow_and_update() {
-            Landing::Stored(entry) => Waited::Stored(Arc::clone(entry)),
-            Landing::NotStored => Waited::NotStored,
-            Landing::Failed { failure, .. } => Waited::Failed(failure.clone()),
-            Landing::Pending => Waited::Abandoned,
-        },
+    if take_streaming {
+        // Joined while the load streams: what it has produced so far is there already.
+        if let Landing::Streaming(partial) = &*rx.borrow_and_update() {
+            return Waited::Streaming(Arc::clone(partial));
+        }
+    }
+    loop {
+        return match tokio::time::timeout_at(another_attempt_at, rx.changed()).await {
+            Err(_) => Waited::TimedOut,
+            Ok(Err(_)) => Waited::Abandoned,
+            Ok(Ok(())) => match &*rx.borrow_and_update() {
+                Landing::Stored(entry) => Waited::Stored(Arc::clone(entry)),
+                Landing::NotStored => Waited::NotStored,
+                Landing::Failed { failure, .. } => Waited::Failed(failure.clone()),
+                Landing::Streaming(partial) if take_streaming => {
+                    Waited::Streaming(Arc::clone(partial))
+                }
+                Landing::Streaming(_) => continue,
+                Landing::Pending => Waited::Abandoned,
+            },
+        };
     }
 }
 
@@ -538,6 +560,15 @@ pub(crate) struct FlightLeader<K: Hash + Eq + Clone, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> FlightLeader<K, V> {
+    /// A handle the load may use to offer its waiters its answer while producing it.
+    pub(crate) fn publisher(&self) -> Option<Publisher<K, V>> {
+        Some(Publisher {
+            flights: Arc::clone(&self.flights),
+            key: self.key.clone()?,
+            tx: self.tx.clone(),
+        })
+    }
+
     pub(crate) fn land(mut self, landing: Landing<V>) {
         if let Some(key) = self.key.take() {
             self.flights.end_attempt(&key, &self.tx, Some(landing));
@@ -562,6 +593,38 @@ impl<K: Hash + Eq + Clone, V> Drop for FlightLeader<K, V> {
         if let Some(key) = self.key.take() {
             self.flights.end_attempt(&key, &self.tx, None);
         }
+    }
+}
+
+/// A leading load's way to hand its waiters its answer before it lands (a streaming fill).
+pub(crate) struct Publisher<K, V> {
+    flights: Arc<Flights<K, V>>,
+    key: K,
+    tx: watch::Sender<Landing<V>>,
+}
+
+impl<K: Hash + Eq + Clone, V> Publisher<K, V> {
+    /// Offers `partial` to the flight's waiters, present and to come.
+    pub(crate) fn publish(&self, partial: Partial) {
+        self.tx.send_replace(Landing::Streaming(partial));
+    }
+
+    /// The load will store nothing after all (its value grew too large): the flight leaves the
+    /// set, so later callers load on their own, and its waiters are told so now rather than
+    /// when the load ends.
+    pub(crate) fn withdraw(&self) {
+        let mut book = lock(&self.flights.book);
+        if (book.flights.get(&self.key)).is_some_and(|f| f.tx.same_channel(&self.tx)) {
+            book.flights.remove(&self.key);
+        }
+        drop(book);
+        self.tx.send_replace(Landing::NotStored);
+    }
+}
+
+impl<K, V> std::fmt::Debug for Publisher<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
     }
 }
 

@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use super::entry::{Entry, Loaded};
 use super::inflight::{
-    stored_by_another, wait, Failure, FlightLeader, Join, Landing, Waited, Waiting,
+    stored_by_another, wait, Failure, FlightLeader, Join, Landing, Partial, Publisher, Waited,
+    Waiting,
 };
 use super::tier::TierClaim;
 use super::TierWait;
@@ -104,6 +105,16 @@ pub(crate) trait Caller<K, V> {
         failure: &Failure,
         remembered: bool,
     ) -> Option<Self::Answer>;
+
+    /// Another caller's load, still producing its answer, as this caller's answer (an HTTP
+    /// response streamed as it is fetched); `None` (the default): wait for it to land.
+    fn answer_streaming(&mut self, _key: &K, _partial: &Partial) -> Option<Self::Answer> {
+        None
+    }
+
+    /// Called before [`load`](Self::load) when this caller leads a new flight: the load may
+    /// offer its waiters its answer while producing it through `publisher`.
+    fn lead(&mut self, _publisher: Publisher<K, V>) {}
 
     /// How long the load may run while a stale-if-error value could answer instead.
     fn fallback_timeout(&self) -> Option<Duration> {
@@ -369,6 +380,8 @@ where
         if caller.coalesces() {
             let mut rekeyed = false;
             let mut timed_out = false;
+            // Cleared once this caller declined a streaming answer: it waits for the landing.
+            let mut take_streaming = true;
             let give_up_at = Instant::now() + self.inner.lock_timeout;
             loop {
                 let join = if timed_out {
@@ -409,7 +422,17 @@ where
                             None => break,
                         }
                     }
-                    Join::Waiter(waiting) => match wait(waiting).await {
+                    Join::Waiter(waiting) => match wait(waiting, take_streaming).await {
+                        Waited::Streaming(partial) => {
+                            match caller.answer_streaming(&key, &partial) {
+                                Some(answer) => {
+                                    self.inner.counters.collapsed.inc();
+                                    tracing::debug!(key = ?key, status = "collapsed", "answered by another caller's load as it streams");
+                                    return answer;
+                                }
+                                None => take_streaming = false,
+                            }
+                        }
                         Waited::Stored(entry) => match caller.accepts(&key, entry.value()) {
                             Accept::Yes => {
                                 self.inner.counters.collapsed.inc();
@@ -521,6 +544,12 @@ where
             }
         };
         let fallback = usable(&existing, &caller, false).is_some();
+        if earlier.is_none() {
+            // A backup attempt does not stream: an earlier attempt's value may still win.
+            if let Some(publisher) = leader.as_ref().and_then(FlightLeader::publisher) {
+                caller.lead(publisher);
+            }
+        }
         let load = caller.load(&key, existing.as_ref(), fallback, leader.is_some());
         let mut load = std::pin::pin!(CatchUnwind::new(load));
         // With a value to fall back on, the load gets the caller's fallback timeout (a load cut

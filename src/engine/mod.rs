@@ -76,8 +76,8 @@ pub use self::tier::{Claim, Remote, SharedTier, TierFuture};
 use self::tier::{Tier, TierClaim};
 
 use self::entry::Phase;
-pub(crate) use self::inflight::Failure;
 use self::inflight::{Backoff, Breaker, FlightLeader, Flights, Join, RefreshGuard, Refreshes};
+pub(crate) use self::inflight::{Failure, Partial, Publisher};
 use self::load::LoadPanicked;
 pub(crate) use self::load::{Accept, Answered, Caller, Found, Outcome};
 use self::stats::Counters;
@@ -1107,6 +1107,24 @@ where
     /// Joins again after a wait reached the lock timeout (see [`inflight::Flights::rejoin`]).
     fn rejoin(&self, key: &K) -> Join<K, V> {
         self.inner.flights.rejoin(key, self.inner.lock_timeout)
+    }
+
+    /// Runs `task` detached from its caller (a load that others read from as it goes), tracked
+    /// with the refreshes so a shutdown waits for it; `Err` gives it back without a runtime.
+    pub(crate) fn spawn_detached<F>(&self, task: F) -> Result<tokio::task::JoinHandle<F::Output>, F>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Ok(self.inner.tasks.spawn_on(task, &runtime)),
+            Err(_) => Err(task),
+        }
+    }
+
+    /// How long a caller waits for another caller's load before it loads itself.
+    pub(crate) fn lock_timeout(&self) -> Duration {
+        self.inner.lock_timeout
     }
 
     /// Counts a request that was not eligible for caching (an adapter's bypass).

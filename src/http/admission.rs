@@ -55,6 +55,14 @@ pub(crate) enum Admission<B: Body> {
     Unstorable(Response<SwrBody<B>>, Reason),
 }
 
+/// The `Content-Length` a response states, if it is a number.
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// The current time as an HTTP date (`Date` for responses that came without one).
 pub(crate) fn http_date_now() -> HeaderValue {
     HeaderValue::try_from(httpdate::fmt_http_date(SystemTime::now()))
@@ -217,6 +225,22 @@ impl Shared {
         // Decide before buffering, so an uncacheable body streams straight through.
         // `load_time` runs until the response's head arrived: the response delay.
         let verdict = self.judge(&template, &parts, load_time);
+        self.admit_judged(key, verdict, (parts, body), load_time, share)
+            .await
+    }
+
+    /// [`admit`](Self::admit), given what [`judge`](Self::judge) said of the response.
+    pub(crate) async fn admit_judged<B>(
+        &self,
+        key: CacheKey,
+        verdict: Verdict,
+        (parts, body): (http::response::Parts, B),
+        load_time: Duration,
+        share: bool,
+    ) -> Admission<B>
+    where
+        B: Body<Data = Bytes>,
+    {
         let limit = self.config.max_body_bytes;
         if let Some(reason) = verdict.decision.reason() {
             let shareable = share
@@ -252,11 +276,7 @@ impl Shared {
                 }
             };
         }
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(&parts.headers);
         if let Some(reason) = declared_body_refusal(declared, limit) {
             return Admission::Unstorable(
                 Response::from_parts(parts, SwrBody::inner(body)),

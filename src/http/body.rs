@@ -1,4 +1,5 @@
-//! The response body: cached bytes, the inner body, or a buffered prefix plus the rest.
+//! The response body: cached bytes, the inner body, a buffered prefix plus the rest, or a
+//! streaming fill.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -9,12 +10,19 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
+use super::fill::{BoxError, FillReader};
+
 pin_project! {
     /// Response body of [`SwrService`](crate::SwrService).
     ///
-    /// Either the stored bytes, the inner service's body untouched, or — when a body was too
-    /// long to store, or failed while it was being buffered — the buffered prefix followed by the
-    /// rest of the inner body (or its error), byte for byte.
+    /// Either the stored bytes, the inner service's body untouched, a miss's body read as the
+    /// origin sends it (a streaming fill, which the other requests of the key may share), or —
+    /// when a body was too long to store, or failed while it was being buffered — the buffered
+    /// prefix followed by the rest of the inner body (or its error), byte for byte.
+    ///
+    /// Its error is boxed: the inner body's own error, or, for a streaming fill, one that every
+    /// client reading the fill gets (the origin's body failed, or this client read too slowly
+    /// to follow a fill too large to store).
     pub struct SwrBody<B>
     where
         B: Body,
@@ -35,6 +43,7 @@ pin_project! {
         // length (a stated 0 would tell the client the GET body is empty).
         Unsized,
         Inner { #[pin] body: B },
+        Fill { reader: FillReader },
         Prefix {
             chunks: VecDeque<Bytes>,
             error: Option<B::Error>,
@@ -71,6 +80,12 @@ impl<B: Body> SwrBody<B> {
         }
     }
 
+    pub(crate) fn fill(reader: FillReader) -> Self {
+        Self {
+            kind: Kind::Fill { reader },
+        }
+    }
+
     fn prefix(chunks: VecDeque<Bytes>, error: Option<B::Error>, rest: Option<Pin<Box<B>>>) -> Self {
         Self {
             kind: Kind::Prefix {
@@ -85,18 +100,20 @@ impl<B: Body> SwrBody<B> {
 impl<B> Body for SwrBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Cached { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Unsized => Poll::Ready(None),
-            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Fill { reader } => reader.poll_frame(cx),
             KindProj::Prefix {
                 chunks,
                 error,
@@ -107,10 +124,10 @@ where
                 }
                 if let Some(error) = error.take() {
                     *rest = None;
-                    return Poll::Ready(Some(Err(error)));
+                    return Poll::Ready(Some(Err(error.into())));
                 }
                 match rest {
-                    Some(body) => body.as_mut().poll_frame(cx),
+                    Some(body) => body.as_mut().poll_frame(cx).map_err(Into::into),
                     None => Poll::Ready(None),
                 }
             }
@@ -123,6 +140,7 @@ where
             // Not "ended": a server would then state a length of 0.
             Kind::Unsized => false,
             Kind::Inner { body } => body.is_end_stream(),
+            Kind::Fill { reader } => reader.is_end_stream(),
             Kind::Prefix {
                 chunks,
                 error,
@@ -142,6 +160,7 @@ where
             }
             Kind::Unsized => SizeHint::new(),
             Kind::Inner { body } => body.size_hint(),
+            Kind::Fill { reader } => reader.size_hint(),
             Kind::Prefix {
                 chunks,
                 rest,
@@ -175,6 +194,7 @@ impl<B: Body> std::fmt::Debug for SwrBody<B> {
             Kind::Cached { .. } => "Cached",
             Kind::Unsized => "Unsized",
             Kind::Inner { .. } => "Inner",
+            Kind::Fill { .. } => "Fill",
             Kind::Prefix { .. } => "Prefix",
         };
         f.debug_struct("SwrBody").field("kind", &kind).finish()

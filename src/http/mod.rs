@@ -6,6 +6,7 @@ mod codec;
 mod conditional;
 mod config;
 mod failure;
+mod fill;
 mod future;
 mod handle;
 mod invalidation;

@@ -12,22 +12,24 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::util::ServiceExt;
 use tower_service::Service;
 
-use super::admission::Admission;
+use super::admission::{declared_length, Admission, Verdict};
 use super::body::SwrBody;
 use super::conditional::{self, CLIENT_CONDITIONALS};
 use super::config::{Shared, PASS_FOR};
 use super::failure::OriginFailure;
+use super::fill::{BoxError, Fill, FillError, FillWriter, Pushed};
 use super::key::{align_host, request_variant, CacheKey};
 use super::policy::RequestFacts;
 use super::render::{without_body_if, Ask};
-use super::status::{CacheStatus, Member};
+use super::status::{CacheInfo, CacheStatus, Member};
 use super::stored::{has_credentials, remove_present, CachedResponse, Credentials, Refusal};
 use super::template::RequestTemplate;
-use crate::engine::{Accept, Answered, Caller, Entry, Failure, Outcome, Stamp};
+use crate::engine::{Accept, Answered, Caller, Entry, Failure, Outcome, Partial, Publisher, Stamp};
 
 /// A load as the engine runs it: boxed, because it is built before the engine polls it and
 /// the caller is asked questions meanwhile.
@@ -48,7 +50,7 @@ where
     S::Error: Send + 'static,
     ReqB: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Send + 'static,
+    ResB::Error: Into<BoxError> + Send + 'static,
 {
     let cached = entry.value();
     shared.engine.refresh(&cached.key, entry, now, || {
@@ -165,12 +167,16 @@ struct NotKept {
 }
 
 impl NotKept {
-    fn reply<ReqB: Default, ResB: Body<Data = Bytes>>(
+    fn reply<ReqB: Default, ResB>(
         &self,
         key: &CacheKey,
         status: StatusCode,
         response: Response<SwrBody<ResB>>,
-    ) -> Reply<ReqB, ResB> {
+    ) -> Reply<ReqB, ResB>
+    where
+        ResB: Body<Data = Bytes>,
+        ResB::Error: Into<BoxError>,
+    {
         if status.is_success() {
             let until = Stamp::now().after(PASS_FOR);
             self.shared.passes.insert(key.clone(), until);
@@ -191,8 +197,63 @@ impl NotKept {
     }
 }
 
+/// How a miss's load hands its own client the answer early: a streaming fill started.
+pub(crate) enum Early<B: Body> {
+    /// The fill's response, its body read as the origin sends it.
+    Response(Response<SwrBody<B>>),
+    /// The client's answer comes from the stored entry (its conditional or range is applied
+    /// to the whole body): it waits for the load, which no longer depends on it.
+    Detach,
+}
+
+/// What a streaming fill offers the other requests of its key while it runs.
+struct Streaming {
+    /// The response as it will be stored, without its body: what a fill's answers are
+    /// rendered from.
+    entry: Arc<Entry<CachedResponse>>,
+    fill: Arc<Fill>,
+}
+
+impl Shared {
+    /// An answer from a fill under way: the stored head, the body read from the first byte
+    /// (none for a `HEAD`); `None` once the fill has dropped its start (too large to store).
+    fn respond_streaming<B>(
+        &self,
+        streaming: &Streaming,
+        (status, member): (CacheStatus, Member),
+        head: bool,
+    ) -> Option<Response<SwrBody<B>>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let body = if head {
+            None
+        } else {
+            Some(SwrBody::fill(streaming.fill.reader()?))
+        };
+        let now = Stamp::now();
+        let mut response: Response<SwrBody<B>> =
+            self.respond(&streaming.entry, status, member, Ask::default(), false, now);
+        if let Some(info) = response.extensions_mut().get_mut::<CacheInfo>() {
+            info.stored = streaming.fill.expects_to_store();
+        }
+        Some(match body {
+            Some(body) => response.map(|_| body),
+            // The body's length is not known yet unless the origin stated it.
+            None if response
+                .headers()
+                .contains_key(http::header::CONTENT_LENGTH) =>
+            {
+                response.map(|_| SwrBody::empty())
+            }
+            None => response.map(|_| SwrBody::unsized_empty()),
+        })
+    }
+}
+
 /// One request's miss, as the engine's [`Caller`].
-struct OriginMiss<S, ReqB> {
+struct OriginMiss<S, ReqB, ResB: Body> {
     shared: Arc<Shared>,
     inner: S,
     /// Until the load takes it.
@@ -210,9 +271,13 @@ struct OriginMiss<S, ReqB> {
     /// A failure is shared only among requests without credentials.
     credentialed: bool,
     vary_miss: bool,
+    /// Given by the engine when this miss leads its key's flight.
+    publisher: Option<Publisher<CacheKey, CachedResponse>>,
+    /// Where the load sends this client its answer when it starts a streaming fill.
+    early: Option<tokio::sync::oneshot::Sender<Early<ResB>>>,
 }
 
-impl<S, ReqB> OriginMiss<S, ReqB> {
+impl<S, ReqB, ResB: Body> OriginMiss<S, ReqB, ResB> {
     fn ask(&self) -> Ask<'_> {
         Ask {
             head: self.head,
@@ -229,14 +294,14 @@ impl<S, ReqB> OriginMiss<S, ReqB> {
     }
 }
 
-impl<S, ReqB, ResB> Caller<CacheKey, CachedResponse> for OriginMiss<S, ReqB>
+impl<S, ReqB, ResB> Caller<CacheKey, CachedResponse> for OriginMiss<S, ReqB, ResB>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqB: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Send + 'static,
+    ResB::Error: Into<BoxError> + Send + 'static,
 {
     type Answer = Result<Reply<ReqB, ResB>, S::Error>;
     type Load = Load<Self::Answer>;
@@ -321,6 +386,31 @@ where
         Ok(Reply::Response(response))
     }
 
+    fn lead(&mut self, publisher: Publisher<CacheKey, CachedResponse>) {
+        self.publisher = Some(publisher);
+    }
+
+    fn answer_streaming(&mut self, key: &CacheKey, partial: &Partial) -> Option<Self::Answer> {
+        let streaming = partial.downcast_ref::<Streaming>()?;
+        // A conditional or range is answered from the whole body, once stored.
+        if self.client_headers.is_some() {
+            return None;
+        }
+        if !matches!(self.accepts(key, streaming.entry.value()), Accept::Yes) {
+            return None;
+        }
+        // An origin that stopped sending for the lock timeout gets no new readers: they wait
+        // for the fill to land and, past the lock timeout, try the origin themselves.
+        if streaming.fill.idle() >= self.shared.engine.lock_timeout() {
+            return None;
+        }
+        let answer = (CacheStatus::Collapsed, Member::Collapsed);
+        let response = self
+            .shared
+            .respond_streaming(streaming, answer, self.head)?;
+        Some(Ok(Reply::Response(response)))
+    }
+
     fn answer_failure(
         &mut self,
         key: &CacheKey,
@@ -385,6 +475,30 @@ where
             head: self.head,
             vary_miss: self.vary_miss,
         });
+        // A fill streams unless a stored entry could stand in should the origin fail: then
+        // the body is buffered whole first, as the stale-if-error answer may replace it.
+        let now = Stamp::now();
+        let could_stand_in = existing.is_some_and(|entry| {
+            entry.usable_on_error_at(now)
+                || self
+                    .unreachable_until(entry)
+                    .is_some_and(|until| now < until)
+        });
+        let stream = match (self.publisher.take(), self.early.take()) {
+            // The fill goes on in a task of its own once it starts: that needs a runtime.
+            (Some(publisher), Some(early))
+                if !fallback
+                    && !could_stand_in
+                    && tokio::runtime::Handle::try_current().is_ok() =>
+            {
+                Some(StreamTo {
+                    publisher,
+                    early,
+                    whole: self.client_headers.is_none(),
+                })
+            }
+            _ => None,
+        };
         let shared = Arc::clone(&self.shared);
         let inner = self.inner.clone();
         let key = key.clone();
@@ -461,8 +575,33 @@ where
             }
             let share = leading && !credentialed;
             let load_time = started.elapsed();
+            let (parts, body) = response.into_parts();
+            let verdict = shared.judge(&template, &parts, load_time);
+            let stream = stream.filter(|_| {
+                let declared = declared_length(&parts.headers);
+                let stated = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+                // A length that is unreadable, or that the body is known to contradict, is
+                // corrected before anything is sent: buffered.
+                let exact = body.size_hint().exact();
+                let contradicted = declared.zip(exact).is_some_and(|(d, e)| d != e);
+                verdict.decision.reason().is_none()
+                    && (!stated || declared.is_some())
+                    && !contradicted
+                    && super::policy::declared_body_refusal(declared, shared.config.max_body_bytes)
+                        .is_none()
+            });
+            if let Some(to) = stream {
+                let fill = FillFrom {
+                    shared: &shared,
+                    key: &key,
+                    load_time,
+                    head,
+                    vary_miss,
+                };
+                return fill.run(to, verdict, (parts, body), not_kept).await;
+            }
             match shared
-                .admit(key.clone(), template, response, load_time, share)
+                .admit_judged(key.clone(), verdict, (parts, body), load_time, share)
                 .await
             {
                 Admission::Store { key, loaded } => Outcome::Store {
@@ -504,7 +643,7 @@ where
     }
 }
 
-impl<S, ReqB> OriginMiss<S, ReqB> {
+impl<S, ReqB, ResB: Body> OriginMiss<S, ReqB, ResB> {
     /// The client's conditionals and range, when the origin is asked without them.
     fn ask_again(&self) -> Option<HeaderMap> {
         (self.client_headers.clone()).filter(|_| !self.pass_head && !self.known_pass)
@@ -528,7 +667,7 @@ where
     S::Error: Send + 'static,
     ReqB: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Send + 'static,
+    ResB::Error: Into<BoxError> + Send + 'static,
 {
     align_host(&mut request);
     let head = request.method() == Method::HEAD;
@@ -550,6 +689,7 @@ where
             .get(&key)
             .is_some_and(|until| Stamp::now() < until);
     let credentialed = has_credentials(request.headers(), &shared.config.policy.credential_headers);
+    let (early_tx, mut early_rx) = tokio::sync::oneshot::channel();
     let caller = OriginMiss {
         shared: Arc::clone(&shared),
         inner: inner.clone(),
@@ -562,12 +702,182 @@ where
         client_headers,
         credentialed,
         vary_miss,
+        publisher: None,
+        early: Some(early_tx),
     };
-    match shared.engine.load_with(key, expired, caller).await? {
+    let engine = Arc::clone(&shared);
+    let mut load = Box::pin(async move { engine.engine.load_with(key, expired, caller).await });
+    let reply = tokio::select! {
+        biased;
+        reply = &mut load => reply?,
+        // A streaming fill started: the load goes on by itself, so this client going away
+        // does not stop it for the others.
+        Ok(early) = &mut early_rx => match (early, shared.engine.spawn_detached(load)) {
+            (Early::Response(response), _) => return Ok(response),
+            (Early::Detach, Ok(task)) => match task.await {
+                Ok(reply) => reply?,
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                // The runtime is shutting down.
+                Err(_) => std::future::pending().await,
+            },
+            (Early::Detach, Err(load)) => load.await?,
+        },
+    };
+    match reply {
         Reply::Response(response) => Ok(response),
         Reply::AskAgain(again, key) => {
             let response = inner.oneshot(again).await?;
             Ok(shared.pass(response.map(SwrBody::inner), &key, vary_miss))
         }
+    }
+}
+
+/// Where a streaming fill's answers go: the leading client, the waiters.
+struct StreamTo<B: Body> {
+    publisher: Publisher<CacheKey, CachedResponse>,
+    early: tokio::sync::oneshot::Sender<Early<B>>,
+    /// The leading client asked for the whole body (no conditional, no range).
+    whole: bool,
+}
+
+/// A storable miss, streamed to its clients while its body is collected for the store.
+struct FillFrom<'a> {
+    shared: &'a Arc<Shared>,
+    key: &'a CacheKey,
+    load_time: Duration,
+    head: bool,
+    vary_miss: bool,
+}
+
+impl FillFrom<'_> {
+    /// Reads the origin body into a fill that the leading client and the waiters read from,
+    /// and stores it whole if it stays within the limit and does not fail.
+    async fn run<ReqB, ResB, E>(
+        self,
+        to: StreamTo<ResB>,
+        verdict: Verdict,
+        (parts, body): (http::response::Parts, ResB),
+        not_kept: NotKept,
+    ) -> Outcome<CacheKey, CachedResponse, Result<Reply<ReqB, ResB>, E>>
+    where
+        ReqB: Default,
+        ResB: Body<Data = Bytes>,
+        ResB::Error: Into<BoxError>,
+    {
+        let Self {
+            shared,
+            key,
+            load_time,
+            head,
+            vary_miss,
+        } = self;
+        let status = parts.status;
+        let declared = declared_length(&parts.headers);
+        let exact = body.size_hint().exact();
+        // The head as it will be stored (the origin's `Content-Length` kept: the body it
+        // describes is still on its way).
+        let empty = (parts, Bytes::new());
+        let (store_key, mut loaded) =
+            match shared.admit_buffered(key.clone(), verdict, empty, Some(0), load_time) {
+                Ok(admitted) => admitted,
+                Err(not_stored) => {
+                    let (cached, reason) = *not_stored;
+                    let response = cached.into_response::<ResB>().map(|_| SwrBody::inner(body));
+                    let answer = Ok(not_kept.reply(key, status, response));
+                    let reason = format!("response not stored: {reason}");
+                    return Outcome::Unstored { answer, reason };
+                }
+            };
+        let entry = Arc::new(Entry::new(loaded.clone(), Stamp::now(), 0));
+        let fill = Fill::new(shared.config.max_body_bytes, declared, exact);
+        let writer = FillWriter(Arc::clone(&fill));
+        let streaming = Arc::new(Streaming { entry, fill });
+        let StreamTo {
+            publisher,
+            early,
+            whole,
+        } = to;
+        // "stored" only where the length is known to fit: an unknown length may not.
+        let stored = streaming.fill.expects_to_store();
+        let member = if vary_miss {
+            Member::VaryMiss { stored }
+        } else {
+            Member::UriMiss { stored }
+        };
+        let leader = if whole || status != StatusCode::OK {
+            shared
+                .respond_streaming(&streaming, (CacheStatus::Miss, member), head)
+                .map(Early::Response)
+        } else {
+            Some(Early::Detach)
+        };
+        // A client gone already is no reason to stop: the others may read, and it is stored.
+        let _ = early.send(leader.unwrap_or(Early::Detach));
+        publisher.publish(streaming);
+        let mut body = std::pin::pin!(body);
+        let mut over = false;
+        loop {
+            std::future::poll_fn(|cx| writer.0.poll_room(cx)).await;
+            let data = match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    // Trailers are not stored (nor relayed, as with a stored body).
+                    _ => continue,
+                },
+                Some(Err(error)) => {
+                    writer.0.fail(FillError::Origin(Arc::from(error.into())));
+                    publisher.withdraw();
+                    return unstored_fill(not_kept, key, status, "the origin's body failed");
+                }
+            };
+            let pushed = writer.0.push(data);
+            if pushed != Pushed::Storing && !over {
+                over = true;
+                // Too large to store: later requests go to the origin themselves.
+                publisher.withdraw();
+            }
+            if pushed == Pushed::Unwanted {
+                return unstored_fill(not_kept, key, status, "body over the limit, no reader left");
+            }
+        }
+        match writer.0.finish() {
+            Some(whole) => {
+                if declared.is_some_and(|len| len != whole.len() as u64) {
+                    // Stored with the length of what was received, as a buffered body is.
+                    loaded
+                        .value
+                        .headers
+                        .insert(http::header::CONTENT_LENGTH, whole.len().into());
+                }
+                loaded.value.body = whole;
+                Outcome::Store {
+                    key: store_key,
+                    loaded,
+                    revalidated: false,
+                }
+            }
+            None => unstored_fill(not_kept, key, status, "body over the limit"),
+        }
+    }
+}
+
+/// A fill that is not stored. Its leading client has its answer already, unless it asked
+/// for a conditional or a range: that goes to the origin as the client sent it.
+fn unstored_fill<ReqB, ResB, E>(
+    not_kept: NotKept,
+    key: &CacheKey,
+    status: StatusCode,
+    reason: &str,
+) -> Outcome<CacheKey, CachedResponse, Result<Reply<ReqB, ResB>, E>>
+where
+    ReqB: Default,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    let answer = Ok(not_kept.reply(key, status, Response::new(SwrBody::empty())));
+    Outcome::Unstored {
+        answer,
+        reason: reason.to_owned(),
     }
 }

@@ -27,10 +27,11 @@ pub(crate) struct Ask<'a> {
 
 /// The answer to a `HEAD` that was sent to the origin as a `GET`: the headers (with the length
 /// of the body a `GET` gets), no body.
-pub(crate) fn without_body_if<B: Body<Data = Bytes>>(
-    head: bool,
-    response: Response<SwrBody<B>>,
-) -> Response<SwrBody<B>> {
+pub(crate) fn without_body_if<B>(head: bool, response: Response<SwrBody<B>>) -> Response<SwrBody<B>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<super::fill::BoxError>,
+{
     if !head {
         return response;
     }

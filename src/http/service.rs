@@ -14,6 +14,7 @@ use tower_service::Service;
 use super::body::SwrBody;
 use super::conditional::CLIENT_CONDITIONALS;
 use super::config::Shared;
+use super::fill::BoxError;
 use super::future::ResponseFuture;
 use super::invalidation::Invalidation;
 use super::key::{align_host, key_host, request_variant, KeyRef};
@@ -152,7 +153,7 @@ where
     S::Error: Send + 'static,
     ReqB: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Send + 'static,
+    ResB::Error: Into<BoxError> + Send + 'static,
 {
     type Response = Response<SwrBody<ResB>>;
     type Error = S::Error;

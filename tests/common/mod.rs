@@ -283,6 +283,103 @@ impl Body for ChunkedBody {
     }
 }
 
+/// A response body fed through a channel: each item is a chunk (or the body's error) when the
+/// test sends it, and the body ends when the sender is dropped. Its length is unknown.
+#[derive(Debug)]
+pub struct FedBody(pub tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl Body for FedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|item| item.map(|chunk| chunk.map(Frame::data)))
+    }
+}
+
+/// A 200 with `Cache-Control: cache_control` whose body is what `rx` is fed.
+pub fn reply_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>,
+    cache_control: &str,
+) -> Response<FedBody> {
+    with_header(
+        Response::new(FedBody(rx)),
+        header::CACHE_CONTROL,
+        cache_control,
+    )
+}
+
+/// The feeds of a [`fed_origin`]'s bodies, by call number (from 1).
+#[derive(Clone, Debug, Default)]
+pub struct Feeds(Arc<Mutex<BTreeMap<usize, Feed>>>);
+
+/// What feeds one [`FedBody`].
+pub type Feed = tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>;
+
+impl Feeds {
+    fn sender(&self, call: usize) -> Feed {
+        (self.0.lock().unwrap().get(&call).cloned())
+            .unwrap_or_else(|| panic!("no body is being fed for call {call}"))
+    }
+
+    /// The origin's body of call `call` sends `chunk` (and the test goes on once it is taken
+    /// into the channel, not once it is read).
+    pub async fn send(&self, call: usize, chunk: impl Into<Bytes>) {
+        let _ = self.sender(call).send(Ok(chunk.into())).await;
+    }
+
+    /// The origin's body of call `call` fails with `message`.
+    pub async fn fail(&self, call: usize, message: &'static str) {
+        let _ = self.sender(call).send(Err(message.into())).await;
+        self.end(call);
+    }
+
+    /// The origin's body of call `call` ends.
+    pub fn end(&self, call: usize) {
+        self.0.lock().unwrap().remove(&call);
+    }
+
+    /// Whether call `call`'s body is still being read (its receiver lives).
+    pub fn is_read(&self, call: usize) -> bool {
+        (self.0.lock().unwrap().get(&call)).is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Room left in call `call`'s channel (of 4): what the reader has not yet taken.
+    pub fn room(&self, call: usize) -> usize {
+        self.sender(call).capacity()
+    }
+}
+
+/// An origin answering `Cache-Control: cache_control` (its head once `gate` opens, if given)
+/// with a body the test feeds through [`Feeds`], chunk by chunk.
+pub fn fed_origin(
+    cache_control: &'static str,
+    gate: Option<Gate>,
+) -> (impl OriginService<FedBody>, Calls, Feeds) {
+    let feeds = Feeds::default();
+    let (service, calls) = origin({
+        let feeds = feeds.clone();
+        move |n, _| {
+            let (feeds, gate) = (feeds.clone(), gate.clone());
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                feeds.0.lock().unwrap().insert(n, tx);
+                if let Some(gate) = gate {
+                    gate.wait().await;
+                }
+                Ok(reply_stream(rx, cache_control))
+            }
+        }
+    });
+    (service, calls, feeds)
+}
+
 /// `len` bytes of a pattern that does not repeat on chunk boundaries, so a lost, repeated or
 /// reordered chunk changes the bytes.
 pub fn patterned_bytes(len: usize) -> Bytes {

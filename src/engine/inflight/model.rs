@@ -130,7 +130,7 @@ fn waiters_hear_the_landing(end: End, waiters: usize) {
                 spawn(async move {
                     match flights.join(&KEY, HOUR) {
                         Join::Waiter(waiting) => {
-                            let waited = wait(waiting).await;
+                            let waited = wait(waiting, false).await;
                             assert!(answers.heard(&waited, end), "{end:?}: heard {waited:?}");
                         }
                         // The flight had ended: this caller leads the next one.
@@ -184,7 +184,7 @@ fn attempts_race(first: End, second: End) {
                 let mut join = flights.join(&KEY, Duration::ZERO);
                 loop {
                     match join {
-                        Join::Waiter(waiting) => match wait(waiting).await {
+                        Join::Waiter(waiting) => match wait(waiting, false).await {
                             Waited::TimedOut => join = flights.rejoin(&KEY, Duration::ZERO),
                             waited => {
                                 // The first flight's, or the patient caller's if that one
@@ -220,7 +220,7 @@ fn attempts_race(first: End, second: End) {
             spawn(async move {
                 match flights.join(&KEY, HOUR) {
                     Join::Waiter(waiting) => {
-                        let waited = wait(waiting).await;
+                        let waited = wait(waiting, false).await;
                         assert!(
                             answers.heard(&waited, first) || answers.heard(&waited, second),
                             "{first:?} then {second:?}: heard {waited:?}"
@@ -297,7 +297,7 @@ fn fence_races_stores(fence_where: bool) {
             spawn(async move {
                 if let Join::Waiter(waiting) = flights.join(&KEY, HOUR) {
                     if waiting.rx.same_channel(&fenced) {
-                        let waited = wait(waiting).await;
+                        let waited = wait(waiting, false).await;
                         assert!(
                             matches!(waited, Waited::Stored(_) | Waited::NotStored),
                             "heard {waited:?}"
@@ -378,7 +378,7 @@ fn failures_are_remembered_until_fenced() {
             spawn(async move {
                 match flights.join(&KEY, HOUR) {
                     Join::Waiter(waiting) => {
-                        let waited = wait(waiting).await;
+                        let waited = wait(waiting, false).await;
                         assert!(
                             before.heard(&waited, End::Failed) || after.heard(&waited, End::Failed),
                             "heard {waited:?}"
@@ -410,7 +410,7 @@ fn failures_are_remembered_until_fenced() {
                     Join::Leader(leader) => after.end(leader, End::Failed),
                     Join::Waiter(waiting) => {
                         // The other caller's flight, begun after the fence.
-                        let waited = wait(waiting).await;
+                        let waited = wait(waiting, false).await;
                         assert!(after.heard(&waited, End::Failed), "heard {waited:?}");
                     }
                     Join::Failed(failure) => assert!(

@@ -142,9 +142,12 @@ impl Shared {
         let length_wrong = headers.contains_key(header::CONTENT_LENGTH)
             && declared_len.is_none_or(|len| len != body.len() as u64);
         if length_wrong {
-            // The origin's Content-Length lied or was unreadable; serve what we really hold.
+            // The origin's Content-Length lied or was unreadable; serve what we really hold,
+            // and keep none of it: it is incomplete or framed wrong (RFC 9111 §3.3).
             headers.insert(header::CONTENT_LENGTH, body.len().into());
         }
+        let refused = (stored && length_wrong).then_some(Reason::LengthMismatch);
+        let stored = stored && refused.is_none();
         let (headers, slots) = if stored {
             let (headers, slots) = reserve_slots(headers);
             (headers, Some(slots))
@@ -187,6 +190,9 @@ impl Shared {
             stale_when_unreachable,
             tags: tags.filter(|_| stored),
         };
+        if let Some(reason) = refused {
+            return Err(Box::new((cached, reason)));
+        }
         let Decision::Store {
             freshness,
             initial_age,
@@ -271,7 +277,7 @@ impl Shared {
                     }),
                     reason,
                 },
-                Buffered::Partial(body) => {
+                Buffered::Partial(body) | Buffered::Failed(body) => {
                     Admission::Uncacheable(Response::from_parts(parts, body), reason)
                 }
             };
@@ -290,6 +296,9 @@ impl Shared {
                     Response::from_parts(parts, body),
                     Reason::BodyIncomplete,
                 )
+            }
+            Buffered::Failed(body) => {
+                return Admission::Unstorable(Response::from_parts(parts, body), Reason::BodyFailed)
             }
         };
         match self.admit_buffered(key, verdict, (parts, body), declared, load_time) {

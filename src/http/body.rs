@@ -205,8 +205,10 @@ impl<B: Body> std::fmt::Debug for SwrBody<B> {
 pub(crate) enum Buffered<B: Body> {
     /// The whole body, within the limit.
     Complete(Bytes),
-    /// Over the limit, or failed: what was read and what is left, for the client only.
+    /// Over the limit: what was read and what is left, for the client only.
     Partial(SwrBody<B>),
+    /// The body failed: what was read, then the error, for the client only.
+    Failed(SwrBody<B>),
 }
 
 /// Reads `body` whole if it is at most `limit` bytes.
@@ -235,7 +237,7 @@ where
                 }
             }
             Some(Err(error)) => {
-                return Buffered::Partial(SwrBody::prefix(chunks, Some(error), None));
+                return Buffered::Failed(SwrBody::prefix(chunks, Some(error), None));
             }
         }
     }

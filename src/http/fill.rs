@@ -255,7 +255,7 @@ impl Fill {
 
     /// The origin body ended: the readers end, and the whole body is returned if it is kept.
     /// A body of another length than the origin stated is a body error for the readers (the
-    /// head they were sent promised another), though it is stored with its real length.
+    /// head they were sent promised another); the caller does not store it.
     pub(crate) fn finish(&self) -> Option<Bytes> {
         let mut state = lock(self);
         let received = state.total as u64;

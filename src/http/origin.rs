@@ -24,7 +24,7 @@ use super::config::{Shared, PASS_FOR};
 use super::failure::OriginFailure;
 use super::fill::{BoxError, Fill, FillError, FillWriter, Pushed};
 use super::key::{align_host, request_variant, CacheKey};
-use super::policy::RequestFacts;
+use super::policy::{Reason, RequestFacts};
 use super::render::{without_body_if, Ask};
 use super::status::{CacheInfo, CacheStatus, Member};
 use super::stored::{has_credentials, remove_present, CachedResponse, Credentials, Refusal};
@@ -623,9 +623,20 @@ where
                 }
                 Admission::Uncacheable(response, reason)
                 | Admission::Unstorable(response, reason) => {
+                    let body_failed = reason == Reason::BodyFailed;
                     let answer = Ok(not_kept.reply(&key, status, response));
                     let reason = format!("response not stored: {reason}");
-                    if shared.config.is_failure(status) {
+                    if body_failed {
+                        // The origin broke off mid-body: a failure to reach it, which a stored
+                        // response may stand in for (stale-if-error, when disconnected).
+                        Outcome::Failed {
+                            answer,
+                            shared: OriginFailure::Error.shared(),
+                            remember: true,
+                            reason,
+                            unreachable: true,
+                        }
+                    } else if shared.config.is_failure(status) {
                         let code = Some(status.as_u16());
                         Outcome::Failed {
                             answer,
@@ -842,14 +853,15 @@ impl FillFrom<'_> {
             }
         }
         match writer.0.finish() {
+            // A body of another length than its `Content-Length` is incomplete or framed
+            // wrong (RFC 9111 §3.3): its readers got a body error, and it is not stored.
+            Some(whole) if declared.is_some_and(|len| len != whole.len() as u64) => unstored_fill(
+                not_kept,
+                key,
+                status,
+                "body length differs from Content-Length",
+            ),
             Some(whole) => {
-                if declared.is_some_and(|len| len != whole.len() as u64) {
-                    // Stored with the length of what was received, as a buffered body is.
-                    loaded
-                        .value
-                        .headers
-                        .insert(http::header::CONTENT_LENGTH, whole.len().into());
-                }
                 loaded.value.body = whole;
                 Outcome::Store {
                     key: store_key,

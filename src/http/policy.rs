@@ -593,8 +593,13 @@ pub(crate) enum Reason {
     NeverUsable,
     /// `Content-Length` over `max_body_bytes`.
     BodyTooLarge,
-    /// The body grew past `max_body_bytes` while buffered, or failed.
+    /// The body grew past `max_body_bytes` while buffered.
     BodyIncomplete,
+    /// The body failed while buffered (the origin's connection broke, its body errored).
+    BodyFailed,
+    /// The body's length is not its `Content-Length` (incomplete or framed wrong, RFC 9111
+    /// §3.3).
+    LengthMismatch,
 }
 
 impl Reason {
@@ -618,6 +623,8 @@ impl Reason {
             Self::NeverUsable => "already past every window",
             Self::BodyTooLarge => "body over max_body_bytes",
             Self::BodyIncomplete => "body over max_body_bytes, or it failed",
+            Self::BodyFailed => "the body failed",
+            Self::LengthMismatch => "body length differs from content-length",
         }
     }
 
@@ -1373,6 +1380,11 @@ mod tests {
             (
                 Reason::BodyIncomplete,
                 "body over max_body_bytes, or it failed",
+            ),
+            (Reason::BodyFailed, "the body failed"),
+            (
+                Reason::LengthMismatch,
+                "body length differs from content-length",
             ),
         ];
         for (reason, text) in texts {

@@ -174,7 +174,12 @@ fn client_uri<B>(request: &Request<B>) -> &Uri {
 /// An authority without its userinfo: `host[:port]`, as a `Host` header names it.
 fn authority_host(authority: &Authority) -> &str {
     let text = authority.as_str();
-    text.rsplit_once('@').map_or(text, |(_, host)| host)
+    // A byte scan: `rsplit_once`'s pattern searcher cost ~125 instructions a hit (callgrind),
+    // for userinfo that requests almost never carry.
+    match text.bytes().rposition(|byte| byte == b'@') {
+        Some(at) => &text[at + 1..],
+        None => text,
+    }
 }
 
 /// Makes the `Host` header agree with the request target's authority, which the key is made

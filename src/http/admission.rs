@@ -339,11 +339,13 @@ impl Shared {
                 })
             });
         }
+        // The stored `Content-Length` (a 304 does not update it) still states the body's.
+        let declared = declared_length(&parts.headers);
         self.admit_buffered(
             cached.key.clone(),
             verdict,
             (parts, cached.body.clone()),
-            None,
+            declared,
             entry.load_time(),
         )
     }

@@ -18,23 +18,6 @@ use tokio::time::Instant;
 use tower::Layer;
 use tower_swr::{CacheStatus, SwrLayer};
 
-/// Waits (real time) until `condition` holds, up to 10 s.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// An origin answering `v<call number>` after `delay`, with `cache_control`.
-fn slow_origin(delay: Duration, cache_control: &'static str) -> (impl OriginService, Calls) {
-    origin(move |n, _request| async move {
-        tokio::time::sleep(delay).await;
-        Ok(reply_cc(format!("v{n}"), cache_control))
-    })
-}
-
 type Instance<S> = (tower_swr::SwrService<S>, tower_swr::SwrHandle);
 
 /// One instance: a layer of its own on the cluster, around `origin`.

@@ -17,15 +17,6 @@ use tokio::time::Instant;
 use tower::Layer;
 use tower_swr::{CacheStatus, SwrHandle, SwrLayer, SwrService};
 
-/// Waits (real time) until `condition` holds, up to 10 s.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// An origin answering `<name> v<call number>` at once, with `cache_control`.
 fn named_origin(name: &'static str, cache_control: &'static str) -> (impl OriginService, Calls) {
     origin(move |n, _request| async move { Ok(reply_cc(format!("{name} v{n}"), cache_control)) })

@@ -21,23 +21,6 @@ use tower::{Layer, ServiceExt};
 use tower_swr::redis::{BreakerState, RedisConfig};
 use tower_swr::{CacheStatus, SwrLayer};
 
-/// Waits (real time) until `condition` holds, up to 5 s.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// An origin answering `v<call number>` after `delay`, with `cache_control`.
-fn slow_origin(delay: Duration, cache_control: &'static str) -> (impl OriginService, Calls) {
-    origin(move |n, _request| async move {
-        tokio::time::sleep(delay).await;
-        Ok(reply_cc(format!("v{n}"), cache_control))
-    })
-}
-
 /// Three instances: three layers of their own on one Redis, around one origin.
 fn three_instances<S: OriginService>(
     redis: &RedisServer,

@@ -1235,3 +1235,28 @@ impl<V: Clone + Send + Sync + 'static> tower_swr::engine::SharedTier<String, V> 
         })
     }
 }
+
+/// Waits (real time, polling every 10 ms) until `condition` holds, up to 10 s: for what real
+/// sockets and servers do (the Redis tier's tests).
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// An origin answering `v<call number>` after `delay` (real or paused time), with
+/// `cache_control`.
+pub fn slow_origin(
+    delay: std::time::Duration,
+    cache_control: &'static str,
+) -> (impl OriginService, Calls) {
+    origin(move |n, _request| async move {
+        tokio::time::sleep(delay).await;
+        Ok(reply_cc(format!("v{n}"), cache_control))
+    })
+}

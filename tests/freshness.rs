@@ -1234,3 +1234,47 @@ async fn surrogate_control_still_applies_with_targeted_fields() -> TestResult {
     assert!(!reused(&service, "/sc-no-store", secs(1)).await?);
     Ok(())
 }
+
+/// `Cache-Control: only-if-cached` (RFC 9111 §5.2.1.7): a stored response that may be used
+/// answers; with none, a 504 and no origin call.
+#[tokio::test(start_paused = true)]
+async fn only_if_cached_is_answered_from_the_store_or_with_a_504_and_no_origin_call() -> TestResult
+{
+    let (o, calls) = origin(|n, _| async move {
+        Ok(reply_cc(
+            format!("v{n}"),
+            "max-age=10, stale-while-revalidate=10",
+        ))
+    });
+    let service = SwrLayer::new().layer(o);
+    let only = |uri: &str| get_with(uri, header::CACHE_CONTROL, "only-if-cached");
+
+    // Nothing stored: 504, the origin not asked.
+    let response = service.clone().oneshot(only("/a")).await?;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(cache_status(&response), "tower-swr; detail=only-if-cached");
+    assert_eq!(body(response).await?, "");
+    assert_eq!(calls.get(), 0);
+
+    // Stored and fresh: answered from the store.
+    service.clone().oneshot(get("/a")).await?;
+    let response = service.clone().oneshot(only("/a")).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body(response).await?, "v1");
+    assert_eq!(calls.get(), 1);
+
+    // Stale inside stale-while-revalidate: answered stale (and refreshed, as for any request).
+    advance(Duration::from_secs(12)).await;
+    let response = service.clone().oneshot(only("/a")).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body(response).await?, "v1");
+
+    // Past every window: nothing usable is stored, so a 504 again, the origin not asked.
+    settle().await;
+    let before = calls.get();
+    advance(Duration::from_secs(60)).await;
+    let response = service.clone().oneshot(only("/a")).await?;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(calls.get(), before);
+    Ok(())
+}

@@ -19,7 +19,7 @@ use super::future::ResponseFuture;
 use super::invalidation::Invalidation;
 use super::key::{align_host, key_host, request_variant, KeyRef};
 use super::origin::{miss, refresh};
-use super::policy::{Policy, RequestFacts};
+use super::policy::{CacheControl, Policy, RequestFacts};
 use super::render::{mark_bypass, Ask};
 use super::status::{CacheStatus, Member};
 use super::stored::{CachedResponse, Refusal};
@@ -302,6 +302,22 @@ where
                 None
             }
         };
+        // RFC 9111 §5.2.1.7: a client that wants only a stored response gets one (answered
+        // above) or a 504, and the origin is not asked.
+        if CacheControl::from_headers(request.headers()).only_if_cached {
+            tracing::debug!(key = %key, status = "only-if-cached", "nothing stored: 504");
+            shared.engine.count_bypass();
+            let mut response = Response::new(SwrBody::empty());
+            *response.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+            (config.headers).write(
+                response.headers_mut(),
+                Member::OnlyIfCached,
+                CacheStatus::Bypass,
+                None,
+                None,
+            );
+            return ResponseFuture::ready(response);
+        }
         let key = key.to_owned();
         let shared = Arc::clone(shared);
         let inner = self.inner.clone();

@@ -124,6 +124,8 @@ pub(crate) enum Member {
     },
     /// A stored response revalidated with the origin (304).
     Revalidated,
+    /// Nothing stored could answer a request with `only-if-cached`: a 504, not forwarded.
+    OnlyIfCached,
     Bypass,
     Method,
 }
@@ -248,6 +250,7 @@ impl StatusHeaders {
             }
             Member::FailureHit { error: false } => format!("{name}; hit; detail=failure"),
             Member::FailureHit { error: true } => format!("{name}; hit; detail=origin-error"),
+            Member::OnlyIfCached => format!("{name}; detail=only-if-cached"),
         };
         HeaderValue::from_str(&text).expect("checked cache name")
     }

@@ -266,13 +266,16 @@ where
     read
 }
 
+/// What a client got: the `Cache-Status`, the status, the headers and what it read.
+type ClientAnswer = (String, StatusCode, http::HeaderMap, Read);
+
 /// A client: sends a GET of `/k` and reads the answer whole; returns the `Cache-Status`, the
 /// status and what it read.
 fn client<S, B>(
     service: S,
     request: Request<ReqBody>,
     t0: Instant,
-) -> tokio::task::JoinHandle<(String, StatusCode, http::HeaderMap, Read)>
+) -> tokio::task::JoinHandle<ClientAnswer>
 where
     S: tower::Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send,
@@ -1036,9 +1039,10 @@ async fn panicking_origin_body_is_a_body_error_for_every_client_and_stores_nothi
     assert_eq!(calls.get(), 2, "nothing was stored ({status})");
 }
 
-#[tokio::test(start_paused = true)]
-async fn body_shorter_than_its_content_length_is_a_body_error_for_every_client_and_not_stored() {
-    let body = data(40);
+/// A fill whose first origin answer states `Content-Length: 50` over `body`, read by two
+/// clients (the second joining at 150 ms); then, 2 s later, a third request (the origin now
+/// states the true length). Returns the two readers' answers, the third's, and the calls.
+async fn fill_with_a_lying_length(body: &Bytes) -> (Vec<ClientAnswer>, ClientAnswer, Calls) {
     let (origin, calls, _) = paced_origin({
         let body = body.clone();
         move |n| {
@@ -1055,18 +1059,28 @@ async fn body_shorter_than_its_content_length_is_a_body_error_for_every_client_a
     let a = client(service.clone(), get("/k"), t0);
     sleep_until(t0 + ms(150)).await;
     let b = client(service.clone(), get("/k"), t0);
-    for (name, handle) in [("A", a), ("B", b)] {
-        let (status, _, _, read) = handle.await.unwrap();
+    let mut readers = Vec::new();
+    for handle in [a, b] {
+        readers.push(handle.await.unwrap());
+    }
+    assert_eq!(calls.get(), 1);
+    sleep(secs(2)).await;
+    let after = client(service.clone(), get("/k"), Instant::now())
+        .await
+        .unwrap();
+    (readers, after, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_shorter_than_its_content_length_is_a_body_error_for_every_client_and_not_stored() {
+    let body = data(40);
+    let (readers, (status, _, _, read), calls) = fill_with_a_lying_length(&body).await;
+    for (name, (status, _, _, read)) in ["A", "B"].into_iter().zip(readers) {
         assert!(
             read.error.is_some(),
             "{name} ({status}): 40 bytes of a stated 50 ended clean"
         );
     }
-    assert_eq!(calls.get(), 1);
-    sleep(secs(2)).await;
-    let (status, _, _, read) = client(service.clone(), get("/k"), Instant::now())
-        .await
-        .unwrap();
     assert!(read.error.is_none(), "{status}: {:?}", read.error);
     assert_eq!(read.bytes(), body);
     assert_eq!(calls.get(), 2, "the short body was not stored ({status})");
@@ -1075,24 +1089,8 @@ async fn body_shorter_than_its_content_length_is_a_body_error_for_every_client_a
 #[tokio::test(start_paused = true)]
 async fn body_longer_than_its_content_length_is_a_body_error_for_every_client_and_not_stored() {
     let body = data(60);
-    let (origin, calls, _) = paced_origin({
-        let body = body.clone();
-        move |n| {
-            let plan = Plan::new(body.clone(), 10);
-            if n == 1 {
-                plan.lying_length(50)
-            } else {
-                plan.with_content_length()
-            }
-        }
-    });
-    let service = SwrLayer::new().layer(origin);
-    let t0 = Instant::now();
-    let a = client(service.clone(), get("/k"), t0);
-    sleep_until(t0 + ms(150)).await;
-    let b = client(service.clone(), get("/k"), t0);
-    for (name, handle) in [("A", a), ("B", b)] {
-        let (status, _, headers, read) = handle.await.unwrap();
+    let (readers, (status, _, headers, read), calls) = fill_with_a_lying_length(&body).await;
+    for (name, (status, _, headers, read)) in ["A", "B"].into_iter().zip(readers) {
         let stated = headers.get(header::CONTENT_LENGTH).cloned();
         assert!(
             read.error.is_some() || stated.as_ref().is_none_or(|v| v == "60"),
@@ -1100,11 +1098,6 @@ async fn body_longer_than_its_content_length_is_a_body_error_for_every_client_an
             read.bytes().len()
         );
     }
-    assert_eq!(calls.get(), 1);
-    sleep(secs(2)).await;
-    let (status, _, headers, read) = client(service.clone(), get("/k"), Instant::now())
-        .await
-        .unwrap();
     assert!(read.error.is_none(), "{status}: {:?}", read.error);
     assert_eq!(read.bytes(), body);
     assert_eq!(

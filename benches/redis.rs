@@ -154,8 +154,17 @@ fn spread(samples: &mut [f64]) -> (f64, f64, f64) {
     (at(2), at(1), at(3))
 }
 
+/// CPU time this thread has run, in ns (`/proc/thread-self/schedstat`; `None` off Linux). The
+/// runtime is current-thread, so a batch's CPU in this process is the delta around it; the
+/// rest of its wall time is waiting (the round trip, Redis's own work).
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
 /// Runs `a` and `b` (each timing a batch of `BATCH` and returning ns per call) in turns for
-/// [`rounds`] rounds; prints and returns the per-round ratio b / a.
+/// [`rounds`] rounds; prints and returns the per-round ratio b / a, and each one's CPU time
+/// in this process per call.
 fn paired(
     title: &str,
     names: (&str, &str),
@@ -165,14 +174,25 @@ fn paired(
     a();
     b();
     let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ca, mut cb) = (Vec::new(), Vec::new());
+    // One batch and its CPU per call.
+    let timed = |run: &mut dyn FnMut() -> f64, cpu: &mut Vec<f64>| {
+        let before = thread_cpu_ns();
+        let wall = run();
+        if let (Some(before), Some(after)) = (before, thread_cpu_ns()) {
+            cpu.push((after - before) as f64 / BATCH as f64);
+        }
+        wall
+    };
     let rounds = rounds();
     for round in 0..rounds {
         // Alternate which goes first, so neither always follows the other.
         let (x, y) = if round % 2 == 0 {
-            (a(), b())
+            let x = timed(&mut a, &mut ca);
+            (x, timed(&mut b, &mut cb))
         } else {
-            let y = b();
-            (a(), y)
+            let y = timed(&mut b, &mut cb);
+            (timed(&mut a, &mut ca), y)
         };
         ta.push(x);
         tb.push(y);
@@ -188,6 +208,13 @@ fn paired(
         "   ratio {} / {}: median {r:.3} (IQR {r1:.3}..{r3:.3})",
         names.1, names.0
     );
+    if !ca.is_empty() && !cb.is_empty() {
+        let ((a_cpu, ..), (b_cpu, ..)) = (spread(&mut ca), spread(&mut cb));
+        println!(
+            "   CPU in this process per request (median): {} {a_cpu:.0} ns, {} {b_cpu:.0} ns",
+            names.0, names.1
+        );
+    }
 }
 
 fn runtime() -> Runtime {
@@ -295,9 +322,35 @@ fn l2_hit_against_raw_get(redis: &RedisServer) {
     per_request.sort();
     println!("   Redis commands per L2 hit: {}", per_request.join(", "));
     println!(
+        "   Redis's own time per call (INFO commandstats, whole run): {}",
+        command_times(&rt, &mut raw, &["cmdstat_get", "cmdstat_hmget"])
+    );
+    println!(
         "   origin calls while reading: {} (0: every answer came from Redis)",
         calls.load(Ordering::SeqCst) - loaded
     );
+}
+
+/// Redis's `usec_per_call` of the `commands` named, e.g. `get 0.61 µs, hmget 1.02 µs`.
+fn command_times(rt: &Runtime, connection: &mut ConnectionManager, commands: &[&str]) -> String {
+    let info: String = rt
+        .block_on(
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(connection),
+        )
+        .expect("INFO");
+    let times: Vec<String> = (info.lines())
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            commands.contains(&name).then_some(())?;
+            let usec = rest
+                .split(',')
+                .find_map(|f| f.strip_prefix("usec_per_call="))?;
+            Some(format!("{} {usec} µs", &name[8..]))
+        })
+        .collect();
+    times.join(", ")
 }
 
 /// `(cmdstat_NAME, calls)` of every command Redis has run.

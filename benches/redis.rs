@@ -26,8 +26,11 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use redis::aio::ConnectionManager;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::runtime::Runtime;
 use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_swr::engine::{Freshness, Lifetime, Loaded, SwrCache};
+use tower_swr::redis::{RedisTier, TierCodec};
 use tower_swr::SwrLayer;
 
 #[allow(dead_code)] // the tests' helper: the bench uses part of it
@@ -353,6 +356,160 @@ fn command_times(rt: &Runtime, connection: &mut ConnectionManager, commands: &[&
     times.join(", ")
 }
 
+/// A minimal [`TierCodec`] for the engine on its own: `String` keys, `Bytes` values, the
+/// lifetime as seven big-endian nanosecond counts in front of the value.
+struct BytesCodec;
+
+impl TierCodec<String, Bytes> for BytesCodec {
+    fn key_bytes(&self, key: &String) -> Vec<u8> {
+        key.as_bytes().to_vec()
+    }
+
+    fn decode_key(&self, bytes: &[u8]) -> Option<String> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+
+    fn encode(&self, _key: &String, value: &Bytes, lifetime: &Lifetime) -> Option<Vec<u8>> {
+        let at = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut out = Vec::with_capacity(56 + value.len());
+        for nanos in [
+            at(lifetime.stored_at),
+            lifetime.initial_age,
+            at(lifetime.fresh_until),
+            at(lifetime.stale_until),
+            at(lifetime.error_until),
+            at(lifetime.retain_until),
+            lifetime.load_time,
+        ] {
+            out.extend_from_slice(&(nanos.as_nanos() as u64).to_be_bytes());
+        }
+        out.extend_from_slice(value);
+        Some(out)
+    }
+
+    fn decode(&self, _key: &String, bytes: &[u8]) -> Option<(Bytes, Lifetime)> {
+        let (head, value) = bytes.split_at_checked(56)?;
+        let mut fields = head.chunks_exact(8).map(|field| {
+            Duration::from_nanos(u64::from_be_bytes(field.try_into().expect("8 bytes")))
+        });
+        let mut next = || fields.next().expect("seven fields");
+        let (stored_at, initial_age) = (UNIX_EPOCH + next(), next());
+        let (fresh_until, stale_until) = (UNIX_EPOCH + next(), UNIX_EPOCH + next());
+        let (error_until, retain_until) = (UNIX_EPOCH + next(), UNIX_EPOCH + next());
+        let lifetime = Lifetime {
+            stored_at,
+            initial_age,
+            fresh_until,
+            stale_until,
+            error_until,
+            retain_until,
+            load_time: next(),
+        };
+        Some((Bytes::copy_from_slice(value), lifetime))
+    }
+}
+
+/// Entry `i` through the engine (boxed: `engine_read::{closure}` under a profiler).
+fn engine_read<'a, F, Fut>(
+    engine: &'a SwrCache<String, Bytes>,
+    i: usize,
+    load: F,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + 'a>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Loaded<Bytes>, Infallible>> + Send + 'static,
+{
+    Box::pin(async move {
+        let found = (engine.get_or_load(format!("engine:{i}"), load).await).expect("answered");
+        found.value.len()
+    })
+}
+
+/// An engine (no HTTP) with the Redis tier.
+fn engine(redis: &RedisServer) -> SwrCache<String, Bytes> {
+    let tier = RedisTier::new(redis.config(), BytesCodec);
+    SwrCache::builder()
+        .shared_tier_timeout(tier.config().call_timeout())
+        .shared_tier(Arc::new(tier))
+        .build()
+}
+
+/// The engine alone (no HTTP): `get_or_load` of a key another engine loaded, memory empty,
+/// against a raw `GET` of the same bytes: what the tier itself costs over Redis.
+fn engine_l2_hit_against_raw_get(redis: &RedisServer) {
+    let rt = runtime();
+    let keys = BATCH * (rounds() + 2);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let body = Bytes::from(vec![b'x'; BODY]);
+    let load = |calls: &Arc<AtomicUsize>, body: &Bytes| {
+        let (calls, body) = (calls.clone(), body.clone());
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(Loaded::new(body, Freshness::new(Duration::from_secs(3600))))
+        }
+    };
+    let (loader, reader) = (engine(redis), engine(redis));
+    let mut raw: ConnectionManager = rt
+        .block_on(ConnectionManager::new(redis.client()))
+        .expect("connection");
+    let stored = rt.block_on(async {
+        for i in 0..keys {
+            let _ = loader
+                .get_or_load(format!("engine:{i}"), load(&calls, &body))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let value = BytesCodec
+            .encode(
+                &String::new(),
+                &body,
+                &loader.lifetime("engine:0").expect("stored"),
+            )
+            .expect("encoded");
+        let mut pipe = redis::pipe();
+        for i in 0..keys {
+            pipe.set(format!("raw-engine:{i}"), &value).ignore();
+        }
+        let () = pipe.query_async(&mut raw).await.expect("SET");
+        value.len()
+    });
+    let loaded = calls.load(Ordering::SeqCst);
+    let (mut next_l2, mut next_raw) = (0usize, 0usize);
+    paired(
+        &format!("engine L2 hit (memory empty, no HTTP) vs raw redis-rs GET of {stored} bytes"),
+        ("raw GET", "engine L2 hit"),
+        || {
+            let start = Instant::now();
+            rt.block_on(async {
+                for _ in 0..BATCH {
+                    let value: Vec<u8> = redis::cmd("GET")
+                        .arg(format!("raw-engine:{}", next_raw % keys))
+                        .query_async(&mut raw)
+                        .await
+                        .expect("GET");
+                    black_box(value.len());
+                    next_raw += 1;
+                }
+            });
+            start.elapsed().as_nanos() as f64 / BATCH as f64
+        },
+        || {
+            let start = Instant::now();
+            rt.block_on(async {
+                for _ in 0..BATCH {
+                    black_box(engine_read(&reader, next_l2, load(&calls, &body)).await);
+                    next_l2 += 1;
+                }
+            });
+            start.elapsed().as_nanos() as f64 / BATCH as f64
+        },
+    );
+    println!(
+        "   loader calls while reading: {} (0: every answer came from Redis)",
+        calls.load(Ordering::SeqCst) - loaded
+    );
+}
+
 /// `(cmdstat_NAME, calls)` of every command Redis has run.
 fn command_counts(rt: &Runtime, connection: &mut ConnectionManager) -> Vec<(String, u64)> {
     let info: String = rt
@@ -479,11 +636,14 @@ fn main() {
     let Some(redis) = RedisServer::start("the Redis benchmarks") else {
         return;
     };
-    // `SWR_BENCH=l2|l1|expiry` runs one part (e.g. under a profiler).
+    // `SWR_BENCH=l2|l2-engine|l1|expiry` runs one part (e.g. under a profiler).
     let only = std::env::var("SWR_BENCH").unwrap_or_default();
     let runs = |part: &str| only.is_empty() || only == part;
     if runs("l2") {
         l2_hit_against_raw_get(&redis);
+    }
+    if runs("l2-engine") {
+        engine_l2_hit_against_raw_get(&redis);
     }
     if runs("l1") {
         l1_hit_tier_on_against_off(&redis);

@@ -159,6 +159,14 @@ pub trait SharedTier<K, V>: Send + Sync + 'static {
     fn fences_invalidations(&self) -> bool {
         false
     }
+
+    /// Whether [`get`](Self::get) always ends by itself about the engine's
+    /// [tier timeout](super::SwrCacheBuilder::shared_tier_timeout) (the tier bounds its own
+    /// I/O), so the engine arms no timer of its own around it: a timer per read costs ~1,000
+    /// instructions. The other calls stay bounded by the engine. Default `false`.
+    fn bounds_reads(&self) -> bool {
+        false
+    }
 }
 
 /// What [`SharedTier::claim`] answered.
@@ -282,7 +290,12 @@ impl<K: 'static, V: 'static> Tier<K, V> {
 
     /// The tier's copy of `key` if it is fresh now and was stored after `than` (if given).
     pub(crate) async fn fresh(&self, key: &K, than: Option<SystemTime>) -> Option<(V, Lifetime)> {
-        let (value, lifetime) = match self.bounded(self.tier.get(key)).await {
+        let read = if self.tier.bounds_reads() {
+            Some(self.tier.get(key).await)
+        } else {
+            self.bounded(self.tier.get(key)).await
+        };
+        let (value, lifetime) = match read {
             Some(found) => found?,
             None => {
                 tracing::debug!(timeout = ?self.timeout, "the shared tier did not answer in time");

@@ -33,9 +33,12 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+use quick_cache::Equivalent;
 
-use super::key::{known_namespace, put_bytes, put_optional, KeyRef, VaryValues, KEY_FORMAT};
-use super::status::{is_slot, reserve_slots};
+use super::key::{
+    known_namespace, put_bytes, put_optional, CacheKey, KeyRef, VaryValues, KEY_FORMAT,
+};
+use super::status::{is_slot, reserve_slots, reserve_slots_in};
 use super::stored::{CachedResponse, Credentials};
 use super::tags::{is_tag, Tags, MAX_TAGS};
 use crate::engine::Lifetime;
@@ -66,6 +69,8 @@ pub(crate) enum DecodeError {
     UnknownNamespace,
     /// A field that is not what its place allows (named).
     Invalid(&'static str),
+    /// A response stored under another key than the one asked for.
+    OtherKey,
 }
 
 impl fmt::Display for DecodeError {
@@ -76,6 +81,7 @@ impl fmt::Display for DecodeError {
             Self::TrailingBytes => f.write_str("bytes after the stored response's body"),
             Self::UnknownNamespace => f.write_str("stored response of a layer this process lacks"),
             Self::Invalid(what) => write!(f, "invalid {what} in stored response"),
+            Self::OtherKey => f.write_str("stored response of another key"),
         }
     }
 }
@@ -175,13 +181,26 @@ pub(crate) fn encode(cached: &CachedResponse, lifetime: &Lifetime) -> Vec<u8> {
 
 /// The response and lifetime [`encode`] wrote, or why `input` is not one.
 pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeError> {
+    decode_as(input, None)
+}
+
+/// [`decode`], refusing a response stored under any key but `expected` when given
+/// ([`DecodeError::OtherKey`]; then the key is compared in place, not built).
+pub(crate) fn decode_as(
+    input: &[u8],
+    expected: Option<&CacheKey>,
+) -> Result<(CachedResponse, Lifetime), DecodeError> {
     let mut r = Reader(input);
     let version = r.u8()?;
     if version != FORMAT {
         return Err(DecodeError::UnknownVersion(version));
     }
     let key = r.bytes()?;
-    let key = decode_key(key)?;
+    let key = match expected {
+        Some(expected) if key_is(key, expected)? => expected.clone(),
+        Some(_) => return Err(DecodeError::OtherKey),
+        None => decode_key(key)?,
+    };
     let mut times = [SystemTime::UNIX_EPOCH; 5];
     for time in &mut times {
         *time = SystemTime::UNIX_EPOCH
@@ -210,21 +229,20 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
         return Err(DecodeError::Invalid("flags"));
     }
     let lines = r.count(8)?;
-    let mut headers = HeaderMap::new();
-    for _ in 0..lines {
-        let (name, value) = r.header_line()?;
-        headers
-            .try_append(name, value)
-            .map_err(|_| DecodeError::Invalid("header count"))?;
-    }
+    let fields = header_fields(&mut r, lines)?;
     let (headers, slots) = if flags & FLAG_SLOTS != 0 {
         // The slots are reserved again; headers that look like them would be taken for them.
-        if headers.iter().any(|(name, value)| is_slot(name, value)) {
+        if fields.iter().any(|(name, value)| is_slot(name, value)) {
             return Err(DecodeError::Invalid("header (a slot)"));
         }
-        let (headers, slots) = reserve_slots(headers);
+        // Built once, in the slotted order.
+        let (headers, slots) = reserve_slots_in(fields);
         (headers, Some(slots))
     } else {
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, value) in fields {
+            headers.append(name, value);
+        }
         (headers, None)
     };
     let vary = match r.u8()? {
@@ -302,7 +320,55 @@ pub(crate) fn decode(input: &[u8]) -> Result<(CachedResponse, Lifetime), DecodeE
 
 /// A key as [`CacheKey::to_bytes`](super::key::CacheKey::to_bytes) wrote it, in this
 /// process's id of its namespace.
-pub(crate) fn decode_key(input: &[u8]) -> Result<super::key::CacheKey, DecodeError> {
+/// `lines` (at most [`MAX_HEADER_LINES`]) header lines from `r`. Their values share one copy of the section they are in: one
+/// allocation for all instead of one a value (and one more a value when a hit first clones it).
+fn header_fields(
+    r: &mut Reader<'_>,
+    lines: usize,
+) -> Result<Vec<(HeaderName, HeaderValue)>, DecodeError> {
+    let section = r.0;
+    for _ in 0..lines {
+        r.bytes()?;
+        r.bytes()?;
+    }
+    let shared = Bytes::copy_from_slice(&section[..section.len() - r.0.len()]);
+    let mut fields = Reader(&shared);
+    let mut out = Vec::with_capacity(lines);
+    for _ in 0..lines {
+        let name = header_name(fields.bytes()?)?;
+        let value = HeaderValue::from_maybe_shared(shared.slice_ref(fields.bytes()?))
+            .map_err(|_| DecodeError::Invalid("value"))?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Whether `input` (a key's encoding) is `expected`'s, compared without building the key.
+fn key_is(input: &[u8], expected: &CacheKey) -> Result<bool, DecodeError> {
+    let mut r = Reader(input);
+    let version = r.u8()?;
+    if version != KEY_FORMAT {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let namespace = text(r.bytes()?, "namespace")?;
+    let method = Method::from_bytes(r.bytes()?).map_err(|_| DecodeError::Invalid("method"))?;
+    let host = text(r.bytes()?, "host")?;
+    let target = text(r.bytes()?, "target")?;
+    let extra = r.optional()?.map(|e| text(e, "key extra")).transpose()?;
+    let variant = r.optional()?;
+    if !r.0.is_empty() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    let namespace = known_namespace(namespace).ok_or(DecodeError::UnknownNamespace)?;
+    let key = KeyRef::from_parts(&method, host, target, extra).in_namespace(namespace);
+    let key = match variant {
+        Some(variant) => key.with_variant(variant),
+        None => key,
+    };
+    Ok(key.equivalent(expected))
+}
+
+pub(crate) fn decode_key(input: &[u8]) -> Result<CacheKey, DecodeError> {
     let mut r = Reader(input);
     let version = r.u8()?;
     if version != KEY_FORMAT {

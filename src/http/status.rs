@@ -383,6 +383,29 @@ pub(crate) fn reserve_slots(headers: HeaderMap) -> (HeaderMap, Slots) {
     (compact(ordered), slots)
 }
 
+/// [`reserve_slots`] for fields not yet in a map (a response decoded from the shared tier, in
+/// `HeaderMap` order): the map is built once instead of twice (~2,000 instructions an L2 hit).
+pub(crate) fn reserve_slots_in(fields: Vec<(HeaderName, HeaderValue)>) -> (HeaderMap, Slots) {
+    let mut ordered = HeaderMap::with_capacity(fields.len() + 2);
+    ordered.insert(AGE, age_value(0));
+    let mut upstream = 0u16;
+    for (_, member) in fields.iter().filter(|(name, _)| *name == CACHE_STATUS) {
+        ordered.append(CACHE_STATUS.clone(), member.clone());
+        upstream = upstream.saturating_add(1);
+    }
+    ordered.append(CACHE_STATUS.clone(), SLOT);
+    for (name, value) in fields {
+        if name != AGE && name != CACHE_STATUS {
+            ordered.append(name, value);
+        }
+    }
+    let slots = Slots {
+        age: 0,
+        status: upstream.saturating_add(1),
+    };
+    (compact(ordered), slots)
+}
+
 /// The same map without the spare buckets `HeaderMap::with_capacity` rounds up to: a clone
 /// holds exactly its fields (a bucket is 104 bytes, and 5 fields get room for 6). What a hit
 /// clones is the same either way: a clone of a map is always exact.

@@ -70,11 +70,8 @@ impl TierCodec<CacheKey, CachedResponse> for HttpTierCodec {
     }
 
     fn decode(&self, key: &CacheKey, bytes: &[u8]) -> Option<(CachedResponse, Lifetime)> {
-        let (mut cached, lifetime) = codec::decode(bytes).ok()?;
         // A value under another key's name is foreign (a collision, a bug, tampering).
-        if cached.key != *key {
-            return None;
-        }
+        let (mut cached, lifetime) = codec::decode_as(bytes, Some(key)).ok()?;
         // Tag purges before now are checked against the value's write time by the tier's
         // scope markers; this instance's tag book judges only the purges after this read.
         if let Some(tags) = cached.tags.as_mut() {

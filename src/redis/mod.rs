@@ -352,11 +352,71 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The Redis names of one cache key.
+/// The Redis names of one cache key, each built when asked for (a read needs one of three).
 struct Names {
-    value: Vec<u8>,
-    base: Vec<u8>,
-    lock: Vec<u8>,
+    /// `{prefix}:1:{generation}:{{hash}}`, shared by every name of the key.
+    head: Vec<u8>,
+    key: Vec<u8>,
+    /// The fence key's bytes, when the key is not its own fence key.
+    fence: Option<Vec<u8>>,
+}
+
+impl Names {
+    fn name(&self, kind: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut name = Vec::with_capacity(self.head.len() + 1 + bytes.len());
+        name.extend_from_slice(&self.head);
+        name.push(kind);
+        name.extend_from_slice(bytes);
+        name
+    }
+
+    fn fence(&self) -> &[u8] {
+        self.fence.as_deref().unwrap_or(&self.key)
+    }
+
+    /// Where the value is.
+    fn value(&self) -> Vec<u8> {
+        self.name(b'd', &self.key)
+    }
+
+    /// Where the family's base (write times, purge stamps) is.
+    fn base(&self) -> Vec<u8> {
+        self.name(b'd', self.fence())
+    }
+
+    fn lock(&self) -> Vec<u8> {
+        self.name(b'l', self.fence())
+    }
+
+    /// Whether the value is its own base (no `Vary` family).
+    fn is_own_base(&self) -> bool {
+        self.fence.as_ref().is_none_or(|fence| *fence == self.key)
+    }
+}
+
+/// `n` in decimal, without `fmt`.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n` as 16 lowercase hex digits, without `fmt`.
+fn push_hex16(out: &mut Vec<u8>, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend(
+        (0..16)
+            .rev()
+            .map(|nibble| DIGITS[((n >> (nibble * 4)) & 0xf) as usize]),
+    );
 }
 
 impl<K, V, C> Inner<K, V, C>
@@ -374,31 +434,22 @@ where
     }
 
     fn names(&self, key: &K, generation: u64) -> Names {
-        use std::io::Write as _;
         let key_bytes = self.codec.key_bytes(key);
         // Encoded once when the key is its own fence key (the common case: no `Vary`).
-        let fence_bytes =
-            (!self.codec.is_own_fence_key(key)).then(|| self.codec.fence_key_bytes(key));
-        let fence_bytes = fence_bytes.as_deref().unwrap_or(&key_bytes);
+        let fence = (!self.codec.is_own_fence_key(key)).then(|| self.codec.fence_key_bytes(key));
         // `{prefix}:1:{generation}:{{hash}}`: the hash tag puts every name of the key in one slot.
-        let mut head = Vec::with_capacity(self.config.prefix.len() + 48 + key_bytes.len());
-        let _ = write!(
-            head,
-            "{}:1:{generation}:{{{:016x}}}",
-            self.config.prefix,
-            fnv1a(fence_bytes)
-        );
-        let name = |kind: u8, bytes: &[u8]| {
-            let mut name = Vec::with_capacity(head.len() + 1 + bytes.len());
-            name.extend_from_slice(&head);
-            name.push(kind);
-            name.extend_from_slice(bytes);
-            name
-        };
+        let prefix = self.config.prefix.as_bytes();
+        let mut head = Vec::with_capacity(prefix.len() + 44);
+        head.extend_from_slice(prefix);
+        head.extend_from_slice(b":1:");
+        push_decimal(&mut head, generation);
+        head.extend_from_slice(b":{");
+        push_hex16(&mut head, fnv1a(fence.as_deref().unwrap_or(&key_bytes)));
+        head.push(b'}');
         Names {
-            value: name(b'd', &key_bytes),
-            base: name(b'd', fence_bytes),
-            lock: name(b'l', fence_bytes),
+            head,
+            key: key_bytes,
+            fence,
         }
     }
 
@@ -408,7 +459,9 @@ where
             Target::Single(client) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
+                    // `call` cuts every call at the timeout: a second timer per call (redis-rs
+                    // arms one for its response timeout) would only cost time.
+                    .set_response_timeout(None)
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
                 let manager = client.get_connection_manager_with_config(config).await?;
@@ -575,17 +628,17 @@ where
         let names = self.names(key, generation);
         let read: (Option<Vec<u8>>, Option<u64>, Option<u64>, Option<u64>) = self
             .call(|mut connection| async move {
-                if names.value == names.base {
+                let value = names.value();
+                if names.is_own_base() {
                     // A key that is its own base: one plain command, cheaper than a script.
-                    ::redis::cmd("HMGET")
-                        .arg(names.value)
-                        .arg(&["v", "s", "p", "q"])
-                        .query_async(&mut connection)
-                        .await
+                    // Sized for its arguments: no regrowth while they are written.
+                    let mut read = ::redis::Cmd::with_capacity(6, value.len() + 9);
+                    read.arg("HMGET").arg(value).arg(&["v", "s", "p", "q"]);
+                    read.query_async(&mut connection).await
                 } else {
                     scripts::READ
-                        .key(names.value)
-                        .key(names.base)
+                        .key(value)
+                        .key(names.base())
                         .invoke_async(&mut connection)
                         .await
                 }
@@ -631,7 +684,7 @@ where
         let Some(generation) = self.generation().await else {
             return false;
         };
-        let base = self.names(key, generation).base;
+        let base = self.names(key, generation).base();
         // Whether the base holds a value, when it was written, a variant's last write, the purge.
         type Held = (bool, Option<u64>, Option<u64>, Option<u64>);
         let read: Option<Held> = self
@@ -668,12 +721,13 @@ where
         let answer: Option<(u8, u64)> = self
             .call(|mut connection| async move {
                 scripts::CLAIM
-                    .key(names.base)
-                    .key(names.lock)
+                    .key(names.base())
+                    .key(names.lock())
                     .arg(token)
                     .arg(lease)
                     .arg(fence_lifetime)
                     .arg(start)
+                    .arg(if again { "1" } else { "0" })
                     .invoke_async(&mut connection)
                     .await
             })
@@ -716,8 +770,8 @@ where
         let written: Option<u8> = self
             .call(|mut connection| async move {
                 scripts::PUT
-                    .key(names.value)
-                    .key(names.base)
+                    .key(names.value())
+                    .key(names.base())
                     .arg(bytes)
                     .arg(fence)
                     .arg(stored_at)
@@ -747,7 +801,7 @@ where
         let Some(generation) = self.generation().await else {
             return;
         };
-        let lock = self.names(key, generation).lock;
+        let lock = self.names(key, generation).lock();
         let token = *token;
         self.call(|mut connection| async move {
             scripts::RELEASE
@@ -765,8 +819,8 @@ where
             let fence_lifetime = millis(self.config.fence_lifetime());
             self.call(|mut connection| async move {
                 scripts::PURGE
-                    .key(names.base)
-                    .key(names.lock)
+                    .key(names.base())
+                    .key(names.lock())
                     .arg(if soft { "q" } else { "p" })
                     .arg(fence_lifetime)
                     .invoke_async::<i64>(&mut connection)
@@ -1080,6 +1134,12 @@ where
     }
 
     fn fences_invalidations(&self) -> bool {
+        true
+    }
+
+    /// Every Redis call is cut at [`RedisConfig::timeout`] (a first read may make two: the
+    /// generation and the value).
+    fn bounds_reads(&self) -> bool {
         true
     }
 }

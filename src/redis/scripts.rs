@@ -12,11 +12,19 @@ use std::sync::LazyLock;
 use ::redis::Script;
 
 /// `KEYS[1]` base, `KEYS[2]` lock; `ARGV[1]` token, `ARGV[2]` lock lease ms, `ARGV[3]` the
-/// least lifetime of the fence ms, `ARGV[4]` a random start for a new fence. Returns
-/// `{1, fence}` when the lock was granted, `{0, fence}` when another holds it.
+/// least lifetime of the fence ms, `ARGV[4]` a random start for a new fence, `ARGV[5]` `1` for
+/// a waiter asking again. Returns `{1, fence}` when the lock was granted, `{0, fence}` when
+/// another holds it, or, to a waiter asking again, when the value of the last grant is written
+/// (`g` = `f`: its holder wrote it and let go): read it rather than load it once more.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if ARGV[5] == '1' then
+  local f = redis.call('HGET', KEYS[1], 'f')
+  if f and redis.call('HGET', KEYS[1], 'g') == f then
+    return {0, tonumber(f)}
+  end
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('HSETNX', KEYS[1], 'f', ARGV[4])
   local f = redis.call('HINCRBY', KEYS[1], 'f', 1)
@@ -48,6 +56,10 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', now, 'w', ARGV[3])
+if KEYS[1] == KEYS[2] and ARGV[2] ~= '' then
+  -- The value of the grant whose fence it carries is there (see CLAIM).
+  redis.call('HSET', KEYS[1], 'g', ARGV[2])
+end
 local at = tonumber(ARGV[4])
 if redis.call('PEXPIRETIME', KEYS[1]) < at then redis.call('PEXPIREAT', KEYS[1], at) end
 if KEYS[1] ~= KEYS[2] then

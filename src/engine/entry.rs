@@ -213,6 +213,11 @@ fn deadline(from: Stamp, after: Duration) -> Stamp {
 }
 
 impl<V> Entry<V> {
+    /// Whether a background refresh of this entry runs.
+    pub(crate) fn is_refreshing(&self) -> bool {
+        self.refreshing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(crate) fn new(loaded: Loaded<V>, stored_at: Stamp, weight: u64) -> Self {
         let Loaded {
             value,

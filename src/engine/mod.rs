@@ -1039,6 +1039,22 @@ where
         self.inner.tier.is_some()
     }
 
+    /// For a stale hit that is about to start the refresh: the shared tier's copy of `key` if
+    /// another cache stored a fresh one since `stale` was (then it replaces `stale` here), so
+    /// the answer is that copy rather than the stale one. One tier read, bounded by the tier
+    /// timeout; `None` without a tier, while a refresh already runs, or when the tier has
+    /// nothing newer.
+    pub(crate) async fn fresher_in_tier(&self, key: &K, stale: &Entry<V>) -> Option<Arc<Entry<V>>> {
+        if self.inner.tier.is_none() || stale.is_refreshing() {
+            return None;
+        }
+        let epoch = self.inner.flights.epoch();
+        let than = stale.lifetime(&WallClock::now()).stored_at;
+        let fresher = self.fresh_in_tier(key, Some(than)).await?;
+        self.store_fenced(key.clone(), &fresher, None, epoch, Share::No)
+            .then_some(fresher)
+    }
+
     /// Removes `key` from the shared tier only (an invalidation whose local part is done).
     pub(crate) fn forget_shared(&self, key: K) {
         self.in_tier(move |tier| async move {

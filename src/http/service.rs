@@ -281,6 +281,46 @@ where
                     now,
                 ));
             }
+            Found::Stale(entry) if shared.engine.has_shared_tier() && !entry.is_refreshing() => {
+                // Another instance may have refreshed it: the request that starts the refresh
+                // asks the shared tier first (one round trip) and answers a fresher copy from
+                // there; the others, while the refresh runs, are answered stale at once.
+                let key = key.to_owned();
+                let shared = Arc::clone(shared);
+                let inner = self.inner.clone();
+                return ResponseFuture::origin(Box::pin(async move {
+                    let ask = Ask {
+                        head: request.method() == Method::HEAD,
+                        conditionals: conditional.then(|| request.headers()),
+                    };
+                    if let Some(fresher) = shared.engine.fresher_in_tier(&key, &entry).await {
+                        let now = Stamp::now();
+                        tracing::debug!(key = %key, status = "shared", "a fresher copy in the shared tier");
+                        let ttl = fresher.ttl_secs_at(now);
+                        return Ok(shared.respond(
+                            &fresher,
+                            CacheStatus::SharedTier,
+                            Member::SharedHit { ttl },
+                            ask,
+                            false,
+                            now,
+                        ));
+                    }
+                    let now = Stamp::now();
+                    tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
+                    let refreshing =
+                        refresh::<S, ReqB, ResB>(&shared, &inner, &entry, &request, now);
+                    let ttl = entry.ttl_secs_at(now).min(0);
+                    Ok(shared.respond(
+                        &entry,
+                        CacheStatus::Stale,
+                        Member::Hit { ttl },
+                        ask,
+                        refreshing,
+                        now,
+                    ))
+                }));
+            }
             Found::Stale(entry) => {
                 tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
                 let refreshing =

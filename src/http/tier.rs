@@ -66,6 +66,14 @@ impl TierCodec<CacheKey, CachedResponse> for HttpTierCodec {
         if value.credentials.is_some() {
             return None;
         }
+        // A load that began before a purge of one of its tags (this instance's, or another's
+        // through the bus) stays out: written after the purge's marker, the tier would take it
+        // for newer content.
+        if let Some(tags) = &value.tags {
+            if self.tags.verdict(value.key.namespace(), tags) != tags::Verdict::Keep {
+                return None;
+            }
+        }
         Some(codec::encode(value, lifetime))
     }
 

@@ -52,7 +52,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -299,8 +299,46 @@ struct Inner<K, V, C> {
     remote: OnceLock<Remote<K>>,
     bus_started: AtomicBool,
     bus_up: AtomicBool,
+    /// Invalidations that did not reach Redis (down, frozen, the breaker open), sent again by
+    /// a retry task until they do (see [`Inner::retry_later`]).
+    pending: Mutex<Vec<Pending>>,
+    /// Whether that retry task runs.
+    retrying: AtomicBool,
     _values: PhantomData<fn() -> V>,
 }
+
+/// Starts the retry task of pending invalidations when dropped (see [`Inner::retry_later`]).
+struct RetryWhenDone<'a, K, V, C>(&'a Arc<Inner<K, V, C>>)
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: TierCodec<K, V>;
+
+impl<K, V, C> Drop for RetryWhenDone<'_, K, V, C>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: TierCodec<K, V>,
+{
+    fn drop(&mut self) {
+        self.0.retry_later();
+    }
+}
+
+/// An invalidation to send again.
+#[derive(Clone, PartialEq, Eq)]
+enum Pending {
+    /// A purge (soft or not) of the key with these bytes.
+    Key { key: Vec<u8>, soft: bool },
+    /// A scope invalidation.
+    Scope { scope: Vec<u8>, soft: bool },
+    /// A clear.
+    Clear,
+}
+
+/// Most invalidations kept for a retry; past that they fold into one clear (purging more,
+/// never less).
+const MAX_PENDING: usize = 1024;
 
 impl<K, V, C> RedisTier<K, V, C>
 where
@@ -323,6 +361,8 @@ where
                 remote: OnceLock::new(),
                 bus_started: AtomicBool::new(false),
                 bus_up: AtomicBool::new(false),
+                pending: Mutex::new(Vec::new()),
+                retrying: AtomicBool::new(false),
                 _values: PhantomData,
             }),
         }
@@ -497,6 +537,12 @@ where
                 self.breaker.succeeded(pass);
                 Some(value)
             }
+            Ok(Err(error)) if error.is_timeout() => {
+                // A timeout of redis-rs's own (connecting): counted as the tier's timeouts.
+                self.counters.timeouts.inc("swr_redis_timeouts_total");
+                self.breaker.failed(pass, &error);
+                None
+            }
             Ok(Err(error)) => {
                 self.counters.errors.inc("swr_redis_errors_total");
                 // An error Redis answered (out of memory, a script error) is not an outage.
@@ -604,7 +650,8 @@ where
         Some(())
     }
 
-    fn publish(&self, message: Message) -> impl Future<Output = ()> + '_ {
+    /// Sends `message` on the bus; whether Redis took it.
+    fn publish(&self, message: Message) -> impl Future<Output = bool> + '_ {
         let payload = message.encode(self.instance);
         let channel = self.channel();
         async move {
@@ -620,7 +667,98 @@ where
             if sent.is_some() {
                 self.counters.bus_sent.inc("swr_redis_bus_sent_total");
             }
+            sent.is_some()
         }
+    }
+
+    /// Keeps `invalidation` for the retry task until [`sent`](Self::sent) says it reached
+    /// Redis and the bus: kept before the first call, so a caller that stops waiting (the
+    /// engine's timeout) leaves it to the retry task.
+    fn keep_pending(&self, invalidation: Pending) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.contains(&invalidation) {
+            return;
+        }
+        if pending.len() >= MAX_PENDING {
+            tracing::warn!(
+                max = MAX_PENDING,
+                "redis tier: too many invalidations waiting for Redis; a clear is sent instead"
+            );
+            pending.clear();
+            pending.push(Pending::Clear);
+            return;
+        }
+        pending.push(invalidation);
+    }
+
+    /// `invalidation` reached Redis and the bus.
+    fn sent(&self, invalidation: &Pending) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.retain(|kept| kept != invalidation);
+    }
+
+    /// Sends `invalidation` again (kept again when it fails).
+    async fn replay(&self, invalidation: Pending) {
+        match invalidation {
+            Pending::Key { key, soft } => match self.codec.decode_key(&key) {
+                Some(key) => self.purge(&key, soft).await,
+                None => tracing::debug!("redis tier: a pending purge's key no longer decodes"),
+            },
+            Pending::Scope { scope, soft } => self.invalidate_scope(&scope, soft).await,
+            Pending::Clear => self.clear().await,
+        }
+    }
+}
+
+impl<K, V, C> Inner<K, V, C>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: TierCodec<K, V>,
+{
+    /// Starts the retry task if invalidations are pending and none runs: it sends them again,
+    /// pausing 100 ms and doubling up to 5 s between rounds, until none is left (or the tier is
+    /// dropped). Other instances' memory copies stop being served once Redis takes them.
+    fn retry_later(self: &Arc<Self>) {
+        let has_pending =
+            || !(self.pending.lock().unwrap_or_else(PoisonError::into_inner)).is_empty();
+        if !has_pending() || self.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.retrying.store(false, Ordering::Release);
+            return;
+        };
+        let tier = Arc::downgrade(self);
+        tracing::warn!("redis tier: an invalidation did not reach Redis; retrying until it does");
+        runtime.spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(tier) = tier.upgrade() else {
+                    return;
+                };
+                let round = std::mem::take(
+                    &mut *tier.pending.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                for invalidation in round {
+                    tier.replay(invalidation).await;
+                }
+                let left = tier
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len();
+                if left == 0 {
+                    tracing::info!("redis tier: the pending invalidations reached Redis");
+                    tier.retrying.store(false, Ordering::Release);
+                    // One kept since is sent by a task of its own.
+                    tier.retry_later();
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     async fn get(&self, key: &K) -> Option<(V, Lifetime)> {
@@ -814,30 +952,41 @@ where
     }
 
     async fn purge(&self, key: &K, soft: bool) {
+        let bytes = self.codec.key_bytes(key);
+        let kept = Pending::Key {
+            key: bytes.clone(),
+            soft,
+        };
+        self.keep_pending(kept.clone());
+        let mut stamped = false;
         if let Some(generation) = self.generation().await {
             let names = self.names(key, generation);
             let fence_lifetime = millis(self.config.fence_lifetime());
-            self.call(|mut connection| async move {
-                scripts::PURGE
-                    .key(names.base())
-                    .key(names.lock())
-                    .arg(if soft { "q" } else { "p" })
-                    .arg(fence_lifetime)
-                    .invoke_async::<i64>(&mut connection)
-                    .await
-            })
-            .await;
+            stamped = self
+                .call(|mut connection| async move {
+                    scripts::PURGE
+                        .key(names.base())
+                        .key(names.lock())
+                        .arg(if soft { "q" } else { "p" })
+                        .arg(fence_lifetime)
+                        .invoke_async::<i64>(&mut connection)
+                        .await
+                })
+                .await
+                .is_some();
         }
-        let bytes = self.codec.key_bytes(key);
         let message = if soft {
             Message::MarkStale(bytes)
         } else {
             Message::Remove(bytes)
         };
-        self.publish(message).await;
+        if self.publish(message).await && stamped {
+            self.sent(&kept);
+        }
     }
 
     async fn clear(&self) {
+        self.keep_pending(Pending::Clear);
         let (generation, scopes) = (self.meta_name("gen"), self.meta_name("scopes"));
         let next: Option<u64> = self
             .call(|mut connection| async move {
@@ -847,9 +996,15 @@ where
                 Ok(next)
             })
             .await;
-        if let Some(next) = next {
-            self.adopt_generation(next);
-            self.publish(Message::Clear { generation: next }).await;
+        let sent = match next {
+            Some(next) => {
+                self.adopt_generation(next);
+                self.publish(Message::Clear { generation: next }).await
+            }
+            None => false,
+        };
+        if sent {
+            self.sent(&Pending::Clear);
         }
     }
 
@@ -870,6 +1025,11 @@ where
             self.clear().await;
             return;
         }
+        let kept = Pending::Scope {
+            scope: scope.to_vec(),
+            soft,
+        };
+        self.keep_pending(kept.clone());
         let scopes = self.meta_name("scopes");
         let owned = scope.to_vec();
         let at: Option<u64> = self
@@ -890,12 +1050,16 @@ where
             at,
             soft,
         });
-        self.publish(Message::Scope {
-            soft,
-            at,
-            scope: scope.to_vec(),
-        })
-        .await;
+        let sent = self
+            .publish(Message::Scope {
+                soft,
+                at,
+                scope: scope.to_vec(),
+            })
+            .await;
+        if sent {
+            self.sent(&kept);
+        }
     }
 
     fn remember(&self, marker: Marker) {
@@ -1079,7 +1243,11 @@ where
     }
 
     fn remove<'a>(&'a self, key: &'a K) -> TierFuture<'a, ()> {
-        Box::pin(self.inner.purge(key, false))
+        Box::pin(async move {
+            // Whether it ends or its caller stops waiting, what did not reach Redis is retried.
+            let _retry = RetryWhenDone(&self.inner);
+            self.inner.purge(key, false).await;
+        })
     }
 
     fn contains<'a>(&'a self, key: &'a K) -> TierFuture<'a, bool>
@@ -1112,15 +1280,27 @@ where
     }
 
     fn mark_stale<'a>(&'a self, key: &'a K) -> TierFuture<'a, ()> {
-        Box::pin(self.inner.purge(key, true))
+        Box::pin(async move {
+            // Whether it ends or its caller stops waiting, what did not reach Redis is retried.
+            let _retry = RetryWhenDone(&self.inner);
+            self.inner.purge(key, true).await;
+        })
     }
 
     fn clear(&self) -> TierFuture<'_, ()> {
-        Box::pin(self.inner.clear())
+        Box::pin(async move {
+            // Whether it ends or its caller stops waiting, what did not reach Redis is retried.
+            let _retry = RetryWhenDone(&self.inner);
+            self.inner.clear().await;
+        })
     }
 
     fn invalidate_scope<'a>(&'a self, scope: &'a [u8], soft: bool) -> TierFuture<'a, ()> {
-        Box::pin(self.inner.invalidate_scope(scope, soft))
+        Box::pin(async move {
+            // Whether it ends or its caller stops waiting, what did not reach Redis is retried.
+            let _retry = RetryWhenDone(&self.inner);
+            self.inner.invalidate_scope(scope, soft).await;
+        })
     }
 
     fn attach(&self, remote: Remote<K>) {

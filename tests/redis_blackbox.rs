@@ -1453,9 +1453,6 @@ async fn vary_holds_across_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known limitation (README, Redis tier): an instance that has not yet seen a URL's \
-            Vary reads its base key from Redis, which holds no value for a Vary family, so its \
-            first request for that URL goes to the origin; the variants after it come from Redis"]
 async fn every_vary_variant_filled_by_one_instance_is_served_by_another() {
     let Some(redis) = RedisServer::start("several variants") else {
         return;
@@ -2200,6 +2197,7 @@ async fn layers_with_different_cache_names_on_one_redis_prefix_do_not_share_entr
 // Observability, a failed winner, and a Redis that refuses us
 // ---------------------------------------------------------------------------------------------
 
+#[cfg(feature = "metrics")]
 /// The process's metrics recorder (installed once, globally: the tier may register its counters
 /// lazily on a runtime thread).
 fn snapshotter() -> &'static metrics_util::debugging::Snapshotter {
@@ -2215,6 +2213,7 @@ fn snapshotter() -> &'static metrics_util::debugging::Snapshotter {
     })
 }
 
+#[cfg(feature = "metrics")]
 /// Counter values by `name{label=value,...}` (sorted labels), for keys whose labels contain `cache=<cache>`
 /// or that have no `cache` label.
 fn counters(cache: &str) -> std::collections::BTreeMap<String, u64> {

@@ -1039,6 +1039,16 @@ where
         self.inner.tier.is_some()
     }
 
+    /// The shared tier's fresh copy of `key`, stored here too (a `Vary` variant another cache
+    /// stored, found once its URL's `Vary` is known). One tier read; `None` without a tier.
+    pub(crate) async fn copy_from_tier(&self, key: &K) -> Option<Arc<Entry<V>>> {
+        self.inner.tier.as_ref()?;
+        let epoch = self.inner.flights.epoch();
+        let found = self.fresh_in_tier(key, None).await?;
+        self.store_fenced(key.clone(), &found, None, epoch, Share::No)
+            .then_some(found)
+    }
+
     /// For a stale hit that is about to start the refresh: the shared tier's copy of `key` if
     /// another cache stored a fresh one since `stale` was (then it replaces `stale` here), so
     /// the answer is that copy rather than the stale one. One tier read, bounded by the tier

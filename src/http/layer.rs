@@ -781,8 +781,13 @@ impl SwrLayer {
                     #[cfg(feature = "redis")]
                     let mut redis = None;
                     #[cfg(feature = "redis")]
+                    let vary_for_tier = Arc::new(std::sync::OnceLock::new());
+                    #[cfg(feature = "redis")]
                     if let Some(config) = self.store.redis.clone() {
-                        let codec = super::tier::HttpTierCodec { tags: tags.clone() };
+                        let codec = super::tier::HttpTierCodec {
+                            tags: tags.clone(),
+                            vary_index: Arc::clone(&vary_for_tier),
+                        };
                         let tier = RedisTier::new(config, codec);
                         builder = builder
                             .shared_tier_timeout(tier.config().call_timeout())
@@ -790,11 +795,15 @@ impl SwrLayer {
                         redis = Some(tier);
                     }
                     let engine = builder.build();
+                    let vary_index = Arc::new(vary_index::vary_indexes(budget.vary_index, &engine));
+                    // Weak: the index holds the engine, which holds the tier and its codec.
+                    #[cfg(feature = "redis")]
+                    let _ = vary_for_tier.set(Arc::downgrade(&vary_index));
                     Tables {
                         #[cfg(feature = "redis")]
                         redis,
                         namespaces: Arc::default(),
-                        vary_index: Arc::new(vary_index::vary_indexes(budget.vary_index, &engine)),
+                        vary_index,
                         passes: Arc::new(vary_index::passes(budget.passes)),
                         tags,
                         engine,

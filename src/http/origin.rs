@@ -452,6 +452,65 @@ where
         fallback: bool,
         leading: bool,
     ) -> Self::Load {
+        // The URL's `Vary` became known after this miss was keyed (read from the shared tier
+        // just now: another instance stored its variants there): this request's variant may
+        // be there too, and then it answers without the origin.
+        let variant = (!key.is_variant() && self.shared.engine.has_shared_tier())
+            .then(|| self.shared.vary_index.get(key))
+            .flatten()
+            .map(|index| {
+                let variant = request_variant(&index.names, self.headers());
+                key.base().with_variant(&variant).to_owned()
+            });
+        let from_origin = self.load_from_origin(key, existing, fallback, leading);
+        let Some(variant) = variant else {
+            return from_origin;
+        };
+        let shared = Arc::clone(&self.shared);
+        let (head, client_headers, facts) = (self.head, self.client_headers.clone(), self.facts);
+        let headers = self.headers().clone();
+        Box::pin(async move {
+            if let Some(entry) = shared.engine.copy_from_tier(&variant).await {
+                let cached = entry.value();
+                if cached.refusal(&headers, facts).is_none() {
+                    shared.index_variant(&variant, cached.vary.as_ref());
+                    let now = Stamp::now();
+                    let ttl = entry.ttl_secs_at(now);
+                    let ask = Ask {
+                        head,
+                        conditionals: client_headers.as_ref(),
+                    };
+                    let member = Member::SharedHit { ttl };
+                    let response =
+                        shared.respond(&entry, CacheStatus::SharedTier, member, ask, false, now);
+                    return Outcome::Pass {
+                        answer: Ok(Reply::Response(response)),
+                        drop_stored: false,
+                    };
+                }
+            }
+            from_origin.await
+        })
+    }
+}
+
+impl<S, ReqB, ResB> OriginMiss<S, ReqB, ResB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Default + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError> + Send + 'static,
+{
+    /// The load of a miss from the origin.
+    fn load_from_origin(
+        &mut self,
+        key: &CacheKey,
+        existing: Option<&Arc<Entry<CachedResponse>>>,
+        fallback: bool,
+        leading: bool,
+    ) -> Load<Result<Reply<ReqB, ResB>, S::Error>> {
         let mut request = self.request.take().expect("a miss loads once");
         tracing::debug!(key = %key, status = "miss", "asking the origin");
         let template = (!self.pass_head).then(|| Arc::new(RequestTemplate::capture(&request)));

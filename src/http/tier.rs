@@ -3,13 +3,17 @@
 //! a layer's entries) that every instance can match against its keys, and tag purges that
 //! each instance records in its own tag book.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock, Weak};
+
+use http::HeaderName;
 
 use super::codec;
 use super::invalidation::Scope;
 use super::key::{known_namespace, CacheKey};
 use super::stored::CachedResponse;
 use super::tags::{self, TagPurges};
+use super::vary_index::{VaryIndex, VaryIndexes};
 use crate::engine::Lifetime;
 use crate::redis::TierCodec;
 
@@ -18,6 +22,9 @@ use crate::redis::TierCodec;
 pub(crate) struct HttpTierCodec {
     /// The tag purges of the store the tier serves: other instances' tag purges land here.
     pub(crate) tags: Arc<TagPurges>,
+    /// The store's `Vary` index (set once the store is built): a URL's `Vary` names read from
+    /// the tier land here, so a request finds the variants another instance stored.
+    pub(crate) vary_index: Arc<OnceLock<Weak<VaryIndexes>>>,
 }
 
 impl TierCodec<CacheKey, CachedResponse> for HttpTierCodec {
@@ -57,6 +64,41 @@ impl TierCodec<CacheKey, CachedResponse> for HttpTierCodec {
     /// Responses kept with the storing request's credentials (to refresh with them) stay out
     /// of Redis: the secrets would sit there in clear for every instance and anyone with
     /// access to Redis. They are cached in each instance's memory only.
+    /// A variant's `Vary` field names, comma-separated.
+    fn family_hint(&self, key: &CacheKey, value: &CachedResponse) -> Option<Vec<u8>> {
+        let vary = value.vary.as_ref().filter(|_| key.is_variant())?;
+        let names: Vec<&str> = vary.names().map(HeaderName::as_str).collect();
+        Some(names.join(",").into_bytes())
+    }
+
+    /// A URL whose variants another instance stored: its `Vary` names go into this store's
+    /// index (when it has none for the URL), so the request that read it, and the next ones,
+    /// look for their variant.
+    fn learn_family(&self, key: &CacheKey, hint: &[u8]) {
+        let Some(index) = self.vary_index.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let base = key.base();
+        if key.is_variant() || index.get(&base).is_some() {
+            return;
+        }
+        let names: Option<Box<[HeaderName]>> = (hint.split(|byte| *byte == b','))
+            .map(|name| HeaderName::from_bytes(name).ok())
+            .collect();
+        match names {
+            Some(names) if !names.is_empty() && names.len() <= 64 => {
+                index.insert(
+                    base.to_owned(),
+                    Arc::new(VaryIndex {
+                        names,
+                        variants: VecDeque::new(),
+                    }),
+                );
+            }
+            _ => tracing::debug!("redis tier: a Vary hint that is not field names; ignored"),
+        }
+    }
+
     fn encode(
         &self,
         _key: &CacheKey,

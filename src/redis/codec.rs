@@ -39,6 +39,20 @@ pub trait TierCodec<K, V>: Send + Sync + 'static {
         false
     }
 
+    /// What an instance that has not met `key`'s family needs to find its members, kept beside
+    /// the family's fence key when `key`, a member, is written (the HTTP layer: the `Vary`
+    /// field names a URL's variants are chosen by). Default: nothing.
+    fn family_hint(&self, key: &K, value: &V) -> Option<Vec<u8>> {
+        let _ = (key, value);
+        None
+    }
+
+    /// A family's [hint](Self::family_hint), read where `key` (its fence key) holds no value
+    /// of its own. Default: ignored.
+    fn learn_family(&self, key: &K, hint: &[u8]) {
+        let _ = (key, hint);
+    }
+
     /// The value and its lifetime as bytes, or `None` to keep it out of Redis (e.g. it holds a
     /// secret).
     fn encode(&self, key: &K, value: &V, lifetime: &Lifetime) -> Option<Vec<u8>>;

@@ -764,14 +764,21 @@ where
     async fn get(&self, key: &K) -> Option<(V, Lifetime)> {
         let generation = self.generation().await?;
         let names = self.names(key, generation);
-        let read: (Option<Vec<u8>>, Option<u64>, Option<u64>, Option<u64>) = self
+        type Read = (
+            Option<Vec<u8>>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<Vec<u8>>,
+        );
+        let read: Read = self
             .call(|mut connection| async move {
                 let value = names.value();
                 if names.is_own_base() {
                     // A key that is its own base: one plain command, cheaper than a script.
                     // Sized for its arguments: no regrowth while they are written.
-                    let mut read = ::redis::Cmd::with_capacity(6, value.len() + 9);
-                    read.arg("HMGET").arg(value).arg(&["v", "s", "p", "q"]);
+                    let mut read = ::redis::Cmd::with_capacity(7, value.len() + 11);
+                    read.arg("HMGET").arg(value).arg(&["v", "s", "p", "q", "y"]);
                     read.query_async(&mut connection).await
                 } else {
                     scripts::READ
@@ -783,6 +790,10 @@ where
             })
             .await?;
         let (Some(bytes), Some(written)) = (read.0, read.1) else {
+            if let Some(hint) = read.4 {
+                // No value of its own, but a family: what finds its members.
+                self.codec.learn_family(key, &hint);
+            }
             self.counters.misses.inc("swr_redis_misses_total");
             return None;
         };
@@ -905,6 +916,10 @@ where
             _ => String::new(),
         };
         let stored_at = unix_ms(lifetime.stored_at);
+        let hint = (!names.is_own_base())
+            .then(|| self.codec.family_hint(key, value))
+            .flatten()
+            .unwrap_or_default();
         let written: Option<u8> = self
             .call(|mut connection| async move {
                 scripts::PUT
@@ -914,6 +929,7 @@ where
                     .arg(fence)
                     .arg(stored_at)
                     .arg(expire_at)
+                    .arg(hint)
                     .invoke_async(&mut connection)
                     .await
             })

@@ -39,7 +39,8 @@ return {0, tonumber(redis.call('HGET', KEYS[1], 'f') or '0')}
 });
 
 /// `KEYS[1]` the value's hash, `KEYS[2]` base; `ARGV[1]` value, `ARGV[2]` fence (`''`: none),
-/// `ARGV[3]` the writer's stored-at ms, `ARGV[4]` expire-at ms (Unix). Returns 1 when
+/// `ARGV[3]` the writer's stored-at ms, `ARGV[4]` expire-at ms (Unix), `ARGV[5]` the family's
+/// hint (`y` on the base, for a variant; `''`: none). Returns 1 when
 /// written, 0 when fenced off (the claim is stale: the lock passed on or the key was purged),
 /// 2 when a newer value is there. A variant's write stamps `e` on its base: the family holds
 /// a value written then (see [`CONTAINS`]).
@@ -64,6 +65,7 @@ local at = tonumber(ARGV[4])
 if redis.call('PEXPIRETIME', KEYS[1]) < at then redis.call('PEXPIREAT', KEYS[1], at) end
 if KEYS[1] ~= KEYS[2] then
   redis.call('HSET', KEYS[2], 'e', now)
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'y', ARGV[5]) end
   if redis.call('PEXPIRETIME', KEYS[2]) < at then redis.call('PEXPIREAT', KEYS[2], at) end
 end
 return 1
@@ -71,14 +73,15 @@ return 1
     )
 });
 
-/// `KEYS[1]` the value's hash, `KEYS[2]` base (another key: a `Vary` variant's). Returns `{v, s, p, q}`
-/// (`false` where absent). A key that is its own base is read with one `HMGET` instead.
+/// `KEYS[1]` the value's hash, `KEYS[2]` base (another key: a `Vary` variant's). Returns
+/// `{v, s, p, q, false}` (`false` where absent). A key that is its own base is read with one
+/// `HMGET` of `v s p q y` instead (`y`: its family's hint, when it has variants).
 pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local d = redis.call('HMGET', KEYS[1], 'v', 's')
 local b = redis.call('HMGET', KEYS[2], 'p', 'q')
-return {d[1], d[2], b[1], b[2]}
+return {d[1], d[2], b[1], b[2], false}
 ",
     )
 });

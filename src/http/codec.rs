@@ -343,52 +343,60 @@ fn header_fields(
     Ok(out)
 }
 
+/// What a key's encoding holds, borrowed from it.
+struct KeyParts<'a> {
+    method: Method,
+    host: &'a str,
+    target: &'a str,
+    extra: Option<&'a str>,
+    variant: Option<&'a [u8]>,
+    namespace: u32,
+}
+
+impl<'a> KeyParts<'a> {
+    fn read(input: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(input);
+        let version = r.u8()?;
+        if version != KEY_FORMAT {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let namespace = text(r.bytes()?, "namespace")?;
+        let method = Method::from_bytes(r.bytes()?).map_err(|_| DecodeError::Invalid("method"))?;
+        let host = text(r.bytes()?, "host")?;
+        let target = text(r.bytes()?, "target")?;
+        let extra = r.optional()?.map(|e| text(e, "key extra")).transpose()?;
+        let variant = r.optional()?;
+        if !r.0.is_empty() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        let namespace = known_namespace(namespace).ok_or(DecodeError::UnknownNamespace)?;
+        Ok(Self {
+            method,
+            host,
+            target,
+            extra,
+            variant,
+            namespace,
+        })
+    }
+
+    fn key(&self) -> KeyRef<'_> {
+        let key = KeyRef::from_parts(&self.method, self.host, self.target, self.extra)
+            .in_namespace(self.namespace);
+        match self.variant {
+            Some(variant) => key.with_variant(variant),
+            None => key,
+        }
+    }
+}
+
 /// Whether `input` (a key's encoding) is `expected`'s, compared without building the key.
 fn key_is(input: &[u8], expected: &CacheKey) -> Result<bool, DecodeError> {
-    let mut r = Reader(input);
-    let version = r.u8()?;
-    if version != KEY_FORMAT {
-        return Err(DecodeError::UnknownVersion(version));
-    }
-    let namespace = text(r.bytes()?, "namespace")?;
-    let method = Method::from_bytes(r.bytes()?).map_err(|_| DecodeError::Invalid("method"))?;
-    let host = text(r.bytes()?, "host")?;
-    let target = text(r.bytes()?, "target")?;
-    let extra = r.optional()?.map(|e| text(e, "key extra")).transpose()?;
-    let variant = r.optional()?;
-    if !r.0.is_empty() {
-        return Err(DecodeError::TrailingBytes);
-    }
-    let namespace = known_namespace(namespace).ok_or(DecodeError::UnknownNamespace)?;
-    let key = KeyRef::from_parts(&method, host, target, extra).in_namespace(namespace);
-    let key = match variant {
-        Some(variant) => key.with_variant(variant),
-        None => key,
-    };
-    Ok(key.equivalent(expected))
+    Ok(KeyParts::read(input)?.key().equivalent(expected))
 }
 
 pub(crate) fn decode_key(input: &[u8]) -> Result<CacheKey, DecodeError> {
-    let mut r = Reader(input);
-    let version = r.u8()?;
-    if version != KEY_FORMAT {
-        return Err(DecodeError::UnknownVersion(version));
-    }
-    let namespace = text(r.bytes()?, "namespace")?;
-    let method = Method::from_bytes(r.bytes()?).map_err(|_| DecodeError::Invalid("method"))?;
-    let host = text(r.bytes()?, "host")?;
-    let target = text(r.bytes()?, "target")?;
-    let extra = r.optional()?.map(|e| text(e, "key extra")).transpose()?;
-    let variant = r.optional()?;
-    if !r.0.is_empty() {
-        return Err(DecodeError::TrailingBytes);
-    }
-    let namespace = known_namespace(namespace).ok_or(DecodeError::UnknownNamespace)?;
-    let key = KeyRef::from_parts(&method, host, target, extra).in_namespace(namespace);
-    Ok(match variant {
-        Some(variant) => key.with_variant(variant).to_owned(),
-        None => key.to_owned(),
-    })
+    Ok(KeyParts::read(input)?.key().to_owned())
 }
 
 fn put_duration(out: &mut Vec<u8>, duration: Duration) {

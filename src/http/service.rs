@@ -24,7 +24,7 @@ use super::render::{mark_bypass, Ask};
 use super::status::{CacheStatus, Member};
 use super::stored::{CachedResponse, Refusal};
 use super::tags::soft_purged_found;
-use crate::engine::{Found, Stamp};
+use crate::engine::{Entry, Found, Stamp};
 
 impl RequestFacts {
     pub(crate) fn of(headers: &HeaderMap, policy: &Policy) -> Self {
@@ -307,32 +307,16 @@ where
                         ));
                     }
                     let now = Stamp::now();
-                    tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
-                    let refreshing =
-                        refresh::<S, ReqB, ResB>(&shared, &inner, &entry, &request, now);
-                    let ttl = entry.ttl_secs_at(now).min(0);
-                    Ok(shared.respond(
-                        &entry,
-                        CacheStatus::Stale,
-                        Member::Hit { ttl },
-                        ask,
-                        refreshing,
-                        now,
-                    ))
+                    Ok(stale_answer(&shared, &inner, &entry, &request, ask, now))
                 }));
             }
             Found::Stale(entry) => {
-                tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
-                let refreshing =
-                    refresh::<S, ReqB, ResB>(shared, &self.inner, &entry, &request, now);
-                // Not positive for an entry soft-purged by tag before its fresh lifetime ended.
-                let ttl = entry.ttl_secs_at(now).min(0);
-                return ResponseFuture::ready(shared.respond(
+                return ResponseFuture::ready(stale_answer(
+                    shared,
+                    &self.inner,
                     &entry,
-                    CacheStatus::Stale,
-                    Member::Hit { ttl },
+                    &request,
                     ask,
-                    refreshing,
                     now,
                 ));
             }
@@ -365,4 +349,37 @@ where
             miss(shared, inner, key, request, expired, facts, vary_miss).await
         }))
     }
+}
+
+/// A stale hit's answer: the entry at once, its one background refresh started (unless one
+/// runs or the key backs off).
+fn stale_answer<S, ReqB, ResB>(
+    shared: &Arc<Shared>,
+    inner: &S,
+    entry: &Arc<Entry<CachedResponse>>,
+    request: &Request<ReqB>,
+    ask: Ask<'_>,
+    now: Stamp,
+) -> Response<SwrBody<ResB>>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Default + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError> + Send + 'static,
+{
+    let key = &entry.value().key;
+    tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
+    let refreshing = refresh::<S, ReqB, ResB>(shared, inner, entry, request, now);
+    // Not positive for an entry soft-purged by tag before its fresh lifetime ended.
+    let ttl = entry.ttl_secs_at(now).min(0);
+    shared.respond(
+        entry,
+        CacheStatus::Stale,
+        Member::Hit { ttl },
+        ask,
+        refreshing,
+        now,
+    )
 }

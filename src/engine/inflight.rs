@@ -130,6 +130,16 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
         })
     }
 
+    /// Whether [`claim`](Self::claim) would grant the refresh of `key` now.
+    pub(crate) fn may_start(&self, key: &K, now: Instant) -> bool {
+        let book = lock(&self.book);
+        !book.closed
+            && book.paused_until.is_none_or(|until| now >= until)
+            && book.keys.get(key).is_none_or(|state| {
+                !state.running && state.retry_at.is_none_or(|at| now >= at)
+            })
+    }
+
     pub(crate) fn is_running<Q>(&self, key: &Q) -> bool
     where
         K: std::borrow::Borrow<Q>,

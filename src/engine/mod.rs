@@ -1052,10 +1052,15 @@ where
     /// For a stale hit that is about to start the refresh: the shared tier's copy of `key` if
     /// another cache stored a fresh one since `stale` was (then it replaces `stale` here), so
     /// the answer is that copy rather than the stale one. One tier read, bounded by the tier
-    /// timeout; `None` without a tier, while a refresh already runs, or when the tier has
-    /// nothing newer.
+    /// timeout; `None` without a tier, while a refresh already runs or the key backs off, or
+    /// when the tier has nothing newer.
     pub(crate) async fn fresher_in_tier(&self, key: &K, stale: &Entry<V>) -> Option<Arc<Entry<V>>> {
-        if self.inner.tier.is_none() || stale.is_refreshing() {
+        // Only for the request that would start the refresh: while one runs or the key backs
+        // off after failures, stale hits are answered at once without asking the tier.
+        if self.inner.tier.is_none()
+            || stale.is_refreshing()
+            || !self.inner.refreshes.may_start(key, Instant::now())
+        {
             return None;
         }
         let epoch = self.inner.flights.epoch();

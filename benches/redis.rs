@@ -179,11 +179,13 @@ fn paired(
     let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ca, mut cb) = (Vec::new(), Vec::new());
     // One batch and its CPU per call.
+    // A batch's CPU share times its wall time per call (batches differ in size).
     let timed = |run: &mut dyn FnMut() -> f64, cpu: &mut Vec<f64>| {
-        let before = thread_cpu_ns();
+        let (before, started) = (thread_cpu_ns(), Instant::now());
         let wall = run();
+        let elapsed = started.elapsed().as_nanos() as f64;
         if let (Some(before), Some(after)) = (before, thread_cpu_ns()) {
-            cpu.push((after - before) as f64 / BATCH as f64);
+            cpu.push(wall * (after - before) as f64 / elapsed.max(1.0));
         }
         wall
     };

@@ -135,9 +135,10 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
         let book = lock(&self.book);
         !book.closed
             && book.paused_until.is_none_or(|until| now >= until)
-            && book.keys.get(key).is_none_or(|state| {
-                !state.running && state.retry_at.is_none_or(|at| now >= at)
-            })
+            && book
+                .keys
+                .get(key)
+                .is_none_or(|state| !state.running && state.retry_at.is_none_or(|at| now >= at))
     }
 
     pub(crate) fn is_running<Q>(&self, key: &Q) -> bool

@@ -490,42 +490,14 @@ async fn an_origin_call_under_way_during_a_purge_on_another_instance_does_not_br
     let Some(redis) = RedisServer::start("purge races slow origin") else {
         return;
     };
-    let gate = Gate::new();
-    let race_calls = Calls::default();
-    let (origin, _) = origin({
-        let gate = gate.clone();
-        let race_calls = race_calls.clone();
-        move |n, request: http::Request<ReqBody>| {
-            let gate = gate.clone();
-            let gated = request.uri().path() == "/race" && race_calls.record() == 1;
-            async move {
-                if gated {
-                    gate.wait().await;
-                }
-                Ok(reply_cc(format!("v{n}"), "max-age=600"))
-            }
-        }
-    });
-    let (a, a_handle) = instance(redis.config(), origin.clone(), SwrLayer::new());
-    let (b, b_handle) = instance(redis.config(), origin.clone(), SwrLayer::new());
-    // Make sure both instances are connected (bus subscribed) before the race.
-    let _ = fetch(&a, get("/warm")).await;
-    let _ = fetch(&b, get("/warm")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let a_task = tokio::spawn({
-        let a = a.clone();
-        async move { fetch(&a, get("/race")).await.body }
-    });
-    eventually("A's origin call", || race_calls.get() == 1).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    b_handle.purge("/race");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    gate.open();
-    let _ = a_task.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = race_load_against(
+        &redis,
+        Invalidation::Handle(Box::new(|b| {
+            b.purge("/raced");
+        })),
+    )
+    .await;
     // What the call that began before the purge loaded must not be served from Redis.
-    let (c, _) = instance(redis.config(), origin.clone(), SwrLayer::new());
-    let got = fetch(&c, get("/race")).await;
     assert_ne!(
         got.status,
         CacheStatus::SharedTier,
@@ -533,7 +505,6 @@ async fn an_origin_call_under_way_during_a_purge_on_another_instance_does_not_br
         got.body,
         got.line
     );
-    let _ = a_handle;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1705,23 +1676,7 @@ async fn a_post_on_one_instance_during_a_load_on_another_keeps_the_load_out_of_r
     let Some(redis) = RedisServer::start("post races load") else {
         return;
     };
-    let (origin, _, path_calls, gate) = gated_origin("/doc", "max-age=600", 1);
-    let (a, _) = instance(redis.config(), origin.clone(), SwrLayer::new());
-    let (b, _) = instance(redis.config(), origin.clone(), SwrLayer::new());
-    connect_both(&a, &b).await;
-    let a_task = tokio::spawn({
-        let a = a.clone();
-        async move { fetch(&a, get("/doc")).await }
-    });
-    eventually("A's load", || path_calls.get() == 1).await;
-    let posted = fetch(&b, request(Method::POST, "/doc")).await;
-    assert_eq!(posted.http, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    gate.open();
-    let _ = a_task.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let (c, _) = instance(redis.config(), origin.clone(), SwrLayer::new());
-    let got = fetch(&c, get("/doc")).await;
+    let got = race_load_against(&redis, Invalidation::Post).await;
     assert_ne!(
         got.status,
         CacheStatus::SharedTier,
@@ -2390,7 +2345,15 @@ async fn a_soft_prefix_purge_reaches_the_other_instance() {
 
 /// A load of `/raced` begins on A (held), `invalidate` runs on B, the load ends; then a new
 /// instance asks for `/raced`. Returns its answer.
-async fn race_load_against(redis: &RedisServer, invalidate: impl FnOnce(&SwrHandle)) -> Got {
+/// How instance B invalidates `/raced` while A's load of it is held.
+enum Invalidation {
+    /// Through B's handle (a purge of some kind).
+    Handle(Box<dyn FnOnce(&SwrHandle)>),
+    /// A successful `POST /raced` through B (RFC 9111 §4.4).
+    Post,
+}
+
+async fn race_load_against(redis: &RedisServer, invalidation: Invalidation) -> Got {
     let (origin, _, path_calls, gate) = gated_origin("/raced", "max-age=600", 1);
     let (a, _) = instance(redis.config(), origin.clone(), SwrLayer::new());
     let (b, b_handle) = instance(redis.config(), origin.clone(), SwrLayer::new());
@@ -2400,7 +2363,13 @@ async fn race_load_against(redis: &RedisServer, invalidate: impl FnOnce(&SwrHand
         async move { fetch(&a, get("/raced")).await }
     });
     eventually("A's load", || path_calls.get() == 1).await;
-    invalidate(&b_handle);
+    match invalidation {
+        Invalidation::Handle(invalidate) => invalidate(&b_handle),
+        Invalidation::Post => {
+            let posted = fetch(&b, request(Method::POST, "/raced")).await;
+            assert_eq!(posted.http, StatusCode::OK);
+        }
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     gate.open();
     let _ = a_task.await.unwrap();
@@ -2414,9 +2383,12 @@ async fn a_prefix_purge_during_a_load_on_another_instance_keeps_the_load_out_of_
     let Some(redis) = RedisServer::start("prefix purge races load") else {
         return;
     };
-    let got = race_load_against(&redis, |b| {
-        b.purge_prefix("/rac");
-    })
+    let got = race_load_against(
+        &redis,
+        Invalidation::Handle(Box::new(|b| {
+            b.purge_prefix("/rac");
+        })),
+    )
     .await;
     assert_ne!(
         got.status,
@@ -2432,7 +2404,7 @@ async fn a_clear_during_a_load_on_another_instance_keeps_the_load_out_of_redis()
     let Some(redis) = RedisServer::start("clear races load") else {
         return;
     };
-    let got = race_load_against(&redis, |b| b.clear()).await;
+    let got = race_load_against(&redis, Invalidation::Handle(Box::new(|b| b.clear()))).await;
     assert_ne!(
         got.status,
         CacheStatus::SharedTier,
@@ -2447,9 +2419,12 @@ async fn a_soft_tag_purge_during_a_load_on_another_instance_leaves_the_load_stal
     let Some(redis) = RedisServer::start("soft tag purge races load") else {
         return;
     };
-    let got = race_load_against(&redis, |b| {
-        b.soft_purge_tag(["t1"]);
-    })
+    let got = race_load_against(
+        &redis,
+        Invalidation::Handle(Box::new(|b| {
+            b.soft_purge_tag(["t1"]);
+        })),
+    )
     .await;
     assert_ne!(
         got.status,

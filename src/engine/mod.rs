@@ -1042,9 +1042,19 @@ where
     /// The shared tier's fresh copy of `key`, stored here too (a `Vary` variant another cache
     /// stored, found once its URL's `Vary` is known). One tier read; `None` without a tier.
     pub(crate) async fn copy_from_tier(&self, key: &K) -> Option<Arc<Entry<V>>> {
+        self.copy_from_tier_since(key, None).await
+    }
+
+    /// The tier's fresh copy of `key` stored after `than` (if given), stored here too unless
+    /// an invalidation came meanwhile.
+    async fn copy_from_tier_since(
+        &self,
+        key: &K,
+        than: Option<std::time::SystemTime>,
+    ) -> Option<Arc<Entry<V>>> {
         self.inner.tier.as_ref()?;
         let epoch = self.inner.flights.epoch();
-        let found = self.fresh_in_tier(key, None).await?;
+        let found = self.fresh_in_tier(key, than).await?;
         self.store_fenced(key.clone(), &found, None, epoch, Share::No)
             .then_some(found)
     }
@@ -1063,11 +1073,8 @@ where
         {
             return None;
         }
-        let epoch = self.inner.flights.epoch();
         let than = stale.lifetime(&WallClock::now()).stored_at;
-        let fresher = self.fresh_in_tier(key, Some(than)).await?;
-        self.store_fenced(key.clone(), &fresher, None, epoch, Share::No)
-            .then_some(fresher)
+        self.copy_from_tier_since(key, Some(than)).await
     }
 
     /// Removes `key` from the shared tier only (an invalidation whose local part is done).

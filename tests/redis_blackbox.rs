@@ -78,6 +78,25 @@ async fn until<S: OriginService>(
     }
 }
 
+/// Waits until `service` no longer answers `path` with its fresh `v1` after a soft
+/// invalidation elsewhere, and checks that it answers it stale (or already refreshed, `v2`).
+async fn serves_soft_purged<S: OriginService>(service: &SwrService<S>, path: &str, what: &str) {
+    let got = until(
+        what,
+        service,
+        || get(path),
+        |g| g.status != CacheStatus::Fresh || g.body != "v1",
+    )
+    .await;
+    assert!(
+        (got.status == CacheStatus::Stale && got.body == "v1") || got.body == "v2",
+        "a soft-purged entry is served stale (or already refreshed): {:?} {} {}",
+        got.status,
+        got.body,
+        got.line
+    );
+}
+
 /// Waits until `handle`'s instance has written `n` values to Redis in all (the write-back is
 /// detached). Polls the counter, so nothing else touches Redis meanwhile.
 async fn until_written(handle: &SwrHandle, n: u64) {
@@ -623,20 +642,7 @@ async fn a_soft_purge_on_one_instance_makes_the_other_serve_stale_and_refresh() 
     let (origin, calls) = counting("max-age=600, stale-while-revalidate=600");
     let ((_, a_handle), (b, _)) = both_hold(&redis, &origin, "/soft").await;
     a_handle.soft_purge("/soft");
-    let got = until(
-        "B sees the soft purge",
-        &b,
-        || get("/soft"),
-        |g| g.status != CacheStatus::Fresh || g.body != "v1",
-    )
-    .await;
-    assert!(
-        (got.status == CacheStatus::Stale && got.body == "v1") || got.body == "v2",
-        "a soft-purged entry is served stale (or already refreshed): {:?} {} {}",
-        got.status,
-        got.body,
-        got.line
-    );
+    serves_soft_purged(&b, "/soft", "B sees the soft purge").await;
     until("the refresh", &b, || get("/soft"), |g| g.body == "v2").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(calls.get(), 2, "one refresh for the soft purge");
@@ -2327,24 +2333,9 @@ async fn a_soft_prefix_purge_reaches_the_other_instance() {
     let (origin, _) = counting("max-age=600, stale-while-revalidate=600");
     let ((_, a_handle), (b, _)) = both_hold(&redis, &origin, "/cat/1").await;
     a_handle.soft_purge_prefix("/cat/");
-    let got = until(
-        "B sees the soft prefix purge",
-        &b,
-        || get("/cat/1"),
-        |g| g.status != CacheStatus::Fresh || g.body != "v1",
-    )
-    .await;
-    assert!(
-        (got.status == CacheStatus::Stale && got.body == "v1") || got.body == "v2",
-        "{:?} {} {}",
-        got.status,
-        got.body,
-        got.line
-    );
+    serves_soft_purged(&b, "/cat/1", "B sees the soft prefix purge").await;
 }
 
-/// A load of `/raced` begins on A (held), `invalidate` runs on B, the load ends; then a new
-/// instance asks for `/raced`. Returns its answer.
 /// How instance B invalidates `/raced` while A's load of it is held.
 enum Invalidation {
     /// Through B's handle (a purge of some kind).
@@ -2353,6 +2344,8 @@ enum Invalidation {
     Post,
 }
 
+/// A load of `/raced` begins on A (held), B invalidates it, the load ends; then a new instance
+/// asks for `/raced`. Returns its answer.
 async fn race_load_against(redis: &RedisServer, invalidation: Invalidation) -> Got {
     let (origin, _, path_calls, gate) = gated_origin("/raced", "max-age=600", 1);
     let (a, _) = instance(redis.config(), origin.clone(), SwrLayer::new());

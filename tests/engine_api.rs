@@ -831,6 +831,51 @@ async fn a_stale_entry_takes_the_fresher_copy_another_cache_put_in_the_tier() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refresh_takes_the_copy_another_cache_shared_while_it_asked_for_the_lock() {
+    let tier: Arc<MapTier<u32>> = Arc::default();
+    let patient = || {
+        SwrCache::builder()
+            .shared_tier(Arc::clone(&tier) as Arc<dyn tower_swr::engine::SharedTier<String, u32>>)
+            .shared_tier_timeout(Duration::from_secs(5))
+            .build()
+    };
+    let (one, two): (SwrCache<String, u32>, SwrCache<String, u32>) = (patient(), patient());
+    let calls = Arc::new(AtomicUsize::new(0));
+    two.get_or_load("k".into(), counting_loader(&calls, 1))
+        .await
+        .unwrap();
+    settle().await;
+    advance(Duration::from_secs(11)).await;
+    // (Lifetimes in the tier are on the wall clock, which the paused clock does not move.)
+    tier.map.lock().unwrap().clear();
+    // The second cache's refresh asks for the lock, and is answered only after...
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *tier.claim_gate.lock().unwrap() = Some(Arc::clone(&gate));
+    let stale = two
+        .get_or_load("k".into(), counting_loader(&calls, 3))
+        .await
+        .unwrap();
+    assert_eq!((stale.status, stale.value), (Status::Stale, 1));
+    settle().await;
+    // ...the first cache, with nothing in memory, has loaded the key and shared it.
+    let loaded = one
+        .get_or_load("k".into(), counting_loader(&calls, 2))
+        .await
+        .unwrap();
+    assert_eq!((loaded.status, loaded.value), (Status::Miss, 2));
+    settle().await;
+    gate.notify_one();
+    settle().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the refresh took the copy shared meanwhile"
+    );
+    let refreshed = two.get("k").unwrap();
+    assert_eq!((refreshed.status, refreshed.value), (Status::Fresh, 2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hanging_tier_costs_a_miss_its_timeout_and_nothing_more() {
     let tier: Arc<MapTier<u32>> = Arc::default();
     tier.hang.store(true, Ordering::SeqCst);

@@ -283,13 +283,16 @@ where
             let _mark = mark;
             let mut claim = None;
             if let (Some(than), Some(tier)) = (stale_since, &cache.inner.tier) {
-                if let Some(fresher) = cache.fresh_in_tier(&flight_key, Some(than)).await {
-                    cache.store_fenced(flight_key, &fresher, Some(&flight), 0, Share::No);
-                    flight.land(Landing::Stored(fresher));
-                    return Ok(());
-                }
+                // The lock first, then the read: a cache that refreshed the key and let go
+                // between a read and a claim would otherwise be refreshed after once more.
                 let mut held = TierClaim::ask(tier, &flight_key).await;
-                if held.is_held_elsewhere() {
+                if !held.is_held_elsewhere() {
+                    if let Some(fresher) = cache.fresh_in_tier(&flight_key, Some(than)).await {
+                        cache.store_fenced(flight_key, &fresher, Some(&flight), 0, Share::No);
+                        flight.land(Landing::Stored(fresher));
+                        return Ok(());
+                    }
+                } else {
                     // Another cache refreshes it: take its value rather than ask the source too.
                     match cache.wait_in_tier(&flight_key, Some(than)).await {
                         TierWait::Found(fresher) => {

@@ -1185,13 +1185,15 @@ impl Deadline {
 
 /// A shared tier in one process (a stand-in for Redis) for the engine's `SharedTier` seam:
 /// `delay` makes every call take that long (a network), `hang` makes a `get` never answer,
-/// `gets` counts lookups.
+/// `gets` counts lookups, a `claim_gate` holds the next lock request until notified (the
+/// tier has no lock: every claim is then answered `Open`).
 #[derive(Default)]
 pub struct MapTier<V> {
     pub map: Mutex<std::collections::HashMap<String, (V, tower_swr::engine::Lifetime)>>,
     pub delay: Duration,
     pub hang: AtomicBool,
     pub gets: AtomicUsize,
+    pub claim_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 impl<V: Clone + Send + Sync + 'static> tower_swr::engine::SharedTier<String, V> for MapTier<V> {
@@ -1232,6 +1234,19 @@ impl<V: Clone + Send + Sync + 'static> tower_swr::engine::SharedTier<String, V> 
                 tokio::time::sleep(self.delay).await;
             }
             self.map.lock().unwrap().remove(key);
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        _key: &'a String,
+    ) -> tower_swr::engine::TierFuture<'a, tower_swr::engine::Claim> {
+        let gate = self.claim_gate.lock().unwrap().take();
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
+            tower_swr::engine::Claim::Open
         })
     }
 }

@@ -25,16 +25,27 @@ impl RedisServer {
             eprintln!("skipping {test}: redis-server is not installed (apt install redis-server)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut server = Self { child: None, port };
-        server.launch();
-        Some(server)
+        // A free port may be taken (by another test's connection) before the server binds
+        // it: then the server exits, and another port is tried.
+        for _ in 0..5 {
+            let mut server = Self {
+                child: None,
+                port: free_port(),
+            };
+            if server.try_launch() {
+                return Some(server);
+            }
+            server.stop();
+        }
+        panic!("redis-server did not start on any of five free ports");
     }
 
+    /// Starts the server again on its port (after [`stop`](Self::stop)).
     pub fn launch(&mut self) {
+        assert!(self.try_launch(), "redis-server did not listen");
+    }
+
+    fn try_launch(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
@@ -42,12 +53,8 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = self.child.insert(child);
+        listens(child, self.port)
     }
 
     pub fn url(&self) -> String {
@@ -111,6 +118,22 @@ pub struct RedisCluster {
     dir: PathBuf,
 }
 
+/// Waits (up to 10 s) until `child` listens on `port`; false if it exits first (its port was
+/// taken) or never does.
+fn listens(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// Whether `program --version` runs (the program is installed).
 fn installed(program: &str) -> bool {
     Command::new(program).arg("--version").output().is_ok()
@@ -135,49 +158,54 @@ impl RedisCluster {
             }
         }
         // Six distinct ports: three for clients, three for the cluster bus (the default bus
-        // port, the client port + 10000, may be taken or past 65535).
-        let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < 6 {
-            let port = free_port();
-            if !ports.contains(&port) {
-                ports.push(port);
+        // port, the client port + 10000, may be taken or past 65535). A port taken before its
+        // node binds it (the node exits) means another six.
+        let mut attempt = 0;
+        let cluster = loop {
+            attempt += 1;
+            let mut ports: Vec<u16> = Vec::new();
+            while ports.len() < 6 {
+                let port = free_port();
+                if !ports.contains(&port) {
+                    ports.push(port);
+                }
             }
-        }
-        let bus_ports = ports.split_off(3);
-        let dir = std::env::temp_dir().join(format!(
-            "tower-swr-cluster-{}-{}",
-            std::process::id(),
-            ports[0]
-        ));
-        std::fs::create_dir_all(&dir).expect("a directory for the cluster");
-        let mut cluster = Self {
-            nodes: Vec::new(),
-            ports,
-            dir,
+            let bus_ports = ports.split_off(3);
+            let dir = std::env::temp_dir().join(format!(
+                "tower-swr-cluster-{}-{}",
+                std::process::id(),
+                ports[0]
+            ));
+            std::fs::create_dir_all(&dir).expect("a directory for the cluster");
+            let mut cluster = Self {
+                nodes: Vec::new(),
+                ports,
+                dir,
+            };
+            let mut all_listen = true;
+            for (port, bus) in cluster.ports.clone().into_iter().zip(bus_ports) {
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-port", &bus.to_string()])
+                    .arg("--cluster-config-file")
+                    .arg(cluster.dir.join(format!("nodes-{port}.conf")))
+                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    .arg("--dir")
+                    .arg(&cluster.dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts");
+                cluster.nodes.push(child);
+                let node = cluster.nodes.last_mut().expect("just pushed");
+                all_listen = all_listen && listens(node, port);
+            }
+            if all_listen {
+                break cluster;
+            }
+            assert!(attempt < 5, "a cluster node did not listen (five tries)");
         };
-        for (port, bus) in cluster.ports.clone().into_iter().zip(bus_ports) {
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-port", &bus.to_string()])
-                .arg("--cluster-config-file")
-                .arg(cluster.dir.join(format!("nodes-{port}.conf")))
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
-            cluster.nodes.push(child);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for port in &cluster.ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(Instant::now() < deadline, "a cluster node did not listen");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
         let addresses: Vec<String> = (cluster.ports.iter())
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();

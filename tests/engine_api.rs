@@ -875,6 +875,93 @@ async fn a_refresh_takes_the_copy_another_cache_shared_while_it_asked_for_the_lo
     assert_eq!((refreshed.status, refreshed.value), (Status::Fresh, 2));
 }
 
+/// A lifetime on the wall clock that ended its freshness `stale_for` ago, with a
+/// stale-while-revalidate window of `swr` and a stale-if-error window of `sie` after that.
+fn lifetime_stale_for(stale_for: u64, swr: u64, sie: u64) -> tower_swr::engine::Lifetime {
+    let now = std::time::SystemTime::now();
+    let fresh_until = now - secs(stale_for);
+    tower_swr::engine::Lifetime {
+        stored_at: fresh_until - secs(10),
+        initial_age: Duration::ZERO,
+        fresh_until,
+        stale_until: fresh_until + secs(swr),
+        error_until: fresh_until + secs(sie),
+        retain_until: fresh_until,
+        load_time: Duration::from_millis(5),
+    }
+}
+
+fn slow_loader(
+    calls: &Arc<AtomicUsize>,
+    value: u32,
+    takes: Duration,
+) -> impl FnOnce() -> BoxedLoad + Send + 'static {
+    let calls = Arc::clone(calls);
+    move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(takes).await;
+            Ok(Loaded::new(value, Freshness::new(Duration::from_secs(10))))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_copy_in_the_tier_is_answered_at_once_and_refreshed_once() {
+    let tier: Arc<MapTier<u32>> = Arc::default();
+    let entry = (1, lifetime_stale_for(5, 60, 60));
+    tier.map.lock().unwrap().insert("k".into(), entry);
+    let cache = tiered(&tier);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = tokio::time::Instant::now();
+    let got = cache
+        .get_or_load("k".into(), slow_loader(&calls, 2, secs(3)))
+        .await
+        .unwrap();
+    assert_eq!((got.status, got.value), (Status::Stale, 1));
+    assert!(got.refreshing, "its refresh runs in the background");
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "not waiting for the loader"
+    );
+    // Every request meanwhile is answered stale from memory, and the loader runs once.
+    for _ in 0..3 {
+        let again = cache
+            .get_or_load("k".into(), slow_loader(&calls, 3, secs(3)))
+            .await
+            .unwrap();
+        assert_eq!((again.status, again.value), (Status::Stale, 1));
+    }
+    settle().await; // the refresh task starts its load
+    advance(secs(4)).await;
+    settle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let refreshed = cache.get("k").unwrap();
+    assert_eq!((refreshed.status, refreshed.value), (Status::Fresh, 2));
+    assert_eq!(cache.stats().stale_hits, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_in_the_tier_past_its_window_stands_in_for_a_failing_loader() {
+    let tier: Arc<MapTier<u32>> = Arc::default();
+    // Stale for 100 s: past its 30 s stale-while-revalidate window, inside stale-if-error.
+    let entry = (1, lifetime_stale_for(100, 30, 600));
+    tier.map.lock().unwrap().insert("k".into(), entry);
+    let cache = tiered(&tier);
+    let failing = || async { Err::<Loaded<u32>, _>("database down".to_string()) };
+    let got = cache.get_or_load("k".into(), failing).await.unwrap();
+    assert_eq!((got.status, got.value), (Status::StaleIfError, 1));
+    // Past every window it is of no use: the loader's error.
+    let dead: Arc<MapTier<u32>> = Arc::default();
+    let entry = (1, lifetime_stale_for(1_000, 30, 600));
+    dead.map.lock().unwrap().insert("k".into(), entry);
+    let cache = tiered(&dead);
+    let failing = || async { Err::<Loaded<u32>, _>("database down".to_string()) };
+    let error = cache.get_or_load("k".into(), failing).await.unwrap_err();
+    assert_eq!(*error, "database down");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hanging_tier_costs_a_miss_its_timeout_and_nothing_more() {
     let tier: Arc<MapTier<u32>> = Arc::default();

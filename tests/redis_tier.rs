@@ -696,3 +696,72 @@ fn an_invalid_redis_address_is_a_clear_error() {
     );
     assert!(RedisConfig::cluster(Vec::<String>::new()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_an_empty_memory_answers_redis_stale_copy_at_once_and_the_fleet_refreshes_once(
+) -> TestResult {
+    let Some(redis) = RedisServer::start("stale copy in Redis, new instance") else {
+        return Ok(());
+    };
+    // The first answer at once; every later one takes 3 s (a slow origin being refreshed).
+    let (origin, calls) = origin(|n, _request| async move {
+        if n > 1 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok(reply_cc(
+            format!("v{n}"),
+            "max-age=1, stale-while-revalidate=60",
+        ))
+    });
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    call(&instances[0].0, get("/slow")).await?;
+    until_status(&instances[1].0, "/slow", CacheStatus::SharedTier).await?;
+    // Once it is stale, instance one answers it stale and starts the fleet's one refresh...
+    let body = until_status(&instances[1].0, "/slow", CacheStatus::Stale).await?;
+    assert_eq!(&body[..], b"v1");
+    // ...and instance two, which never had it in memory, answers Redis's stale copy at once
+    // instead of waiting for the 3 s refresh.
+    let started = Instant::now();
+    let (status, body) = call(&instances[2].0, get("/slow")).await?;
+    assert_eq!((status, &body[..]), (CacheStatus::Stale, &b"v1"[..]));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "answered without waiting for the origin ({:?})",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&instances[2].0, get("/slow")).await?.1 != b"v2"[..] {
+        assert!(Instant::now() < deadline, "the refreshed value never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.get(), 2, "one refresh for the fleet");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_an_empty_memory_answers_redis_copy_when_the_origin_fails() -> TestResult {
+    let Some(redis) = RedisServer::start("stale-if-error from Redis, new instance") else {
+        return Ok(());
+    };
+    let (origin, _calls) = origin(|n, _request| async move {
+        if n == 1 {
+            Ok(reply_cc("v1", "max-age=1, stale-if-error=600"))
+        } else {
+            Ok(reply_status(StatusCode::INTERNAL_SERVER_ERROR, "down"))
+        }
+    });
+    // No stale-while-revalidate window: past its freshness it is only a stand-in.
+    let layer = || SwrLayer::new().stale_while_revalidate(Duration::ZERO);
+    let instances = three_instances(&redis, origin, layer);
+    call(&instances[0].0, get("/flaky")).await?;
+    until_status(&instances[1].0, "/flaky", CacheStatus::SharedTier).await?;
+    // Past its freshness the origin fails: instance one stands its copy in...
+    let body = until_status(&instances[1].0, "/flaky", CacheStatus::StaleIfError).await?;
+    assert_eq!(&body[..], b"v1");
+    // ...and so does instance two, from Redis, rather than pass on the 500.
+    let response = instances[2].0.clone().oneshot(get("/flaky")).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(info(&response).status, CacheStatus::StaleIfError);
+    assert_eq!(&common::body(response).await?[..], b"v1");
+    Ok(())
+}

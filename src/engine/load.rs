@@ -112,6 +112,19 @@ pub(crate) trait Caller<K, V> {
         None
     }
 
+    /// The answer from `entry`, another cache's copy found stale (inside its
+    /// stale-while-revalidate window) in the shared tier and now stored here, with its one
+    /// background refresh started through `cache` (see [`SwrCache::refresh`]). `None` (the
+    /// default): this caller loads in the foreground instead.
+    fn answer_stale(
+        &mut self,
+        _cache: &SwrCache<K, V>,
+        _key: &K,
+        _entry: &Arc<Entry<V>>,
+    ) -> Option<Self::Answer> {
+        None
+    }
+
     /// Called before [`load`](Self::load) when this caller leads a new flight: the load may
     /// offer its waiters its answer while producing it through `publisher`.
     fn lead(&mut self, _publisher: Publisher<K, V>) {}
@@ -492,7 +505,7 @@ where
     async fn load_leading<C: Caller<K, V>>(
         &self,
         key: K,
-        existing: Option<Arc<Entry<V>>>,
+        mut existing: Option<Arc<Entry<V>>>,
         mut caller: C,
         mut leader: Option<FlightLeader<K, V>>,
         earlier: Option<Waiting<V>>,
@@ -512,7 +525,26 @@ where
         let mut claim = None;
         if let (Some(tier), None) = (&self.inner.tier, &earlier) {
             let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
-            let mut found = self.fresh_in_tier(&key, than).await;
+            let mut found = self.copy_in_tier(&key, than).await;
+            // Another cache's copy past its freshness is what this cache would have had in
+            // memory: stale inside its window, it is answered at once while one refresh runs;
+            // past it, it may still be revalidated or stand in for a failing load.
+            let stale = found.take_if(|copy| copy.phase(Stamp::now()) != super::Phase::Fresh);
+            if let Some(copy) =
+                stale.filter(|copy| matches!(caller.accepts(&key, copy.value()), Accept::Yes))
+            {
+                if copy.phase(Stamp::now()) == super::Phase::Stale
+                    && self.store_fenced(key.clone(), &copy, leader.as_ref(), epoch, Share::No)
+                {
+                    // The flight ends without a value: its waiters find the copy stored here.
+                    land(&mut leader, Landing::NotStored);
+                    if let Some(answer) = caller.answer_stale(self, &key, &copy) {
+                        self.inner.counters.stale_hits.inc();
+                        return answer;
+                    }
+                }
+                existing = Some(copy);
+            }
             if found.is_none() {
                 let mut held = TierClaim::ask(tier, &key).await;
                 if held.is_held_elsewhere() {

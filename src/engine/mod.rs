@@ -1090,6 +1090,17 @@ where
         key: &K,
         than: Option<std::time::SystemTime>,
     ) -> Option<Arc<Entry<V>>> {
+        let copy = self.copy_in_tier(key, than).await?;
+        (copy.phase(Stamp::now()) == Phase::Fresh).then_some(copy)
+    }
+
+    /// The shared tier's copy of `key`, stored after `than`, as an entry of this cache, in
+    /// whichever phase it is (none once it is of no use).
+    pub(crate) async fn copy_in_tier(
+        &self,
+        key: &K,
+        than: Option<std::time::SystemTime>,
+    ) -> Option<Arc<Entry<V>>> {
         let tier = self.inner.tier.as_ref()?;
         let fence = self
             .inner
@@ -1099,7 +1110,7 @@ where
             .then(|| std::time::UNIX_EPOCH + Duration::from_nanos(fence))
             .filter(|fence| tier.honours_fence(*fence, std::time::SystemTime::now()));
         let than = than.max(fence);
-        let (value, lifetime) = tier.fresh(key, than).await?;
+        let (value, lifetime) = tier.usable(key, than).await?;
         let weight = (self.inner.weigher)(key, &value).saturating_add(store::ENTRY_OVERHEAD);
         (weight <= self.inner.max_entry_weight).then(|| {
             Arc::new(Entry::from_lifetime(
@@ -1310,14 +1321,26 @@ struct LoaderCaller<F, E> {
 
 impl<K, V, F, Fut, E> Caller<K, V> for LoaderCaller<F, E>
 where
-    K: Clone + fmt::Debug,
-    V: Clone,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Loaded<V>, E>>,
+    K: Hash + Eq + Clone + Send + Sync + fmt::Debug + 'static,
+    V: Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
     E: fmt::Display + Send + Sync + 'static,
 {
     type Answer = Result<Lookup<V>, Arc<E>>;
     type Load = OutcomeOf<K, Fut>;
+
+    fn answer_stale(
+        &mut self,
+        cache: &SwrCache<K, V>,
+        key: &K,
+        entry: &Arc<Entry<V>>,
+    ) -> Option<Self::Answer> {
+        let load = self.load.take()?;
+        let now = Stamp::now();
+        let refreshing = cache.refresh(key, entry, now, || deferred(key.clone(), load));
+        Some(Ok(lookup_of(entry, Status::Stale, refreshing, now)))
+    }
 
     fn answer(&mut self, key: &K, entry: &Arc<Entry<V>>, how: Answered<'_>) -> Self::Answer {
         let now = Stamp::now();

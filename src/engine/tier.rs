@@ -288,8 +288,9 @@ impl<K: 'static, V: 'static> Tier<K, V> {
         tokio::time::timeout(self.timeout, call).await.ok()
     }
 
-    /// The tier's copy of `key` if it is fresh now and was stored after `than` (if given).
-    pub(crate) async fn fresh(&self, key: &K, than: Option<SystemTime>) -> Option<(V, Lifetime)> {
+    /// The tier's copy of `key` if it was stored after `than` (if given) and is of some use
+    /// still (fresh, stale inside a window, or kept for revalidation).
+    pub(crate) async fn usable(&self, key: &K, than: Option<SystemTime>) -> Option<(V, Lifetime)> {
         let read = if self.tier.bounds_reads() {
             Some(self.tier.get(key).await)
         } else {
@@ -302,9 +303,8 @@ impl<K: 'static, V: 'static> Tier<K, V> {
                 return None;
             }
         };
-        let now = SystemTime::now();
         let newer = than.is_none_or(|than| lifetime.stored_at > than);
-        (now < lifetime.fresh_until && newer).then_some((value, lifetime))
+        (newer && SystemTime::now() < lifetime.last_deadline()).then_some((value, lifetime))
     }
 }
 

@@ -29,7 +29,9 @@ use super::render::{without_body_if, Ask};
 use super::status::{CacheInfo, CacheStatus, Member};
 use super::stored::{has_credentials, remove_present, CachedResponse, Credentials, Refusal};
 use super::template::RequestTemplate;
-use crate::engine::{Accept, Answered, Caller, Entry, Failure, Outcome, Partial, Publisher, Stamp};
+use crate::engine::{
+    Accept, Answered, Caller, Entry, Failure, Outcome, Partial, Publisher, Stamp, SwrCache,
+};
 
 /// A load as the engine runs it: boxed, because it is built before the engine polls it and
 /// the caller is asked questions meanwhile.
@@ -70,6 +72,39 @@ where
         let (shared, inner, entry) = (Arc::clone(shared), inner.clone(), Arc::clone(entry));
         refreshed(shared, inner, entry, template, request)
     })
+}
+
+/// A stale hit's answer: the entry at once, its one background refresh started (unless one
+/// runs or the key backs off).
+pub(crate) fn stale_answer<S, ReqB, ResB>(
+    shared: &Arc<Shared>,
+    inner: &S,
+    entry: &Arc<Entry<CachedResponse>>,
+    request: &Request<ReqB>,
+    ask: Ask<'_>,
+    now: Stamp,
+) -> Response<SwrBody<ResB>>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Default + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError> + Send + 'static,
+{
+    let key = &entry.value().key;
+    tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
+    let refreshing = refresh::<S, ReqB, ResB>(shared, inner, entry, request, now);
+    // Not positive for an entry soft-purged by tag before its fresh lifetime ended.
+    let ttl = entry.ttl_secs_at(now).min(0);
+    shared.respond(
+        entry,
+        CacheStatus::Stale,
+        Member::Hit { ttl },
+        ask,
+        refreshing,
+        now,
+    )
 }
 
 /// What the origin's answer to a refresh means for the stored entry.
@@ -384,6 +419,24 @@ where
             }
         };
         Ok(Reply::Response(response))
+    }
+
+    fn answer_stale(
+        &mut self,
+        _cache: &SwrCache<CacheKey, CachedResponse>,
+        _key: &CacheKey,
+        entry: &Arc<Entry<CachedResponse>>,
+    ) -> Option<Self::Answer> {
+        let request = self.request.as_ref()?;
+        let response = stale_answer(
+            &self.shared,
+            &self.inner,
+            entry,
+            request,
+            self.ask(),
+            Stamp::now(),
+        );
+        Some(Ok(Reply::Response(response)))
     }
 
     fn lead(&mut self, publisher: Publisher<CacheKey, CachedResponse>) {

@@ -18,13 +18,13 @@ use super::fill::BoxError;
 use super::future::ResponseFuture;
 use super::invalidation::Invalidation;
 use super::key::{align_host, key_host, request_variant, KeyRef};
-use super::origin::{miss, refresh};
+use super::origin::{miss, refresh, stale_answer};
 use super::policy::{CacheControl, Policy, RequestFacts};
 use super::render::{mark_bypass, Ask};
 use super::status::{CacheStatus, Member};
 use super::stored::{CachedResponse, Refusal};
 use super::tags::soft_purged_found;
-use crate::engine::{Entry, Found, Stamp};
+use crate::engine::{Found, Stamp};
 
 impl RequestFacts {
     pub(crate) fn of(headers: &HeaderMap, policy: &Policy) -> Self {
@@ -349,37 +349,4 @@ where
             miss(shared, inner, key, request, expired, facts, vary_miss).await
         }))
     }
-}
-
-/// A stale hit's answer: the entry at once, its one background refresh started (unless one
-/// runs or the key backs off).
-fn stale_answer<S, ReqB, ResB>(
-    shared: &Arc<Shared>,
-    inner: &S,
-    entry: &Arc<Entry<CachedResponse>>,
-    request: &Request<ReqB>,
-    ask: Ask<'_>,
-    now: Stamp,
-) -> Response<SwrBody<ResB>>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqB: Default + Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError> + Send + 'static,
-{
-    let key = &entry.value().key;
-    tracing::debug!(key = %key, status = "stale", "answered from cache, refreshing");
-    let refreshing = refresh::<S, ReqB, ResB>(shared, inner, entry, request, now);
-    // Not positive for an entry soft-purged by tag before its fresh lifetime ended.
-    let ttl = entry.ttl_secs_at(now).min(0);
-    shared.respond(
-        entry,
-        CacheStatus::Stale,
-        Member::Hit { ttl },
-        ask,
-        refreshing,
-        now,
-    )
 }

@@ -125,6 +125,13 @@ pub(crate) trait Caller<K, V> {
         None
     }
 
+    /// The key of this caller's variant of `key`, once the caller knows `key` to vary (e.g.
+    /// taught by the shared tier's read of `key`): looked for in the tier too. `None` (the
+    /// default): none.
+    fn variant_of(&self, _key: &K) -> Option<K> {
+        None
+    }
+
     /// Called before [`load`](Self::load) when this caller leads a new flight: the load may
     /// offer its waiters its answer while producing it through `publisher`.
     fn lead(&mut self, _publisher: Publisher<K, V>) {}
@@ -387,7 +394,7 @@ where
     pub(crate) async fn load_with<C: Caller<K, V>>(
         &self,
         key: K,
-        existing: Option<Arc<Entry<V>>>,
+        mut existing: Option<Arc<Entry<V>>>,
         mut caller: C,
     ) -> C::Answer {
         let mut key = key;
@@ -420,6 +427,7 @@ where
                     // unless a stale value may stand in.
                     Join::Failed(failure) => {
                         let reason = "a load failed a moment ago";
+                        self.look_again(&key, &mut existing, &caller);
                         let unreachable = caller.unreachable(&failure);
                         if let Some(answer) = self.stale_on_error(
                             &key,
@@ -466,6 +474,7 @@ where
                         Waited::Failed(failure) => {
                             // One load failed for every caller that waited for it.
                             let reason = "the load waited for failed";
+                            self.look_again(&key, &mut existing, &caller);
                             let unreachable =
                                 failure.as_ref().is_some_and(|f| caller.unreachable(f));
                             if let Some(answer) = self.stale_on_error(
@@ -497,7 +506,7 @@ where
                 }
             }
         }
-        self.load_leading(key, existing, caller, leader, earlier)
+        self.load_leading(key, existing, &mut caller, leader, earlier)
             .await
     }
 
@@ -506,7 +515,7 @@ where
         &self,
         key: K,
         mut existing: Option<Arc<Entry<V>>>,
-        mut caller: C,
+        caller: &mut C,
         mut leader: Option<FlightLeader<K, V>>,
         earlier: Option<Waiting<V>>,
     ) -> C::Answer {
@@ -526,16 +535,27 @@ where
         if let (Some(tier), None) = (&self.inner.tier, &earlier) {
             let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
             let mut found = self.copy_in_tier(&key, than).await;
+            // Where a copy found is kept here: the key, or the variant of it that the read
+            // has just shown the caller (another cache stored the key's variants).
+            let mut found_key = None;
+            if found.is_none() {
+                if let Some(variant) = caller.variant_of(&key) {
+                    found = self.copy_in_tier(&variant, None).await;
+                    found_key = Some(variant);
+                }
+            }
+            let found_key = found_key.unwrap_or_else(|| key.clone());
             // Another cache's copy past its freshness is what this cache would have had in
             // memory: stale inside its window, it is answered at once while one refresh runs;
-            // past it, it may still be revalidated or stand in for a failing load.
+            // past it, it is kept here too (the waiters of this load find it if the load
+            // fails) and may be revalidated or stand in for a failing load.
             let stale = found.take_if(|copy| copy.phase(Stamp::now()) != super::Phase::Fresh);
             if let Some(copy) =
                 stale.filter(|copy| matches!(caller.accepts(&key, copy.value()), Accept::Yes))
             {
-                if copy.phase(Stamp::now()) == super::Phase::Stale
-                    && self.store_fenced(key.clone(), &copy, leader.as_ref(), epoch, Share::No)
-                {
+                let stored =
+                    self.store_fenced(found_key.clone(), &copy, leader.as_ref(), epoch, Share::No);
+                if stored && copy.phase(Stamp::now()) == super::Phase::Stale {
                     // The flight ends without a value: its waiters find the copy stored here.
                     land(&mut leader, Landing::NotStored);
                     if let Some(answer) = caller.answer_stale(self, &key, &copy) {
@@ -559,7 +579,7 @@ where
             if let Some(entry) = found {
                 if let Accept::Yes = caller.accepts(&key, entry.value()) {
                     self.inner.counters.shared_tier_hits.inc();
-                    self.store_fenced(key.clone(), &entry, leader.as_ref(), epoch, Share::No);
+                    self.store_fenced(found_key, &entry, leader.as_ref(), epoch, Share::No);
                     land(&mut leader, Landing::Stored(Arc::clone(&entry)));
                     return caller.answer(&key, &entry, Answered::SharedTier);
                 }
@@ -569,7 +589,7 @@ where
         // this is a miss whatever happens next (even if the caller goes away): counted now.
         // With one, the answer may be stale-if-error instead; a backup attempt may be answered
         // by an earlier one (collapsed): counted with the outcome.
-        let miss_counted = usable(&existing, &caller, true).is_none() && earlier.is_none();
+        let miss_counted = usable(&existing, caller, true).is_none() && earlier.is_none();
         if miss_counted {
             self.inner.counters.misses.inc();
         }
@@ -578,7 +598,7 @@ where
                 self.inner.counters.misses.inc();
             }
         };
-        let fallback = usable(&existing, &caller, false).is_some();
+        let fallback = usable(&existing, caller, false).is_some();
         if earlier.is_none() {
             // A backup attempt does not stream: an earlier attempt's value may still win.
             if let Some(publisher) = leader.as_ref().and_then(FlightLeader::publisher) {
@@ -590,7 +610,7 @@ where
         // With a value to fall back on, the load gets the caller's fallback timeout (a load cut
         // at it did not reach its source: a value usable only then counts too); without one, its
         // own answer is awaited (there is nothing else to give).
-        let limit = usable(&existing, &caller, true).and(caller.fallback_timeout());
+        let limit = usable(&existing, caller, true).and(caller.fallback_timeout());
         let deadline = limit.map(|limit| Instant::now() + limit);
         // `Some(None)`: the load was cut at the deadline.
         let mut first = None;
@@ -628,7 +648,7 @@ where
             Some(outcome) => outcome,
             // Only while the value may still stand in: once its window has closed, the load's
             // own answer is awaited after all.
-            None => match usable(&existing, &caller, true) {
+            None => match usable(&existing, caller, true) {
                 Some(fallback) => {
                     land(&mut leader, Landing::FAILED);
                     let timeout_ms = limit.map_or(0, |limit| limit.as_millis() as u64);
@@ -654,7 +674,7 @@ where
                 land(&mut leader, Landing::Failed { failure, remember });
                 let reason = "the load panicked";
                 if let Some(answer) =
-                    self.stale_on_error(&key, existing.as_ref(), (None, false), &mut caller, reason)
+                    self.stale_on_error(&key, existing.as_ref(), (None, false), caller, reason)
                 {
                     return answer;
                 }
@@ -719,7 +739,7 @@ where
                     &key,
                     existing.as_ref(),
                     (failure.as_ref(), unreachable),
-                    &mut caller,
+                    caller,
                     &reason,
                 ) {
                     return answer;
@@ -728,6 +748,28 @@ where
                 answer
             }
         }
+    }
+
+    /// For a caller that found nothing stored when it began: what is stored for it now (the
+    /// leader it waited for may have kept another cache's copy from the shared tier), so that
+    /// it may stand in for the failed load as it does for the leader.
+    fn look_again<C: Caller<K, V>>(
+        &self,
+        key: &K,
+        existing: &mut Option<Arc<Entry<V>>>,
+        caller: &C,
+    ) {
+        if existing.is_some() || self.inner.tier.is_none() {
+            return;
+        }
+        let now = Stamp::now();
+        let stored = self.entry(key, now).or_else(|| {
+            caller
+                .variant_of(key)
+                .and_then(|variant| self.entry(&variant, now))
+        });
+        *existing =
+            stored.filter(|entry| matches!(caller.accepts(key, entry.value()), Accept::Yes));
     }
 
     /// The stale value as the answer to a failed load, if it may stand in (stale-if-error, or

@@ -421,6 +421,14 @@ where
         Ok(Reply::Response(response))
     }
 
+    fn variant_of(&self, key: &CacheKey) -> Option<CacheKey> {
+        let index = (!key.is_variant())
+            .then(|| self.shared.vary_index.get(key))
+            .flatten()?;
+        let variant = request_variant(&index.names, self.headers());
+        Some(key.base().with_variant(&variant).to_owned())
+    }
+
     fn answer_stale(
         &mut self,
         _cache: &SwrCache<CacheKey, CachedResponse>,
@@ -813,23 +821,29 @@ where
             .is_some_and(|until| Stamp::now() < until);
     let credentialed = has_credentials(request.headers(), &shared.config.policy.credential_headers);
     let (early_tx, mut early_rx) = tokio::sync::oneshot::channel();
-    let caller = OriginMiss {
-        shared: Arc::clone(&shared),
-        inner: inner.clone(),
-        request: Some(request),
-        template: None,
-        facts,
-        head,
-        pass_head,
-        known_pass,
-        client_headers,
-        credentialed,
-        vary_miss,
-        publisher: None,
-        early: Some(early_tx),
+    // In a block of its own: what moves into the boxed load must not also take room in this
+    // future's state across its awaits (a moved-from local keeps its storage to the end of its
+    // scope), which made it 7.7 KB.
+    let mut load = {
+        let caller = OriginMiss {
+            shared: Arc::clone(&shared),
+            inner: inner.clone(),
+            request: Some(request),
+            template: None,
+            facts,
+            head,
+            pass_head,
+            known_pass,
+            client_headers,
+            credentialed,
+            vary_miss,
+            publisher: None,
+            early: Some(early_tx),
+        };
+        let engine = Arc::clone(&shared);
+        let fut = async move { engine.engine.load_with(key, expired, caller).await };
+        Box::pin(fut)
     };
-    let engine = Arc::clone(&shared);
-    let mut load = Box::pin(async move { engine.engine.load_with(key, expired, caller).await });
     let reply = tokio::select! {
         biased;
         reply = &mut load => reply?,

@@ -53,7 +53,7 @@ use axum::http::{header, HeaderMap, HeaderName, Request, Response, StatusCode, U
 use axum::Router;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_swr::{SwrBody, SwrHandle, SwrLayer};
 
@@ -208,7 +208,14 @@ pub fn app(upstream: Uri) -> (Router, SwrHandle) {
 pub fn app_with(upstream: Uri, layer: SwrLayer) -> (Router, SwrHandle) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    // Idle connections are dropped after 2 s, before a server closes them (Node's default
+    // keep-alive timeout is 5 s, Apache's 5, nginx's 75): a request sent on a connection the
+    // server is closing fails ("connection closed before message completed"), and one with a
+    // body (a PUT) cannot be sent again, so the client would get a 502.
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(2))
+        .pool_timer(TokioTimer::new())
+        .build(connector);
     // As nginx's default (`proxy_set_header Host $proxy_host`, a key of `$proxy_host`): the
     // upstream is asked for its own host, and the key names it, so every proxy in front of one
     // upstream (several instances on one Redis) has the same keys whatever name clients used.

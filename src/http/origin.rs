@@ -516,13 +516,9 @@ where
         // The URL's `Vary` became known after this miss was keyed (read from the shared tier
         // just now: another instance stored its variants there): this request's variant may
         // be there too, and then it answers without the origin.
-        let variant = (!key.is_variant() && self.shared.engine.has_shared_tier())
-            .then(|| self.shared.vary_index.get(key))
-            .flatten()
-            .map(|index| {
-                let variant = request_variant(&index.names, self.headers());
-                key.base().with_variant(&variant).to_owned()
-            });
+        let variant = (self.shared.engine.has_shared_tier())
+            .then(|| self.variant_of(key))
+            .flatten();
         let from_origin = self.load_from_origin(key, existing, fallback, leading);
         let Some(variant) = variant else {
             return from_origin;

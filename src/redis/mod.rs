@@ -4,7 +4,10 @@
 //! [`RedisTier`] is a [`SharedTier`] of the engine: the in-memory store stays the first tier
 //! (a fresh hit never touches Redis and costs what it costs without it); a miss or a stale entry
 //! consults Redis before the origin, under a Redis lock so that one instance in the fleet loads
-//! a key while the others wait for its value, and every value loaded is written back. The HTTP
+//! a key while the others wait for its value, and every value loaded is written back. A copy
+//! found in Redis past its freshness serves as a memory copy would: stale inside its
+//! stale-while-revalidate window (answered at once, refreshed once in the background), and past
+//! it revalidated and standing in for a failing origin (stale-if-error). The HTTP
 //! layer takes it in one call, [`SwrLayer::redis`](crate::SwrLayer::redis); the engine through
 //! [`SwrCacheBuilder::shared_tier`](crate::engine::SwrCacheBuilder::shared_tier) with a
 //! [`TierCodec`] for its types.

@@ -765,3 +765,109 @@ async fn an_instance_with_an_empty_memory_answers_redis_copy_when_the_origin_fai
     assert_eq!(&common::body(response).await?[..], b"v1");
     Ok(())
 }
+
+/// A codec for the engine alone: `String` keys, `u64` values, the lifetime as Unix nanoseconds
+/// and durations (7 × 8 bytes) before the value.
+struct NumberCodec;
+
+fn nanos_since_epoch(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn at_nanos(n: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_nanos(n)
+}
+
+impl tower_swr::redis::TierCodec<String, u64> for NumberCodec {
+    fn key_bytes(&self, key: &String) -> Vec<u8> {
+        key.as_bytes().to_vec()
+    }
+
+    fn decode_key(&self, bytes: &[u8]) -> Option<String> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+
+    fn encode(
+        &self,
+        _key: &String,
+        value: &u64,
+        lifetime: &tower_swr::engine::Lifetime,
+    ) -> Option<Vec<u8>> {
+        let fields = [
+            nanos_since_epoch(lifetime.stored_at),
+            lifetime.initial_age.as_nanos() as u64,
+            nanos_since_epoch(lifetime.fresh_until),
+            nanos_since_epoch(lifetime.stale_until),
+            nanos_since_epoch(lifetime.error_until),
+            nanos_since_epoch(lifetime.retain_until),
+            lifetime.load_time.as_nanos() as u64,
+            *value,
+        ];
+        Some(fields.iter().flat_map(|f| f.to_be_bytes()).collect())
+    }
+
+    fn decode(&self, _key: &String, bytes: &[u8]) -> Option<(u64, tower_swr::engine::Lifetime)> {
+        let fields: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let [stored, age, fresh, stale, error, retain, load, value] = fields[..] else {
+            return None;
+        };
+        let lifetime = tower_swr::engine::Lifetime {
+            stored_at: at_nanos(stored),
+            initial_age: Duration::from_nanos(age),
+            fresh_until: at_nanos(fresh),
+            stale_until: at_nanos(stale),
+            error_until: at_nanos(error),
+            retain_until: at_nanos(retain),
+            load_time: Duration::from_nanos(load),
+        };
+        Some((value, lifetime))
+    }
+}
+
+/// A value stored just now, fresh for a minute, whose load took `load_time`.
+fn loaded_now(load_time: Duration) -> tower_swr::engine::Lifetime {
+    let now = std::time::SystemTime::now();
+    tower_swr::engine::Lifetime {
+        stored_at: now,
+        initial_age: Duration::ZERO,
+        fresh_until: now + Duration::from_secs(60),
+        stale_until: now + Duration::from_secs(60),
+        error_until: now + Duration::from_secs(60),
+        retain_until: now + Duration::from_secs(60),
+        load_time,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_the_lock_never_brings_back_what_a_purge_during_its_load_removed(
+) -> TestResult {
+    use tower_swr::engine::SharedTier;
+    let Some(redis) = RedisServer::start("unfenced write after a purge") else {
+        return Ok(());
+    };
+    let tier = tower_swr::redis::RedisTier::new(redis.config(), NumberCodec);
+    let key = "report".to_string();
+    tier.put(&key, &1, &loaded_now(Duration::ZERO)).await;
+    assert!(tier.get(&key).await.is_some(), "written");
+    // A purge, then the write (without a lock: `put`) of a load that began two seconds ago,
+    // before the purge: the purge wins.
+    tier.remove(&key).await;
+    tier.put(&key, &2, &loaded_now(Duration::from_secs(2)))
+        .await;
+    assert!(
+        tier.get(&key).await.is_none(),
+        "the purged content stays out"
+    );
+    assert_eq!(tier.stats().fenced_writes, 1);
+    // A load that began after the purge is written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tier.put(&key, &3, &loaded_now(Duration::from_millis(10)))
+        .await;
+    let (value, _) = tier.get(&key).await.expect("written after the purge");
+    assert_eq!(value, 3);
+    Ok(())
+}

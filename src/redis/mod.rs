@@ -396,6 +396,10 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The Redis names of one cache key, each built when asked for (a read needs one of three).
+/// Added to an unfenced write's load age: a purge this long before its load began counts as
+/// during it (covers the write's way to Redis; refusing too much only shares less).
+const UNFENCED_WRITE_MARGIN: Duration = Duration::from_millis(100);
+
 struct Names {
     /// `{prefix}:1:{generation}:{{hash}}`, shared by every name of the key.
     head: Vec<u8>,
@@ -918,6 +922,15 @@ where
             Claim::Won { fence, .. } | Claim::Held { fence } => fence.to_string(),
             _ => String::new(),
         };
+        // Without a fence (the lock could not be asked in time), a purge of the key since the
+        // load began still wins: Redis compares its own purge time with the load's age.
+        let load_age = fence.is_empty().then(|| {
+            let since_stored = now.duration_since(lifetime.stored_at).unwrap_or_default();
+            let age = since_stored + lifetime.load_time + UNFENCED_WRITE_MARGIN;
+            u64::try_from(age.as_millis())
+                .unwrap_or(u64::MAX)
+                .to_string()
+        });
         let stored_at = unix_ms(lifetime.stored_at);
         let hint = (!names.is_own_base())
             .then(|| self.codec.family_hint(key, value))
@@ -933,6 +946,7 @@ where
                     .arg(stored_at)
                     .arg(expire_at)
                     .arg(hint)
+                    .arg(load_age.unwrap_or_default())
                     .invoke_async(&mut connection)
                     .await
             })

@@ -40,10 +40,11 @@ return {0, tonumber(redis.call('HGET', KEYS[1], 'f') or '0')}
 
 /// `KEYS[1]` the value's hash, `KEYS[2]` base; `ARGV[1]` value, `ARGV[2]` fence (`''`: none),
 /// `ARGV[3]` the writer's stored-at ms, `ARGV[4]` expire-at ms (Unix), `ARGV[5]` the family's
-/// hint (`y` on the base, for a variant; `''`: none). Returns 1 when
-/// written, 0 when fenced off (the claim is stale: the lock passed on or the key was purged),
-/// 2 when a newer value is there. A variant's write stamps `e` on its base: the family holds
-/// a value written then (see [`CONTAINS`]).
+/// hint (`y` on the base, for a variant; `''`: none), `ARGV[6]` for a write without a fence,
+/// how long ago (ms, with a margin) its load began. Returns 1 when written, 0 when fenced off
+/// (the claim is stale: the lock passed on or the key was purged; without a fence: the key was
+/// purged since the load began, by Redis's clock), 2 when a newer value is there. A variant's
+/// write stamps `e` on its base: the family holds a value written then (see [`CONTAINS`]).
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -56,6 +57,10 @@ if w and tonumber(w) > tonumber(ARGV[3]) and redis.call('HEXISTS', KEYS[1], 'v')
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[2] == '' and ARGV[6] ~= '' then
+  local p = redis.call('HGET', KEYS[2], 'p')
+  if p and tonumber(p) >= now - tonumber(ARGV[6]) then return 0 end
+end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', now, 'w', ARGV[3])
 if KEYS[1] == KEYS[2] and ARGV[2] ~= '' then
   -- The value of the grant whose fence it carries is there (see CLAIM).

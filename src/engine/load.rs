@@ -446,6 +446,19 @@ where
                             None => break,
                         }
                     }
+                    // A stale copy stored here since this caller looked (another cache's,
+                    // from the shared tier) answers it at once, as it answers those who
+                    // find it, rather than the refresh it would wait for.
+                    Join::Waiter(_) if self.stale_stored(&key, &existing, &caller).is_some() => {
+                        let entry = self
+                            .stale_stored(&key, &existing, &caller)
+                            .expect("just seen");
+                        if let Some(answer) = caller.answer_stale(self, &key, &entry) {
+                            self.inner.counters.stale_hits.inc();
+                            return answer;
+                        }
+                        break;
+                    }
                     Join::Waiter(waiting) => match wait(waiting, take_streaming).await {
                         Waited::Streaming(partial) => {
                             match caller.answer_streaming(&key, &partial) {
@@ -748,6 +761,20 @@ where
                 answer
             }
         }
+    }
+
+    /// For a caller of a cache with a shared tier that found nothing stored when it began: the
+    /// entry stored for it since, if it is stale inside its window.
+    fn stale_stored<C: Caller<K, V>>(
+        &self,
+        key: &K,
+        existing: &Option<Arc<Entry<V>>>,
+        caller: &C,
+    ) -> Option<Arc<Entry<V>>> {
+        let mut stored = None;
+        self.look_again(key, &mut stored, caller);
+        stored
+            .filter(|entry| existing.is_none() && entry.phase(Stamp::now()) == super::Phase::Stale)
     }
 
     /// For a caller that found nothing stored when it began: what is stored for it now (the

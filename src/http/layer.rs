@@ -451,7 +451,10 @@ impl SwrLayer {
     }
 
     /// Store `private` responses and answers to requests carrying `Authorization` (default
-    /// `false`). Only safe when [`key_fn`](Self::key_fn) puts the user in the key.
+    /// `false`). Only safe when [`key_fn`](Self::key_fn) puts the user in the key. With the
+    /// Redis tier, a `private` response to a request without credentials is shared through
+    /// Redis like any other (under the same user-bearing key); a response stored with the
+    /// request's `Authorization` or `Cookie` never leaves this instance.
     pub fn allow_private(mut self, allow: bool) -> Self {
         self.config.policy.store_private = allow;
         self.changed()

@@ -449,73 +449,74 @@ where
                     // A stale copy stored here since this caller looked (another cache's,
                     // from the shared tier) answers it at once, as it answers those who
                     // find it, rather than the refresh it would wait for.
-                    Join::Waiter(_) if self.stale_stored(&key, &existing, &caller).is_some() => {
-                        let entry = self
-                            .stale_stored(&key, &existing, &caller)
-                            .expect("just seen");
-                        if let Some(answer) = caller.answer_stale(self, &key, &entry) {
-                            self.inner.counters.stale_hits.inc();
-                            return answer;
-                        }
-                        break;
-                    }
-                    Join::Waiter(waiting) => match wait(waiting, take_streaming).await {
-                        Waited::Streaming(partial) => {
-                            match caller.answer_streaming(&key, &partial) {
-                                Some(answer) => {
-                                    self.inner.counters.collapsed.inc();
-                                    tracing::debug!(key = ?key, status = "collapsed", "answered by another caller's load as it streams");
-                                    return answer;
-                                }
-                                None => take_streaming = false,
-                            }
-                        }
-                        Waited::Stored(entry) => match caller.accepts(&key, entry.value()) {
-                            Accept::Yes => {
-                                self.inner.counters.collapsed.inc();
-                                tracing::debug!(key = ?key, status = "collapsed", "answered by another caller's load");
-                                return caller.answer(&key, &entry, Answered::Collapsed);
-                            }
-                            // Another variant: now that the value is known to vary, wait on
-                            // (or lead) this caller's variant instead of loading alone.
-                            Accept::Rekey(variant) if !rekeyed => {
-                                key = variant;
-                                rekeyed = true;
-                            }
-                            Accept::Rekey(_) | Accept::No => break,
-                        },
-                        Waited::Failed(failure) => {
-                            // One load failed for every caller that waited for it.
-                            let reason = "the load waited for failed";
-                            self.look_again(&key, &mut existing, &caller);
-                            let unreachable =
-                                failure.as_ref().is_some_and(|f| caller.unreachable(f));
-                            if let Some(answer) = self.stale_on_error(
-                                &key,
-                                existing.as_ref(),
-                                (failure.as_ref(), unreachable),
-                                &mut caller,
-                                reason,
-                            ) {
+                    Join::Waiter(waiting) => {
+                        if let Some(entry) = self.stale_stored(&key, &existing, &caller) {
+                            if let Some(answer) = caller.answer_stale(self, &key, &entry) {
+                                self.inner.counters.stale_hits.inc();
                                 return answer;
                             }
-                            if let Some(failure) = &failure {
-                                if let Some(answer) = caller.answer_failure(&key, failure, false) {
-                                    self.inner.counters.collapsed.inc();
-                                    return answer;
+                            break;
+                        }
+                        match wait(waiting, take_streaming).await {
+                            Waited::Streaming(partial) => {
+                                match caller.answer_streaming(&key, &partial) {
+                                    Some(answer) => {
+                                        self.inner.counters.collapsed.inc();
+                                        tracing::debug!(key = ?key, status = "collapsed", "answered by another caller's load as it streams");
+                                        return answer;
+                                    }
+                                    None => take_streaming = false,
                                 }
                             }
-                            if Instant::now() >= give_up_at {
-                                break;
+                            Waited::Stored(entry) => match caller.accepts(&key, entry.value()) {
+                                Accept::Yes => {
+                                    self.inner.counters.collapsed.inc();
+                                    tracing::debug!(key = ?key, status = "collapsed", "answered by another caller's load");
+                                    return caller.answer(&key, &entry, Answered::Collapsed);
+                                }
+                                // Another variant: now that the value is known to vary, wait on
+                                // (or lead) this caller's variant instead of loading alone.
+                                Accept::Rekey(variant) if !rekeyed => {
+                                    key = variant;
+                                    rekeyed = true;
+                                }
+                                Accept::Rekey(_) | Accept::No => break,
+                            },
+                            Waited::Failed(failure) => {
+                                // One load failed for every caller that waited for it.
+                                let reason = "the load waited for failed";
+                                self.look_again(&key, &mut existing, &caller);
+                                let unreachable =
+                                    failure.as_ref().is_some_and(|f| caller.unreachable(f));
+                                if let Some(answer) = self.stale_on_error(
+                                    &key,
+                                    existing.as_ref(),
+                                    (failure.as_ref(), unreachable),
+                                    &mut caller,
+                                    reason,
+                                ) {
+                                    return answer;
+                                }
+                                if let Some(failure) = &failure {
+                                    if let Some(answer) =
+                                        caller.answer_failure(&key, failure, false)
+                                    {
+                                        self.inner.counters.collapsed.inc();
+                                        return answer;
+                                    }
+                                }
+                                if Instant::now() >= give_up_at {
+                                    break;
+                                }
                             }
+                            // Compete again: one of the waiters becomes the leader.
+                            Waited::Abandoned => {}
+                            // The load is slower than the lock timeout: one waiter starts another.
+                            Waited::TimedOut => timed_out = true,
+                            // Loaded but not stored: load alone, outside the flight.
+                            Waited::NotStored => break,
                         }
-                        // Compete again: one of the waiters becomes the leader.
-                        Waited::Abandoned => {}
-                        // The load is slower than the lock timeout: one waiter starts another.
-                        Waited::TimedOut => timed_out = true,
-                        // Loaded but not stored: load alone, outside the flight.
-                        Waited::NotStored => break,
-                    },
+                    }
                 }
             }
         }

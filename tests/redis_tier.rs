@@ -871,3 +871,56 @@ async fn a_write_without_the_lock_never_brings_back_what_a_purge_during_its_load
     assert_eq!(value, 3);
     Ok(())
 }
+
+/// A response stale as soon as it is stored (`max-age=0` and a stale window) is still the
+/// answer to the requests that waited for its load: another instance's request waiting on the
+/// fleet lock takes it, as the holder's own waiters do, instead of waiting out the lock
+/// timeout and calling the origin once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_on_another_instance_takes_its_value_even_when_stored_stale() -> TestResult
+{
+    let Some(redis) = RedisServer::start("waiting for a stale-on-arrival value") else {
+        return Ok(());
+    };
+    for cache_control in [
+        "max-age=0, stale-while-revalidate=30",
+        "max-age=0, stale-if-error=60",
+    ] {
+        let (origin, calls) = slow_origin(Duration::from_millis(400), cache_control);
+        // The lock timeout is long enough that a request waiting it out shows.
+        let layer = || SwrLayer::new().lock_timeout(Duration::from_secs(30));
+        let instances = three_instances(&redis, origin, layer);
+        let path = if cache_control.contains("revalidate") {
+            "/swr"
+        } else {
+            "/sie"
+        };
+        let first = tokio::spawn({
+            let service = instances[0].0.clone();
+            async move { call(&service, get(path)).await.map_err(|e| e.to_string()) }
+        });
+        // The first instance holds the fleet lock for its 400 ms load.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let (status, body) = call(&instances[1].0, get(path)).await?;
+        let waited = started.elapsed();
+        let (first_status, first_body) = first.await??;
+        assert_eq!(first_status, CacheStatus::Miss, "{cache_control}");
+        assert_eq!(&first_body[..], b"v1", "{cache_control}");
+        assert_eq!(
+            (status, &body[..]),
+            (CacheStatus::SharedTier, &b"v1"[..]),
+            "{cache_control}: the waiting instance answers the value it waited for"
+        );
+        assert_eq!(
+            calls.get(),
+            1,
+            "{cache_control}: one origin call for the fleet"
+        );
+        assert!(
+            waited < Duration::from_secs(10),
+            "{cache_control}: waited {waited:?}, not the lock timeout"
+        );
+    }
+    Ok(())
+}

@@ -582,6 +582,9 @@ where
             if found.is_none() {
                 let mut held = TierClaim::ask(tier, &key).await;
                 if held.is_held_elsewhere() {
+                    // The newest copy known: a stale one just read from the tier is not the
+                    // value the holder of the lock is loading.
+                    let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
                     match self.wait_in_tier(&key, than).await {
                         TierWait::Found(entry) => found = Some(entry),
                         TierWait::Claimed(taken) => held = taken,

@@ -1007,10 +1007,18 @@ where
     /// lock on `key`: polls the tier, a little less often each time. When the lock is free
     /// again without a value (its holder failed, went away, or its lease ended) this cache
     /// takes it and loads: [`TierWait::Claimed`].
+    ///
+    /// `than`: when the newest copy this cache knows of was stored. A copy stored after it is
+    /// the holder's value, taken in whichever phase it is: a response with `max-age=0` and a
+    /// stale window is stale as soon as it is written, and is still the answer to the requests
+    /// that waited for its load (as it is for those waiting in the holder's own process).
     async fn wait_in_tier(&self, key: &K, than: Option<std::time::SystemTime>) -> TierWait<K, V> {
         let Some(tier) = &self.inner.tier else {
             return TierWait::GaveUp;
         };
+        // The known copy read back from the tier again is not newer: its stored-at crosses
+        // the monotonic clock and back, which may move it by microseconds.
+        let newer_than = than.map(|than| than + Duration::from_millis(1));
         let deadline = Instant::now() + self.inner.lock_timeout;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -1019,13 +1027,13 @@ where
                 return TierWait::GaveUp;
             }
             tokio::time::sleep_until((now + pause).min(deadline)).await;
-            if let Some(entry) = self.fresh_in_tier(key, than).await {
+            if let Some(entry) = self.copy_in_tier(key, newer_than).await {
                 return TierWait::Found(entry);
             }
             let claim = TierClaim::ask_again(tier, key).await;
             if !claim.is_held_elsewhere() {
                 // The holder's value may have landed just before it let go of the lock.
-                if let Some(entry) = self.fresh_in_tier(key, than).await {
+                if let Some(entry) = self.copy_in_tier(key, newer_than).await {
                     return TierWait::Found(entry);
                 }
                 return TierWait::Claimed(claim);

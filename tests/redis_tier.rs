@@ -924,3 +924,44 @@ async fn a_request_waiting_on_another_instance_takes_its_value_even_when_stored_
     }
     Ok(())
 }
+
+/// A miss whose read came before another instance's whole load (read, lock, origin, write,
+/// release) and whose claim came after it takes that instance's value: the lock it is then
+/// granted would otherwise send the fleet's second origin call for one expiry. The first
+/// instance talks to Redis through a proxy that delays its commands by 200 ms, so the other
+/// instance's load fits between its read and its claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_whose_claim_comes_after_another_instance_loaded_and_let_go_reads_that_value(
+) -> TestResult {
+    let Some(redis) = RedisServer::start("a load between a read and a claim") else {
+        return Ok(());
+    };
+    let delay = Duration::from_millis(200);
+    let proxy = common::redis_server::delaying_proxy(redis.port, delay).await;
+    let slow_link =
+        RedisConfig::new(&format!("redis://127.0.0.1:{proxy}/"))?.timeout(Duration::from_secs(3));
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=60");
+    let far = SwrLayer::new().redis(slow_link).layer(origin.clone());
+    let near = SwrLayer::new().redis(redis.config()).layer(origin);
+    // Connected first (through the proxy, each step 200 ms), on keys of their own.
+    call(&far, get("/warm-far")).await?;
+    call(&near, get("/warm-near")).await?;
+    let before = calls.get();
+    let far_request = tokio::spawn({
+        let far = far.clone();
+        async move { call(&far, get("/item")).await.map_err(|e| e.to_string()) }
+    });
+    // The far read reaches Redis at ~200 ms (nothing there), its claim at ~400 ms: the near
+    // instance loads, writes and lets go at ~300 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = call(&near, get("/item")).await?;
+    assert_eq!((status, &body[..]), (CacheStatus::Miss, &b"v3"[..]));
+    let (far_status, far_body) = far_request.await??;
+    assert_eq!(
+        (far_status, &far_body[..]),
+        (CacheStatus::SharedTier, &b"v3"[..]),
+        "the far instance answers the near one's value"
+    );
+    assert_eq!(calls.get() - before, 1, "one origin call for the fleet");
+    Ok(())
+}

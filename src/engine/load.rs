@@ -548,6 +548,9 @@ where
         let mut claim = None;
         if let (Some(tier), None) = (&self.inner.tier, &earlier) {
             let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
+            // The claim below tells the tier how long ago this read was sent: a write since
+            // then, by another cache that let go before the claim, is read, not loaded again.
+            let read_at = Instant::now();
             let mut found = self.copy_in_tier(&key, than).await;
             // Where a copy found is kept here: the key, or the variant of it that the read
             // has just shown the caller (another cache stored the key's variants).
@@ -580,11 +583,14 @@ where
                 existing = Some(copy);
             }
             if found.is_none() {
-                let mut held = TierClaim::ask(tier, &key).await;
-                if held.is_held_elsewhere() {
-                    // The newest copy known: a stale one just read from the tier is not the
-                    // value the holder of the lock is loading.
-                    let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
+                let mut held = TierClaim::ask_after_read(tier, &key, read_at).await;
+                // The newest copy known: a stale one just read from the tier is not the value
+                // the holder of the lock is loading.
+                let than = (existing.as_ref()).map(|e| e.lifetime(&WallClock::now()).stored_at);
+                if held.is_written() {
+                    // Another cache loaded it and let go between the read and the claim.
+                    found = self.copy_in_tier(&key, super::past_known(than)).await;
+                } else if held.is_held_elsewhere() {
                     match self.wait_in_tier(&key, than).await {
                         TierWait::Found(entry) => found = Some(entry),
                         TierWait::Claimed(taken) => held = taken,

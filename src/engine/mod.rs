@@ -1016,9 +1016,7 @@ where
         let Some(tier) = &self.inner.tier else {
             return TierWait::GaveUp;
         };
-        // The known copy read back from the tier again is not newer: its stored-at crosses
-        // the monotonic clock and back, which may move it by microseconds.
-        let newer_than = than.map(|than| than + Duration::from_millis(1));
+        let newer_than = past_known(than);
         let deadline = Instant::now() + self.inner.lock_timeout;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -1036,6 +1034,8 @@ where
                 if let Some(entry) = self.copy_in_tier(key, newer_than).await {
                     return TierWait::Found(entry);
                 }
+                // Free, or written with a value of no use here (too heavy for this cache, or
+                // gone again): this cache loads rather than wait out the lock timeout.
                 return TierWait::Claimed(claim);
             }
             pause = (pause * 2).min(Duration::from_millis(50));
@@ -1438,4 +1438,11 @@ pub(crate) enum TierWait<K: Clone + Send + Sync + 'static, V: 'static> {
     Claimed(TierClaim<K, V>),
     /// The lock timeout passed with the lock still held.
     GaveUp,
+}
+
+/// A bound for "stored after the newest copy known" (`than`): that copy read back from the tier
+/// is not newer, though its stored-at crossed the monotonic clock and back, which may move it
+/// by microseconds.
+fn past_known(than: Option<std::time::SystemTime>) -> Option<std::time::SystemTime> {
+    than.map(|than| than + Duration::from_millis(1))
 }

@@ -104,6 +104,16 @@ pub trait SharedTier<K, V>: Send + Sync + 'static {
         self.claim(key)
     }
 
+    /// [`claim`](Self::claim) for a miss whose read of `key`, sent `read_age` ago, found
+    /// nothing it could use. Another cache may have loaded the key, written it and let go of the
+    /// lock since: a tier that can tell answers [`Claim::Written`] then, and the miss reads
+    /// that value instead of loading it a second time. The default asks
+    /// [`claim`](Self::claim).
+    fn claim_after_read<'a>(&'a self, key: &'a K, read_age: Duration) -> TierFuture<'a, Claim> {
+        let _ = read_age;
+        self.claim(key)
+    }
+
     /// Writes a value loaded under `claim`: a tier with fencing refuses it when the claim is no
     /// longer current (the lock expired and another cache took it, or `key` was invalidated
     /// since), so a slow load never overwrites a newer value nor brings purged content back.
@@ -184,6 +194,13 @@ pub enum Claim {
     /// Another cache holds the lock: wait for its value; a write after loading anyway must
     /// still find `fence`.
     Held {
+        /// The fence the tier had when asked.
+        fence: u64,
+    },
+    /// Another cache loaded the key under the lock and its value is written (since the asker
+    /// last read the key, for [`SharedTier::claim_after_read`]): read it rather than load it
+    /// once more; a write after loading anyway must still find `fence`.
+    Written {
         /// The fence the tier had when asked.
         fence: u64,
     },
@@ -331,6 +348,27 @@ impl<K: Clone + Send + Sync + 'static, V: 'static> TierClaim<K, V> {
         }
     }
 
+    /// [`ask`](Self::ask) for a miss whose read was sent at `read_at` (see
+    /// [`SharedTier::claim_after_read`]).
+    pub(crate) async fn ask_after_read(
+        tier: &Tier<K, V>,
+        key: &K,
+        read_at: tokio::time::Instant,
+    ) -> Self {
+        let claim = tier
+            .bounded(tier.tier.claim_after_read(key, read_at.elapsed()))
+            .await
+            .unwrap_or_else(|| {
+                tracing::debug!(timeout = ?tier.timeout, "the shared tier did not grant a lock in time");
+                Claim::Open
+            });
+        Self {
+            tier: tier.clone(),
+            key: key.clone(),
+            claim,
+        }
+    }
+
     /// [`ask`](Self::ask) again, while waiting for the holder's value.
     pub(crate) async fn ask_again(tier: &Tier<K, V>, key: &K) -> Self {
         let claim = tier
@@ -347,6 +385,11 @@ impl<K: Clone + Send + Sync + 'static, V: 'static> TierClaim<K, V> {
     /// Whether another cache holds the lock.
     pub(crate) fn is_held_elsewhere(&self) -> bool {
         matches!(self.claim, Claim::Held { .. })
+    }
+
+    /// Whether another cache's value, loaded under the lock, is written (see [`Claim::Written`]).
+    pub(crate) fn is_written(&self) -> bool {
+        matches!(self.claim, Claim::Written { .. })
     }
 
     /// The claim to write `key` under: this one for its own key, none for another (a `Vary`

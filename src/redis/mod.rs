@@ -865,7 +865,9 @@ where
     }
 
     /// `again`: a waiter polling while another instance holds the lock (not counted as lost).
-    async fn claim(&self, key: &K, again: bool) -> Claim {
+    /// `read_age`: for a miss, how long ago it sent its read of the key (see
+    /// [`SharedTier::claim_after_read`]).
+    async fn claim(&self, key: &K, again: bool, read_age: Option<Duration>) -> Claim {
         let Some(generation) = self.generation().await else {
             return Claim::Open;
         };
@@ -884,6 +886,7 @@ where
                     .arg(fence_lifetime)
                     .arg(start)
                     .arg(if again { "1" } else { "0" })
+                    .arg(read_age.map_or(String::new(), |age| millis(age).to_string()))
                     .invoke_async(&mut connection)
                     .await
             })
@@ -893,6 +896,7 @@ where
                 self.counters.locks_won.inc("swr_redis_locks_won_total");
                 Claim::Won { token, fence }
             }
+            Some((2, fence)) => Claim::Written { fence },
             Some((_, fence)) => {
                 if !again {
                     self.counters.locks_lost.inc("swr_redis_locks_lost_total");
@@ -919,7 +923,9 @@ where
         };
         let names = self.names(key, generation);
         let fence = match claim {
-            Claim::Won { fence, .. } | Claim::Held { fence } => fence.to_string(),
+            Claim::Won { fence, .. } | Claim::Held { fence } | Claim::Written { fence } => {
+                fence.to_string()
+            }
             _ => String::new(),
         };
         // Without a fence (the lock could not be asked in time), a purge of the key since the
@@ -1291,11 +1297,15 @@ where
     }
 
     fn claim<'a>(&'a self, key: &'a K) -> TierFuture<'a, Claim> {
-        Box::pin(self.inner.claim(key, false))
+        Box::pin(self.inner.claim(key, false, None))
     }
 
     fn claim_again<'a>(&'a self, key: &'a K) -> TierFuture<'a, Claim> {
-        Box::pin(self.inner.claim(key, true))
+        Box::pin(self.inner.claim(key, true, None))
+    }
+
+    fn claim_after_read<'a>(&'a self, key: &'a K, read_age: Duration) -> TierFuture<'a, Claim> {
+        Box::pin(self.inner.claim(key, false, Some(read_age)))
     }
 
     fn put_claimed<'a>(

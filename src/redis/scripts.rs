@@ -13,16 +13,27 @@ use ::redis::Script;
 
 /// `KEYS[1]` base, `KEYS[2]` lock; `ARGV[1]` token, `ARGV[2]` lock lease ms, `ARGV[3]` the
 /// least lifetime of the fence ms, `ARGV[4]` a random start for a new fence, `ARGV[5]` `1` for
-/// a waiter asking again. Returns `{1, fence}` when the lock was granted, `{0, fence}` when
-/// another holds it, or, to a waiter asking again, when the value of the last grant is written
-/// (`g` = `f`: its holder wrote it and let go): read it rather than load it once more.
+/// a waiter asking again, `ARGV[6]` for a miss, how long ago (ms) it sent its read of the key
+/// (`''`: none). Returns `{1, fence}` when the lock was granted, `{0, fence}` when another
+/// holds it, `{2, fence}` when the value of the last grant is written (`g` = `f`: its holder
+/// wrote it) and the asker has not seen it: a waiter asking again, or a miss whose read came
+/// before the write (`s`, by Redis's clock: the read reached Redis about as long after it was
+/// sent as this claim did). Read it rather than load it once more.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if ARGV[5] == '1' then
   local f = redis.call('HGET', KEYS[1], 'f')
   if f and redis.call('HGET', KEYS[1], 'g') == f then
-    return {0, tonumber(f)}
+    return {2, tonumber(f)}
+  end
+elseif ARGV[6] ~= '' then
+  local b = redis.call('HMGET', KEYS[1], 'f', 'g', 's')
+  if b[1] and b[2] == b[1] and b[3] then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    -- 2 ms: the times are whole milliseconds; a write the read saw should not count.
+    if tonumber(b[3]) >= now - tonumber(ARGV[6]) + 2 then return {2, tonumber(b[1])} end
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then

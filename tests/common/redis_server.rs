@@ -289,3 +289,46 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A loopback TCP proxy to `port` that delays what the client sends by `delay` (each chunk
+/// `delay` after it arrived, in order); answers come back at once. Runs until the runtime
+/// ends. Returns the proxy's port.
+pub async fn delaying_proxy(port: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy_port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let (chunks, mut delayed) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+                    let due = tokio::time::Instant::now() + delay;
+                    if chunks.send((due, buffer[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Some((due, chunk)) = delayed.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    if server_write.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    proxy_port
+}

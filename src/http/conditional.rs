@@ -65,6 +65,34 @@ pub(crate) fn merge_304(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderM
     merged
 }
 
+/// Whether a 304 answering our revalidation of `stored` may update it (RFC 9111 §4.3.4): its
+/// entity tag, if it has one, must match the stored one (strongly, when the 304's is strong);
+/// without one, its `Last-Modified`, if it has one, must be the stored one. A 304 with no
+/// validator updates the one response stored under the key. A 304 for another
+/// representation updates nothing: the stored one is no longer the origin's.
+pub(crate) fn selects_for_update(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    fn text(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+        (headers.get(name).and_then(|v| v.to_str().ok())).map(str::trim)
+    }
+    if let Some(etag) = text(not_modified, header::ETAG) {
+        return text(stored, header::ETAG).is_some_and(|stored| {
+            if etag.starts_with("W/") {
+                weak_eq(etag, stored)
+            } else {
+                // Strong comparison: both strong and the same octets.
+                !stored.starts_with("W/") && stored == etag
+            }
+        });
+    }
+    match not_modified.get(header::LAST_MODIFIED) {
+        None => true,
+        Some(modified) => (stored.get(header::LAST_MODIFIED)).is_some_and(|stored| {
+            stored == modified
+                || http_date(stored).is_some_and(|at| http_date(modified) == Some(at))
+        }),
+    }
+}
+
 fn http_date(value: &HeaderValue) -> Option<SystemTime> {
     httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()
 }
@@ -196,6 +224,50 @@ mod tests {
             .iter()
             .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
             .collect()
+    }
+
+    #[test]
+    fn a_304_updates_only_the_representation_its_validators_name() {
+        let stored = headers(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+        ]);
+        let updates = |pairs| selects_for_update(&stored, &headers(pairs));
+        assert!(updates(&[("etag", "\"v1\"")]));
+        assert!(
+            updates(&[("etag", "W/\"v1\"")]),
+            "a weak tag compares weakly"
+        );
+        assert!(!updates(&[("etag", "\"v2\"")]));
+        assert!(!updates(&[("etag", "W/\"v2\"")]));
+        assert!(
+            updates(&[("cache-control", "max-age=60")]),
+            "no validator at all"
+        );
+        assert!(updates(&[(
+            "last-modified",
+            "Tue, 01 Dec 2026 10:00:00 GMT"
+        )]));
+        assert!(!updates(&[(
+            "last-modified",
+            "Wed, 02 Dec 2026 10:00:00 GMT"
+        )]));
+        // The tag decides when there is one.
+        assert!(updates(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Wed, 02 Dec 2026 10:00:00 GMT")
+        ]));
+        let weak = headers(&[("etag", "W/\"v1\"")]);
+        assert!(
+            !selects_for_update(&weak, &headers(&[("etag", "\"v1\"")])),
+            "strong needs strong"
+        );
+        assert!(selects_for_update(&weak, &headers(&[("etag", "W/\"v1\"")])));
+        let untagged = headers(&[]);
+        assert!(!selects_for_update(
+            &untagged,
+            &headers(&[("etag", "\"v1\"")])
+        ));
     }
 
     #[test]

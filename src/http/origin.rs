@@ -117,10 +117,25 @@ async fn refreshed<S, ReqB, ResB>(
 ) -> Outcome<CacheKey, CachedResponse, ()>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ReqB: Default,
     ResB: Body<Data = Bytes>,
 {
     let started = Instant::now();
-    let Ok(response) = inner.oneshot(request).await else {
+    let mut inner = inner;
+    let mut response = (&mut inner).oneshot(request).await;
+    let mut validated = true;
+    if (response.as_ref()).is_ok_and(|response| {
+        response.status() == StatusCode::NOT_MODIFIED
+            && !conditional::selects_for_update(&entry.value().headers, response.headers())
+    }) {
+        // RFC 9111 §4.3.4: a 304 for another representation updates nothing; the refresh
+        // asks for the representation itself.
+        let mut again = template.rebuild::<ReqB>();
+        shared.config.prepare_origin_request(&mut again);
+        response = inner.oneshot(again).await;
+        validated = false;
+    }
+    let Ok(response) = response else {
         return Outcome::Failed {
             answer: (),
             shared: None,
@@ -141,6 +156,14 @@ where
         };
     }
     let key = &entry.value().key;
+    if status == StatusCode::NOT_MODIFIED && !validated {
+        // A 304 to an unconditional request: the stored response is not the origin's.
+        tracing::debug!(%key, "the origin answered 304 to an unconditional refresh");
+        return Outcome::Pass {
+            answer: (),
+            drop_stored: true,
+        };
+    }
     if status == StatusCode::NOT_MODIFIED {
         let (parts, _) = response.into_parts();
         return match shared.freshen(&entry, template, parts) {
@@ -622,7 +645,22 @@ where
         let credentialed = self.credentialed;
         Box::pin(async move {
             let started = Instant::now();
-            let response = match inner.oneshot(request).await {
+            let mut inner = inner;
+            let mut response = (&mut inner).oneshot(request).await;
+            if let (Ok(answer), Some(entry), Some(template)) = (&response, &validating, &template) {
+                if answer.status() == StatusCode::NOT_MODIFIED
+                    && !conditional::selects_for_update(&entry.value().headers, answer.headers())
+                {
+                    // RFC 9111 §4.3.4: a 304 for another representation updates nothing; the
+                    // origin is asked for the representation itself.
+                    let mut again = template.rebuild::<ReqB>();
+                    remove_present(again.headers_mut(), &CLIENT_CONDITIONALS);
+                    shared.config.prepare_origin_request(&mut again);
+                    response = inner.oneshot(again).await;
+                    validating = None;
+                }
+            }
+            let response = match response {
                 Ok(response) => response,
                 Err(error) => {
                     // The others get the layer's 502: the error itself cannot be cloned.

@@ -101,7 +101,9 @@ struct Tables {
 /// answers to requests with `Authorization` unless the response says `public`, `s-maxage` or
 /// `must-revalidate`, answers to requests with `Cookie` unless the response says `public` or
 /// `s-maxage` ([`cache_cookie_requests`](Self::cache_cookie_requests)), server errors without
-/// explicit freshness, bodies over the limit. `no-cache` responses are stored only to be
+/// explicit freshness (but for `501 Not Implemented`, heuristically cacheable by RFC 9110
+/// §15.1), responses to requests with `Cache-Control: no-store`, bodies over the limit.
+/// `no-cache` responses (with a validator) are stored only to be
 /// revalidated before each reuse. Only `GET` and `HEAD` are cached; other methods pass straight
 /// through (and a successful unsafe request invalidates its URI).
 ///

@@ -21,7 +21,7 @@ use super::key::{align_host, key_host, request_variant, KeyRef};
 use super::origin::{miss, refresh, stale_answer};
 use super::policy::{CacheControl, Policy, RequestFacts};
 use super::render::{mark_bypass, Ask};
-use super::status::{CacheStatus, Member};
+use super::status::{CacheInfo, CacheStatus, Member};
 use super::stored::{CachedResponse, Refusal};
 use super::tags::soft_purged_found;
 use crate::engine::{Found, Stamp};
@@ -328,7 +328,8 @@ where
         };
         // RFC 9111 §5.2.1.7: a client that wants only a stored response gets one (answered
         // above) or a 504, and the origin is not asked.
-        if CacheControl::from_headers(request.headers()).only_if_cached {
+        let directives = CacheControl::from_headers(request.headers());
+        if directives.only_if_cached {
             tracing::debug!(key = %key, status = "only-if-cached", "nothing stored: 504");
             shared.engine.count_bypass();
             let mut response = Response::new(SwrBody::empty());
@@ -340,7 +341,21 @@ where
                 None,
                 None,
             );
+            if config.headers.cache_info {
+                (response.extensions_mut()).insert(CacheInfo::uncached(CacheStatus::Bypass));
+            }
             return ResponseFuture::ready(response);
+        }
+        // RFC 9111 §5.2.1.5: nothing of a request with `no-store`, nor of its response, is
+        // stored; it is forwarded on its own (a stored response could still answer it, above).
+        if directives.no_store {
+            tracing::debug!(key = %key, status = "no-store", "the request forbids storing");
+            shared.engine.count_bypass();
+            return ResponseFuture::bypass(
+                self.inner.clone().oneshot(request),
+                config.headers.value(Member::UriMiss { stored: false }),
+                config.bypass_marks(),
+            );
         }
         let key = key.to_owned();
         let shared = Arc::clone(shared);

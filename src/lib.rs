@@ -63,6 +63,7 @@
 //! | `swr_requests_total` | counter | `cache`, `status` = `hit`, `stale`, `miss`, `collapsed`, `bypass`, `stale_if_error`, `failure_hit`, `shared_tier` |
 //! | `swr_refreshes_total` | counter | `cache`, `outcome` = `started`, `succeeded`, `failed`, `timed_out`, `panicked` |
 //! | `swr_stores_total` | counter | `cache`, `result` = `stored`, `too_large` |
+//! | `swr_loads_total` | counter | `cache`, `outcome` = `failed` (a miss's load failed, timed out or panicked) |
 //! | `swr_entries`, `swr_bytes`, `swr_refreshes_running` | gauge | `cache` |
 //!
 //! # Without HTTP

@@ -292,6 +292,8 @@ async fn metrics_facade_mirrors_the_counters() -> TestResult {
     expect("swr_refreshes_total{outcome=timed_out}", 0.0);
     expect("swr_refreshes_total{outcome=panicked}", 0.0);
     expect("swr_stores_total{result=stored}", 3.0);
+    // The stale-if-error answer's origin call failed (the refresh's failure counts apart).
+    expect("swr_loads_total{outcome=failed}", 1.0);
     expect("swr_entries", 2.0);
     assert!(
         found.get("swr_bytes").is_some_and(|b| *b > 0.0),
@@ -512,6 +514,28 @@ async fn stale_if_error_is_not_also_counted_as_a_miss() -> TestResult {
     let s = layer.stats();
     assert_eq!(s.stale_if_error, 1);
     assert_eq!(s.misses, 1, "2 requests: 1 miss + 1 stale-if-error");
+    assert_eq!(
+        s.loads_failed, 1,
+        "the stale-if-error answer's origin call failed"
+    );
+    Ok(())
+}
+
+/// A failing origin with nothing stored: each failed origin call counts in `loads_failed`
+/// (the seeds' `db_failures_total`), once per call however many requests share it.
+#[tokio::test(start_paused = true)]
+async fn failed_origin_calls_are_counted_once_each() -> TestResult {
+    let mode = Mode::default();
+    let (o, calls) = moody(None, mode.clone());
+    mode.set(UNAVAILABLE);
+    let layer = SwrLayer::new().remember_failures(Duration::ZERO);
+    let service = layer.layer(o);
+    for _ in 0..3 {
+        let response = service.clone().oneshot(get("/cold")).await?;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let s = layer.stats();
+    assert_eq!((calls.get(), s.loads_failed, s.misses), (3, 3, 3));
     Ok(())
 }
 

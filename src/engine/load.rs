@@ -674,9 +674,11 @@ where
             None => match usable(&existing, caller, true) {
                 Some(fallback) => {
                     land(&mut leader, Landing::FAILED);
+                    self.inner.counters.loads_failed.inc();
                     let timeout_ms = limit.map_or(0, |limit| limit.as_millis() as u64);
                     tracing::warn!(key = ?key, timeout_ms, "the load did not finish in time");
                     self.inner.counters.stale_if_error.inc();
+                    self.alert_if_old(&key, &fallback, Stamp::now());
                     return caller.answer(
                         &key,
                         &fallback,
@@ -691,6 +693,7 @@ where
             Err(panic) => {
                 // A panicking load with a usable stale value is a failure like any other;
                 // without one, the panic is the load's own answer and goes on up.
+                self.inner.counters.loads_failed.inc();
                 let failure = caller.panic_failure(&*panic);
                 // A panic is shared with the waiters, never remembered for later callers.
                 let remember = !failure.as_ref().is_some_and(|f| f.is::<LoadPanicked>());
@@ -750,6 +753,7 @@ where
                 reason,
                 unreachable,
             } => {
+                self.inner.counters.loads_failed.inc();
                 let failure = shared.clone();
                 land(
                     &mut leader,
@@ -822,6 +826,7 @@ where
         let now = Stamp::now();
         let entry = existing.filter(|entry| may_stand_in(caller, entry, now, unreachable))?;
         self.inner.counters.stale_if_error.inc();
+        self.alert_if_old(key, entry, now);
         // The caller warns as it renders (it knows what the failure was); this says why.
         tracing::debug!(key = ?key, reason, "a stale value stands in for a failed load");
         Some(caller.answer(key, entry, Answered::StaleIfError { failure }))

@@ -287,7 +287,8 @@ where
     }
 
     /// Log a warning whenever a value older than `age` is served stale (default: never;
-    /// zero turns it off).
+    /// zero turns it off): inside its stale-while-revalidate window, or standing in for a
+    /// failed load (stale-if-error, the outage case).
     pub fn stale_alert_age(mut self, age: Duration) -> Self {
         self.stale_alert_age = (!age.is_zero()).then_some(age);
         self

@@ -132,6 +132,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes_timed_out: Counter,
     pub(crate) refreshes_panicked: Counter,
     pub(crate) stale_if_error: Counter,
+    pub(crate) loads_failed: Counter,
     pub(crate) failure_hits: Counter,
     pub(crate) shared_tier_hits: Counter,
     pub(crate) gauges: Gauges,
@@ -189,6 +190,11 @@ pub struct Stats {
     pub refreshes_panicked: u64,
     /// Answers from a stale entry because the origin failed (stale-if-error).
     pub stale_if_error: u64,
+    /// Foreground loads (a miss's loader or origin call, one per flight) that failed: an
+    /// error, a failure status, a panic, or cut at the fallback timeout; whether a stale entry
+    /// then stood in (also counted in `stale_if_error`) or the failure was the answer. Failed
+    /// background refreshes count in `refreshes_failed`.
+    pub loads_failed: u64,
     /// Requests answered with the failure of a load of their key that ended a moment ago
     /// (see `remember_failures`), without calling the loader or origin.
     pub failure_hits: u64,
@@ -215,6 +221,7 @@ pub struct Stats {
 pub(crate) const REQUESTS: &str = "swr_requests_total";
 pub(crate) const REFRESHES: &str = "swr_refreshes_total";
 pub(crate) const STORES: &str = "swr_stores_total";
+pub(crate) const LOADS: &str = "swr_loads_total";
 
 impl Counters {
     pub(crate) fn new(cache: &str) -> Self {
@@ -236,6 +243,7 @@ impl Counters {
             refreshes_failed: refresh("failed"),
             refreshes_timed_out: refresh("timed_out"),
             refreshes_panicked: refresh("panicked"),
+            loads_failed: Counter::new(cache, LOADS, ("outcome", "failed")),
             gauges: Gauges::new(cache),
         }
     }
@@ -255,6 +263,7 @@ impl Counters {
             refreshes_timed_out: self.refreshes_timed_out.get(),
             refreshes_panicked: self.refreshes_panicked.get(),
             stale_if_error: self.stale_if_error.get(),
+            loads_failed: self.loads_failed.get(),
             failure_hits: self.failure_hits.get(),
             shared_tier_hits: self.shared_tier_hits.get(),
             ..Stats::default()

@@ -686,7 +686,8 @@ impl SwrLayer {
     }
 
     /// Log a warning whenever a response older than `age` is served stale (default: never;
-    /// zero turns it off).
+    /// zero turns it off): inside its stale-while-revalidate window, or standing in for a
+    /// failing origin (stale-if-error, the outage case).
     pub fn stale_alert_age(mut self, age: Duration) -> Self {
         self.store.stale_alert_age = (!age.is_zero()).then_some(age);
         self.store_changed()

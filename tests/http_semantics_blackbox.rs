@@ -1525,7 +1525,7 @@ async fn a_501_without_explicit_freshness_is_stored_heuristically_as_documented(
     assert_eq!(calls.get(), 1);
     assert_eq!(
         (second.status, text(&second)),
-        (StatusCode::NOT_IMPLEMENTED, "v1".into())
+        (StatusCode::NOT_IMPLEMENTED, "v1")
     );
     assert_eq!(second.info.status, CacheStatus::Fresh);
 }
@@ -2834,10 +2834,7 @@ async fn a_background_refresh_answered_304_with_another_strong_etag_does_not_fre
         !(next.info.status == CacheStatus::Fresh && text(&next) == "v1"),
         "the \"v1\" entry was freshened by a 304 for \"v2\""
     );
-    assert_eq!(
-        (next.info.status, text(&next)),
-        (CacheStatus::Fresh, "v3".into())
-    );
+    assert_eq!((next.info.status, text(&next)), (CacheStatus::Fresh, "v3"));
 }
 
 #[tokio::test(start_paused = true)]

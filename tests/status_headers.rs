@@ -486,6 +486,37 @@ async fn x_cache_key_header_reveals_the_key_only_when_enabled() -> TestResult {
 }
 
 #[tokio::test(start_paused = true)]
+async fn x_query_time_ms_tells_how_long_each_answer_took_only_when_enabled() -> TestResult {
+    let (o, _) = slow_origin(Duration::from_millis(250), "max-age=60");
+    let service = SwrLayer::new().query_time_header(true).layer(o.clone());
+    let query_time = |response: &Answer| {
+        header_value(response, "x-query-time-ms").map(|ms| ms.parse::<u64>().expect("integer"))
+    };
+    // Two requests on one cold key: the leader's origin call and the one that waited for it.
+    let leader = tokio::spawn(service.clone().oneshot(get("/q")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiter = service.clone().oneshot(get("/q")).await?;
+    let leader = leader.await??;
+    assert_eq!(query_time(&leader), Some(250));
+    assert_eq!(info(&waiter).status, CacheStatus::Collapsed);
+    assert_eq!(query_time(&waiter), Some(150), "the time it waited");
+    let hit = service.clone().oneshot(get("/q")).await?;
+    assert_eq!(
+        (info(&hit).status, query_time(&hit)),
+        (CacheStatus::Fresh, Some(0))
+    );
+    let post = service.clone().oneshot(request(Method::POST, "/q")).await?;
+    assert_eq!(query_time(&post), Some(250), "a bypass is timed too");
+
+    let default = SwrLayer::new().layer(o);
+    for _ in 0..2 {
+        let response = default.clone().oneshot(get("/q")).await?;
+        assert!(response.headers().get("x-query-time-ms").is_none());
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn ttl_rounds_down_while_fresh_and_up_once_stale() -> TestResult {
     let (o, _calls) = origin(|n, _request: Request<ReqBody>| async move {
         Ok::<_, BoxError>(reply(format!("v{n}")))

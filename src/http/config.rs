@@ -51,6 +51,8 @@ pub(crate) struct Config {
     /// Send the cache-tag fields (`Surrogate-Key`, `Cache-Tag`, `xkey`) downstream (default:
     /// removed, as Fastly and Cloudflare do).
     pub(crate) forward_cache_tags: bool,
+    /// Send `X-Query-Time-ms`: how long the layer took to answer (`SwrLayer::query_time_header`).
+    pub(crate) query_time_header: bool,
 }
 
 impl Config {

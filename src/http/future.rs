@@ -5,13 +5,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use http::header::HeaderName;
 use http::{HeaderValue, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 
 use super::body::SwrBody;
 use super::config::BypassMarks;
 use super::render::mark_bypass;
+
+static QUERY_TIME: HeaderName = HeaderName::from_static("x-query-time-ms");
 
 pub(crate) type BoxResponseFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<SwrBody<B>>, E>> + Send>>;
@@ -42,6 +46,8 @@ pin_project! {
         // anyway.
         Bypass { state: Pin<Box<Bypass<F>>> },
         Origin { future: BoxResponseFuture<B, E> },
+        // `SwrLayer::query_time_header`: the answer, timed.
+        Timed { answer: Pin<Box<ResponseFuture<F, B, E>>>, started: Instant },
     }
 }
 
@@ -81,6 +87,16 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
             kind: Kind::Origin { future },
         }
     }
+
+    /// `answer` with `X-Query-Time-ms` counted from `started`.
+    pub(crate) fn timed(answer: Self, started: Instant) -> Self {
+        Self {
+            kind: Kind::Timed {
+                answer: Box::pin(answer),
+                started,
+            },
+        }
+    }
 }
 
 impl<F, B, E> Future for ResponseFuture<F, B, E>
@@ -105,6 +121,12 @@ where
                 Poll::Ready(Ok(mark_bypass(response, cache_status, *marks)))
             }
             KindProj::Origin { future } => future.as_mut().poll(cx),
+            KindProj::Timed { answer, started } => {
+                let mut response = ready!(answer.as_mut().poll(cx))?;
+                let ms = started.elapsed().as_millis();
+                (response.headers_mut()).insert(QUERY_TIME.clone(), HeaderValue::from(ms as u64));
+                Poll::Ready(Ok(response))
+            }
         }
     }
 }
@@ -115,6 +137,7 @@ impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
             Kind::Ready { .. } => "Ready",
             Kind::Bypass { .. } => "Bypass",
             Kind::Origin { .. } => "Origin",
+            Kind::Timed { .. } => "Timed",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)

@@ -257,6 +257,7 @@ impl SwrLayer {
                 ]),
                 answer_remembered_failures: true,
                 forward_cache_tags: false,
+                query_time_header: false,
             },
             store: StoreSettings {
                 capacity_bytes: 128 << 20,
@@ -640,6 +641,33 @@ impl SwrLayer {
     /// reveals keys, e.g. what a key function adds).
     pub fn x_cache_key_header(mut self, enabled: bool) -> Self {
         self.x_cache_key = enabled;
+        self.changed()
+    }
+
+    /// Also send `X-Query-Time-ms`: how long this layer took to answer, from the request to
+    /// the response's head, in whole milliseconds (default off). `0` for an answer from
+    /// memory; for a miss, the origin's (or the request it waited for) time to answer. With
+    /// `X-Cache` and `X-Cache-Key`, the observability headers of a hand-rolled cache.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_swr::SwrLayer;
+    ///
+    /// let origin = service_fn(|_: Request<String>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::from("prices")))
+    /// });
+    /// let service = SwrLayer::new().query_time_header(true).layer(origin);
+    /// let response = service.clone().oneshot(Request::new(String::new())).await.unwrap();
+    /// let ms: u64 = response.headers()["x-query-time-ms"].to_str().unwrap().parse().unwrap();
+    /// assert!(ms < 60_000);
+    /// # }
+    /// ```
+    pub fn query_time_header(mut self, enabled: bool) -> Self {
+        self.config.query_time_header = enabled;
         self.changed()
     }
 

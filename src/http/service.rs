@@ -165,7 +165,30 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        if self.shared.config.query_time_header {
+            let started = tokio::time::Instant::now();
+            return ResponseFuture::timed(self.answer(request), started);
+        }
+        self.answer(request)
+    }
+}
+
+impl<S> SwrService<S> {
+    /// [`call`](Service::call) without `X-Query-Time-ms`.
+    #[inline]
+    fn answer<ReqB, ResB>(
+        &mut self,
+        mut request: Request<ReqB>,
+    ) -> ResponseFuture<Oneshot<S, Request<ReqB>>, ResB, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Default + Send + 'static,
+        ResB: Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError> + Send + 'static,
+    {
         let shared = &self.shared;
         let config = &shared.config;
         // `skip`: the key function said "not this request". The request moves (a copy of

@@ -16,7 +16,10 @@
 //! - **One load per key per expiry for the fleet**: the instance that leads a miss or a
 //!   refresh in its process asks for the key's lock (`SET NX PX` with a random token, released
 //!   by compare-and-delete); the others wait for the winner's value (polling Redis, up to the
-//!   engine's lock timeout), then load themselves. The lock is an efficiency lock: losing it
+//!   engine's lock timeout), then load themselves. A waiter takes that value in whichever
+//!   phase it is (a `max-age=0` response with a stale window is stale on arrival), and a miss
+//!   whose read came before another instance's whole load (and whose lock request after it)
+//!   is told the value is written and reads it. The lock is an efficiency lock: losing it
 //!   means duplicated work, never corruption.
 //! - **No lost or resurrected data**: every lock grant and every purge bumps the key's fence;
 //!   a write carries the fence its load began under, and the write script refuses it when the

@@ -141,6 +141,11 @@ pub(crate) mod model_watch {
             step();
             self.inner().send_replace(value)
         }
+
+        pub(crate) fn receiver_count(&self) -> usize {
+            step();
+            self.inner().receiver_count()
+        }
     }
 
     impl<T> Clone for Sender<T> {

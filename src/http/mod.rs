@@ -32,4 +32,6 @@ pub use self::handle::SwrHandle;
 pub use self::key::CacheKey;
 pub use self::layer::SwrLayer;
 pub use self::service::SwrService;
+#[cfg(feature = "redis")]
+pub(crate) use self::status::push_decimal;
 pub use self::status::{CacheInfo, CacheStatus, CACHE_STATUS, X_CACHE, X_CACHE_KEY};

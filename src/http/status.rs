@@ -236,7 +236,22 @@ impl StatusHeaders {
                     .clone();
             }
             Member::Hit { ttl } => format!("{name}; hit; ttl={ttl}"),
-            Member::SharedHit { ttl } => format!("{name}; hit; ttl={ttl}; detail=shared"),
+            Member::SharedHit { ttl } => {
+                // Without `fmt` (~700 instructions of an L2 hit): name, member, ttl, detail,
+                // in a buffer of the exact length, which the value then owns without a copy.
+                let digits = ttl.unsigned_abs().checked_ilog10().unwrap_or(0) as usize + 1;
+                let len = name.len() + 11 + usize::from(ttl < 0) + digits + 15;
+                let mut text = Vec::with_capacity(len);
+                text.extend_from_slice(name.as_bytes());
+                text.extend_from_slice(b"; hit; ttl=");
+                if ttl < 0 {
+                    text.push(b'-');
+                }
+                push_decimal(&mut text, ttl.unsigned_abs());
+                text.extend_from_slice(b"; detail=shared");
+                debug_assert_eq!((text.len(), text.capacity()), (len, len));
+                return HeaderValue::try_from(text).expect("checked cache name");
+            }
             Member::Stale {
                 fwd_status: Some(status),
             } => format!("{name}; fwd=stale; fwd-status={status}"),
@@ -452,6 +467,21 @@ pub(crate) fn is_token(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b))
 }
 
+/// `n` in decimal, without `fmt`.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +493,17 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_shared_hit_member_reads_as_formatted() {
+        let status = StatusHeaders::new("edge-1", false, false, true);
+        for ttl in [0, 7, -3, 4096, -257, i64::MAX, i64::MIN] {
+            assert_eq!(
+                status.value(Member::SharedHit { ttl }).to_str().unwrap(),
+                format!("edge-1; hit; ttl={ttl}; detail=shared")
+            );
+        }
     }
 
     #[test]

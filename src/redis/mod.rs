@@ -444,21 +444,6 @@ impl Names {
     }
 }
 
-/// `n` in decimal, without `fmt`.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
 /// `n` as 16 lowercase hex digits, without `fmt`.
 fn push_hex16(out: &mut Vec<u8>, n: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -492,7 +477,7 @@ where
         let mut head = Vec::with_capacity(prefix.len() + 44);
         head.extend_from_slice(prefix);
         head.extend_from_slice(b":1:");
-        push_decimal(&mut head, generation);
+        crate::http::push_decimal(&mut head, generation);
         head.extend_from_slice(b":{");
         push_hex16(&mut head, fnv1a(fence.as_deref().unwrap_or(&key_bytes)));
         head.push(b'}');

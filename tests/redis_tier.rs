@@ -965,3 +965,86 @@ async fn a_miss_whose_claim_comes_after_another_instance_loaded_and_let_go_reads
     assert_eq!(calls.get() - before, 1, "one origin call for the fleet");
     Ok(())
 }
+
+/// RFC 9111 §5.2.1.7 with a shared tier: the tier is part of the cache, so a request with
+/// `only-if-cached` on an instance that has nothing in memory is answered by the copy another
+/// instance stored, and gets the 504 only when the fleet has none; the origin is never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_if_cached_is_answered_from_the_copy_another_instance_stored() -> TestResult {
+    let Some(redis) = RedisServer::start("only-if-cached from the shared tier") else {
+        return Ok(());
+    };
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=60");
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    let only_if_cached = |path: &str| get_with(path, http::header::CACHE_CONTROL, "only-if-cached");
+    let nothing = instances[1]
+        .0
+        .clone()
+        .oneshot(only_if_cached("/oic"))
+        .await?;
+    assert_eq!(nothing.status(), StatusCode::GATEWAY_TIMEOUT);
+    call(&instances[0].0, get("/oic")).await?;
+    // The write to Redis is detached: the other instance finds it a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = instances[1]
+            .0
+            .clone()
+            .oneshot(only_if_cached("/oic"))
+            .await?;
+        if response.status() == StatusCode::OK {
+            assert_eq!(info(&response).status, CacheStatus::SharedTier);
+            assert_eq!(&common::body(response).await?[..], b"v1");
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            Instant::now() < deadline,
+            "the other instance never found the copy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Now in the second instance's memory too.
+    let again = instances[1]
+        .0
+        .clone()
+        .oneshot(only_if_cached("/oic"))
+        .await?;
+    assert_eq!(info(&again).status, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 1, "only-if-cached never asks the origin");
+    assert_eq!(instances[1].1.stats().shared_tier_hits, 1);
+    Ok(())
+}
+
+/// A purge sent while Redis is frozen (the call times out; the command is on its way) is
+/// not undone when Redis thaws: the purging instance never takes the purged copy back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_sent_while_redis_is_frozen_is_not_undone_when_it_thaws() -> TestResult {
+    let Some(redis) = RedisServer::start("a purge waiting for its retry") else {
+        return Ok(());
+    };
+    let (origin, calls) = slow_origin(Duration::ZERO, "max-age=60");
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    let (filler, purger) = (&instances[0], &instances[1]);
+    call(&filler.0, get("/p")).await?;
+    // The copy is in Redis once the purging instance answers from it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call(&purger.0, get("/p")).await?.0 != CacheStatus::SharedTier {
+        assert!(Instant::now() < deadline, "the copy never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Redis freezes: the purge's call times out (100 ms) and is kept for a retry.
+    redis.signal("-STOP");
+    purger.1.purge("/p");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    redis.signal("-CONT");
+    let (status, body) = call(&purger.0, get("/p")).await?;
+    assert_ne!(
+        (status, &body[..]),
+        (CacheStatus::SharedTier, &b"v1"[..]),
+        "the purged copy came back from Redis"
+    );
+    assert_eq!(&body[..], b"v2");
+    assert_eq!(calls.get(), 2);
+    Ok(())
+}

@@ -1190,6 +1190,11 @@ where
         self.inner.counters.bypasses.inc();
     }
 
+    /// Counts an answer from the shared tier that the HTTP layer gave itself.
+    pub(crate) fn count_shared_tier_hit(&self) {
+        self.inner.counters.shared_tier_hits.inc();
+    }
+
     /// Runs `refresh` in a detached task with the refresh timeout; the guard is released however
     /// the task ends, and a failure starts the key's backoff.
     fn spawn_refresh<Fut>(&self, key: &K, guard: RefreshGuard<K>, refresh: Fut)

@@ -353,21 +353,36 @@ impl<S> SwrService<S> {
         // above) or a 504, and the origin is not asked.
         let directives = CacheControl::from_headers(request.headers());
         if directives.only_if_cached {
-            tracing::debug!(key = %key, status = "only-if-cached", "nothing stored: 504");
-            shared.engine.count_bypass();
-            let mut response = Response::new(SwrBody::empty());
-            *response.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
-            (config.headers).write(
-                response.headers_mut(),
-                Member::OnlyIfCached,
-                CacheStatus::Bypass,
-                None,
-                None,
-            );
-            if config.headers.cache_info {
-                (response.extensions_mut()).insert(CacheInfo::uncached(CacheStatus::Bypass));
+            if !shared.engine.has_shared_tier() {
+                return ResponseFuture::ready(only_if_cached_miss(shared, &key));
             }
-            return ResponseFuture::ready(response);
+            // The shared tier is part of the cache: a fresh copy another instance stored
+            // answers, without the origin.
+            let key = key.to_owned();
+            let shared = Arc::clone(shared);
+            return ResponseFuture::origin(Box::pin(async move {
+                if let Some(copy) = shared.engine.copy_from_tier(&key).await {
+                    if copy.value().serves(request.headers(), facts) {
+                        shared.engine.count_shared_tier_hit();
+                        let ask = Ask {
+                            head: request.method() == Method::HEAD,
+                            conditionals: conditional.then(|| request.headers()),
+                        };
+                        let now = Stamp::now();
+                        let ttl = copy.ttl_secs_at(now);
+                        let hit = Member::SharedHit { ttl };
+                        return Ok(shared.respond(
+                            &copy,
+                            CacheStatus::SharedTier,
+                            hit,
+                            ask,
+                            false,
+                            now,
+                        ));
+                    }
+                }
+                Ok(only_if_cached_miss(&shared, &key))
+            }));
         }
         // RFC 9111 §5.2.1.5: nothing of a request with `no-store`, nor of its response, is
         // stored; it is forwarded on its own (a stored response could still answer it, above).
@@ -387,4 +402,28 @@ impl<S> SwrService<S> {
             miss(shared, inner, key, request, expired, facts, vary_miss).await
         }))
     }
+}
+
+/// RFC 9111 §5.2.1.7: a client that wants only a stored response, and none could answer it,
+/// gets a 504; the origin is not asked.
+fn only_if_cached_miss<B: Body>(
+    shared: &Shared,
+    key: &dyn std::fmt::Display,
+) -> Response<SwrBody<B>> {
+    tracing::debug!(key = %key, status = "only-if-cached", "nothing stored: 504");
+    shared.engine.count_bypass();
+    let mut response = Response::new(SwrBody::empty());
+    *response.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+    let headers = &shared.config.headers;
+    headers.write(
+        response.headers_mut(),
+        Member::OnlyIfCached,
+        CacheStatus::Bypass,
+        None,
+        None,
+    );
+    if headers.cache_info {
+        (response.extensions_mut()).insert(CacheInfo::uncached(CacheStatus::Bypass));
+    }
+    response
 }

@@ -223,6 +223,42 @@ async fn a_failure_is_not_shared_with_or_from_requests_with_credentials() -> Tes
     Ok(())
 }
 
+/// A 408 or 429 is about the client that sent the request (its timeout, its rate limit): the
+/// requests that waited for it ask the origin themselves, and none is remembered.
+#[tokio::test(start_paused = true)]
+async fn a_408_or_429_is_never_shared_with_other_clients() -> TestResult {
+    for status in [StatusCode::REQUEST_TIMEOUT, StatusCode::TOO_MANY_REQUESTS] {
+        let (origin, calls) = origin(move |_, request| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(if request.headers().contains_key("x-greedy") {
+                reply_status(status, "slow down")
+            } else {
+                reply_cc("page", "max-age=60")
+            })
+        });
+        let service = SwrLayer::new().layer(origin);
+        let greedy = tokio::spawn(service.clone().oneshot(get_with(
+            "http://example.com/home",
+            HeaderName::from_static("x-greedy"),
+            "1",
+        )));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let waiter = service
+            .clone()
+            .oneshot(get("http://example.com/home"))
+            .await?;
+        assert_eq!(greedy.await??.status(), status);
+        assert_eq!(
+            waiter.status(),
+            StatusCode::OK,
+            "{status}: the waiter's own answer"
+        );
+        assert_eq!(&body(waiter).await?[..], b"page");
+        assert_eq!(calls.get(), 2, "{status}");
+    }
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_private_or_no_store_failure_is_not_shared() -> TestResult {
     for (cache_control, remembered) in [("private", false), ("no-store", false), ("", true)] {

@@ -659,9 +659,10 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 /// that waited for its origin call, and for a moment later ones (`remember_failures`).
 ///
 /// Only between requests without credentials, and only a final answer that is the same for
-/// everyone: not a 1xx (interim, RFC 9110 §15.2: never anyone's final response), not
-/// `private`, not `no-store` (it must not be reused at all), no `Set-Cookie`, no `Vary` (it
-/// might not be the waiter's variant).
+/// everyone: not a 1xx (interim, RFC 9110 §15.2: never anyone's final response), not a 408 or
+/// 429 (about the client that sent the request: its timeout, its rate limit, RFC 9110 §15.5.9,
+/// RFC 6585 §4), not `private`, not `no-store` (it must not be reused at all), no
+/// `Set-Cookie`, no `Vary` (it might not be the waiter's variant).
 pub(crate) fn failure_is_shareable(
     request_has_credentials: bool,
     status: StatusCode,
@@ -670,6 +671,8 @@ pub(crate) fn failure_is_shareable(
 ) -> bool {
     if request_has_credentials
         || status.is_informational()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
         || response.contains_key(header::SET_COOKIE)
         || response.contains_key(header::VARY)
     {

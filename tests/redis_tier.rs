@@ -1048,3 +1048,56 @@ async fn a_purge_sent_while_redis_is_frozen_is_not_undone_when_it_thaws() -> Tes
     assert_eq!(calls.get(), 2);
     Ok(())
 }
+
+/// The same for a `Vary` variant: the lock is the family's, and a miss for a variant whose
+/// claim comes after another instance loaded, wrote and let go of that variant reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_miss_whose_claim_comes_after_another_instance_loaded_it_reads_that_value(
+) -> TestResult {
+    let Some(redis) = RedisServer::start("a variant loaded between a read and a claim") else {
+        return Ok(());
+    };
+    let delay = Duration::from_millis(200);
+    let proxy = common::redis_server::delaying_proxy(redis.port, delay).await;
+    let slow_link =
+        RedisConfig::new(&format!("redis://127.0.0.1:{proxy}/"))?.timeout(Duration::from_secs(3));
+    let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
+        let language = (request.headers().get("accept-language"))
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        let mut response = reply_cc(format!("{language} v{n}"), "max-age=60");
+        (response.headers_mut()).insert("vary", http::HeaderValue::from_static("accept-language"));
+        Ok(response)
+    });
+    let far = SwrLayer::new().redis(slow_link).layer(origin.clone());
+    let near = SwrLayer::new().redis(redis.config()).layer(origin);
+    let in_language =
+        |language: &'static str| get_with("/v", http::header::ACCEPT_LANGUAGE, language);
+    // The family is known to both: the far instance answers `en` from Redis.
+    call(&near, in_language("en")).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&far, in_language("en")).await?.0 != CacheStatus::SharedTier {
+        assert!(Instant::now() < deadline, "the far instance never found en");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = calls.get();
+    let far_request = tokio::spawn({
+        let far = far.clone();
+        async move {
+            call(&far, in_language("de"))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = call(&near, in_language("de")).await?;
+    assert_eq!(status, CacheStatus::Miss);
+    let (far_status, far_body) = far_request.await??;
+    assert_eq!(
+        (far_status, &far_body),
+        (CacheStatus::SharedTier, &body),
+        "the far instance answers the near one's de"
+    );
+    assert_eq!(calls.get() - before, 1, "one origin call for the fleet");
+    Ok(())
+}

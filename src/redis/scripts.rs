@@ -3,7 +3,8 @@
 //!
 //! Per cache key: the *base* hash (the key without its `Vary` variant) holds the write fence
 //! `f` (bumped by every lock grant and every purge), the purge time `p` and the soft-purge time
-//! `q` (Redis server milliseconds), and, for a response without `Vary`, the value itself; each
+//! `q` (Redis server milliseconds), `g` (the fence of the last grant whose value is written),
+//! `e` (when a variant was last written), and, for a response without `Vary`, the value itself; each
 //! variant's hash holds `v` (the encoded value), `s` (when it was written, server ms) and `w`
 //! (the writer's wall-clock stored-at, ms, so an older load never replaces a newer one).
 
@@ -28,12 +29,14 @@ if ARGV[5] == '1' then
     return {2, tonumber(f)}
   end
 elseif ARGV[6] ~= '' then
-  local b = redis.call('HMGET', KEYS[1], 'f', 'g', 's')
-  if b[1] and b[2] == b[1] and b[3] then
+  -- When the family was last written: its own value (s) or a variant (e).
+  local b = redis.call('HMGET', KEYS[1], 'f', 'g', 's', 'e')
+  local w = math.max(tonumber(b[3] or '0'), tonumber(b[4] or '0'))
+  if b[1] and b[2] == b[1] and w > 0 then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     -- 2 ms: the times are whole milliseconds; a write the read saw should not count.
-    if tonumber(b[3]) >= now - tonumber(ARGV[6]) + 2 then return {2, tonumber(b[1])} end
+    if w >= now - tonumber(ARGV[6]) + 2 then return {2, tonumber(b[1])} end
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -73,9 +76,10 @@ if ARGV[2] == '' and ARGV[6] ~= '' then
   if p and tonumber(p) >= now - tonumber(ARGV[6]) then return 0 end
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', now, 'w', ARGV[3])
-if KEYS[1] == KEYS[2] and ARGV[2] ~= '' then
-  -- The value of the grant whose fence it carries is there (see CLAIM).
-  redis.call('HSET', KEYS[1], 'g', ARGV[2])
+if ARGV[2] ~= '' then
+  -- The value of the grant whose fence it carries is there (see CLAIM): the key's own, or
+  -- one of its family's variants (the lock is the family's).
+  redis.call('HSET', KEYS[2], 'g', ARGV[2])
 end
 local at = tonumber(ARGV[4])
 if redis.call('PEXPIRETIME', KEYS[1]) < at then redis.call('PEXPIREAT', KEYS[1], at) end

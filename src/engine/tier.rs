@@ -337,15 +337,7 @@ impl<K: Clone + Send + Sync + 'static, V: 'static> TierClaim<K, V> {
     /// Asks the tier for its lock on `key` (bounded by the tier timeout: no answer is
     /// [`Claim::Open`], the lock fails open).
     pub(crate) async fn ask(tier: &Tier<K, V>, key: &K) -> Self {
-        let claim = tier.bounded(tier.tier.claim(key)).await.unwrap_or_else(|| {
-            tracing::debug!(timeout = ?tier.timeout, "the shared tier did not grant a lock in time");
-            Claim::Open
-        });
-        Self {
-            tier: tier.clone(),
-            key: key.clone(),
-            claim,
-        }
+        Self::asked(tier, key, tier.tier.claim(key), true).await
     }
 
     /// [`ask`](Self::ask) for a miss whose read was sent at `read_at` (see
@@ -355,26 +347,23 @@ impl<K: Clone + Send + Sync + 'static, V: 'static> TierClaim<K, V> {
         key: &K,
         read_at: tokio::time::Instant,
     ) -> Self {
-        let claim = tier
-            .bounded(tier.tier.claim_after_read(key, read_at.elapsed()))
-            .await
-            .unwrap_or_else(|| {
-                tracing::debug!(timeout = ?tier.timeout, "the shared tier did not grant a lock in time");
-                Claim::Open
-            });
-        Self {
-            tier: tier.clone(),
-            key: key.clone(),
-            claim,
-        }
+        let ask = tier.tier.claim_after_read(key, read_at.elapsed());
+        Self::asked(tier, key, ask, true).await
     }
 
     /// [`ask`](Self::ask) again, while waiting for the holder's value.
     pub(crate) async fn ask_again(tier: &Tier<K, V>, key: &K) -> Self {
-        let claim = tier
-            .bounded(tier.tier.claim_again(key))
-            .await
-            .unwrap_or(Claim::Open);
+        Self::asked(tier, key, tier.tier.claim_again(key), false).await
+    }
+
+    /// The claim `ask` answers in time, else [`Claim::Open`] (`log`: say so).
+    async fn asked(tier: &Tier<K, V>, key: &K, ask: TierFuture<'_, Claim>, log: bool) -> Self {
+        let claim = tier.bounded(ask).await.unwrap_or_else(|| {
+            if log {
+                tracing::debug!(timeout = ?tier.timeout, "the shared tier did not grant a lock in time");
+            }
+            Claim::Open
+        });
         Self {
             tier: tier.clone(),
             key: key.clone(),

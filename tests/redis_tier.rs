@@ -1101,3 +1101,51 @@ async fn a_variant_miss_whose_claim_comes_after_another_instance_loaded_it_reads
     assert_eq!(calls.get() - before, 1, "one origin call for the fleet");
     Ok(())
 }
+
+/// Instances waiting on a family's lock for one variant while another instance loads another
+/// variant: when that other variant is written, they do not all load theirs at once without
+/// the lock; one takes the lock and loads it, the others take its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_for_one_variant_take_the_lock_in_turn_when_another_variant_is_written(
+) -> TestResult {
+    let Some(redis) = RedisServer::start("waiting for a variant of a family") else {
+        return Ok(());
+    };
+    let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
+        let language = (request.headers().get("accept-language"))
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut response = reply_cc(format!("{language} v{n}"), "max-age=60");
+        (response.headers_mut()).insert("vary", http::HeaderValue::from_static("accept-language"));
+        Ok(response)
+    });
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    let in_language =
+        |language: &'static str| get_with("/family", http::header::ACCEPT_LANGUAGE, language);
+    // Every instance knows the family (its Vary): the others answer `en` from Redis.
+    call(&instances[0].0, in_language("en")).await?;
+    for (service, _) in &instances[1..] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while call(service, in_language("en")).await?.0 != CacheStatus::SharedTier {
+            assert!(Instant::now() < deadline, "an instance never found en");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let before = calls.get();
+    // The first instance loads `fr` under the family's lock; the two others ask for `de`.
+    let fr = tokio::spawn(instances[0].0.clone().oneshot(in_language("fr")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let de: Vec<_> = instances[1..]
+        .iter()
+        .map(|(service, _)| tokio::spawn(service.clone().oneshot(in_language("de"))))
+        .collect();
+    assert_eq!(fr.await??.status(), StatusCode::OK);
+    let mut bodies = Vec::new();
+    for answer in de {
+        bodies.push(common::body(answer.await??).await?);
+    }
+    assert_eq!(bodies[0], bodies[1], "one de for both instances");
+    assert_eq!(calls.get() - before, 2, "fr once and de once for the fleet");
+    Ok(())
+}

@@ -590,7 +590,13 @@ where
                 if held.is_written() {
                     // Another cache loaded it and let go between the read and the claim.
                     found = self.copy_in_tier(&key, super::past_known(than)).await;
-                } else if held.is_held_elsewhere() {
+                    if found.is_none() {
+                        // What it wrote is of no use here (another variant of the family,
+                        // too heavy): the lock, as any miss asks it.
+                        held = TierClaim::ask(tier, &key).await;
+                    }
+                }
+                if held.is_held_elsewhere() {
                     match self.wait_in_tier(&key, than).await {
                         TierWait::Found(entry) => found = Some(entry),
                         TierWait::Claimed(taken) => held = taken,

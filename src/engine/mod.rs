@@ -1029,14 +1029,21 @@ where
             if let Some(entry) = self.copy_in_tier(key, newer_than).await {
                 return TierWait::Found(entry);
             }
-            let claim = TierClaim::ask_again(tier, key).await;
+            let mut claim = TierClaim::ask_again(tier, key).await;
             if !claim.is_held_elsewhere() {
                 // The holder's value may have landed just before it let go of the lock.
                 if let Some(entry) = self.copy_in_tier(key, newer_than).await {
                     return TierWait::Found(entry);
                 }
-                // Free, or written with a value of no use here (too heavy for this cache, or
-                // gone again): this cache loads rather than wait out the lock timeout.
+                if claim.is_written() {
+                    // Written, but of no use here (another variant of the family, too heavy
+                    // for this cache): the lock, as a miss asks it (the others wait on it).
+                    claim = TierClaim::ask(tier, key).await;
+                    if claim.is_held_elsewhere() {
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                        continue;
+                    }
+                }
                 return TierWait::Claimed(claim);
             }
             pause = (pause * 2).min(Duration::from_millis(50));

@@ -1149,3 +1149,39 @@ async fn waiters_for_one_variant_take_the_lock_in_turn_when_another_variant_is_w
     assert_eq!(calls.get() - before, 2, "fr once and de once for the fleet");
     Ok(())
 }
+
+/// An instance that learns a family's `Vary` from Redis on its first request for a variant,
+/// while another instance is loading that variant, waits for that variant (not for the
+/// family's own value, which it never holds) and answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_new_to_a_family_waits_for_the_variant_another_is_loading() -> TestResult {
+    let Some(redis) = RedisServer::start("a new instance waiting for a variant") else {
+        return Ok(());
+    };
+    let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
+        let language = (request.headers().get("accept-language"))
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut response = reply_cc(format!("{language} v{n}"), "max-age=60");
+        (response.headers_mut()).insert("vary", http::HeaderValue::from_static("accept-language"));
+        Ok(response)
+    });
+    let instances = three_instances(&redis, origin, SwrLayer::new);
+    let in_language =
+        |language: &'static str| get_with("/new", http::header::ACCEPT_LANGUAGE, language);
+    call(&instances[0].0, in_language("en")).await?;
+    // Let the first instance's write of en (and of the family's Vary) land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = tokio::spawn(instances[0].0.clone().oneshot(in_language("de")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = call(&instances[1].0, in_language("de")).await?;
+    let led = common::body(leader.await??).await?;
+    assert_eq!(
+        (status, &body),
+        (CacheStatus::SharedTier, &led),
+        "the new instance answers the de the other loaded"
+    );
+    assert_eq!(calls.get(), 2, "en once and de once for the fleet");
+    Ok(())
+}

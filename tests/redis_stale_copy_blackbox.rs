@@ -962,6 +962,14 @@ async fn engine_concurrent_first_callers_all_get_the_stale_tier_copy_at_once() -
         "nobody waited for the refresh ({:?})",
         started.elapsed()
     );
+    // The refresh is detached (it asks the tier's lock first): it may reach its loader only
+    // after every caller was answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while loads.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no refresh started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(loads.load(Ordering::SeqCst), 1, "one refresh");
     Ok(())
 }

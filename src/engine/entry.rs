@@ -84,7 +84,8 @@ impl<V> Loaded<V> {
         self
     }
 
-    /// Records how long producing the value took (for the optional early refresh).
+    /// Records how long producing the value took (for the optional early refresh). Without
+    /// it, `get_or_load` records the time the loader's future took.
     #[must_use]
     pub fn with_load_time(mut self, duration: Duration) -> Self {
         self.load_time = duration;

@@ -79,14 +79,17 @@ struct RefreshBook<K> {
 /// breaker across keys.
 #[derive(Debug)]
 pub(crate) struct Refreshes<K> {
+    /// The cache's name, for the circuit breaker's log event.
+    name: std::sync::Arc<str>,
     book: Mutex<RefreshBook<K>>,
     backoff: Backoff,
     breaker: Option<Breaker>,
 }
 
 impl<K: Hash + Eq + Clone> Refreshes<K> {
-    pub(crate) fn new(backoff: Backoff, breaker: Option<Breaker>) -> Self {
+    pub(crate) fn new(backoff: Backoff, breaker: Option<Breaker>, name: &str) -> Self {
         Self {
+            name: name.into(),
             book: Mutex::new(RefreshBook {
                 keys: HashMap::default(),
                 consecutive_failures: 0,
@@ -198,6 +201,7 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
                 book.consecutive_failures = 0;
                 book.paused_until = Some(now + breaker.cooldown);
                 tracing::warn!(
+                    cache = %self.name,
                     failures = breaker.threshold,
                     cooldown = ?breaker.cooldown,
                     "refreshes keep failing: pausing all background refreshes (circuit open)"

@@ -682,7 +682,8 @@ where
                     land(&mut leader, Landing::FAILED);
                     self.inner.counters.loads_failed.inc();
                     let timeout_ms = limit.map_or(0, |limit| limit.as_millis() as u64);
-                    tracing::warn!(key = ?key, timeout_ms, "the load did not finish in time");
+                    let cache = &self.inner.name;
+                    tracing::warn!(%cache, key = ?key, timeout_ms, "the load did not finish in time");
                     self.inner.counters.stale_if_error.inc();
                     self.alert_if_old(&key, &fallback, Stamp::now());
                     return caller.answer(

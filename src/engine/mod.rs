@@ -247,7 +247,9 @@ where
     }
 
     /// After a failed refresh, the next refresh of that key waits `base`, doubling with each
-    /// further failure up to `max` (defaults 1 s and 60 s).
+    /// further failure up to `max` (defaults 1 s and 60 s). Each wait is jittered: a random
+    /// time between half of it and all of it, so keys that failed together do not retry
+    /// together.
     pub fn refresh_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff = Backoff { base, max };
         self
@@ -334,7 +336,8 @@ where
                 max_entry_weight: store::max_entry_weight(&store),
                 store,
                 weigher,
-                refreshes: Arc::new(Refreshes::new(self.backoff, self.breaker)),
+                refreshes: Arc::new(Refreshes::new(self.backoff, self.breaker, &self.name)),
+                name: self.name.as_str().into(),
                 flights: Arc::new(Flights::new(self.remember_failures)),
                 lock_timeout: self.lock_timeout,
                 refresh_timeout: self.refresh_timeout,
@@ -398,6 +401,8 @@ where
 }
 
 struct Inner<K, V> {
+    /// The cache's name: the `cache` label of its metrics and field of its log events.
+    name: Arc<str>,
     store: Store<K, V>,
     max_entry_weight: u64,
     weigher: Weigher<K, V>,
@@ -585,8 +590,11 @@ where
         self.inner.store.remove(key).map(|(key, _)| key)
     }
 
-    /// Marks `key` stale (a soft purge): the next lookup is answered from it while it refreshes.
-    /// Returns whether something was there.
+    /// Marks `key` stale (a soft purge): the next lookup is answered from it while it refreshes,
+    /// within the entry's stale-while-revalidate window; an entry stored without one (e.g.
+    /// [`Freshness::new`]) is expired instead, and the next lookup loads (or, with
+    /// stale-if-error, falls back on it if the load fails). Returns whether something was
+    /// there.
     pub fn mark_stale<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
@@ -838,6 +846,7 @@ where
             }
             Found::Miss { expired } => {
                 let caller = LoaderCaller {
+                    cache: Arc::clone(&self.inner.name),
                     load: Some(load),
                     error: PhantomData,
                 };
@@ -1156,6 +1165,7 @@ where
             let age = entry.age_at(now);
             if age > limit {
                 tracing::warn!(
+                    cache = %self.inner.name,
                     ?key,
                     age_secs = age.as_secs(),
                     alert_secs = limit.as_secs(),
@@ -1210,7 +1220,7 @@ where
         Fut: Future<Output = Result<(), RefreshFailure>> + Send + 'static,
     {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(key = ?key, "no tokio runtime: stale entry not refreshed");
+            tracing::warn!(cache = %self.inner.name, key = ?key, "no tokio runtime: stale entry not refreshed");
             guard.finish(true);
             return;
         };
@@ -1233,17 +1243,17 @@ where
                     false
                 }
                 Ok(Ok(Err(reason))) => {
-                    tracing::warn!(key = ?key, %reason, "background refresh failed; keeping the stale value");
+                    tracing::warn!(cache = %inner.name, key = ?key, %reason, "background refresh failed; keeping the stale value");
                     true
                 }
                 Ok(Err(_panic)) => {
                     counters.refreshes_panicked.inc();
-                    tracing::error!(key = ?key, "background refresh panicked; keeping the stale value");
+                    tracing::error!(cache = %inner.name, key = ?key, "background refresh panicked; keeping the stale value");
                     true
                 }
                 Err(_) => {
                     counters.refreshes_timed_out.inc();
-                    tracing::warn!(key = ?key, timeout = ?inner.refresh_timeout,
+                    tracing::warn!(cache = %inner.name, key = ?key, timeout = ?inner.refresh_timeout,
                         "background refresh timed out; keeping the stale value");
                     true
                 }
@@ -1317,7 +1327,13 @@ where
         Poll::Ready(match result {
             Ok(loaded) => Outcome::Store {
                 key,
-                loaded: loaded.with_load_time(this.started.elapsed()),
+                // The loader's own figure when it gave one (e.g. the query's time, not the
+                // wait for a connection); else the time this load took.
+                loaded: if loaded.load_time.is_zero() {
+                    loaded.with_load_time(this.started.elapsed())
+                } else {
+                    loaded
+                },
                 revalidated: false,
             },
             Err(error) => {
@@ -1336,6 +1352,8 @@ where
 
 /// [`SwrCache::get_or_load`]'s side of a foreground load: a closure, answered with `Lookup`s.
 struct LoaderCaller<F, E> {
+    /// The cache's name, for its log events.
+    cache: Arc<str>,
     load: Option<F>,
     error: PhantomData<fn() -> E>,
 }
@@ -1372,7 +1390,7 @@ where
             Answered::StaleIfError { failure } => {
                 let error = failure.and_then(|f| f.downcast_ref::<E>());
                 let error = error.map(|e| tracing::field::display(e as &dyn fmt::Display));
-                tracing::warn!(key = ?key, age_secs = entry.age_at(now).as_secs(), error,
+                tracing::warn!(cache = %self.cache, key = ?key, age_secs = entry.age_at(now).as_secs(), error,
                     "serving stale value: the loader failed");
                 Status::StaleIfError
             }

@@ -399,7 +399,8 @@ impl SwrLayer {
     }
 
     /// Backoff after a failed refresh: `base`, doubling per failure, capped at `max`
-    /// (default 1 s to 60 s). Stale keeps being served meanwhile.
+    /// (default 1 s to 60 s), each wait jittered (between half of it and all of it). Stale
+    /// keeps being served meanwhile.
     pub fn refresh_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.store.backoff = (base, max);
         self.store_changed()

@@ -453,6 +453,7 @@ fn one_refresh_at_a_time(breaker: bool) {
             threshold: 1,
             cooldown: HOUR,
         }),
+        "model",
     ));
     let holders = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let failed = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);

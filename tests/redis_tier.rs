@@ -496,7 +496,9 @@ async fn a_value_moved_under_another_keys_name_is_never_served_for_it() -> TestR
     let (status, body) = call(&instances[1].0, get("/bob")).await?;
     assert_eq!(status, CacheStatus::Miss, "not taken from Redis");
     assert_eq!(&body[..], b"/bob v3", "Bob never gets Alice's response");
-    assert_eq!(instances[1].1.redis_stats().unwrap().corrupt, 1);
+    // Counted; twice when Bob's value was written just before this read (the lock request
+    // then reads it once more: see the late-claim tests).
+    assert!((1..=2).contains(&instances[1].1.redis_stats().unwrap().corrupt));
     assert_eq!(calls.get(), 3);
     Ok(())
 }

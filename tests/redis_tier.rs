@@ -1051,6 +1051,19 @@ async fn a_purge_sent_while_redis_is_frozen_is_not_undone_when_it_thaws() -> Tes
     Ok(())
 }
 
+/// An origin answering `{language} v{n}` after `delay`, varying on `Accept-Language`.
+fn by_language(delay: Duration) -> (impl OriginService, Calls) {
+    origin(move |n, request: http::Request<ReqBody>| async move {
+        let language = (request.headers().get("accept-language"))
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        tokio::time::sleep(delay).await;
+        let mut response = reply_cc(format!("{language} v{n}"), "max-age=60");
+        (response.headers_mut()).insert("vary", http::HeaderValue::from_static("accept-language"));
+        Ok(response)
+    })
+}
+
 /// The same for a `Vary` variant: the lock is the family's, and a miss for a variant whose
 /// claim comes after another instance loaded, wrote and let go of that variant reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1063,14 +1076,7 @@ async fn a_variant_miss_whose_claim_comes_after_another_instance_loaded_it_reads
     let proxy = common::redis_server::delaying_proxy(redis.port, delay).await;
     let slow_link =
         RedisConfig::new(&format!("redis://127.0.0.1:{proxy}/"))?.timeout(Duration::from_secs(3));
-    let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
-        let language = (request.headers().get("accept-language"))
-            .map(|v| v.to_str().unwrap_or_default().to_owned())
-            .unwrap_or_default();
-        let mut response = reply_cc(format!("{language} v{n}"), "max-age=60");
-        (response.headers_mut()).insert("vary", http::HeaderValue::from_static("accept-language"));
-        Ok(response)
-    });
+    let (origin, calls) = by_language(Duration::ZERO);
     let far = SwrLayer::new().redis(slow_link).layer(origin.clone());
     let near = SwrLayer::new().redis(redis.config()).layer(origin);
     let in_language =
@@ -1113,15 +1119,7 @@ async fn waiters_for_one_variant_take_the_lock_in_turn_when_another_variant_is_w
     let Some(redis) = RedisServer::start("waiting for a variant of a family") else {
         return Ok(());
     };
-    let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
-        let language = (request.headers().get("accept-language"))
-            .map(|v| v.to_str().unwrap_or_default().to_owned())
-            .unwrap_or_default();
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let mut response = reply_cc(format!("{language} v{n}"), "max-age=60");
-        (response.headers_mut()).insert("vary", http::HeaderValue::from_static("accept-language"));
-        Ok(response)
-    });
+    let (origin, calls) = by_language(Duration::from_millis(400));
     let instances = three_instances(&redis, origin, SwrLayer::new);
     let in_language =
         |language: &'static str| get_with("/family", http::header::ACCEPT_LANGUAGE, language);
@@ -1160,15 +1158,7 @@ async fn an_instance_new_to_a_family_waits_for_the_variant_another_is_loading() 
     let Some(redis) = RedisServer::start("a new instance waiting for a variant") else {
         return Ok(());
     };
-    let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
-        let language = (request.headers().get("accept-language"))
-            .map(|v| v.to_str().unwrap_or_default().to_owned())
-            .unwrap_or_default();
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let mut response = reply_cc(format!("{language} v{n}"), "max-age=60");
-        (response.headers_mut()).insert("vary", http::HeaderValue::from_static("accept-language"));
-        Ok(response)
-    });
+    let (origin, calls) = by_language(Duration::from_millis(400));
     let instances = three_instances(&redis, origin, SwrLayer::new);
     let in_language =
         |language: &'static str| get_with("/new", http::header::ACCEPT_LANGUAGE, language);

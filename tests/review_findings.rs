@@ -1,0 +1,161 @@
+//! White-box review findings: each test drives the public API as an application would. Tests
+//! marked `#[ignore = "FINDING: ..."]` fail today (run them with `--ignored`); the others check
+//! something that holds.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::time::advance;
+use tower::{Layer, ServiceExt};
+use tower_swr::engine::{Freshness, Loaded, Status, SwrCache};
+use tower_swr::SwrLayer;
+
+type Cache = SwrCache<String, u64>;
+
+/// Runs `fut` on its own task and says whether it panicked.
+async fn panics<F>(fut: F) -> bool
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut).await.is_err()
+}
+
+// ------------------------------------------------------------------ huge configured durations
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: ttl_jitter with a Duration::MAX ttl panics in Duration::mul_f64"]
+async fn engine_ttl_jitter_with_a_forever_ttl_does_not_panic() {
+    let cache: Cache = SwrCache::builder().ttl_jitter(0.1).build();
+    let mut panicked = 0;
+    for i in 0..20 {
+        let cache = cache.clone();
+        panicked += usize::from(
+            panics(async move {
+                cache
+                    .get_or_load(format!("k{i}"), || async {
+                        Ok::<_, String>(Loaded::new(7, Freshness::new(Duration::MAX)))
+                    })
+                    .await
+                    .map(|l| l.value)
+            })
+            .await,
+        );
+    }
+    assert_eq!(panicked, 0, "{panicked} of 20 loads panicked");
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: SwrLayer ttl(Duration::MAX) + ttl_jitter panics on the first store"]
+async fn layer_ttl_jitter_with_a_forever_ttl_does_not_panic() {
+    let (o, _calls) = origin(|_, _| async { Ok(reply("v")) });
+    let service = SwrLayer::new().ttl(Duration::MAX).ttl_jitter(0.2).layer(o);
+    let mut panicked = 0;
+    for i in 0..20 {
+        let service = service.clone();
+        panicked += usize::from(
+            panics(async move { service.oneshot(get(&format!("/p{i}"))).await.map(|_| ()) }).await,
+        );
+    }
+    assert_eq!(panicked, 0, "{panicked} of 20 requests panicked");
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: lock_timeout(Duration::MAX) (\"wait for the one load\") panics on Instant overflow for the 2nd caller"]
+async fn engine_forever_lock_timeout_coalesces_without_panicking() {
+    let cache: Cache = SwrCache::builder().lock_timeout(Duration::MAX).build();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let load = |calls: Arc<AtomicUsize>| {
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(secs(1)).await;
+            Ok::<_, String>(Loaded::new(1, Freshness::new(secs(60))))
+        }
+    };
+    let first = tokio::spawn({
+        let (cache, calls) = (cache.clone(), Arc::clone(&calls));
+        async move {
+            cache
+                .get_or_load("k".into(), load(calls))
+                .await
+                .map(|l| l.value)
+        }
+    });
+    tokio::task::yield_now().await;
+    let second = tokio::spawn({
+        let (cache, calls) = (cache.clone(), Arc::clone(&calls));
+        async move {
+            cache
+                .get_or_load("k".into(), load(calls))
+                .await
+                .map(|l| l.value)
+        }
+    });
+    let (first, second) = (first.await, second.await);
+    assert!(first.is_ok(), "the leader panicked");
+    assert!(second.is_ok(), "the waiter panicked: {second:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: remember_failures(Duration::MAX) panics on Instant overflow when a load fails"]
+async fn engine_forever_remembered_failure_does_not_panic() {
+    let cache: Cache = SwrCache::builder().remember_failures(Duration::MAX).build();
+    let failed = panics({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load("k".into(), || async {
+                    Err::<Loaded<u64>, _>("down".to_string())
+                })
+                .await
+                .map(|l| l.value)
+        }
+    })
+    .await;
+    assert!(!failed, "a failed load panicked");
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: circuit_breaker(n, Duration::MAX): `now + cooldown` panics in the refresh task; the breaker never opens"]
+async fn engine_forever_breaker_cooldown_does_not_panic() {
+    let cache: Cache = SwrCache::builder()
+        .circuit_breaker(1, Duration::MAX)
+        .build();
+    let fresh = Freshness::new(secs(1)).with_stale_while_revalidate(secs(600));
+    cache.insert("k".to_string(), 1, fresh);
+    advance(secs(2)).await;
+    let stale = cache
+        .get_or_load("k".into(), || async {
+            Err::<Loaded<u64>, _>("down".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(stale.status, Status::Stale);
+    settle().await;
+    assert_eq!(cache.stats().refreshes_failed, 1);
+    // The failure opened the breaker (threshold 1, cooldown "forever"): no other key's refresh
+    // may start now.
+    cache.insert("other".to_string(), 2, fresh);
+    advance(secs(2)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let stale = cache
+        .get_or_load("other".into(), move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(Loaded::new(3, Freshness::new(secs(60))))
+        })
+        .await
+        .unwrap();
+    assert_eq!(stale.status, Status::Stale);
+    settle().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the breaker did not open: its `now + cooldown` panicked inside the refresh task"
+    );
+}

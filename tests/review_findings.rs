@@ -196,3 +196,62 @@ async fn a_stalled_fill_without_readers_is_given_up() -> TestResult {
     );
     Ok(())
 }
+
+// ------------------------------------------------------------------ byte budget vs real memory
+
+/// Counts the bytes allocated and not yet freed by the current thread (the paused-clock tests
+/// run on one thread), so a test can see what the cache really keeps alive.
+struct Counting;
+
+thread_local! {
+    static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = LIVE.try_with(|live| live.set(live.get() + layout.size() as isize));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        let _ = LIVE.try_with(|live| live.set(live.get() - layout.size() as isize));
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_bytes() -> isize {
+    LIVE.with(|live| live.get())
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: a stored body that is a slice of a larger buffer (hyper's read buffer) pins the whole buffer; the byte budget counts only the slice"]
+async fn stored_bodies_do_not_pin_more_memory_than_the_budget() -> TestResult {
+    const CAPACITY: u64 = 1 << 20;
+    // Like a body read by a hyper client: each response's bytes are a slice of the larger
+    // buffer the connection read into.
+    let (o, _calls) = origin(|_, _| async {
+        let read_buffer = bytes::Bytes::from(vec![b'x'; 256 << 10]);
+        Ok(reply_cc(read_buffer.slice(..1024), "max-age=600"))
+    });
+    let layer = SwrLayer::new().capacity_bytes(CAPACITY);
+    let service = layer.layer(o);
+    // Warm up the runtime and the layer's own tables.
+    let _ = body(service.clone().oneshot(get("/warm")).await?).await?;
+    let before = live_bytes();
+    for i in 0..200 {
+        let response = service.clone().oneshot(get(&format!("/item/{i}"))).await?;
+        assert_eq!(body(response).await?.len(), 1024);
+    }
+    let kept = live_bytes() - before;
+    let stats = layer.stats();
+    assert!(stats.stores >= 200, "{stats:?}");
+    assert!(
+        kept < 4 * CAPACITY as isize,
+        "a cache of {CAPACITY} bytes keeps {kept} bytes alive ({} MiB)",
+        kept >> 20
+    );
+    Ok(())
+}

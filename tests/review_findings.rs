@@ -255,3 +255,26 @@ async fn stored_bodies_do_not_pin_more_memory_than_the_budget() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: max_body_bytes(usize::MAX) (\"no limit\") overflows `max_body_bytes as u64 + 64 KiB` when the layer builds (debug builds panic)"]
+async fn an_unlimited_max_body_bytes_does_not_panic() {
+    let (o, _calls) = origin(|_, _| async { Ok(reply("v")) });
+    let service = SwrLayer::new().max_body_bytes(usize::MAX).layer(o);
+    let panicked = panics(async move { service.oneshot(get("/")).await.map(|_| ()) }).await;
+    assert!(!panicked, "the first request panicked");
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: origin_timeout(Duration::MAX) panics (`Instant::now() + limit`) on a miss that a stale-if-error entry could answer"]
+async fn a_huge_origin_timeout_does_not_panic() -> TestResult {
+    let (o, _calls) = origin(|_, _| async { Ok(reply_cc("v", "max-age=1, stale-if-error=600")) });
+    let service = SwrLayer::new().origin_timeout(Duration::MAX).layer(o);
+    let _ = body(service.clone().oneshot(get("/")).await?).await?;
+    // Past the (default) stale-while-revalidate window, inside stale-if-error: a miss that
+    // the stored response could answer should the origin fail or be slow.
+    advance(secs(200)).await;
+    let panicked = panics(async move { service.oneshot(get("/")).await.map(|_| ()) }).await;
+    assert!(!panicked, "the miss past the fresh lifetime panicked");
+    Ok(())
+}

@@ -355,3 +355,41 @@ async fn an_unsafe_request_invalidates_variants_stored_before_vary_flapped() -> 
     );
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: remembered failures (up to 4096 keys x 64 KiB bodies) live outside the byte budget and are never freed once expired"]
+async fn remembered_failures_count_against_the_budget_and_are_freed() -> TestResult {
+    use http::StatusCode;
+    const CAPACITY: u64 = 1 << 20;
+    // An endpoint failing with a 60 KiB error page; a client (or a crawler) asks for many
+    // distinct query strings.
+    let (o, _calls) = origin(|_, _| async {
+        Ok(reply_status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            vec![b'e'; 60 << 10],
+        ))
+    });
+    let layer = SwrLayer::new().capacity_bytes(CAPACITY);
+    let service = layer.layer(o);
+    let _ = body(service.clone().oneshot(get("/warm")).await?).await?;
+    advance(secs(10)).await;
+    let before = live_bytes();
+    for i in 0..1000 {
+        let response = service
+            .clone()
+            .oneshot(get(&format!("/search?q={i}")))
+            .await?;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let _ = body(response).await?;
+    }
+    // Every failure was remembered for 1 s (`remember_failures`): long over.
+    advance(secs(60)).await;
+    settle().await;
+    let kept = live_bytes() - before;
+    assert!(
+        kept < 4 * CAPACITY as isize,
+        "a cache of {CAPACITY} bytes keeps {kept} bytes ({} MiB) of expired failures alive",
+        kept >> 20
+    );
+    Ok(())
+}

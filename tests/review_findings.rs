@@ -393,3 +393,30 @@ async fn remembered_failures_count_against_the_budget_and_are_freed() -> TestRes
     );
     Ok(())
 }
+
+// ------------------------------------------------------------------ checked and sound
+
+/// Header-driven lifetimes are capped (delta-seconds at 2^31, `Expires` within year 9999), so
+/// the jitter's multiplication cannot overflow from what an origin sends: only a configured
+/// `Duration::MAX` reaches it (the findings above).
+#[tokio::test(start_paused = true)]
+async fn huge_origin_lifetimes_with_ttl_jitter_do_not_panic() -> TestResult {
+    use http::header;
+    let (o, _calls) = origin(|n, _| async move {
+        Ok(match n % 3 {
+            0 => reply_cc("a", "max-age=99999999999999999999999999, s-maxage=18446744073709551615"),
+            1 => with_header(reply("b"), header::EXPIRES, "Fri, 31 Dec 9999 23:59:59 GMT"),
+            _ => reply_cc("c", "max-age=18446744073709551615, stale-while-revalidate=18446744073709551615, stale-if-error=18446744073709551615"),
+        })
+    });
+    let service = SwrLayer::new().ttl_jitter(1.0).layer(o);
+    for i in 0..30 {
+        let service = service.clone();
+        let panicked =
+            panics(async move { service.oneshot(get(&format!("/{i}"))).await.map(|_| ()) }).await;
+        assert!(!panicked, "request {i} panicked");
+    }
+    let hit = service.clone().oneshot(get("/0")).await?;
+    assert_eq!(info(&hit).status, tower_swr::CacheStatus::Fresh);
+    Ok(())
+}

@@ -485,3 +485,67 @@ async fn the_loading_client_keeps_its_own_qualified_private_fields() -> TestResu
     }
     Ok(())
 }
+
+// ------------------------------------------------------------------ the Redis tier
+
+#[cfg(feature = "redis")]
+mod with_redis {
+    use super::*;
+    use common::redis_server::RedisServer;
+    use tower_swr::SwrHandle;
+
+    async fn writes_reach(handle: &SwrHandle, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handle.redis_stats().expect("a Redis tier").writes < n {
+            assert!(std::time::Instant::now() < deadline, "no write to Redis");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The layer's Cookie rule: a stored response answers a request with `Cookie` only if it
+    /// was `public` (or `s-maxage`). A stale hit that finds a fresher copy in Redis answers
+    /// with that copy without asking whether it may answer this request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "FINDING: a stale hit answered with Redis' fresher copy skips the credential/Vary check (`serves`): a Cookie request gets a non-public response"]
+    async fn a_fresher_copy_from_redis_obeys_the_cookie_rule() -> TestResult {
+        let Some(redis) = RedisServer::start("fresher copy cookie rule") else {
+            return Ok(());
+        };
+        // v1 is public and short; every later answer is for anonymous users only.
+        let (o, calls) = origin(|n, _| async move {
+            Ok(match n {
+                1 => reply_cc("v1", "public, max-age=1, stale-while-revalidate=60"),
+                _ => reply_cc(format!("v{n}"), "max-age=300"),
+            })
+        });
+        let layer_a = SwrLayer::new().redis(redis.config());
+        let a = (layer_a.handle(), layer_a.layer(o.clone()));
+        let _ = body(a.1.clone().oneshot(get("/page")).await?).await?;
+        writes_reach(&a.0, 1).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+
+        // Instance B finds v1 stale in Redis, answers it and refreshes it: v2 (not public)
+        // reaches Redis.
+        let layer_b = SwrLayer::new().redis(redis.config());
+        let b = (layer_b.handle(), layer_b.layer(o.clone()));
+        let _ = body(b.1.clone().oneshot(get("/page")).await?).await?;
+        writes_reach(&b.0, 1).await;
+        assert_eq!(calls.get(), 2);
+
+        // On B, a request with a session cookie is not answered from v2 (not public).
+        let cookie = || get_with("/page", http::header::COOKIE, "sid=alice");
+        let on_b = b.1.clone().oneshot(cookie()).await?;
+        let on_b = (info(&on_b).status, body(on_b).await?);
+        assert_ne!(on_b.1, "v2", "B: {on_b:?}");
+
+        // On A, the same request hits the stale public v1, finds v2 in Redis and gets it.
+        let on_a = a.1.clone().oneshot(cookie()).await?;
+        let status = info(&on_a).status;
+        let text = body(on_a).await?;
+        assert_ne!(
+            text, "v2",
+            "A answered a Cookie request with the non-public v2 from Redis ({status:?})"
+        );
+        Ok(())
+    }
+}

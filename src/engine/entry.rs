@@ -202,7 +202,13 @@ pub(crate) struct Entry<V> {
 }
 
 /// Far enough to mean "never", near enough to convert back to an `Instant`.
-const FOREVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+pub(crate) const FOREVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
+/// A configured duration as the engine keeps it: at most [`FOREVER`], so `now + setting`
+/// (and twice it) never overflows an `Instant`.
+pub(crate) fn setting(duration: Duration) -> Duration {
+    duration.min(FOREVER)
+}
 
 /// A duration as whole nanoseconds, saturating (an entry keeps its durations in 8 bytes).
 fn nanos(duration: Duration) -> u64 {

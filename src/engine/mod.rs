@@ -69,7 +69,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use self::clock::Stamp;
-pub(crate) use self::entry::{Entry, WallClock};
+pub(crate) use self::entry::{setting, Entry, WallClock};
 pub use self::entry::{Freshness, Lifetime, Loaded};
 pub use self::stats::Stats;
 pub use self::tier::{Claim, Remote, SharedTier, TierFuture};
@@ -235,14 +235,14 @@ where
     /// more start. So a slow loader gets at most one extra call per lock timeout per key.
     /// When loads keep failing, a caller that has waited this long loads on its own.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
-        self.lock_timeout = timeout;
+        self.lock_timeout = entry::setting(timeout);
         self
     }
 
     /// How long a background refresh may run before it is abandoned as failed (default 30 s;
     /// zero turns the timeout off).
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
-        self.refresh_timeout = timeout;
+        self.refresh_timeout = entry::setting(timeout);
         self
     }
 
@@ -251,7 +251,10 @@ where
     /// time between half of it and all of it, so keys that failed together do not retry
     /// together.
     pub fn refresh_backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.backoff = Backoff { base, max };
+        self.backoff = Backoff {
+            base: entry::setting(base),
+            max: entry::setting(max),
+        };
         self
     }
 
@@ -267,7 +270,7 @@ where
     pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
         self.breaker = (threshold > 0).then_some(Breaker {
             threshold,
-            cooldown,
+            cooldown: entry::setting(cooldown),
         });
         self
     }
@@ -292,7 +295,7 @@ where
     /// zero turns it off): inside its stale-while-revalidate window, or standing in for a
     /// failed load (stale-if-error, the outage case).
     pub fn stale_alert_age(mut self, age: Duration) -> Self {
-        self.stale_alert_age = (!age.is_zero()).then_some(age);
+        self.stale_alert_age = (!age.is_zero()).then_some(entry::setting(age));
         self
     }
 
@@ -301,7 +304,7 @@ where
     /// calling the loader, so a failing database or partner API sees one call per key per
     /// while, not one per caller. A value inside its stale-if-error window still wins.
     pub fn remember_failures(mut self, duration: Duration) -> Self {
-        self.remember_failures = duration;
+        self.remember_failures = entry::setting(duration);
         self
     }
 
@@ -316,7 +319,7 @@ where
     /// How long a call to the shared tier may take before the engine goes on without it
     /// (default 50 ms; zero turns the timeout off).
     pub fn shared_tier_timeout(mut self, timeout: Duration) -> Self {
-        self.shared_tier_timeout = timeout;
+        self.shared_tier_timeout = entry::setting(timeout);
         self
     }
 
@@ -901,7 +904,7 @@ where
         let mut loaded = loaded;
         if self.inner.ttl_jitter > 0.0 {
             let spread = (fastrand::f64() * 2.0 - 1.0) * self.inner.ttl_jitter;
-            loaded.freshness.ttl = loaded.freshness.ttl.mul_f64(1.0 + spread);
+            loaded.freshness.ttl = entry::setting(loaded.freshness.ttl).mul_f64(1.0 + spread);
         }
         (Arc::new(Entry::new(loaded, Stamp::now(), weight)), fits)
     }

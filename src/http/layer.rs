@@ -479,7 +479,9 @@ impl SwrLayer {
     /// Without such an entry the origin's own answer is awaited however long it takes: put
     /// tower's `TimeoutLayer` inside this layer for a hard limit.
     pub fn origin_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.config.origin_timeout = timeout.into().filter(|timeout| !timeout.is_zero());
+        self.config.origin_timeout = (timeout.into())
+            .filter(|timeout| !timeout.is_zero())
+            .map(crate::engine::setting);
         self.changed()
     }
 
@@ -502,7 +504,9 @@ impl SwrLayer {
     /// fresh lifetime as this cache stored it: for a response that arrived stale (its `Age`
     /// past its lifetime), from when it was stored.
     pub fn max_stale_when_disconnected(mut self, most: impl Into<Option<Duration>>) -> Self {
-        self.config.policy.stale_if_unreachable = most.into().filter(|most| !most.is_zero());
+        self.config.policy.stale_if_unreachable = (most.into())
+            .filter(|most| !most.is_zero())
+            .map(crate::engine::setting);
         self.changed()
     }
 
@@ -794,7 +798,7 @@ impl SwrLayer {
                 }
                 None => {
                     let budget = Budget::of(self.store.capacity_bytes);
-                    let largest = self.config.max_body_bytes as u64 + (64 << 10);
+                    let largest = (self.config.max_body_bytes as u64).saturating_add(64 << 10);
                     let mut builder = SwrCache::builder()
                         .name(self.cache_name.clone())
                         .capacity_bytes(budget.store)

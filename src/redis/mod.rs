@@ -177,21 +177,21 @@ impl RedisConfig {
 
     /// How long one Redis call may take before the request goes on without it (default 50 ms).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(1));
+        self.timeout = crate::engine::setting(timeout).max(Duration::from_millis(1));
         self
     }
 
     /// How long a lock on a key lasts if its holder never gives it back (default 10 s): after
     /// it, another instance takes the load over.
     pub fn lock_lease(mut self, lease: Duration) -> Self {
-        self.lock_lease = lease.max(Duration::from_millis(1));
+        self.lock_lease = crate::engine::setting(lease).max(Duration::from_millis(1));
         self
     }
 
     /// The longest a value stays in Redis whatever its deadlines (default 24 h); scope
     /// invalidations are remembered as long.
     pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
-        self.max_lifetime = lifetime.max(Duration::from_secs(1));
+        self.max_lifetime = crate::engine::setting(lifetime).max(Duration::from_secs(1));
         self
     }
 
@@ -199,7 +199,7 @@ impl RedisConfig {
     /// probe decides (default 5 failures, 1 s).
     pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = threshold;
-        self.breaker_cooldown = cooldown;
+        self.breaker_cooldown = crate::engine::setting(cooldown);
         self
     }
 

@@ -498,7 +498,6 @@ mod with_redis {
     /// was `public` (or `s-maxage`). A stale hit that finds a fresher copy in Redis answers
     /// with that copy without asking whether it may answer this request.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "FINDING: a stale hit answered with Redis' fresher copy skips the credential/Vary check (`serves`): a Cookie request gets a non-public response"]
     async fn a_fresher_copy_from_redis_obeys_the_cookie_rule() -> TestResult {
         let Some(redis) = RedisServer::start("fresher copy cookie rule") else {
             return Ok(());

@@ -316,7 +316,13 @@ impl<S> SwrService<S> {
                         head: request.method() == Method::HEAD,
                         conditionals: conditional.then(|| request.headers()),
                     };
-                    if let Some(fresher) = shared.engine.fresher_in_tier(&key, &entry).await {
+                    // The copy answers only a request the stored one would (credentials,
+                    // `Vary`, tags): another instance stored it for other requests.
+                    let fresher =
+                        (shared.engine.fresher_in_tier(&key, &entry).await).filter(|fresher| {
+                            serves_as_found(&shared, fresher.value(), &request, facts)
+                        });
+                    if let Some(fresher) = fresher {
                         let now = Stamp::now();
                         tracing::debug!(key = %key, status = "shared", "a fresher copy in the shared tier");
                         let ttl = fresher.ttl_secs_at(now);
@@ -362,7 +368,7 @@ impl<S> SwrService<S> {
             let shared = Arc::clone(shared);
             return ResponseFuture::origin(Box::pin(async move {
                 if let Some(copy) = shared.engine.copy_from_tier(&key).await {
-                    if copy.value().serves(request.headers(), facts) {
+                    if serves_as_found(&shared, copy.value(), &request, facts) {
                         shared.engine.count_shared_tier_hit();
                         let ask = Ask {
                             head: request.method() == Method::HEAD,
@@ -426,4 +432,19 @@ fn only_if_cached_miss<B: Body>(
         (response.extensions_mut()).insert(CacheInfo::uncached(CacheStatus::Bypass));
     }
     response
+}
+
+/// Whether `cached`, read from the shared tier rather than found in memory, may answer
+/// `request` as a stored response found here would: credentials, `Vary`, and tags (one
+/// soft-purged is not a fresh answer).
+fn serves_as_found<B>(
+    shared: &Shared,
+    cached: &CachedResponse,
+    request: &Request<B>,
+    facts: RequestFacts,
+) -> bool {
+    let soft_purged = std::cell::Cell::new(false);
+    cached.serves(request.headers(), facts)
+        && (cached.tags.as_deref()).is_none_or(|tags| shared.tags_allow(tags, &soft_purged))
+        && !soft_purged.get()
 }

@@ -205,8 +205,15 @@ impl Shared {
     pub(crate) fn index_variant(&self, key: &CacheKey, vary: Option<&VaryValues>) {
         let base = key.base();
         let Some(vary) = vary else {
-            // The resource no longer varies: its plain entry is found first from now on.
-            self.vary_index.remove(&base);
+            // The resource no longer varies: its plain entry is found first from now on, and
+            // the variants the record listed go with it (a record made if it varies again
+            // would not list them, and an invalidation would miss them).
+            let _update = self.vary_index.lock_for(&base);
+            if let Some((_, index)) = self.vary_index.remove(&base) {
+                for variant in index.variants.iter() {
+                    self.engine.remove_equivalent(&base.with_variant(variant));
+                }
+            }
             return;
         };
         // The plain key would shadow the variants: a resource that now varies drops it.
@@ -218,7 +225,7 @@ impl Shared {
         // two variants of one key both count; a plain `insert` makes room before it adds the
         // record, so the newest record is not the one evicted.
         let _update = self.vary_index.lock_for(&base);
-        let (index, evicted) = match self.vary_index.get(&base) {
+        let (index, dropped) = match self.vary_index.get(&base) {
             Some(index) if index.names == names => {
                 if index.variants.contains(&variant) {
                     return;
@@ -228,19 +235,25 @@ impl Shared {
                 let evicted = (index.variants.len() > MAX_VARIANTS)
                     .then(|| index.variants.pop_front())
                     .flatten();
-                (index, evicted)
+                (index, evicted.into_iter().collect())
             }
-            _ => (
-                VaryIndex {
-                    names,
-                    variants: VecDeque::from([variant]),
-                },
-                None,
-            ),
+            // Other names: the old record's variants are keyed by other headers; none of them
+            // is found again, so none is kept.
+            // (A variant of the same values is the key just stored: kept.)
+            earlier => {
+                let dropped = earlier.map_or_else(Vec::new, |index| {
+                    (index.variants.iter())
+                        .filter(|old| **old != variant)
+                        .cloned()
+                        .collect()
+                });
+                let variants = VecDeque::from([variant]);
+                (VaryIndex { names, variants }, dropped)
+            }
         };
         self.vary_index.insert(base.to_owned(), Arc::new(index));
-        if let Some(oldest) = evicted {
-            self.engine.remove_equivalent(&base.with_variant(&oldest));
+        for old in &dropped {
+            self.engine.remove_equivalent(&base.with_variant(old));
         }
     }
 

@@ -1,0 +1,761 @@
+//! Black-box tests of the memory budget (layer and engine), of every builder setting of
+//! `SwrLayer`, its presets and `SwrCacheBuilder`, and of the engine used without HTTP as the
+//! docs describe it for configuration loaded from a database. Written from README.md, the
+//! CHANGELOG, the examples and the public API's documentation only.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
+use tower_swr::engine::{Freshness, Lifetime, Loaded, SharedTier, Status, SwrCache, TierFuture};
+use tower_swr::{CacheInfo, CacheStatus, Stats, SwrLayer};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// An origin answering every call with `len` patterned bytes and `cache_control` (none if
+/// empty).
+fn sized_origin(len: usize, cache_control: &'static str) -> (impl OriginService, Calls) {
+    origin(move |_, _| async move {
+        let body = patterned_bytes(len);
+        Ok(if cache_control.is_empty() {
+            reply(body)
+        } else {
+            reply_cc(body, cache_control)
+        })
+    })
+}
+
+/// The body length and status of one request.
+async fn fetch<S>(service: &S, uri: &str) -> (CacheStatus, Bytes)
+where
+    S: Service<Request<ReqBody>, Response = Answer, Error = BoxError> + Clone,
+{
+    let answer = call(service, get(uri)).await.expect("answered");
+    settle().await;
+    answer
+}
+
+fn layer_stats(layer: &SwrLayer) -> Stats {
+    layer.stats()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The layer's memory budget
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn layer_default_budget_is_128_mib_and_default_body_limit_8_mib() {
+    let layer = SwrLayer::new();
+    assert_eq!(layer.stats().capacity_bytes, 128 << 20);
+    let shared = SwrLayer::shared_cache();
+    assert_eq!(shared.stats().capacity_bytes, 128 << 20);
+
+    // "the largest storable body really is storable": 8 MiB exactly is stored.
+    let (origin, calls) = sized_origin(8 * MIB, "max-age=100");
+    let service = SwrLayer::new().layer(origin);
+    let (status, body) = fetch(&service, "/big").await;
+    assert_eq!((status, body.len()), (CacheStatus::Miss, 8 * MIB));
+    let (status, body) = fetch(&service, "/big").await;
+    assert_eq!((status, body.len()), (CacheStatus::Fresh, 8 * MIB));
+    assert_eq!(body, patterned_bytes(8 * MIB));
+    assert_eq!(calls.get(), 1);
+
+    // One byte more is passed through whole and not stored.
+    let (origin, calls) = sized_origin(8 * MIB + 1, "max-age=100");
+    let service = SwrLayer::new().layer(origin);
+    for _ in 0..2 {
+        let (status, body) = fetch(&service, "/bigger").await;
+        assert_eq!(status, CacheStatus::Miss);
+        assert_eq!(body, patterned_bytes(8 * MIB + 1));
+    }
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_capacity_bytes_is_reported_and_last_call_wins() {
+    let layer = SwrLayer::new().capacity_bytes(1 << 20);
+    assert_eq!(layer.stats().capacity_bytes, 1 << 20);
+    let twice = SwrLayer::new()
+        .capacity_bytes(1 << 20)
+        .capacity_bytes(3 << 20);
+    assert_eq!(twice.stats().capacity_bytes, 3 << 20);
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: SwrLayer::capacity_bytes(u64::MAX) panics (attempt to add with overflow) on first use"]
+async fn layer_capacity_u64_max_is_an_unbounded_budget_not_a_panic() {
+    let huge = SwrLayer::new().capacity_bytes(u64::MAX);
+    let (origin, calls) = sized_origin(KIB, "max-age=100");
+    let service = huge.layer(origin);
+    fetch(&service, "/a").await;
+    assert_eq!(fetch(&service, "/a").await.0, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 1);
+    assert!(huge.stats().bytes > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_many_small_entries_stay_within_the_budget_and_evictions_are_counted() {
+    let capacity = 64 * KIB as u64;
+    let layer = SwrLayer::new().capacity_bytes(capacity);
+    let (origin, calls) = sized_origin(KIB, "max-age=1000");
+    let service = layer.clone().layer(origin);
+    for i in 0..400 {
+        let (status, body) = fetch(&service, &format!("/item/{i}")).await;
+        assert_eq!(status, CacheStatus::Miss);
+        assert_eq!(body.len(), KIB);
+        let stats = layer.stats();
+        assert!(
+            stats.bytes <= stats.capacity_bytes,
+            "after {i}: {} > {}",
+            stats.bytes,
+            stats.capacity_bytes
+        );
+    }
+    assert_eq!(calls.get(), 400);
+    let stats = layer.stats();
+    assert!(stats.entries > 0, "something is kept: {stats:?}");
+    assert!(stats.entries < 400, "not everything fits: {stats:?}");
+    assert!(
+        stats.entries * KIB as u64 <= capacity,
+        "entries' bodies alone exceed the budget: {stats:?}"
+    );
+    assert!(stats.evictions > 0, "evictions are counted: {stats:?}");
+    assert_eq!(stats.stores, 400, "{stats:?}");
+    assert_eq!(
+        stats.stores - stats.evictions,
+        stats.entries,
+        "every store is either held or evicted: {stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_bytes_count_the_body() {
+    let small = SwrLayer::new();
+    let (origin, _) = sized_origin(KIB, "max-age=100");
+    fetch(&small.clone().layer(origin), "/x").await;
+    let big = SwrLayer::new();
+    let (origin, _) = sized_origin(101 * KIB, "max-age=100");
+    fetch(&big.clone().layer(origin), "/x").await;
+    let (s, b) = (small.stats(), big.stats());
+    assert_eq!((s.entries, b.entries), (1, 1));
+    let diff = b.bytes - s.bytes;
+    assert!(
+        (100 * KIB as u64..=102 * KIB as u64).contains(&diff),
+        "100 KiB more body should weigh ~100 KiB more, got {diff} ({s:?} / {b:?})"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_bytes_count_headers_and_the_key() {
+    let plain = SwrLayer::new();
+    let (plain_origin, _) = sized_origin(16, "max-age=100");
+    fetch(&plain.clone().layer(plain_origin), "/k").await;
+
+    let headers = SwrLayer::new();
+    let big_value: &'static str = Box::leak("h".repeat(8 * KIB).into_boxed_str());
+    let (hdr_origin, _) = origin(move |_, _| async move {
+        Ok(respond(
+            200,
+            "0123456789abcdef",
+            &[("cache-control", "max-age=100"), ("x-big", big_value)],
+        ))
+    });
+    fetch(&headers.clone().layer(hdr_origin), "/k").await;
+
+    let key = SwrLayer::new();
+    let (origin, _) = sized_origin(16, "max-age=100");
+    let long = format!("/k?q={}", "q".repeat(8 * KIB));
+    fetch(&key.clone().layer(origin), &long).await;
+
+    let base = plain.stats().bytes;
+    let with_header = headers.stats().bytes;
+    let with_key = key.stats().bytes;
+    assert!(
+        with_header >= base + 8 * KIB as u64,
+        "an 8 KiB header counts: {base} vs {with_header}"
+    );
+    assert!(
+        with_key >= base + 8 * KIB as u64,
+        "an 8 KiB key counts: {base} vs {with_key}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_each_vary_variant_counts_and_is_an_entry() {
+    let layer = SwrLayer::new();
+    let (origin, calls) = origin(|_, request: Request<ReqBody>| async move {
+        let lang = header_text(request.headers(), "accept-language").unwrap_or_default();
+        Ok(respond(
+            200,
+            format!("{lang}:{}", "v".repeat(10 * KIB)),
+            &[
+                ("cache-control", "max-age=100"),
+                ("vary", "accept-language"),
+            ],
+        ))
+    });
+    let service = layer.clone().layer(origin);
+    call(&service, get_headers("/v", &[("accept-language", "en")]))
+        .await
+        .unwrap();
+    settle().await;
+    let one = layer.stats();
+    for lang in ["fr", "de"] {
+        call(&service, get_headers("/v", &[("accept-language", lang)]))
+            .await
+            .unwrap();
+        settle().await;
+    }
+    let three = layer.stats();
+    assert_eq!(calls.get(), 3);
+    assert_eq!(three.entries, 3, "{three:?}");
+    assert!(
+        three.bytes >= one.bytes + 20 * KIB as u64,
+        "two more 10 KiB variants: {one:?} -> {three:?}"
+    );
+    let (status, body) = call(&service, get_headers("/v", &[("accept-language", "fr")]))
+        .await
+        .unwrap();
+    assert_eq!(status, CacheStatus::Fresh);
+    assert!(body.starts_with(b"fr:"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_stale_entries_keep_their_bytes_until_past_their_windows() {
+    let layer = SwrLayer::new();
+    let gate = Gate::new();
+    let (origin, _) = gated_after_first(&gate, "max-age=10, stale-while-revalidate=60");
+    let service = layer.clone().layer(origin);
+    fetch(&service, "/s").await;
+    let fresh = layer.stats();
+    tokio::time::advance(secs(30)).await;
+    assert_eq!(layer.stats().entries, 1);
+    assert_eq!(
+        layer.stats().bytes,
+        fresh.bytes,
+        "a stale entry is still held"
+    );
+    let (status, _) = fetch(&service, "/s").await;
+    assert_eq!(status, CacheStatus::Stale);
+    gate.open();
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_body_larger_than_the_budget_passes_through_whole_and_uncached() {
+    let layer = SwrLayer::new().capacity_bytes(64 * KIB as u64);
+    let (origin, calls) = sized_origin(300 * KIB, "max-age=100");
+    let service = layer.clone().layer(origin);
+    for _ in 0..2 {
+        let (status, body) = fetch(&service, "/huge").await;
+        assert_eq!(status, CacheStatus::Miss);
+        assert_eq!(body, patterned_bytes(300 * KIB), "never truncated");
+    }
+    assert_eq!(calls.get(), 2, "too large to store: asked again");
+    let stats = layer.stats();
+    assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+    assert_eq!(stats.entries, 0, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_body_over_max_body_bytes_with_known_length_passes_through_and_is_not_marked_stored()
+{
+    let layer = SwrLayer::new().max_body_bytes(4 * KIB);
+    let (origin, calls) = sized_origin(4 * KIB + 1, "max-age=100");
+    let service = layer.clone().layer(origin);
+    for _ in 0..2 {
+        let response = service.clone().oneshot(get("/over")).await.unwrap();
+        assert!(!info(&response).stored, "not stored");
+        assert!(
+            !cache_status(&response).contains("stored"),
+            "{}",
+            cache_status(&response)
+        );
+        assert_eq!(body(response).await.unwrap(), patterned_bytes(4 * KIB + 1));
+        settle().await;
+    }
+    assert_eq!(calls.get(), 2);
+    assert_eq!(layer.stats().entries, 0);
+
+    // Exactly the limit is stored.
+    let (origin, calls) = sized_origin(4 * KIB, "max-age=100");
+    let service = SwrLayer::new().max_body_bytes(4 * KIB).layer(origin);
+    fetch(&service, "/exact").await;
+    assert_eq!(fetch(&service, "/exact").await.0, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_unknown_length_body_exceeding_the_limit_mid_stream_reaches_the_client_whole() {
+    let layer = SwrLayer::new().max_body_bytes(4 * KIB);
+    let (origin, calls) = origin(|_, _| async {
+        Ok(with_header(
+            Response::new(ChunkedBody::new(patterned_bytes(20 * KIB), KIB)),
+            header::CACHE_CONTROL,
+            "max-age=100",
+        ))
+    });
+    let service = layer.clone().layer(origin);
+    for _ in 0..2 {
+        let response = service.clone().oneshot(get("/stream")).await.unwrap();
+        assert_eq!(info(&response).status, CacheStatus::Miss);
+        let bytes = body(response)
+            .await
+            .expect("no body error for the only reader");
+        assert_eq!(bytes, patterned_bytes(20 * KIB));
+        settle().await;
+    }
+    assert_eq!(
+        calls.get(),
+        2,
+        "not stored: the next request asks the origin"
+    );
+    assert_eq!(layer.stats().entries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_unknown_length_body_over_the_budget_but_under_the_limit_is_not_truncated() {
+    let layer = SwrLayer::new().capacity_bytes(16 * KIB as u64);
+    let (origin, _) = origin(|_, _| async {
+        Ok(with_header(
+            Response::new(ChunkedBody::new(patterned_bytes(100 * KIB), 4 * KIB)),
+            header::CACHE_CONTROL,
+            "max-age=100",
+        ))
+    });
+    let service = layer.clone().layer(origin);
+    for _ in 0..2 {
+        let response = service.clone().oneshot(get("/s")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), patterned_bytes(100 * KIB));
+        settle().await;
+    }
+    let stats = layer.stats();
+    assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_max_body_bytes_zero_stores_nothing_with_a_body_but_answers_everything() {
+    let layer = SwrLayer::new().max_body_bytes(0);
+    let (origin, calls) = sized_origin(10, "max-age=100");
+    let service = layer.clone().layer(origin);
+    for _ in 0..3 {
+        let (status, body) = fetch(&service, "/z").await;
+        assert_eq!(status, CacheStatus::Miss);
+        assert_eq!(body, patterned_bytes(10));
+    }
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_capacity_zero_or_tiny_answers_every_request_whole() {
+    for capacity in [0u64, 1, 100] {
+        let layer = SwrLayer::new().capacity_bytes(capacity);
+        let (origin, _) = sized_origin(KIB, "max-age=100");
+        let service = layer.clone().layer(origin);
+        for i in 0..5 {
+            let (_, body) = fetch(&service, &format!("/t{i}")).await;
+            assert_eq!(body, patterned_bytes(KIB), "capacity {capacity}");
+            let (_, body) = fetch(&service, &format!("/t{i}")).await;
+            assert_eq!(body, patterned_bytes(KIB), "capacity {capacity}");
+        }
+        let stats = layer.stats();
+        assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: capacity_bytes(0|1|100) is silently raised to 2560 B: stats().capacity_bytes is not the setting and a 1.9 KB entry is kept"]
+async fn layer_capacity_zero_or_tiny_answers_everything_and_holds_nothing_beyond_it() {
+    for capacity in [0u64, 1, 100] {
+        let layer = SwrLayer::new().capacity_bytes(capacity);
+        let (origin, _) = sized_origin(KIB, "max-age=100");
+        let service = layer.clone().layer(origin);
+        for i in 0..5 {
+            let (_, body) = fetch(&service, &format!("/t{i}")).await;
+            assert_eq!(body, patterned_bytes(KIB), "capacity {capacity}");
+        }
+        let stats = layer.stats();
+        assert!(
+            stats.bytes <= stats.capacity_bytes.max(capacity),
+            "capacity {capacity}: {stats:?}"
+        );
+        assert!(
+            stats.bytes <= capacity,
+            "capacity {capacity}: holds {} bytes",
+            stats.bytes
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_entry_evicted_while_its_stale_refresh_runs_is_refreshed_cleanly() {
+    let layer = SwrLayer::new().capacity_bytes(32 * KIB as u64);
+    let gate = Gate::new();
+    let (victim_origin, victim_calls) = gated_after_first(&gate, SWR_10_60);
+    let victim = layer.clone().layer(victim_origin);
+    fetch(&victim, "/victim").await;
+    tokio::time::advance(secs(11)).await;
+    let (status, body) = fetch(&victim, "/victim").await;
+    assert_eq!((status, &body[..]), (CacheStatus::Stale, &b"v1"[..]));
+    assert_eq!(layer.stats().refreshes_running, 1);
+
+    // Flood the budget with other keys while the refresh is held open.
+    let (flood_origin, _) = sized_origin(2 * KIB, "max-age=1000");
+    let flood = SwrLayer::new()
+        .share_memory_with(&layer)
+        .layer(flood_origin);
+    for i in 0..100 {
+        fetch(&flood, &format!("/flood/{i}")).await;
+    }
+    gate.open();
+    settle().await;
+    let stats = layer.stats();
+    assert_eq!(stats.refreshes_running, 0, "{stats:?}");
+    assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+    assert_eq!(victim_calls.get(), 2);
+    // Whatever happened to the entry, the next answer is the refreshed one or a new load,
+    // never the old body after a successful refresh.
+    let (_, body) = fetch(&victim, "/victim").await;
+    assert_ne!(
+        &body[..],
+        b"v1",
+        "the refreshed value (or a new load) is served"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_waiters_of_a_fill_get_the_whole_body_when_the_entry_is_evicted_at_once() {
+    let layer = SwrLayer::new().capacity_bytes(32 * KIB as u64);
+    let gate = Gate::new();
+    let (origin, calls) = origin({
+        let gate = gate.clone();
+        move |n, _| {
+            let gate = gate.clone();
+            async move {
+                if n == 1 {
+                    gate.wait().await;
+                }
+                Ok(reply_cc(patterned_bytes(8 * KIB), "max-age=1000"))
+            }
+        }
+    });
+    let service = layer.clone().layer(origin);
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        let service = service.clone();
+        waiting.push(tokio::spawn(async move {
+            call(&service, get("/hot")).await.unwrap()
+        }));
+    }
+    settle().await;
+    let (flood_origin, _) = sized_origin(4 * KIB, "max-age=1000");
+    let flood = SwrLayer::new()
+        .share_memory_with(&layer)
+        .layer(flood_origin);
+    gate.open();
+    for i in 0..40 {
+        fetch(&flood, &format!("/f{i}")).await;
+    }
+    for task in waiting {
+        let (status, bytes) = task.await.unwrap();
+        assert!(matches!(status, CacheStatus::Miss | CacheStatus::Collapsed));
+        assert_eq!(bytes, patterned_bytes(8 * KIB));
+    }
+    assert_eq!(calls.get(), 1, "one origin call for the five");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layers_sharing_memory_share_one_budget_and_keep_their_entries_apart() {
+    let budget = SwrLayer::new().capacity_bytes(64 * KIB as u64);
+    let a = SwrLayer::new()
+        .capacity_bytes(1 << 30)
+        .share_memory_with(&budget);
+    let b = SwrLayer::new().share_memory_with(&budget);
+    let (origin_a, calls_a) = origin(|_, _| async { Ok(reply_cc("from a", "max-age=1000")) });
+    let (origin_b, calls_b) = origin(|_, _| async { Ok(reply_cc("from b", "max-age=1000")) });
+    let service_a = a.clone().layer(origin_a);
+    let service_b = b.clone().layer(origin_b);
+    assert_eq!(fetch(&service_a, "/same").await.1, "from a");
+    assert_eq!(fetch(&service_b, "/same").await.1, "from b");
+    assert_eq!(
+        fetch(&service_a, "/same").await,
+        (CacheStatus::Fresh, "from a".into())
+    );
+    assert_eq!(
+        fetch(&service_b, "/same").await,
+        (CacheStatus::Fresh, "from b".into())
+    );
+    assert_eq!((calls_a.get(), calls_b.get()), (1, 1));
+
+    assert_eq!(
+        a.stats().capacity_bytes,
+        64 * KIB as u64,
+        "a's own capacity is unused"
+    );
+    assert_eq!(b.stats().capacity_bytes, 64 * KIB as u64);
+
+    // A purge of a's entry leaves b's.
+    assert_eq!(a.handle().purge("/same"), 1);
+    assert_eq!(fetch(&service_b, "/same").await.0, CacheStatus::Fresh);
+    assert_eq!(fetch(&service_a, "/same").await.0, CacheStatus::Miss);
+
+    // b filling the shared budget evicts a's entry.
+    let (flood, _) = sized_origin(4 * KIB, "max-age=1000");
+    let flood = SwrLayer::new().share_memory_with(&budget).layer(flood);
+    for i in 0..100 {
+        fetch(&flood, &format!("/f{i}")).await;
+    }
+    for layer in [&budget, &a, &b] {
+        let stats = layer.stats();
+        assert!(stats.bytes <= 64 * KIB as u64, "{stats:?}");
+    }
+    assert_eq!(
+        fetch(&service_a, "/same").await.0,
+        CacheStatus::Miss,
+        "evicted by another layer's entries"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine's memory budget
+// ---------------------------------------------------------------------------------------------
+
+fn fresh(ttl: u64) -> Freshness {
+    Freshness::new(secs(ttl))
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_defaults_are_64_mib_and_entries_up_to_1_mib() {
+    let cache: SwrCache<String, Vec<u8>> = SwrCache::builder()
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    assert_eq!(cache.stats().capacity_bytes, 64 << 20);
+    assert!(
+        cache.max_entry_bytes() >= 1 << 20,
+        "{}",
+        cache.max_entry_bytes()
+    );
+    assert!(cache.insert("mib".into(), vec![0; 1 << 20], fresh(60)));
+    assert!(cache.get("mib").is_some());
+    let new: SwrCache<String, u8> = SwrCache::new(12_345);
+    assert_eq!(new.stats().capacity_bytes, 12_345);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_entry_over_max_entry_bytes_is_rejected_and_the_old_value_stays() {
+    let cache: SwrCache<String, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(1 << 20)
+        .largest_entry_bytes(10 * KIB as u64)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    let max = cache.max_entry_bytes();
+    assert!(max >= 10 * KIB as u64, "{max}");
+    assert!(cache.insert("k".into(), vec![1; 10], fresh(60)));
+    assert!(
+        !cache.insert("k".into(), vec![2; max as usize + 1], fresh(60)),
+        "heavier than the largest storable entry"
+    );
+    assert_eq!(
+        cache.get("k").unwrap().value,
+        vec![1; 10],
+        "the old value stays"
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.store_rejections, 1, "{stats:?}");
+
+    // Through get_or_load: the value is returned, not stored.
+    let got = cache
+        .get_or_load("big".into(), move || async move {
+            Ok::<_, String>(Loaded::new(vec![3; max as usize + 1], fresh(60)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.status, Status::Miss);
+    assert_eq!(got.value.len(), max as usize + 1);
+    assert!(cache.get("big").is_none());
+    assert_eq!(cache.stats().store_rejections, 2);
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: largest_entry_bytes(10_000) with capacity_bytes(1000) gives max_entry_bytes() == 2215: the promised entry does not fit"]
+async fn engine_largest_entry_bigger_than_the_budget_is_still_storable() {
+    // "The store is laid out so that such an entry fits."
+    let cache: SwrCache<String, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(1000)
+        .largest_entry_bytes(10_000)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    assert!(cache.max_entry_bytes() >= 10_000);
+    assert!(cache.insert("k".into(), vec![0; 5000], fresh(60)));
+    let stats = cache.stats();
+    assert!(
+        stats.bytes <= stats.capacity_bytes,
+        "the reported figures stay consistent: {stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_weigher_bounds_the_store_and_stats_add_up() {
+    let cache: SwrCache<u32, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(100 * KIB as u64)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    for i in 0..50u32 {
+        assert!(cache.insert(i, vec![0; 10 * KIB], fresh(600)));
+        let stats = cache.stats();
+        assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.stores, 50);
+    assert!(stats.evictions > 0);
+    assert!(
+        stats.entries * 10 * KIB as u64 <= 100 * KIB as u64,
+        "{stats:?}"
+    );
+    assert_eq!(stats.entries, cache.len() as u64);
+    assert_eq!(stats.stores - stats.evictions, stats.entries, "{stats:?}");
+    assert!(
+        stats.bytes >= stats.entries * 10 * KIB as u64,
+        "bytes are the weigher's figure plus overhead: {stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_default_weigher_is_size_of_value_not_its_heap() {
+    let cache: SwrCache<String, String> = SwrCache::builder().build();
+    cache.insert("big".into(), "x".repeat(MIB), fresh(60));
+    let stats = cache.stats();
+    assert_eq!(stats.entries, 1);
+    assert!(
+        stats.bytes < 64 * KIB as u64,
+        "size_of::<String>() plus overhead, not the heap: {stats:?}"
+    );
+    assert!(stats.bytes >= std::mem::size_of::<String>() as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_capacity_zero_still_answers_loads_and_reports_consistently() {
+    let cache: SwrCache<String, u64> = SwrCache::new(0);
+    for i in 0..3 {
+        let got = cache
+            .get_or_load(format!("k{i}"), || async {
+                Ok::<_, String>(Loaded::new(7, fresh(60)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.value, 7);
+    }
+    let stats = cache.stats();
+    assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+    assert_eq!(stats.stores - stats.evictions, stats.entries, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: SwrCache::new(0) reports capacity_bytes 2560 and keeps the entry: a zero budget is silently raised"]
+async fn engine_capacity_zero_still_answers_loads() {
+    let cache: SwrCache<String, u64> = SwrCache::new(0);
+    let got = cache
+        .get_or_load("k".into(), || async {
+            Ok::<_, String>(Loaded::new(7, fresh(60)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.value, 7);
+    let stats = cache.stats();
+    assert!(stats.bytes <= stats.capacity_bytes.max(0), "{stats:?}");
+    assert_eq!(stats.bytes, 0, "a zero budget holds nothing: {stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_a_frequently_read_entry_survives_a_scan_of_one_shot_entries() {
+    // Docs: "Entries are evicted when it is full" on quick_cache; an experienced user expects
+    // a scan-resistant policy (LRU or better) to keep a hot key.
+    let cache: SwrCache<u32, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(100 * KIB as u64)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    cache.insert(0, vec![0; KIB], fresh(600));
+    for i in 1..500u32 {
+        for _ in 0..3 {
+            assert!(cache.get(&0).is_some(), "hot key evicted after {i} inserts");
+        }
+        cache.insert(i, vec![0; KIB], fresh(600));
+    }
+    assert!(cache.get(&0).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_entry_evicted_while_its_refresh_runs_stores_the_refreshed_value() {
+    let cache: SwrCache<u32, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(50 * KIB as u64)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    cache.insert(
+        0,
+        vec![1; KIB],
+        fresh(10).with_stale_while_revalidate(secs(60)),
+    );
+    tokio::time::advance(secs(11)).await;
+    let gate = Gate::new();
+    let g = gate.clone();
+    let got = cache
+        .get_or_load(0, move || async move {
+            g.wait().await;
+            Ok::<_, String>(Loaded::new(vec![2; KIB], fresh(100)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.status, Status::Stale);
+    assert!(cache.is_refreshing(&0));
+    for i in 1..200u32 {
+        cache.insert(i, vec![0; KIB], fresh(600));
+    }
+    gate.open();
+    settle().await;
+    let stats = cache.stats();
+    assert_eq!(stats.refreshes_running, 0);
+    assert_eq!(stats.refreshes_succeeded, 1, "{stats:?}");
+    assert_eq!(
+        cache.get(&0).expect("stored by the refresh").value,
+        vec![2; KIB]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_waiters_get_the_value_when_its_entry_is_evicted_at_once() {
+    let cache: SwrCache<u32, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(20 * KIB as u64)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    let gate = Gate::new();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (cache, gate, loads) = (cache.clone(), gate.clone(), loads.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load(0, move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    gate.wait().await;
+                    Ok::<_, String>(Loaded::new(vec![9; 4 * KIB], fresh(100)))
+                })
+                .await
+        }));
+    }
+    settle().await;
+    gate.open();
+    for i in 1..50u32 {
+        cache.insert(i, vec![0; 4 * KIB], fresh(600));
+    }
+    for task in tasks {
+        let got = task.await.unwrap().unwrap();
+        assert_eq!(got.value, vec![9; 4 * KIB]);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}

@@ -759,3 +759,409 @@ async fn engine_waiters_get_the_value_when_its_entry_is_evicted_at_once() {
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// SwrLayer settings: defaults in effect, each setting's effect, hostile values
+// ---------------------------------------------------------------------------------------------
+
+/// An origin answering `v{n}` with no caching headers.
+fn plain_origin() -> (impl OriginService, Calls) {
+    origin(|n, _| async move { Ok(reply(format!("v{n}"))) })
+}
+
+async fn advance_ms(ms: u64) {
+    tokio::time::advance(Duration::from_millis(ms)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_lifetimes_are_60_s_fresh_120_s_stale_while_revalidate() {
+    let (origin, calls) = plain_origin();
+    let service = SwrLayer::new().layer(origin);
+    for path in ["/a", "/b", "/c"] {
+        fetch(&service, path).await;
+    }
+    advance_ms(59_000).await;
+    assert_eq!(fetch(&service, "/a").await.0, CacheStatus::Fresh);
+    advance_ms(2_000).await; // 61 s
+    assert_eq!(fetch(&service, "/a").await.0, CacheStatus::Stale);
+    advance_ms(179_000 - 61_000 - 2).await; // ~179 s: 60 + 119
+    assert_eq!(fetch(&service, "/b").await.0, CacheStatus::Stale);
+    advance_ms(2_000).await; // ~181 s: past 60 + 120
+    let before = calls.get();
+    assert_eq!(fetch(&service, "/c").await.0, CacheStatus::Miss);
+    assert_eq!(calls.get(), before + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_stale_if_error_window_is_300_s() {
+    let down = Switch::default();
+    let (origin, _) = origin({
+        let down = down.clone();
+        move |n, _| {
+            let down = down.clone();
+            async move {
+                Ok(if down.on() {
+                    unavailable()
+                } else {
+                    reply(format!("v{n}"))
+                })
+            }
+        }
+    });
+    let service = SwrLayer::new().layer(origin);
+    fetch(&service, "/e").await;
+    fetch(&service, "/f").await;
+    down.set(true);
+    advance_ms(359_000).await; // 60 + 299
+    let (status, body) = fetch(&service, "/e").await;
+    assert_eq!((status, &body[..]), (CacheStatus::StaleIfError, &b"v1"[..]));
+    advance_ms(2_000).await; // 60 + 301
+    let response = service.clone().oneshot(get("/f")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_setting_changes_the_default_fresh_lifetime_and_the_last_call_wins() {
+    let (origin, _) = plain_origin();
+    let service = SwrLayer::new().ttl(secs(5)).layer(origin);
+    fetch(&service, "/t").await;
+    advance_ms(4_900).await;
+    assert_eq!(fetch(&service, "/t").await.0, CacheStatus::Fresh);
+    advance_ms(200).await;
+    assert_eq!(fetch(&service, "/t").await.0, CacheStatus::Stale);
+
+    let (origin, _) = plain_origin();
+    let twice = SwrLayer::new().ttl(secs(5)).ttl(secs(100)).layer(origin);
+    fetch(&twice, "/t").await;
+    advance_ms(50_000).await;
+    assert_eq!(fetch(&twice, "/t").await.0, CacheStatus::Fresh);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_setting_changes_the_default_window() {
+    let layer = || {
+        SwrLayer::new()
+            .ttl(secs(10))
+            .stale_while_revalidate(secs(5))
+    };
+    let (origin, _) = plain_origin();
+    let service = layer().layer(origin);
+    fetch(&service, "/w").await;
+    advance_ms(14_000).await; // inside 10 + 5
+    assert_eq!(fetch(&service, "/w").await.0, CacheStatus::Stale);
+
+    let (origin, calls) = plain_origin();
+    let service = layer().layer(origin);
+    fetch(&service, "/w").await;
+    advance_ms(16_000).await; // past 10 + 5 (the default would be 10 + 120)
+    assert_eq!(fetch(&service, "/w").await.0, CacheStatus::Miss);
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_setting_extends_the_window() {
+    let down = Switch::default();
+    let (origin, _) = origin({
+        let down = down.clone();
+        move |n, _| {
+            let down = down.clone();
+            async move {
+                Ok(if down.on() {
+                    unavailable()
+                } else {
+                    reply(format!("v{n}"))
+                })
+            }
+        }
+    });
+    let service = SwrLayer::new()
+        .ttl(secs(10))
+        .stale_while_revalidate(Duration::ZERO)
+        .stale_if_error(secs(1000))
+        .layer(origin);
+    fetch(&service, "/x").await;
+    down.set(true);
+    advance_ms(900_000).await;
+    assert_eq!(fetch(&service, "/x").await.0, CacheStatus::StaleIfError);
+    advance_ms(200_000).await; // past 10 + 1000
+    let response = service.clone().oneshot(get("/x")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn duration_max_lifetimes_do_not_overflow() {
+    let (origin, calls) = plain_origin();
+    let service = SwrLayer::new()
+        .ttl(Duration::MAX)
+        .stale_while_revalidate(Duration::MAX)
+        .stale_if_error(Duration::MAX)
+        .max_stale_when_disconnected(Duration::MAX)
+        .layer(origin);
+    fetch(&service, "/max").await;
+    advance_ms(10_000 * 24 * 3600 * 1000).await;
+    let (status, body) = fetch(&service, "/max").await;
+    assert_eq!((status, &body[..]), (CacheStatus::Fresh, &b"v1"[..]));
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_zero_is_answered_and_never_served_fresh() {
+    let (origin, _) = plain_origin();
+    let service = SwrLayer::new().ttl(Duration::ZERO).layer(origin);
+    for _ in 0..3 {
+        let (status, body) = fetch(&service, "/zero").await;
+        assert_ne!(status, CacheStatus::Fresh);
+        assert!(body.starts_with(b"v"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_cache_preset_does_not_reuse_responses_without_freshness_unless_ttl_is_set() {
+    let (origin, calls) = plain_origin();
+    let service = SwrLayer::shared_cache().layer(origin);
+    fetch(&service, "/p").await;
+    fetch(&service, "/p").await;
+    assert_eq!(
+        calls.get(),
+        2,
+        "shared_cache: no heuristic freshness without Last-Modified"
+    );
+
+    let (origin, calls) = plain_origin();
+    let service = SwrLayer::shared_cache().ttl(secs(60)).layer(origin);
+    fetch(&service, "/p").await;
+    assert_eq!(fetch(&service, "/p").await.0, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignore_origin_freshness_uses_the_layers_ttl() {
+    let (origin, _) = sized_origin(4, "max-age=1000");
+    let service = SwrLayer::new()
+        .ttl(secs(5))
+        .ignore_origin_freshness(true)
+        .layer(origin);
+    fetch(&service, "/i").await;
+    advance_ms(6_000).await;
+    assert_eq!(fetch(&service, "/i").await.0, CacheStatus::Stale);
+
+    let (origin, _) = sized_origin(4, "max-age=1000");
+    let service = SwrLayer::new().ttl(secs(5)).layer(origin);
+    fetch(&service, "/i").await;
+    advance_ms(6_000).await;
+    assert_eq!(
+        fetch(&service, "/i").await.0,
+        CacheStatus::Fresh,
+        "by default the origin's max-age wins"
+    );
+}
+
+/// An origin whose first call waits for `gate`; later calls answer at once.
+fn first_call_held(gate: &Gate) -> (impl OriginService, Calls) {
+    let gate = gate.clone();
+    origin(move |n, _| {
+        let gate = gate.clone();
+        async move {
+            if n == 1 {
+                gate.wait().await;
+            }
+            Ok(reply_cc(format!("v{n}"), "max-age=100"))
+        }
+    })
+}
+
+async fn lock_timeout_case(layer: SwrLayer, before_ms: u64, after_ms: u64) {
+    let gate = Gate::new();
+    let (origin, calls) = first_call_held(&gate);
+    let service = layer.layer(origin);
+    let leader = tokio::spawn({
+        let service = service.clone();
+        async move { call(&service, get("/l")).await.unwrap() }
+    });
+    settle().await;
+    let waiter = tokio::spawn({
+        let service = service.clone();
+        async move { call(&service, get("/l")).await.unwrap() }
+    });
+    settle().await;
+    advance_ms(before_ms).await;
+    settle().await;
+    assert_eq!(calls.get(), 1, "still waiting at {before_ms} ms");
+    assert!(!waiter.is_finished());
+    advance_ms(after_ms - before_ms).await;
+    settle().await;
+    assert_eq!(calls.get(), 2, "one more origin call past the lock timeout");
+    let (_, body) = waiter.await.unwrap();
+    assert_eq!(&body[..], b"v2");
+    gate.open();
+    leader.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn lock_timeout_default_is_5_s() {
+    lock_timeout_case(SwrLayer::new(), 4_800, 5_200).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lock_timeout_setting_changes_it() {
+    lock_timeout_case(SwrLayer::new().lock_timeout(secs(1)), 800, 1_200).await;
+}
+
+async fn lock_timeout_hostile_case(timeout: Duration) {
+    let gate = Gate::new();
+    let (origin, _) = first_call_held(&gate);
+    let service = SwrLayer::new().lock_timeout(timeout).layer(origin);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            call(&service, get("/l")).await.unwrap()
+        }));
+    }
+    settle().await;
+    advance_ms(3_600_000).await;
+    gate.open();
+    for task in tasks {
+        let (_, body) = task.await.expect("the request task does not panic");
+        assert!(body.starts_with(b"v"), "{timeout:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn lock_timeout_zero_still_answers_every_request() {
+    lock_timeout_hostile_case(Duration::ZERO).await;
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: lock_timeout(Duration::MAX) panics in every waiting request (overflow when adding duration to instant)"]
+async fn lock_timeout_max_waits_for_the_one_origin_call() {
+    lock_timeout_hostile_case(Duration::MAX).await;
+}
+
+/// Stored `v1` (fresh 10 s, stale 60 s), then every call hangs.
+fn hangs_after_first() -> (impl OriginService, Calls) {
+    origin(|n, _| async move {
+        if n > 1 {
+            std::future::pending::<()>().await;
+        }
+        Ok(reply_cc("v1", SWR_10_60))
+    })
+}
+
+async fn refresh_timeout_case(layer: SwrLayer, before_ms: u64, after_ms: u64) {
+    let (origin, _) = hangs_after_first();
+    let service = layer.clone().layer(origin);
+    fetch(&service, "/r").await;
+    advance_ms(11_000).await;
+    assert_eq!(fetch(&service, "/r").await.0, CacheStatus::Stale);
+    advance_ms(before_ms).await;
+    settle().await;
+    assert_eq!(layer.stats().refreshes_timed_out, 0);
+    assert_eq!(layer.stats().refreshes_running, 1);
+    advance_ms(after_ms - before_ms).await;
+    settle().await;
+    let stats = layer.stats();
+    assert_eq!(stats.refreshes_timed_out, 1, "{stats:?}");
+    assert_eq!(stats.refreshes_failed, 1, "{stats:?}");
+    assert_eq!(stats.refreshes_running, 0, "{stats:?}");
+    assert_eq!(fetch(&service, "/r").await.1, "v1", "the old entry is kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_timeout_default_is_30_s() {
+    refresh_timeout_case(SwrLayer::new(), 29_000, 31_000).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_timeout_setting_changes_it() {
+    refresh_timeout_case(SwrLayer::new().refresh_timeout(secs(2)), 1_800, 2_200).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_timeout_zero_turns_the_timeout_off() {
+    let layer = SwrLayer::new().refresh_timeout(Duration::ZERO);
+    let (origin, _) = hangs_after_first();
+    let service = layer.clone().layer(origin);
+    fetch(&service, "/r").await;
+    advance_ms(11_000).await;
+    assert_eq!(fetch(&service, "/r").await.0, CacheStatus::Stale);
+    advance_ms(45_000).await;
+    settle().await;
+    let stats = layer.stats();
+    assert_eq!(stats.refreshes_timed_out, 0, "{stats:?}");
+    assert_eq!(stats.refreshes_running, 1, "{stats:?}");
+}
+
+/// Stored `v1` (fresh 10 s, stale 60 s), then every call is a 503.
+async fn backoff_case(layer: SwrLayer, quiet_ms: u64, retry_ms: u64) {
+    let (origin, _) = then_503(SWR_10_60);
+    let service = layer.clone().layer(origin);
+    fetch(&service, "/b").await;
+    advance_ms(11_000).await;
+    assert_eq!(fetch(&service, "/b").await.0, CacheStatus::Stale);
+    settle().await;
+    assert_eq!(layer.stats().refreshes_failed, 1);
+    advance_ms(quiet_ms).await;
+    fetch(&service, "/b").await;
+    assert_eq!(
+        layer.stats().refreshes_started,
+        1,
+        "backing off at {quiet_ms} ms"
+    );
+    advance_ms(retry_ms - quiet_ms).await;
+    let (status, body) = fetch(&service, "/b").await;
+    assert_eq!((status, &body[..]), (CacheStatus::Stale, &b"v1"[..]));
+    assert_eq!(
+        layer.stats().refreshes_started,
+        2,
+        "retried by {retry_ms} ms"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_backoff_default_is_about_1_s() {
+    // Jittered between half of 1 s and 1 s.
+    backoff_case(SwrLayer::new(), 400, 1_100).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_backoff_setting_changes_it() {
+    backoff_case(
+        SwrLayer::new().refresh_backoff(secs(10), secs(60)),
+        4_500,
+        10_100,
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_backoff_base_above_max_is_capped_at_max() {
+    // "base, doubling per failure, capped at max".
+    backoff_case(
+        SwrLayer::new().refresh_backoff(secs(60), secs(1)),
+        400,
+        1_100,
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_backoff_hostile_values_do_not_panic() {
+    for (base, max) in [
+        (Duration::ZERO, Duration::ZERO),
+        (Duration::MAX, Duration::MAX),
+        (Duration::ZERO, Duration::MAX),
+    ] {
+        let layer = SwrLayer::new().refresh_backoff(base, max);
+        let (origin, _) = then_503(SWR_10_60);
+        let service = layer.clone().layer(origin);
+        fetch(&service, "/b").await;
+        advance_ms(11_000).await;
+        for _ in 0..3 {
+            let (status, body) = fetch(&service, "/b").await;
+            assert_eq!((status, &body[..]), (CacheStatus::Stale, &b"v1"[..]));
+            advance_ms(100).await;
+        }
+        assert!(layer.stats().refreshes_failed >= 1);
+    }
+}

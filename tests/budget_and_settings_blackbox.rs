@@ -1165,3 +1165,569 @@ async fn refresh_backoff_hostile_values_do_not_panic() {
         assert!(layer.stats().refreshes_failed >= 1);
     }
 }
+
+async fn duration_max_case(layer: SwrLayer) {
+    let (origin, _) = then_503(SWR_10_60);
+    let service = layer.clone().layer(origin);
+    fetch(&service, "/m").await;
+    advance_ms(11_000).await;
+    for _ in 0..3 {
+        let (status, body) = fetch(&service, "/m").await;
+        assert_eq!((status, &body[..]), (CacheStatus::Stale, &b"v1"[..]));
+        advance_ms(1_000).await;
+    }
+    let response = service.clone().oneshot(get("/other")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    body(response).await.unwrap();
+    let response = service.clone().oneshot(get("/other")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    body(response).await.unwrap();
+    settle().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_timeout_duration_max_does_not_panic() {
+    duration_max_case(SwrLayer::new().refresh_timeout(Duration::MAX)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn origin_timeout_duration_max_does_not_panic() {
+    duration_max_case(SwrLayer::new().origin_timeout(Duration::MAX)).await;
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: remember_failures(Duration::MAX) panics (overflow when adding duration to instant) once an origin call fails"]
+async fn remember_failures_duration_max_does_not_panic() {
+    duration_max_case(SwrLayer::new().remember_failures(Duration::MAX)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_cooldown_duration_max_does_not_panic() {
+    duration_max_case(SwrLayer::new().circuit_breaker(1, Duration::MAX)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_alert_age_duration_max_does_not_panic() {
+    duration_max_case(SwrLayer::new().stale_alert_age(Duration::MAX)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_fn_adds_to_the_key_and_none_bypasses() {
+    let (origin, calls) = plain_origin();
+    let service = SwrLayer::new()
+        .key_fn(|parts| {
+            let user = parts.headers.get("x-user")?.to_str().ok()?;
+            Some(user.to_owned())
+        })
+        .allow_private(true)
+        .layer(origin);
+    let (s1, b1) = call(&service, get_headers("/k", &[("x-user", "ann")]))
+        .await
+        .unwrap();
+    let (s2, b2) = call(&service, get_headers("/k", &[("x-user", "bob")]))
+        .await
+        .unwrap();
+    assert_eq!((s1, s2), (CacheStatus::Miss, CacheStatus::Miss));
+    assert_ne!(b1, b2);
+    let (s3, b3) = call(&service, get_headers("/k", &[("x-user", "ann")]))
+        .await
+        .unwrap();
+    assert_eq!((s3, b3), (CacheStatus::Fresh, b1));
+    let (s4, _) = call(&service, get("/k")).await.unwrap();
+    assert_eq!(s4, CacheStatus::Bypass, "key_fn None skips the cache");
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn credential_headers_setting_keeps_such_answers_unshared() {
+    let (origin, calls) = plain_origin();
+    let service = SwrLayer::new().layer(origin);
+    fetch_text(&service, get_headers("/c", &[("x-api-key", "k1")]))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(
+        call(&service, get("/c")).await.unwrap().0,
+        CacheStatus::Fresh,
+        "by default x-api-key is just a header"
+    );
+    assert_eq!(calls.get(), 1);
+
+    let (origin, calls) = plain_origin();
+    let service = SwrLayer::new()
+        .credential_headers(["x-api-key"])
+        .layer(origin);
+    fetch_text(&service, get_headers("/c", &[("x-api-key", "k1")]))
+        .await
+        .unwrap();
+    settle().await;
+    let (status, _) = call(&service, get("/c")).await.unwrap();
+    assert_ne!(status, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 2, "the credentialed answer was not shared");
+}
+
+#[test]
+#[should_panic]
+fn credential_headers_with_an_empty_name_panics_as_documented() {
+    let _ = SwrLayer::new().credential_headers([""]);
+}
+
+#[test]
+#[should_panic]
+fn targeted_cache_control_fields_with_an_invalid_name_panics_as_documented() {
+    let _ = SwrLayer::new().targeted_cache_control_fields(["bad name"]);
+}
+
+async fn failure_status_case(layer: SwrLayer, status: u16) -> CacheStatus {
+    let (origin, _) = origin(move |n, _| async move {
+        Ok(if n == 1 {
+            respond(
+                200,
+                "v1",
+                &[(
+                    "cache-control",
+                    "max-age=10, stale-while-revalidate=0, stale-if-error=1000",
+                )],
+            )
+        } else {
+            respond(status, "nope", &[])
+        })
+    });
+    let service = layer.layer(origin);
+    fetch(&service, "/fs").await;
+    advance_ms(11_000).await;
+    fetch(&service, "/fs").await.0
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_statuses_default_408_429_and_setting_adds_others() {
+    assert_eq!(
+        failure_status_case(SwrLayer::new(), 429).await,
+        CacheStatus::StaleIfError
+    );
+    assert_eq!(
+        failure_status_case(SwrLayer::new(), 408).await,
+        CacheStatus::StaleIfError
+    );
+    assert_eq!(
+        failure_status_case(SwrLayer::new(), 418).await,
+        CacheStatus::Miss,
+        "418 is an answer by default"
+    );
+    assert_eq!(
+        failure_status_case(
+            SwrLayer::new().failure_statuses([StatusCode::IM_A_TEAPOT]),
+            418
+        )
+        .await,
+        CacheStatus::StaleIfError
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn allow_private_stores_private_responses() {
+    let (origin, calls) = sized_origin(3, "private, max-age=100");
+    let service = SwrLayer::new().layer(origin);
+    fetch(&service, "/pv").await;
+    fetch(&service, "/pv").await;
+    assert_eq!(calls.get(), 2, "private is not stored by default");
+
+    let (origin, calls) = sized_origin(3, "private, max-age=100");
+    let service = SwrLayer::new()
+        .key_fn(|_| Some("one-user".into()))
+        .allow_private(true)
+        .layer(origin);
+    fetch(&service, "/pv").await;
+    assert_eq!(fetch(&service, "/pv").await.0, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_cookie_requests_setting_caches_requests_with_cookies() {
+    for (enabled, expected_calls) in [(false, 2), (true, 1)] {
+        let (origin, calls) = plain_origin();
+        let service = SwrLayer::new().cache_cookie_requests(enabled).layer(origin);
+        for _ in 0..2 {
+            fetch_text(&service, get_headers("/ck", &[("cookie", "a=1")]))
+                .await
+                .unwrap();
+            settle().await;
+        }
+        assert_eq!(
+            calls.get(),
+            expected_calls,
+            "cache_cookie_requests({enabled})"
+        );
+    }
+}
+
+async fn origin_timeout_case(layer: SwrLayer, before_ms: u64, after_ms: Option<u64>) {
+    let (origin, _) = origin(|n, _| async move {
+        if n > 1 {
+            std::future::pending::<()>().await;
+        }
+        Ok(reply_cc(
+            "v1",
+            "max-age=10, stale-while-revalidate=0, stale-if-error=100000",
+        ))
+    });
+    let service = layer.layer(origin);
+    fetch(&service, "/ot").await;
+    advance_ms(11_000).await;
+    let pending = tokio::spawn({
+        let service = service.clone();
+        async move { call(&service, get("/ot")).await.unwrap() }
+    });
+    settle().await;
+    advance_ms(before_ms).await;
+    settle().await;
+    assert!(!pending.is_finished(), "still waiting at {before_ms} ms");
+    if let Some(after_ms) = after_ms {
+        advance_ms(after_ms - before_ms).await;
+        settle().await;
+        assert!(pending.is_finished(), "answered by {after_ms} ms");
+        let (status, body) = pending.await.unwrap();
+        assert_eq!((status, &body[..]), (CacheStatus::StaleIfError, &b"v1"[..]));
+    } else {
+        pending.abort();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn origin_timeout_default_is_30_s() {
+    origin_timeout_case(SwrLayer::new(), 29_000, Some(31_000)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn origin_timeout_setting_changes_it() {
+    origin_timeout_case(SwrLayer::new().origin_timeout(secs(2)), 1_800, Some(2_200)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn origin_timeout_none_or_zero_waits_as_long_as_the_origin_takes() {
+    origin_timeout_case(SwrLayer::new().origin_timeout(None), 3_600_000, None).await;
+    origin_timeout_case(
+        SwrLayer::new().origin_timeout(Duration::ZERO),
+        3_600_000,
+        None,
+    )
+    .await;
+}
+
+/// Stored `v1` with no stale windows of its own, then the inner service errors.
+fn errors_after_first() -> (impl OriginService, Calls) {
+    origin(|n, _| async move {
+        if n > 1 {
+            return Err::<Reply, BoxError>("connection refused".into());
+        }
+        Ok(reply_cc(
+            "v1",
+            "max-age=10, stale-while-revalidate=0, stale-if-error=0",
+        ))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_stale_when_disconnected_is_off_in_new_and_24_h_in_shared_cache() {
+    let (origin, _) = errors_after_first();
+    let service = SwrLayer::new().layer(origin);
+    fetch(&service, "/d").await;
+    advance_ms(3_600_000).await;
+    assert!(
+        service.clone().oneshot(get("/d")).await.is_err(),
+        "new(): the error"
+    );
+
+    let (origin, _) = errors_after_first();
+    let service = SwrLayer::new()
+        .max_stale_when_disconnected(secs(7200))
+        .layer(origin);
+    fetch(&service, "/d").await;
+    advance_ms(3_600_000).await;
+    assert_eq!(fetch(&service, "/d").await.0, CacheStatus::StaleIfError);
+
+    let (origin, _) = errors_after_first();
+    let service = SwrLayer::shared_cache().layer(origin);
+    fetch(&service, "/d").await;
+    advance_ms(23 * 3_600_000).await;
+    assert_eq!(fetch(&service, "/d").await.0, CacheStatus::StaleIfError);
+    advance_ms(2 * 3_600_000).await;
+    assert!(
+        service.clone().oneshot(get("/d")).await.is_err(),
+        "past 24 h"
+    );
+
+    let (origin, _) = errors_after_first();
+    let service = SwrLayer::shared_cache()
+        .max_stale_when_disconnected(None)
+        .layer(origin);
+    fetch(&service, "/d").await;
+    advance_ms(60_000).await;
+    assert!(
+        service.clone().oneshot(get("/d")).await.is_err(),
+        "None: off"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn convert_head_asks_with_get_and_stores() {
+    for enabled in [false, true] {
+        let seen = Seen::default();
+        let (origin, calls) = origin({
+            let seen = seen.clone();
+            move |n, request: Request<ReqBody>| {
+                seen.record(&request);
+                async move { Ok(reply_cc(format!("v{n}"), "max-age=100")) }
+            }
+        });
+        let service = SwrLayer::new().convert_head(enabled).layer(origin);
+        let head = service
+            .clone()
+            .oneshot(request(Method::HEAD, "/h"))
+            .await
+            .unwrap();
+        let head_body = body(head).await.unwrap();
+        if enabled {
+            assert!(
+                head_body.is_empty(),
+                "converted: the client gets the headers only"
+            );
+        }
+        settle().await;
+        let method = seen.0.lock().unwrap()[0].0.clone();
+        let (status, _) = fetch(&service, "/h").await;
+        if enabled {
+            assert_eq!(method, Method::GET);
+            assert_eq!(status, CacheStatus::Fresh);
+            assert_eq!(calls.get(), 1);
+        } else {
+            assert_eq!(method, Method::HEAD);
+            assert_eq!(status, CacheStatus::Miss);
+            assert_eq!(calls.get(), 2);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_name_default_custom_and_non_token_names() {
+    for (name, expected) in [
+        (None, "tower-swr"),
+        (Some("edge"), "edge"),
+        (Some("my cache"), "\"my cache\""),
+        (Some(""), "\"\""),
+    ] {
+        let (origin, _) = plain_origin();
+        let layer = match name {
+            Some(name) => SwrLayer::new().cache_name(name),
+            None => SwrLayer::new(),
+        };
+        let service = layer.layer(origin);
+        let response = service.clone().oneshot(get("/n")).await.unwrap();
+        let status = cache_status(&response);
+        assert!(
+            status.starts_with(&format!("{expected};")),
+            "{name:?}: {status}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_name_names_the_targeted_field() {
+    let (origin, calls) = origin(|_, _| async {
+        Ok(respond(
+            200,
+            "t",
+            &[
+                ("cache-control", "no-store"),
+                ("edge-cache-control", "max-age=100"),
+            ],
+        ))
+    });
+    let service = SwrLayer::new()
+        .cache_name("edge")
+        .targeted_cache_control(true)
+        .layer(origin);
+    fetch(&service, "/tc").await;
+    assert_eq!(fetch(&service, "/tc").await.0, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 1);
+}
+
+/// `Cache-Control: no-store` for browsers, `CDN-Cache-Control: max-age=100` for the cache.
+fn cdn_origin(field: &'static str) -> (impl OriginService, Calls) {
+    origin(move |_, _| async move {
+        Ok(respond(
+            200,
+            "t",
+            &[("cache-control", "no-store"), (field, "max-age=100")],
+        ))
+    })
+}
+
+async fn stored_twice<S>(service: &S, calls: &Calls) -> bool
+where
+    S: Service<Request<ReqBody>, Response = Answer, Error = BoxError> + Clone,
+{
+    fetch(service, "/tc").await;
+    fetch(service, "/tc").await;
+    calls.get() == 1
+}
+
+#[tokio::test(start_paused = true)]
+async fn targeted_cache_control_is_off_in_new_on_in_shared_cache() {
+    let (origin, calls) = cdn_origin("cdn-cache-control");
+    assert!(!stored_twice(&SwrLayer::new().layer(origin), &calls).await);
+    let (origin, calls) = cdn_origin("cdn-cache-control");
+    let service = SwrLayer::new().targeted_cache_control(true).layer(origin);
+    assert!(stored_twice(&service, &calls).await);
+    let (origin, calls) = cdn_origin("cdn-cache-control");
+    assert!(stored_twice(&SwrLayer::shared_cache().layer(origin), &calls).await);
+    let (origin, calls) = cdn_origin("cdn-cache-control");
+    let service = SwrLayer::shared_cache()
+        .targeted_cache_control(false)
+        .layer(origin);
+    assert!(!stored_twice(&service, &calls).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn targeted_cache_control_fields_replace_the_list_and_empty_turns_it_off() {
+    let (origin, calls) = cdn_origin("my-cache-control");
+    let service = SwrLayer::shared_cache()
+        .targeted_cache_control_fields(["my-cache-control"])
+        .layer(origin);
+    assert!(stored_twice(&service, &calls).await);
+    let (origin, calls) = cdn_origin("cdn-cache-control");
+    let service = SwrLayer::shared_cache()
+        .targeted_cache_control_fields(["my-cache-control"])
+        .layer(origin);
+    assert!(
+        !stored_twice(&service, &calls).await,
+        "CDN-Cache-Control is off the list"
+    );
+    let (origin, calls) = cdn_origin("cdn-cache-control");
+    let service = SwrLayer::shared_cache()
+        .targeted_cache_control_fields(Vec::<&str>::new())
+        .layer(origin);
+    assert!(!stored_twice(&service, &calls).await, "empty list: off");
+}
+
+#[tokio::test(start_paused = true)]
+async fn surrogate_control_is_on_by_default_and_can_be_turned_off() {
+    for enabled in [None, Some(true), Some(false)] {
+        let seen = Seen::default();
+        let (origin, _) = origin({
+            let seen = seen.clone();
+            move |_, request: Request<ReqBody>| {
+                seen.record(&request);
+                async move {
+                    Ok(respond(
+                        200,
+                        "s",
+                        &[
+                            ("cache-control", "max-age=1"),
+                            ("surrogate-control", "max-age=1000"),
+                        ],
+                    ))
+                }
+            }
+        });
+        let layer = match enabled {
+            Some(on) => SwrLayer::new().surrogate_control(on),
+            None => SwrLayer::new(),
+        };
+        let service = layer.layer(origin);
+        let first = service.clone().oneshot(get("/sc")).await.unwrap();
+        let passed_on = first.headers().contains_key("surrogate-control");
+        body(first).await.unwrap();
+        settle().await;
+        let capability = seen.last_headers().contains_key("surrogate-capability");
+        advance_ms(50_000).await;
+        let (status, _) = fetch(&service, "/sc").await;
+        if enabled == Some(false) {
+            assert!(passed_on, "off: passed on");
+            assert_ne!(
+                status,
+                CacheStatus::Fresh,
+                "off: Cache-Control max-age=1 rules"
+            );
+        } else {
+            assert!(!passed_on, "on: not passed on");
+            assert!(capability, "on: Surrogate-Capability sent");
+            assert_eq!(
+                status,
+                CacheStatus::Fresh,
+                "on: Surrogate-Control max-age=1000"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn forward_cache_tags_default_strips_them() {
+    for forward in [false, true] {
+        let (origin, _) = origin(|_, _| async {
+            Ok(respond(
+                200,
+                "t",
+                &[
+                    ("cache-control", "max-age=100"),
+                    ("surrogate-key", "a b"),
+                    ("cache-tag", "c"),
+                    ("xkey", "d"),
+                ],
+            ))
+        });
+        let service = SwrLayer::new().forward_cache_tags(forward).layer(origin);
+        for _ in 0..2 {
+            let response = service.clone().oneshot(get("/tag")).await.unwrap();
+            for name in ["surrogate-key", "cache-tag", "xkey"] {
+                assert_eq!(
+                    response.headers().contains_key(name),
+                    forward,
+                    "{name} with forward_cache_tags({forward})"
+                );
+            }
+            body(response).await.unwrap();
+            settle().await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn observability_headers_and_extension_follow_their_settings() {
+    // Defaults: no X-Cache, no X-Cache-Key, no X-Query-Time-ms; a CacheInfo extension.
+    let (plain, _) = plain_origin();
+    let service = SwrLayer::new().layer(plain);
+    let response = service.clone().oneshot(get("/o")).await.unwrap();
+    for name in ["x-cache", "x-cache-key", "x-query-time-ms"] {
+        assert!(
+            !response.headers().contains_key(name),
+            "{name} off by default"
+        );
+    }
+    assert!(response.extensions().get::<CacheInfo>().is_some());
+
+    let (origin, _) = origin(|n, _| async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok(reply(format!("v{n}")))
+    });
+    let service = SwrLayer::new()
+        .x_cache_header(true)
+        .x_cache_key_header(true)
+        .query_time_header(true)
+        .cache_info_extension(false)
+        .layer(origin);
+    let miss = service.clone().oneshot(get("/o")).await.unwrap();
+    assert_eq!(header_value(&miss, "x-cache").as_deref(), Some("MISS"));
+    assert!(header_value(&miss, "x-cache-key").is_some_and(|k| k.contains("/o")));
+    let ms: u64 = header_value(&miss, "x-query-time-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((250..=260).contains(&ms), "{ms}");
+    assert!(miss.extensions().get::<CacheInfo>().is_none());
+    body(miss).await.unwrap();
+    settle().await;
+    let hit = service.clone().oneshot(get("/o")).await.unwrap();
+    assert_eq!(header_value(&hit, "x-cache").as_deref(), Some("HIT"));
+    assert_eq!(header_value(&hit, "x-query-time-ms").as_deref(), Some("0"));
+}

@@ -1731,3 +1731,518 @@ async fn observability_headers_and_extension_follow_their_settings() {
     assert_eq!(header_value(&hit, "x-cache").as_deref(), Some("HIT"));
     assert_eq!(header_value(&hit, "x-query-time-ms").as_deref(), Some("0"));
 }
+
+/// `count` keys stored fresh for 10 s (stale 60 s), then every origin call is a 503; at 11 s
+/// each key is asked once (one failed refresh each). Returns the layer's stats after.
+async fn failing_refreshes(layer: SwrLayer, count: usize) -> (Stats, impl Fn() -> Stats) {
+    let (origin, _) = origin(|n, request: Request<ReqBody>| async move {
+        let _ = n;
+        Ok(if request.headers().contains_key("x-first") {
+            reply_cc("v1", SWR_10_60)
+        } else {
+            unavailable()
+        })
+    });
+    let service = layer.clone().layer(origin);
+    for i in 0..count + 1 {
+        call(
+            &service,
+            get_headers(&format!("/cb{i}"), &[("x-first", "1")]),
+        )
+        .await
+        .unwrap();
+        settle().await;
+    }
+    advance_ms(11_000).await;
+    for i in 0..count {
+        let (status, _) = fetch(&service, &format!("/cb{i}")).await;
+        assert_eq!(status, CacheStatus::Stale);
+    }
+    // One more stale key after them: does its refresh start?
+    fetch(&service, &format!("/cb{count}")).await;
+    let stats = layer.stats();
+    (stats, move || layer.stats())
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_default_opens_after_10_failures() {
+    let (stats, _) = failing_refreshes(SwrLayer::new(), 9).await;
+    assert_eq!(
+        stats.refreshes_started, 10,
+        "after 9 failures the 10th key is still refreshed: {stats:?}"
+    );
+    let (stats, _) = failing_refreshes(SwrLayer::new(), 10).await;
+    assert!(stats.refreshes_paused, "10 failures: {stats:?}");
+    assert_eq!(
+        stats.refreshes_started, 10,
+        "the 11th stale key is not refreshed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_setting_changes_threshold_and_cooldown() {
+    let (stats, later) = failing_refreshes(SwrLayer::new().circuit_breaker(2, secs(5)), 2).await;
+    assert!(stats.refreshes_paused, "{stats:?}");
+    assert_eq!(stats.refreshes_started, 2, "{stats:?}");
+    advance_ms(6_000).await;
+    settle().await;
+    assert!(!later().refreshes_paused, "cooldown over: {:?}", later());
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_zero_threshold_disables_it() {
+    let (stats, _) = failing_refreshes(SwrLayer::new().circuit_breaker(0, secs(30)), 15).await;
+    assert!(!stats.refreshes_paused, "{stats:?}");
+    assert_eq!(stats.refreshes_started, 16, "{stats:?}");
+}
+
+async fn fresh_after(layer: SwrLayer, keys: usize, at_ms: &[u64]) -> Vec<usize> {
+    let (origin, _) = plain_origin();
+    let service = layer.layer(origin);
+    for i in 0..keys {
+        fetch(&service, &format!("/j{i}")).await;
+    }
+    // Every key is looked at once per instant; stale ones are refreshed and leave the count.
+    let mut counted = vec![true; keys];
+    let mut out = Vec::new();
+    let mut now = 0;
+    for &at in at_ms {
+        advance_ms(at - now).await;
+        now = at;
+        let mut fresh = 0;
+        for (i, alive) in counted.iter_mut().enumerate() {
+            if !*alive {
+                continue;
+            }
+            let status = call(&service, get(&format!("/j{i}"))).await.unwrap().0;
+            if status == CacheStatus::Fresh {
+                fresh += 1;
+            } else {
+                *alive = false;
+            }
+        }
+        settle().await;
+        now += 1;
+        out.push(fresh);
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_jitter_default_off_every_key_expires_together() {
+    let counts = fresh_after(SwrLayer::new().ttl(secs(100)), 20, &[99_000, 101_000]).await;
+    assert_eq!(counts, vec![20, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_jitter_spreads_fresh_lifetimes_within_the_fraction() {
+    let counts = fresh_after(
+        SwrLayer::new().ttl(secs(100)).ttl_jitter(0.5),
+        40,
+        &[49_000, 100_000, 151_000],
+    )
+    .await;
+    assert_eq!(counts[0], 40, "none before 50 s: {counts:?}");
+    assert!(
+        counts[1] > 0 && counts[1] < 40,
+        "spread around 100 s: {counts:?}"
+    );
+    assert_eq!(counts[2], 0, "none after 150 s: {counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_jitter_and_early_refresh_hostile_values_still_answer() {
+    for value in [f64::NAN, -1.0, 10.0, f64::INFINITY, f64::NEG_INFINITY] {
+        let (origin, _) = plain_origin();
+        let layer = SwrLayer::new().ttl_jitter(value).early_refresh(value);
+        let service = layer.clone().layer(origin);
+        for _ in 0..3 {
+            let (_, body) = fetch(&service, "/h").await;
+            assert!(body.starts_with(b"v"), "{value}");
+            advance_ms(10_000).await;
+        }
+    }
+}
+
+async fn early_refreshes(layer: SwrLayer) -> Stats {
+    let (origin, _) = origin(|n, _| async move {
+        tokio::time::sleep(secs(1)).await;
+        Ok(reply_cc(format!("v{n}"), "max-age=60"))
+    });
+    let service = layer.clone().layer(origin);
+    fetch(&service, "/x").await;
+    for _ in 0..40 {
+        advance_ms(1_000).await;
+        let (status, _) = fetch(&service, "/x").await;
+        assert_eq!(status, CacheStatus::Fresh);
+    }
+    layer.stats()
+}
+
+#[tokio::test(start_paused = true)]
+async fn early_refresh_default_off_never_refreshes_a_fresh_entry() {
+    let stats = early_refreshes(SwrLayer::new()).await;
+    assert_eq!(stats.refreshes_started, 0, "{stats:?}");
+    let stats = early_refreshes(SwrLayer::new().early_refresh(0.0)).await;
+    assert_eq!(stats.refreshes_started, 0, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn early_refresh_with_a_large_beta_refreshes_before_expiry() {
+    let stats = early_refreshes(SwrLayer::new().early_refresh(1000.0)).await;
+    assert!(stats.refreshes_started >= 1, "{stats:?}");
+    assert!(stats.refreshes_succeeded >= 1, "{stats:?}");
+}
+
+async fn remembered(layer: SwrLayer, second_at_ms: u64) -> (CacheStatus, usize) {
+    let (origin, calls) = origin(|_, _| async { Ok(unavailable()) });
+    let service = layer.layer(origin);
+    let first = service.clone().oneshot(get("/rf")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    body(first).await.unwrap();
+    settle().await;
+    advance_ms(second_at_ms).await;
+    let second = service.clone().oneshot(get("/rf")).await.unwrap();
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let status = info(&second).status;
+    body(second).await.unwrap();
+    (status, calls.get())
+}
+
+#[tokio::test(start_paused = true)]
+async fn remember_failures_default_1_s_in_new_off_in_shared_cache() {
+    assert_eq!(
+        remembered(SwrLayer::new(), 500).await,
+        (CacheStatus::FailureHit, 1)
+    );
+    assert_eq!(remembered(SwrLayer::new(), 1_200).await.1, 2);
+    assert_eq!(remembered(SwrLayer::shared_cache(), 100).await.1, 2);
+    assert_eq!(
+        remembered(SwrLayer::new().remember_failures(Duration::ZERO), 100)
+            .await
+            .1,
+        2
+    );
+    assert_eq!(
+        remembered(SwrLayer::new().remember_failures(secs(10)), 9_000).await,
+        (CacheStatus::FailureHit, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_alert_age_warns_only_when_set_and_exceeded() {
+    let events = Events::default();
+    let _collecting = events.install();
+    for (layer, expect_warning) in [
+        (SwrLayer::new(), false),
+        (SwrLayer::new().stale_alert_age(secs(30)), false),
+        (SwrLayer::new().stale_alert_age(secs(5)), true),
+    ] {
+        events.0.lock().unwrap().clear();
+        let gate = Gate::new();
+        let (origin, _) = gated_after_first(&gate, SWR_10_60);
+        let service = layer.layer(origin);
+        fetch(&service, "/alert").await;
+        advance_ms(11_000).await;
+        assert_eq!(fetch(&service, "/alert").await.0, CacheStatus::Stale);
+        let warnings = events.at(tracing::Level::WARN);
+        assert_eq!(
+            !warnings.is_empty(),
+            expect_warning,
+            "expect a warning: {expect_warning}; got {warnings:?}"
+        );
+        gate.open();
+        settle().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_fn_overrides_the_usual_rules_per_route() {
+    let (origin, calls) = sized_origin(3, "max-age=1000");
+    let service = SwrLayer::new()
+        .policy_fn(|request, _| match request.uri.path() {
+            "/short" => Some(Freshness::new(secs(5))),
+            _ => None,
+        })
+        .layer(origin);
+    fetch(&service, "/short").await;
+    fetch(&service, "/long").await;
+    advance_ms(6_000).await;
+    assert_ne!(fetch(&service, "/short").await.0, CacheStatus::Fresh);
+    assert_eq!(fetch(&service, "/long").await.0, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn judging_settings_after_first_use_keep_the_cache_the_handle_sees() {
+    let layer = SwrLayer::new();
+    let handle = layer.handle();
+    let layer = layer.ttl(secs(5)).x_cache_header(true);
+    let (origin, _) = plain_origin();
+    let service = layer.clone().layer(origin);
+    let response = service.clone().oneshot(get("/late")).await.unwrap();
+    assert!(response.headers().contains_key("x-cache"), "applied");
+    body(response).await.unwrap();
+    settle().await;
+    assert_eq!(
+        handle.stats().entries,
+        1,
+        "the handle sees the layer's cache"
+    );
+    advance_ms(6_000).await;
+    assert_eq!(
+        fetch(&service, "/late").await.0,
+        CacheStatus::Stale,
+        "ttl applied"
+    );
+    assert_eq!(handle.purge("/late"), 1);
+    assert_eq!(layer.stats().entries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_settings_after_first_use_are_not_applied_and_the_cache_keeps_serving() {
+    let layer = SwrLayer::new().capacity_bytes(1 << 20);
+    let (origin, calls) = plain_origin();
+    let first = layer.clone().layer(origin.clone());
+    fetch(&first, "/keep").await;
+    let handle = layer.handle();
+    let events = Events::default();
+    let _collecting = events.install();
+    let late = layer.capacity_bytes(2 << 20).remember_failures(secs(30));
+    assert!(
+        !events.at(tracing::Level::WARN).is_empty(),
+        "a warning says they are not applied"
+    );
+    assert_eq!(late.stats().capacity_bytes, 1 << 20, "not applied");
+    let service = late.layer(origin);
+    let response = service.clone().oneshot(get("/keep")).await.unwrap();
+    assert_eq!(info(&response).status, CacheStatus::Fresh, "same cache");
+    body(response).await.unwrap();
+    assert_eq!(calls.get(), 1);
+    assert_eq!(handle.stats().entries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: max_body_bytes after first use is documented as not applied (store setting), but it is: a 2-byte body is no longer stored"]
+async fn max_body_bytes_after_first_use_is_not_applied() {
+    let layer = SwrLayer::new();
+    let (origin, _) = plain_origin();
+    fetch(&layer.clone().layer(origin.clone()), "/keep").await;
+    let late = layer.max_body_bytes(1);
+    let service = late.layer(origin);
+    fetch(&service, "/two").await;
+    assert_eq!(
+        fetch(&service, "/two").await.0,
+        CacheStatus::Fresh,
+        "the store's 8 MiB limit still applies"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: cache_name after first use is documented as not applied, but Cache-Status then says the new name (`late; hit`)"]
+async fn cache_name_after_first_use_is_not_applied() {
+    let layer = SwrLayer::new();
+    let (origin, _) = plain_origin();
+    fetch(&layer.clone().layer(origin.clone()), "/keep").await;
+    let late = layer.cache_name("late");
+    let service = late.layer(origin);
+    let response = service.clone().oneshot(get("/keep")).await.unwrap();
+    assert_eq!(info(&response).status, CacheStatus::Fresh, "same cache");
+    assert!(
+        cache_status(&response).starts_with("tower-swr;"),
+        "name not applied: {}",
+        cache_status(&response)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn handle_stats_and_layer_stats_agree_and_count_what_happened() {
+    let layer = SwrLayer::new();
+    let gate = Gate::new();
+    let (origin, _) = gated_after_first(&gate, SWR_10_60);
+    let service = layer.clone().layer(origin);
+    fetch(&service, "/st").await; // miss + store
+    fetch(&service, "/st").await; // fresh
+    fetch(&service, "/st").await; // fresh
+    advance_ms(11_000).await;
+    fetch(&service, "/st").await; // stale, refresh started
+    let stats = layer.stats();
+    assert_eq!(stats.misses, 1);
+    assert_eq!(stats.fresh_hits, 2);
+    assert_eq!(stats.stale_hits, 1);
+    assert_eq!(stats.stores, 1);
+    assert_eq!(stats.refreshes_started, 1);
+    assert_eq!(stats.refreshes_running, 1);
+    assert_eq!(stats.entries, 1);
+    gate.open();
+    settle().await;
+    let stats = layer.handle().stats();
+    assert_eq!(stats.refreshes_succeeded, 1);
+    assert_eq!(stats.refreshes_running, 0);
+    assert_eq!(stats.stores, 2);
+    assert_eq!(stats.entries, 1);
+    assert_eq!(stats.evictions, 0, "a re-store is no eviction");
+}
+
+/// The metrics a closure's layer records, with a local recorder.
+fn with_metrics(
+    test: impl FnOnce() -> Stats,
+) -> (
+    Stats,
+    Vec<(
+        String,
+        Vec<(String, String)>,
+        metrics_util::debugging::DebugValue,
+    )>,
+) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let stats = metrics::with_local_recorder(&recorder, test);
+    let values = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let key = key.key().clone();
+            let labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            (key.name().to_owned(), labels, value)
+        })
+        .collect();
+    (stats, values)
+}
+
+fn counter(
+    values: &[(
+        String,
+        Vec<(String, String)>,
+        metrics_util::debugging::DebugValue,
+    )],
+    name: &str,
+    label: (&str, &str),
+    cache: &str,
+) -> u64 {
+    values
+        .iter()
+        .filter(|(n, labels, _)| {
+            n == name
+                && labels.contains(&(label.0.to_owned(), label.1.to_owned()))
+                && labels.contains(&("cache".to_owned(), cache.to_owned()))
+        })
+        .map(|(_, _, v)| match v {
+            metrics_util::debugging::DebugValue::Counter(c) => *c,
+            other => panic!("{name} is not a counter: {other:?}"),
+        })
+        .sum()
+}
+
+fn gauge(
+    values: &[(
+        String,
+        Vec<(String, String)>,
+        metrics_util::debugging::DebugValue,
+    )],
+    name: &str,
+    cache: &str,
+) -> Option<f64> {
+    values
+        .iter()
+        .find(|(n, labels, _)| {
+            n == name && labels.contains(&("cache".to_owned(), cache.to_owned()))
+        })
+        .map(|(_, _, v)| match v {
+            metrics_util::debugging::DebugValue::Gauge(g) => g.into_inner(),
+            other => panic!("{name} is not a gauge: {other:?}"),
+        })
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn metrics_mirror_stores_evictions_entries_and_bytes_truthfully() {
+    let (stats, values) = with_metrics(|| {
+        paused_runtime().block_on(async {
+            let layer = SwrLayer::new()
+                .cache_name("budgetm")
+                .capacity_bytes(32 * KIB as u64)
+                .max_body_bytes(4 * KIB);
+            let (origin, _) = origin(|_, request: Request<ReqBody>| async move {
+                let len = if request.uri().path() == "/big" {
+                    8 * KIB
+                } else {
+                    KIB
+                };
+                Ok(reply_cc(patterned_bytes(len), "max-age=100"))
+            });
+            let service = layer.clone().layer(origin);
+            for i in 0..60 {
+                fetch(&service, &format!("/m{i}")).await;
+            }
+            fetch(&service, "/m59").await;
+            let (_, body) = fetch(&service, "/big").await;
+            assert_eq!(body.len(), 8 * KIB);
+            layer.stats()
+        })
+    });
+    let cache = "budgetm";
+    assert_eq!(
+        counter(&values, "swr_stores_total", ("result", "stored"), cache),
+        stats.stores,
+        "{stats:?}"
+    );
+    assert_eq!(
+        counter(&values, "swr_requests_total", ("status", "miss"), cache),
+        stats.misses
+    );
+    assert_eq!(
+        counter(&values, "swr_requests_total", ("status", "hit"), cache),
+        stats.fresh_hits
+    );
+    assert_eq!(
+        gauge(&values, "swr_entries", cache),
+        Some(stats.entries as f64)
+    );
+    let bytes = gauge(&values, "swr_bytes", cache).expect("swr_bytes gauge");
+    assert!(
+        bytes > 0.0 && bytes <= stats.bytes as f64,
+        "{bytes} vs {stats:?}"
+    );
+    assert!(stats.evictions > 0);
+}
+
+#[test]
+#[ignore = "FINDING: a body over max_body_bytes is not counted: swr_stores_total{result=too_large} and Stats::store_rejections stay 0"]
+fn a_body_over_max_body_bytes_counts_as_too_large() {
+    let (stats, values) = with_metrics(|| {
+        paused_runtime().block_on(async {
+            let layer = SwrLayer::new()
+                .cache_name("toolarge")
+                .max_body_bytes(4 * KIB);
+            let (origin, _) = sized_origin(8 * KIB, "max-age=100");
+            let service = layer.clone().layer(origin);
+            let (_, body) = fetch(&service, "/big").await;
+            assert_eq!(body.len(), 8 * KIB);
+            layer.stats()
+        })
+    });
+    let too_large = counter(
+        &values,
+        "swr_stores_total",
+        ("result", "too_large"),
+        "toolarge",
+    );
+    assert_eq!(stats.stores, 0);
+    assert_eq!(
+        (too_large, stats.store_rejections),
+        (1, 1),
+        "the 8 KiB body over max_body_bytes counts as too large: {stats:?}"
+    );
+}

@@ -2025,6 +2025,11 @@ async fn max_body_bytes_after_first_use_is_not_applied() {
     fetch(&layer.clone().layer(origin.clone()), "/keep").await;
     let late = layer.max_body_bytes(1);
     let service = late.layer(origin);
+    assert_eq!(
+        fetch(&service, "/keep").await.0,
+        CacheStatus::Fresh,
+        "same cache"
+    );
     fetch(&service, "/two").await;
     assert_eq!(
         fetch(&service, "/two").await.0,
@@ -2920,4 +2925,285 @@ async fn config_cache_removal_during_a_load_fences_it() {
         cache.get("k").is_none(),
         "a load under way during remove stores nothing"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// More on the budget: freeing, replacing, stale entries under pressure, shared settings
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn purges_and_clear_give_the_bytes_back() {
+    let layer = SwrLayer::new();
+    let (origin, _) = sized_origin(10 * KIB, "max-age=100");
+    let service = layer.clone().layer(origin);
+    for i in 0..5 {
+        fetch(&service, &format!("/p/{i}")).await;
+    }
+    let full = layer.stats();
+    assert_eq!(full.entries, 5);
+    assert!(full.bytes >= 50 * KIB as u64, "{full:?}");
+    let handle = layer.handle();
+    assert_eq!(handle.purge("/p/0"), 1);
+    let after_one = layer.stats();
+    assert_eq!(after_one.entries, 4);
+    assert!(
+        full.bytes - after_one.bytes >= 10 * KIB as u64,
+        "{full:?} -> {after_one:?}"
+    );
+    assert_eq!(handle.purge_prefix("/p/"), 4);
+    let empty = layer.stats();
+    assert_eq!(empty.entries, 0);
+    assert!(empty.bytes < 10 * KIB as u64, "{empty:?}");
+    for i in 0..5 {
+        fetch(&service, &format!("/p/{i}")).await;
+    }
+    handle.clear();
+    let cleared = layer.stats();
+    assert_eq!(cleared.entries, 0);
+    assert!(cleared.bytes < 10 * KIB as u64, "{cleared:?}");
+    assert_eq!(cleared.evictions, 0, "purges are not evictions");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_with_a_bigger_body_is_accounted_at_its_new_size() {
+    let layer = SwrLayer::new();
+    let (origin, _) = origin(|n, _| async move {
+        let len = if n == 1 { KIB } else { 50 * KIB };
+        Ok(reply_cc(patterned_bytes(len), SWR_10_60))
+    });
+    let service = layer.clone().layer(origin);
+    fetch(&service, "/grow").await;
+    let small = layer.stats().bytes;
+    advance_ms(11_000).await;
+    assert_eq!(fetch(&service, "/grow").await.0, CacheStatus::Stale);
+    settle().await;
+    let (status, body) = fetch(&service, "/grow").await;
+    assert_eq!((status, body.len()), (CacheStatus::Fresh, 50 * KIB));
+    let big = layer.stats();
+    assert_eq!(big.entries, 1);
+    assert!(big.bytes >= small + 49 * KIB as u64, "{small} -> {big:?}");
+    assert_eq!(big.evictions, 0, "{big:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_entries_under_pressure_are_answered_or_reloaded_within_the_budget() {
+    let layer = SwrLayer::new().capacity_bytes(32 * KIB as u64);
+    let (origin, calls) = sized_origin(2 * KIB, SWR_10_60);
+    let service = layer.clone().layer(origin);
+    for i in 0..5 {
+        fetch(&service, &format!("/old/{i}")).await;
+    }
+    advance_ms(11_000).await;
+    let (flood, _) = sized_origin(2 * KIB, "max-age=1000");
+    let flood = SwrLayer::new().share_memory_with(&layer).layer(flood);
+    for i in 0..60 {
+        fetch(&flood, &format!("/new/{i}")).await;
+    }
+    let stats = layer.stats();
+    assert!(stats.evictions > 0, "{stats:?}");
+    assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+    let before = calls.get();
+    for i in 0..5 {
+        let (status, body) = fetch(&service, &format!("/old/{i}")).await;
+        assert_eq!(body, patterned_bytes(2 * KIB));
+        assert!(
+            matches!(status, CacheStatus::Miss | CacheStatus::Stale),
+            "{status:?}"
+        );
+    }
+    // Which entries go is quick_cache's choice (not documented); whatever went is reloaded
+    // and whatever stayed is answered stale and refreshed: one origin call each.
+    assert_eq!(calls.get(), before + 5);
+    let stats = layer.stats();
+    assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_readers_of_an_over_limit_unknown_length_fill_all_get_the_whole_body() {
+    let layer = SwrLayer::new().max_body_bytes(4 * KIB);
+    let (origin, calls, feeds) = fed_origin("max-age=100", None);
+    let service = layer.clone().layer(origin);
+    let first = service.clone().oneshot(get("/fill")).await.unwrap();
+    feeds.send(1, patterned_bytes(KIB)).await;
+    let second = service.clone().oneshot(get("/fill")).await.unwrap();
+    let readers = [first, second].map(|response| tokio::spawn(body(response)));
+    let all = patterned_bytes(12 * KIB);
+    for i in 1..12 {
+        feeds.send(1, all.slice(i * KIB..(i + 1) * KIB)).await;
+        settle().await;
+    }
+    feeds.end(1);
+    let mut expected = Vec::from(&patterned_bytes(KIB)[..]);
+    expected.extend_from_slice(&all[KIB..]);
+    for reader in readers {
+        let got = reader
+            .await
+            .unwrap()
+            .expect("readers keeping pace get no body error");
+        assert_eq!(got, expected);
+    }
+    assert_eq!(
+        calls.get(),
+        1,
+        "the second request read the first one's fill"
+    );
+    settle().await;
+    assert_eq!(layer.stats().entries, 0, "over the limit: not stored");
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: max_body_bytes(usize::MAX) panics (attempt to add with overflow, src/http/layer.rs) on first use"]
+async fn max_body_bytes_usize_max_stores_normally() {
+    let (origin, calls) = sized_origin(KIB, "max-age=100");
+    let service = SwrLayer::new().max_body_bytes(usize::MAX).layer(origin);
+    fetch(&service, "/m").await;
+    assert_eq!(fetch(&service, "/m").await.0, CacheStatus::Fresh);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_sharing_memory_uses_the_owners_store_settings() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let budget = SwrLayer::new()
+        .capacity_bytes(1 << 20)
+        .lock_timeout(secs(1));
+    let sharer = SwrLayer::new()
+        .share_memory_with(&budget)
+        .lock_timeout(secs(30))
+        .capacity_bytes(1 << 30);
+    assert_eq!(sharer.stats().capacity_bytes, 1 << 20);
+    lock_timeout_case(sharer, 800, 1_200).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_settings_on_a_sharing_layer_log_a_warning_by_first_use() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let budget = SwrLayer::new();
+    let sharer = SwrLayer::new()
+        .share_memory_with(&budget)
+        .lock_timeout(secs(30))
+        .capacity_bytes(1 << 30);
+    let (origin, _) = plain_origin();
+    fetch(&sharer.clone().layer(origin), "/w").await;
+    let _ = sharer.stats();
+    assert!(
+        !events.at(tracing::Level::WARN).is_empty(),
+        "setting store settings on a sharing layer logs a warning"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_cache_sharing_new_layers_memory_never_remembers_failures() {
+    let owner = SwrLayer::new();
+    let (status, calls) = remembered(SwrLayer::shared_cache().share_memory_with(&owner), 100).await;
+    assert_ne!(status, CacheStatus::FailureHit);
+    assert_eq!(calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn boolean_settings_called_twice_take_the_last_value() {
+    let (origin, _) = plain_origin();
+    let service = SwrLayer::new()
+        .x_cache_header(true)
+        .x_cache_header(false)
+        .cache_info_extension(false)
+        .cache_info_extension(true)
+        .layer(origin);
+    let response = service.clone().oneshot(get("/b")).await.unwrap();
+    assert!(!response.headers().contains_key("x-cache"));
+    assert!(response.extensions().get::<CacheInfo>().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn x_cache_says_stale_and_bypass() {
+    let gate = Gate::new();
+    let (origin, _) = gated_after_first(&gate, SWR_10_60);
+    let service = SwrLayer::new().x_cache_header(true).layer(origin);
+    fetch(&service, "/x").await;
+    advance_ms(11_000).await;
+    let stale = service.clone().oneshot(get("/x")).await.unwrap();
+    assert_eq!(header_value(&stale, "x-cache").as_deref(), Some("STALE"));
+    body(stale).await.unwrap();
+    gate.open();
+    let post = service
+        .clone()
+        .oneshot(request(Method::POST, "/y"))
+        .await
+        .unwrap();
+    assert_eq!(header_value(&post, "x-cache").as_deref(), Some("BYPASS"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_default_cooldown_is_30_s() {
+    let (stats, later) = failing_refreshes(SwrLayer::new(), 10).await;
+    assert!(stats.refreshes_paused);
+    advance_ms(28_000).await;
+    settle().await;
+    assert!(later().refreshes_paused, "still paused at 28 s");
+    advance_ms(3_000).await;
+    settle().await;
+    assert!(!later().refreshes_paused, "over at 31 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_replacing_a_key_does_not_grow_its_bytes_nor_count_an_eviction() {
+    let cache: SwrCache<String, Vec<u8>> = SwrCache::builder()
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    cache.insert("k".into(), vec![0; 10 * KIB], fresh(60));
+    let once = cache.stats();
+    for _ in 0..10 {
+        cache.insert("k".into(), vec![0; 10 * KIB], fresh(60));
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.entries, stats.bytes), (1, once.bytes));
+    assert_eq!(stats.evictions, 0);
+    assert_eq!(stats.stores, 11);
+    cache.insert("k".into(), vec![0; 20 * KIB], fresh(60));
+    assert_eq!(cache.stats().bytes, once.bytes + 10 * KIB as u64);
+    cache.remove("k");
+    assert_eq!(cache.stats().bytes, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_insert_with_lifetime_rejects_heavy_and_dead_values() {
+    let cache: SwrCache<String, Vec<u8>> = SwrCache::builder()
+        .largest_entry_bytes(KIB as u64)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    cache.insert("k".into(), vec![1; 10], fresh(60));
+    let lifetime = cache.lifetime("k").unwrap();
+    let heavy = vec![0; cache.max_entry_bytes() as usize + 1];
+    assert!(!cache.insert_with_lifetime("k".into(), heavy, lifetime));
+    assert_eq!(cache.get("k").unwrap().value, vec![1; 10]);
+    let mut dead = lifetime;
+    let past = std::time::SystemTime::now() - secs(3600);
+    dead.stored_at = past;
+    dead.fresh_until = past;
+    dead.stale_until = past;
+    dead.error_until = past;
+    dead.retain_until = past;
+    assert!(!cache.insert_with_lifetime("d".into(), vec![1], dead));
+    assert!(cache.get("d").is_none());
+    assert!(cache.insert_with_lifetime("l".into(), vec![2; 10], lifetime));
+    assert_eq!(cache.get("l").unwrap().value, vec![2; 10]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_shutdown_stops_new_refreshes_and_keeps_answering() {
+    let cache = Cfg::builder().build();
+    let db = Db::default();
+    cache.insert("k".into(), "v0".into(), swr(10, 3600));
+    assert!(cache.shutdown(secs(1)).await);
+    advance_ms(11_000).await;
+    let got = cache
+        .get_or_load("k".into(), db.load(fresh(60)))
+        .await
+        .unwrap();
+    assert_eq!((got.status, got.value.as_str()), (Status::Stale, "v0"));
+    settle().await;
+    assert_eq!(db.calls(), 0, "no refresh after shutdown");
+    assert_eq!(cache.stats().refreshes_started, 0);
 }

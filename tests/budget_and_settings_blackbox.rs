@@ -3207,3 +3207,36 @@ async fn engine_shutdown_stops_new_refreshes_and_keeps_answering() {
     assert_eq!(db.calls(), 0, "no refresh after shutdown");
     assert_eq!(cache.stats().refreshes_started, 0);
 }
+
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: with capacity_bytes(1 MiB) (examples/config_cache.rs) the default largest_entry_bytes (1 MiB, 'must stay storable') gives max_entry_bytes() == 995,915: a 1 MiB entry is rejected"]
+async fn engine_default_largest_entry_stays_storable_in_a_1_mib_cache() {
+    let cache: SwrCache<String, Vec<u8>> = SwrCache::builder()
+        .capacity_bytes(1 << 20)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build();
+    assert!(
+        cache.max_entry_bytes() >= 1 << 20,
+        "max_entry_bytes {}",
+        cache.max_entry_bytes()
+    );
+    assert!(cache.insert("mib".into(), vec![0; 1 << 20], fresh(60)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_accounting_per_entry_is_the_body_plus_a_plausible_overhead() {
+    let layer = SwrLayer::new().capacity_bytes(1 << 20);
+    let (origin, _) = sized_origin(KIB, "max-age=100");
+    let service = layer.clone().layer(origin);
+    for i in 0..100 {
+        fetch(&service, &format!("/{i}")).await;
+    }
+    let stats = layer.stats();
+    assert_eq!((stats.entries, stats.evictions), (100, 0));
+    let per_entry = stats.bytes / 100;
+    // README: ~1,133 B per entry beyond a 1 KiB body, the accounting within 4 % of it.
+    assert!(
+        (KIB as u64 + 300..=KIB as u64 + 3000).contains(&per_entry),
+        "{per_entry} B per 1 KiB entry: {stats:?}"
+    );
+}

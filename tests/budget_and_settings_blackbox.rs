@@ -3240,3 +3240,78 @@ async fn layer_accounting_per_entry_is_the_body_plus_a_plausible_overhead() {
         "{per_entry} B per 1 KiB entry: {stats:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn lock_and_refresh_timeouts_after_first_use_are_not_applied() {
+    let used = SwrLayer::new();
+    let _ = used.stats(); // first use
+    lock_timeout_case(used.clone().lock_timeout(secs(1)), 4_800, 5_200).await;
+    let used = SwrLayer::new();
+    let _ = used.handle();
+    refresh_timeout_case(used.refresh_timeout(secs(2)), 29_000, 31_000).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_over_limit_fill_ends_its_flight_so_later_requests_ask_the_origin() {
+    let layer = SwrLayer::new().max_body_bytes(4 * KIB);
+    let (origin, calls, feeds) = fed_origin("max-age=100", None);
+    let service = layer.clone().layer(origin);
+    let first = service.clone().oneshot(get("/o")).await.unwrap();
+    let reader = tokio::spawn(body(first));
+    for _ in 0..6 {
+        feeds.send(1, patterned_bytes(KIB)).await;
+        settle().await;
+    }
+    // Past the limit: a new request is not a reader of this fill.
+    let second = tokio::spawn({
+        let service = service.clone();
+        async move { service.oneshot(get("/o")).await.unwrap() }
+    });
+    settle().await;
+    assert_eq!(calls.get(), 2, "later requests go to the origin");
+    feeds.end(1);
+    let got = reader.await.unwrap().unwrap();
+    assert_eq!(got.len(), 6 * KIB, "the first reader gets every byte");
+    feeds.send(2, "second").await;
+    feeds.end(2);
+    let second = second.await.unwrap();
+    assert_eq!(&body(second).await.unwrap()[..], b"second");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_far_behind_an_over_limit_fill_gets_an_error_not_a_short_body() {
+    let layer = SwrLayer::new().max_body_bytes(4 * KIB);
+    let (origin, _, feeds) = fed_origin("max-age=100", None);
+    let service = layer.clone().layer(origin);
+    let fast = service.clone().oneshot(get("/f")).await.unwrap();
+    feeds.send(1, patterned_bytes(KIB)).await;
+    let slow = service.clone().oneshot(get("/f")).await.unwrap();
+    let fast = tokio::spawn(body(fast));
+    let all = patterned_bytes(16 * KIB);
+    let feeder = tokio::spawn({
+        let feeds = feeds.clone();
+        async move {
+            for i in 1..16 {
+                feeds.send(1, all.slice(i * KIB..(i + 1) * KIB)).await;
+            }
+            feeds.end(1);
+        }
+    });
+    // Let the fast reader run far ahead of the slow one, which reads nothing yet.
+    for _ in 0..50 {
+        settle().await;
+    }
+    let slow = body(slow).await;
+    let fast = fast.await.unwrap();
+    feeder.abort();
+    // Documented: more than max_body_bytes behind the fastest reader is a body error; it is
+    // never a short body presented as complete.
+    if let Ok(bytes) = slow {
+        assert_eq!(bytes.len(), 16 * KIB, "a short body as if complete");
+    }
+    // "one that reads slowly slows no one": the fast reader gets every byte.
+    let bytes = fast.expect("the fast reader gets no error");
+    let mut expected = Vec::from(&patterned_bytes(KIB)[..]);
+    expected.extend_from_slice(&patterned_bytes(16 * KIB)[KIB..]);
+    assert_eq!(&bytes[..], &expected[..]);
+}

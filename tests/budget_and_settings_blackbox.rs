@@ -3315,3 +3315,125 @@ async fn a_reader_far_behind_an_over_limit_fill_gets_an_error_not_a_short_body()
     expected.extend_from_slice(&patterned_bytes(16 * KIB)[KIB..]);
     assert_eq!(&bytes[..], &expected[..]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn engine_name_is_on_every_warning() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let cache = Cfg::builder().name("judges").build();
+    let db = Db::default();
+    cache.insert("k".into(), "v0".into(), swr(10, 3600).with_stale_if_error(secs(3600)));
+    advance_ms(11_000).await;
+    db.down.set(true);
+    cache.get_or_load("k".into(), db.load(fresh(60))).await.unwrap(); // failing refresh
+    settle().await;
+    advance_ms(50).await;
+    settle().await;
+    cache.mark_stale("k");
+    advance_ms(4_000_000).await;
+    let _ = cache.get_or_load("k".into(), db.load(fresh(60))).await; // failing load
+    let warnings = events.at(tracing::Level::WARN);
+    assert!(!warnings.is_empty(), "a failed refresh is a warning");
+    for warning in &warnings {
+        assert_eq!(
+            warning.fields.get("cache").map(|c| c.trim_matches('"')),
+            Some("judges"),
+            "{warning:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_get_reports_fresh_stale_expired_without_loading() {
+    let cache = Cfg::builder().build();
+    cache.insert(
+        "k".into(),
+        "v".into(),
+        swr(10, 10).with_stale_if_error(secs(100)),
+    );
+    assert_eq!(cache.get("k").unwrap().status, Status::Fresh);
+    advance_ms(15_000).await;
+    let stale = cache.get("k").unwrap();
+    assert_eq!(stale.status, Status::Stale);
+    assert!(!stale.refreshing, "get refreshes nothing");
+    advance_ms(10_000).await; // 25 s: past the window, inside stale-if-error
+    assert_eq!(cache.get("k").unwrap().status, Status::Expired);
+    advance_ms(100_000).await; // past every deadline
+    assert!(cache.get("k").is_none());
+    assert_eq!(cache.stats().refreshes_started, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_cache_serves_stale_only_as_the_response_or_an_explicit_setting_allows() {
+    let (origin, calls) = sized_origin(3, "max-age=10");
+    let service = SwrLayer::shared_cache().layer(origin);
+    fetch(&service, "/s").await;
+    advance_ms(11_000).await;
+    assert_eq!(fetch(&service, "/s").await.0, CacheStatus::Miss);
+    assert_eq!(calls.get(), 2, "no default stale window in shared_cache");
+
+    let (origin, _) = sized_origin(3, "max-age=10");
+    let service = SwrLayer::shared_cache()
+        .stale_while_revalidate(secs(60))
+        .layer(origin);
+    fetch(&service, "/s").await;
+    advance_ms(11_000).await;
+    assert_eq!(fetch(&service, "/s").await.0, CacheStatus::Stale);
+
+    let (origin, _) = sized_origin(3, "max-age=10");
+    let service = SwrLayer::new().layer(origin);
+    fetch(&service, "/s").await;
+    advance_ms(11_000).await;
+    assert_eq!(
+        fetch(&service, "/s").await.0,
+        CacheStatus::Stale,
+        "new(): the default 120 s window applies"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignore_origin_freshness_still_never_stores_no_store() {
+    let (origin, calls) = sized_origin(3, "no-store");
+    let service = SwrLayer::new()
+        .ignore_origin_freshness(true)
+        .layer(origin);
+    fetch(&service, "/ns").await;
+    fetch(&service, "/ns").await;
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn origin_timeout_does_not_cut_a_miss_without_a_stale_entry() {
+    let (origin, _) = origin(|_, _| async {
+        tokio::time::sleep(secs(120)).await;
+        Ok(reply("slow"))
+    });
+    let service = SwrLayer::new().origin_timeout(secs(1)).layer(origin);
+    let task = tokio::spawn({
+        let service = service.clone();
+        async move { call(&service, get("/slow")).await.unwrap() }
+    });
+    settle().await;
+    advance_ms(60_000).await;
+    settle().await;
+    assert!(!task.is_finished(), "the origin's own answer is awaited");
+    advance_ms(61_000).await;
+    let (status, body) = task.await.unwrap();
+    assert_eq!((status, &body[..]), (CacheStatus::Miss, &b"slow"[..]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn remembered_failures_are_not_shared_when_private() {
+    let (origin, calls) = origin(|_, _| async {
+        Ok(respond(503, "down", &[("cache-control", "private")]))
+    });
+    let service = SwrLayer::new().layer(origin);
+    for _ in 0..2 {
+        let response = service.clone().oneshot(get("/pf")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_ne!(info(&response).status, CacheStatus::FailureHit);
+        body(response).await.unwrap();
+        settle().await;
+    }
+    assert_eq!(calls.get(), 2);
+}

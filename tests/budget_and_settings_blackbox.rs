@@ -3322,10 +3322,17 @@ async fn engine_name_is_on_every_warning() {
     let _collecting = events.install();
     let cache = Cfg::builder().name("judges").build();
     let db = Db::default();
-    cache.insert("k".into(), "v0".into(), swr(10, 3600).with_stale_if_error(secs(3600)));
+    cache.insert(
+        "k".into(),
+        "v0".into(),
+        swr(10, 3600).with_stale_if_error(secs(3600)),
+    );
     advance_ms(11_000).await;
     db.down.set(true);
-    cache.get_or_load("k".into(), db.load(fresh(60))).await.unwrap(); // failing refresh
+    cache
+        .get_or_load("k".into(), db.load(fresh(60)))
+        .await
+        .unwrap(); // failing refresh
     settle().await;
     advance_ms(50).await;
     settle().await;
@@ -3394,9 +3401,7 @@ async fn shared_cache_serves_stale_only_as_the_response_or_an_explicit_setting_a
 #[tokio::test(start_paused = true)]
 async fn ignore_origin_freshness_still_never_stores_no_store() {
     let (origin, calls) = sized_origin(3, "no-store");
-    let service = SwrLayer::new()
-        .ignore_origin_freshness(true)
-        .layer(origin);
+    let service = SwrLayer::new().ignore_origin_freshness(true).layer(origin);
     fetch(&service, "/ns").await;
     fetch(&service, "/ns").await;
     assert_eq!(calls.get(), 2);
@@ -3424,9 +3429,8 @@ async fn origin_timeout_does_not_cut_a_miss_without_a_stale_entry() {
 
 #[tokio::test(start_paused = true)]
 async fn remembered_failures_are_not_shared_when_private() {
-    let (origin, calls) = origin(|_, _| async {
-        Ok(respond(503, "down", &[("cache-control", "private")]))
-    });
+    let (origin, calls) =
+        origin(|_, _| async { Ok(respond(503, "down", &[("cache-control", "private")])) });
     let service = SwrLayer::new().layer(origin);
     for _ in 0..2 {
         let response = service.clone().oneshot(get("/pf")).await.unwrap();
@@ -3436,4 +3440,110 @@ async fn remembered_failures_are_not_shared_when_private() {
         settle().await;
     }
     assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn vary_index_and_pass_memory_stay_inside_the_budget() {
+    let capacity = 64 * KIB as u64;
+    let layer = SwrLayer::new().capacity_bytes(capacity);
+    let (origin, _) = origin(|_, request: Request<ReqBody>| async move {
+        Ok(if request.uri().path().starts_with("/vary") {
+            respond(
+                200,
+                "v",
+                &[
+                    ("cache-control", "max-age=1000"),
+                    ("vary", "accept-language, x-long-header-name-for-the-index"),
+                ],
+            )
+        } else {
+            respond(
+                206,
+                "p",
+                &[
+                    ("cache-control", "no-store"),
+                    ("content-range", "bytes 0-0/10"),
+                ],
+            )
+        })
+    });
+    let service = layer.clone().layer(origin);
+    let long = "x".repeat(500);
+    for i in 0..300 {
+        call(
+            &service,
+            get_headers(&format!("/vary/{i}/{long}"), &[("accept-language", "en")]),
+        )
+        .await
+        .unwrap();
+        call(
+            &service,
+            get_headers(&format!("/pass/{i}/{long}"), &[("range", "bytes=0-0")]),
+        )
+        .await
+        .unwrap();
+        if i % 50 == 0 {
+            settle().await;
+            let stats = layer.stats();
+            assert!(stats.bytes <= stats.capacity_bytes, "after {i}: {stats:?}");
+        }
+    }
+    settle().await;
+    let stats = layer.stats();
+    assert!(stats.bytes <= capacity, "{stats:?}");
+    assert_eq!(stats.capacity_bytes, capacity);
+}
+
+#[tokio::test(start_paused = true)]
+async fn config_cache_mark_stale_without_a_window_expires_and_falls_back_on_error() {
+    let cache = Cfg::builder().build();
+    let db = Db::default();
+    cache.insert(
+        "k".into(),
+        "v0".into(),
+        Freshness::new(secs(300)).with_stale_if_error(secs(3600)),
+    );
+    assert!(cache.mark_stale("k"));
+    db.down.set(true);
+    let got = cache
+        .get_or_load("k".into(), db.load(fresh(60)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.status, got.value.as_str()),
+        (Status::StaleIfError, "v0")
+    );
+    assert_eq!(db.calls(), 1, "an expired entry loads in the foreground");
+    cache.insert("n".into(), "v0".into(), Freshness::new(secs(300)));
+    assert!(cache.mark_stale("n"));
+    db.down.set(false);
+    let got = cache
+        .get_or_load("n".into(), db.load(fresh(60)))
+        .await
+        .unwrap();
+    assert_eq!((got.status, got.value.as_str()), (Status::Miss, "v2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn config_cache_predicate_invalidations_count_what_they_touched() {
+    let cache = Cfg::builder().build();
+    for lang in ["en", "fr", "de", "es"] {
+        cache.insert(format!("judges:{lang}"), lang.into(), swr(300, 60));
+    }
+    cache.insert("other".into(), "x".into(), swr(300, 60));
+    assert_eq!(cache.mark_stale_where(|k| k.starts_with("judges:")), 4);
+    assert_eq!(cache.get("judges:en").unwrap().status, Status::Stale);
+    assert_eq!(cache.get("other").unwrap().status, Status::Fresh);
+    assert_eq!(
+        cache.invalidate_scope(b"judges:e", false, |k| k.starts_with("judges:e")),
+        2
+    );
+    assert!(cache.get("judges:en").is_none() && cache.get("judges:es").is_none());
+    assert_eq!(
+        cache.invalidate_scope(b"judges:", true, |k| k.starts_with("judges:")),
+        2
+    );
+    assert_eq!(cache.len(), 3);
+    assert_eq!(cache.remove_if(|_| true), 3);
+    assert!(cache.is_empty());
 }

@@ -3551,3 +3551,42 @@ async fn config_cache_predicate_invalidations_count_what_they_touched() {
     assert_eq!(cache.remove_if(|_| true), 3);
     assert!(cache.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn engine_duration_max_settings_and_freshness_do_not_panic() {
+    let cache = Cfg::builder()
+        .refresh_backoff(Duration::MAX, Duration::MAX)
+        .circuit_breaker(1, Duration::MAX)
+        .stale_alert_age(Duration::MAX)
+        .shared_tier_timeout(Duration::MAX)
+        .build();
+    let forever = Freshness::new(Duration::MAX)
+        .with_stale_while_revalidate(Duration::MAX)
+        .with_stale_if_error(Duration::MAX);
+    assert!(cache.insert("k".into(), "v".into(), forever));
+    advance_ms(10_000 * 24 * 3600 * 1000).await;
+    assert_eq!(cache.get("k").unwrap().status, Status::Fresh);
+    let db = Db::default();
+    cache.insert("s".into(), "v0".into(), swr(10, 3600));
+    advance_ms(11_000).await;
+    db.down.set(true);
+    for _ in 0..3 {
+        let got = cache
+            .get_or_load("s".into(), db.load(fresh(60)))
+            .await
+            .unwrap();
+        assert_eq!(got.value, "v0");
+        settle().await;
+        advance_ms(100).await;
+    }
+    assert_eq!(
+        db.calls(),
+        1,
+        "backing off 'forever' after the first failure"
+    );
+    let loaded = cache.get_or_load("new".into(), {
+        let db = Db::default();
+        db.load(forever)
+    });
+    assert_eq!(loaded.await.unwrap().value, "v1");
+}

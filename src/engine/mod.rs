@@ -216,7 +216,10 @@ where
     }
 
     /// The weight of the heaviest single entry that must stay storable (default 1 MiB).
-    /// The store is laid out so that such an entry fits.
+    /// The store is laid out (in fewer, larger shards) so that such an entry fits, as far as
+    /// the budget allows: no entry is heavier than about 95 % of
+    /// [`capacity_bytes`](Self::capacity_bytes) less the per-entry overhead.
+    /// [`SwrCache::max_entry_bytes`] tells the bound in effect.
     pub fn largest_entry_bytes(mut self, bytes: u64) -> Self {
         self.largest_entry_bytes = bytes;
         self
@@ -1208,6 +1211,12 @@ where
     /// Counts a request that was not eligible for caching (an adapter's bypass).
     pub(crate) fn count_bypass(&self) {
         self.inner.counters.bypasses.inc();
+    }
+
+    /// Counts a value too large to store that the HTTP layer refused itself (a body over
+    /// `max_body_bytes`), as the store counts one heavier than its largest entry.
+    pub(crate) fn count_store_rejection(&self) {
+        self.inner.counters.store_rejections.inc();
     }
 
     /// Counts an answer from the shared tier that the HTTP layer gave itself.

@@ -176,7 +176,8 @@ pub struct Stats {
     pub bypasses: u64,
     /// Values stored.
     pub stores: u64,
-    /// Values not stored because they were heavier than the largest storable entry.
+    /// Values not stored because they were heavier than the largest storable entry, or (HTTP
+    /// layer) their body was longer than `max_body_bytes`.
     pub store_rejections: u64,
     /// Background refreshes started.
     pub refreshes_started: u64,

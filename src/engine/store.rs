@@ -53,7 +53,6 @@ pub(crate) fn build<K, V>(
 where
     K: Hash + Eq,
 {
-    let capacity = capacity.max(ENTRY_OVERHEAD * 16);
     let wanted = largest_item
         .saturating_add(ENTRY_OVERHEAD)
         .saturating_mul(11)

@@ -284,6 +284,7 @@ impl Shared {
         }
         let declared = declared_length(&parts.headers);
         if let Some(reason) = declared_body_refusal(declared, limit) {
+            self.engine.count_store_rejection();
             return Admission::Unstorable(
                 Response::from_parts(parts, SwrBody::inner(body)),
                 reason,
@@ -292,10 +293,11 @@ impl Shared {
         let body = match buffer(body, limit).await {
             Buffered::Complete(bytes) => bytes,
             Buffered::Partial(body) => {
+                self.engine.count_store_rejection();
                 return Admission::Unstorable(
                     Response::from_parts(parts, body),
                     Reason::BodyIncomplete,
-                )
+                );
             }
             Buffered::Failed(body) => {
                 return Admission::Unstorable(Response::from_parts(parts, body), Reason::BodyFailed)

@@ -153,8 +153,13 @@ impl Shared {
     /// `Vary` index and the pass memory): together, what the layer's budget holds.
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.engine.stats();
-        stats.bytes += self.vary_index.weight() + self.passes.weight();
-        stats.capacity_bytes += self.vary_index.capacity() + self.passes.capacity();
+        stats.bytes = (stats.bytes)
+            .saturating_add(self.vary_index.weight())
+            .saturating_add(self.passes.weight());
+        // Saturating: a budget of `u64::MAX` means "no bound".
+        stats.capacity_bytes = (stats.capacity_bytes)
+            .saturating_add(self.vary_index.capacity())
+            .saturating_add(self.passes.capacity());
         stats
     }
 }

@@ -348,6 +348,10 @@ impl SwrLayer {
     /// Largest body that is buffered and stored (default 8 MiB). A longer body streams to the
     /// client untouched and is not stored.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        if self.cache.get().is_some() {
+            // Not applied to a store that exists, as the other store settings (it warns).
+            return self.store_changed();
+        }
         self.config.max_body_bytes = bytes;
         self.store_changed()
     }
@@ -528,6 +532,10 @@ impl SwrLayer {
     /// The cache's name in `Cache-Status` (default `tower-swr`). A name that is not an RFC 8941
     /// token is written as a quoted string.
     pub fn cache_name(mut self, name: &str) -> Self {
+        if self.cache.get().is_some() {
+            // The name keys the store's entries: not applied to one that exists (it warns).
+            return self.store_changed();
+        }
         self.cache_name = if is_token(name) {
             name.to_owned()
         } else {

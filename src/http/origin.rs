@@ -1005,6 +1005,7 @@ impl FillFrom<'_> {
             let pushed = writer.0.push(data);
             if pushed != Pushed::Storing && !over {
                 over = true;
+                shared.engine.count_store_rejection();
                 // Too large to store: later requests go to the origin themselves.
                 publisher.withdraw();
             }

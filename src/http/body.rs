@@ -243,7 +243,9 @@ where
     }
     Buffered::Complete(match chunks.len() {
         0 => Bytes::new(),
-        1 => chunks.pop_front().expect("one chunk"),
+        // Copied: a chunk may be a slice of a far larger buffer (hyper's read buffer) that
+        // the stored body would keep alive, outside the budget, which counts the slice.
+        1 => Bytes::copy_from_slice(&chunks.pop_front().expect("one chunk")),
         _ => {
             let mut whole = BytesMut::with_capacity(total);
             for chunk in chunks {

@@ -269,7 +269,8 @@ impl Fill {
         }
         Some(match state.chunks.len() {
             0 => Bytes::new(),
-            1 => state.chunks[0].1.clone(),
+            // Copied, not shared: the chunk may be a slice of a larger buffer (see `buffer`).
+            1 => Bytes::copy_from_slice(&state.chunks[0].1),
             _ => {
                 let mut whole = BytesMut::with_capacity(state.total);
                 for (_, chunk) in &state.chunks {

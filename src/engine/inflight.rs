@@ -287,7 +287,7 @@ impl<V> Landing<V> {
 }
 
 /// Most keys whose last failure is remembered; past this, failures go unremembered.
-const MAX_REMEMBERED_FAILURES: usize = 4096;
+const MAX_REMEMBERED_FAILURES: usize = 1024;
 
 /// The shared set of foreground loads (request coalescing), with the failures of recent ones.
 ///
@@ -315,6 +315,10 @@ pub(crate) struct Flights<K, V> {
 struct FlightBook<K, V> {
     flights: HashMap<K, Flight<V>>,
     failures: HashMap<K, Remembered>,
+    /// When the remembered failures are next swept of expired ones (one sweep per
+    /// `remember_failures`, at the end of a load): a burst of failures for distinct keys is
+    /// not kept past the next load after it expired.
+    sweep_at: Option<Instant>,
     /// Bumped by every fence: a load outside any flight stores only if it has not moved.
     epoch: u64,
 }
@@ -375,6 +379,7 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
             book: Mutex::new(FlightBook {
                 flights: HashMap::default(),
                 failures: HashMap::default(),
+                sweep_at: None,
                 epoch: 0,
             }),
             remember_failures,
@@ -484,6 +489,13 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
     fn end_attempt(&self, key: &K, tx: &watch::Sender<Landing<V>>, landing: Option<Landing<V>>) {
         let mut book = lock(&self.book);
         let mut ended = false;
+        if !book.failures.is_empty() {
+            let now = Instant::now();
+            if book.sweep_at.is_none_or(|at| now >= at) {
+                book.failures.retain(|_, r| now < r.until);
+                book.sweep_at = Some(now + self.remember_failures);
+            }
+        }
         // Only our own flight: a later flight of the key has a channel of its own, and a
         // fenced one is gone.
         if let Some(flight) = book.flights.get_mut(key).filter(|f| f.tx.same_channel(tx)) {

@@ -305,7 +305,9 @@ where
     /// How long a failed load of a key stays that key's answer (default 1 s; zero turns it
     /// off). Meanwhile, callers that find nothing usable get the same error at once, without
     /// calling the loader, so a failing database or partner API sees one call per key per
-    /// while, not one per caller. A value inside its stale-if-error window still wins.
+    /// while, not one per caller. A value inside its stale-if-error window still wins. At
+    /// most 1,024 keys' failures are held at a time (outside the byte budget), swept of
+    /// expired ones by the next load that ends after they expire.
     pub fn remember_failures(mut self, duration: Duration) -> Self {
         self.remember_failures = entry::setting(duration);
         self

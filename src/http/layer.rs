@@ -717,7 +717,9 @@ impl SwrLayer {
     /// [`Stats::failure_hits`]). A stale entry inside its stale-if-error window still wins.
     /// Only requests without credentials share a failure, and only one that is the same for
     /// everyone: no `private`, `no-store`, `Set-Cookie` or `Vary` (each waiter of such a
-    /// failure asks the origin itself, as before).
+    /// failure asks the origin itself, as before). Remembered failures are held beside the
+    /// budget, not in it: at most 1,024 keys at a time (bodies of at most 64 KiB), swept of
+    /// expired ones by the next load that ends after they expire.
     pub fn remember_failures(mut self, duration: Duration) -> Self {
         self.store.remember_failures = duration;
         // Zero holds for this layer even where the store is another's (`share_memory_with`)

@@ -295,6 +295,11 @@ impl Fill {
         self.exact.is_some_and(|len| len <= self.limit as u64)
     }
 
+    /// Whether a client still reads the fill.
+    pub(crate) fn has_readers(&self) -> bool {
+        lock(self).live().next().is_some()
+    }
+
     /// How long since the origin last sent a byte of it.
     pub(crate) fn idle(&self) -> std::time::Duration {
         lock(self).progress.elapsed()

@@ -987,9 +987,28 @@ impl FillFrom<'_> {
         publisher.publish(streaming);
         let mut body = std::pin::pin!(body);
         let mut over = false;
+        // An origin body that sends nothing for the lock timeout while no client reads the
+        // fill is given up: new readers are refused such a fill (see `answer_streaming`), so
+        // nobody would ever read it, and it would hold its task, body and flight forever.
+        let stall = shared.engine.lock_timeout();
+        let mut stalled = std::pin::pin!(tokio::time::sleep(stall));
         loop {
             std::future::poll_fn(|cx| writer.0.poll_room(cx)).await;
-            let data = match body.frame().await {
+            let frame = tokio::select! {
+                biased;
+                frame = body.frame() => frame,
+                () = &mut stalled => {
+                    if writer.0.has_readers() {
+                        stalled.as_mut().reset(tokio::time::Instant::now() + stall);
+                        continue;
+                    }
+                    writer.0.fail(FillError::Abandoned);
+                    publisher.withdraw();
+                    return unstored_fill(not_kept, key, status, "the origin's body stalled with no client reading it");
+                }
+            };
+            stalled.as_mut().reset(tokio::time::Instant::now() + stall);
+            let data = match frame {
                 None => break,
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if !data.is_empty() => data,

@@ -24,10 +24,12 @@ use super::config::{Shared, PASS_FOR};
 use super::failure::OriginFailure;
 use super::fill::{BoxError, Fill, FillError, FillWriter, Pushed};
 use super::key::{align_host, request_variant, CacheKey};
-use super::policy::{Reason, RequestFacts};
+use super::policy::{Decision, Reason, RequestFacts};
 use super::render::{without_body_if, Ask};
 use super::status::{CacheInfo, CacheStatus, Member};
-use super::stored::{has_credentials, remove_present, CachedResponse, Credentials, Refusal};
+use super::stored::{
+    has_credentials, remove_present, CachedResponse, Credentials, Refusal, UNSTORED_HEADERS,
+};
 use super::template::RequestTemplate;
 use crate::engine::{
     Accept, Answered, Caller, Entry, Failure, Outcome, Partial, Publisher, Stamp, SwrCache,
@@ -333,6 +335,10 @@ struct OriginMiss<S, ReqB, ResB: Body> {
     publisher: Option<Publisher<CacheKey, CachedResponse>>,
     /// Where the load sends this client its answer when it starts a streaming fill.
     early: Option<tokio::sync::oneshot::Sender<Early<ResB>>>,
+    /// The fields `private="..."` / `no-cache="..."` kept out of the stored copy, as the
+    /// origin sent them to this client's load: its answer still carries them.
+    /// Made when the load starts (an answer from the shared tier makes none).
+    withheld: Option<Arc<std::sync::OnceLock<HeaderMap>>>,
 }
 
 impl<S, ReqB, ResB: Body> OriginMiss<S, ReqB, ResB> {
@@ -425,7 +431,12 @@ where
                     shared.passes.remove(key);
                 }
                 let now = Stamp::now();
-                shared.respond(entry, CacheStatus::Miss, member, ask, false, now)
+                let mut response =
+                    shared.respond(entry, CacheStatus::Miss, member, ask, false, now);
+                if let Some(withheld) = self.withheld.as_ref().and_then(|w| w.get()) {
+                    add_withheld(response.headers_mut(), withheld);
+                }
+                response
             }
             // Heavier than the store allows: the client gets it all the same.
             Answered::Loaded { stored: false, .. } => {
@@ -438,7 +449,11 @@ where
                     head: self.head,
                     vary_miss: self.vary_miss,
                 };
-                return Ok(not_kept.reply(key, status, cached.into_response()));
+                let mut response = cached.into_response();
+                if let Some(withheld) = self.withheld.as_ref().and_then(|w| w.get()) {
+                    add_withheld(response.headers_mut(), withheld);
+                }
+                return Ok(not_kept.reply(key, status, response));
             }
         };
         Ok(Reply::Response(response))
@@ -643,6 +658,7 @@ where
         let key = key.clone();
         let (head, vary_miss, known_pass) = (self.head, self.vary_miss, self.known_pass);
         let credentialed = self.credentialed;
+        let withheld = Arc::clone(self.withheld.get_or_insert_with(Default::default));
         Box::pin(async move {
             let started = Instant::now();
             let mut inner = inner;
@@ -731,6 +747,9 @@ where
             let load_time = started.elapsed();
             let (parts, body) = response.into_parts();
             let verdict = shared.judge(&template, &parts, load_time);
+            if let Some(fields) = withheld_fields(&verdict, &parts.headers) {
+                let _ = withheld.set(fields);
+            }
             let stream = stream.filter(|_| {
                 let declared = declared_length(&parts.headers);
                 let stated = parts.headers.contains_key(http::header::CONTENT_LENGTH);
@@ -751,6 +770,7 @@ where
                     load_time,
                     head,
                     vary_miss,
+                    withheld: withheld.get(),
                 };
                 return fill.run(to, verdict, (parts, body), not_kept).await;
             }
@@ -873,6 +893,7 @@ where
             vary_miss,
             publisher: None,
             early: Some(early_tx),
+            withheld: None,
         };
         let engine = Arc::clone(&shared);
         let fut = async move { engine.engine.load_with(key, expired, caller).await };
@@ -918,6 +939,8 @@ struct FillFrom<'a> {
     load_time: Duration,
     head: bool,
     vary_miss: bool,
+    /// For the leading client's answer (see [`OriginMiss::withheld`]).
+    withheld: Option<&'a HeaderMap>,
 }
 
 impl FillFrom<'_> {
@@ -941,6 +964,7 @@ impl FillFrom<'_> {
             load_time,
             head,
             vary_miss,
+            withheld,
         } = self;
         let status = parts.status;
         let declared = declared_length(&parts.headers);
@@ -978,7 +1002,12 @@ impl FillFrom<'_> {
         let leader = if whole || status != StatusCode::OK {
             shared
                 .respond_streaming(&streaming, (CacheStatus::Miss, member), head)
-                .map(Early::Response)
+                .map(|mut response| {
+                    if let Some(withheld) = withheld {
+                        add_withheld(response.headers_mut(), withheld);
+                    }
+                    Early::Response(response)
+                })
         } else {
             Some(Early::Detach)
         };
@@ -1071,5 +1100,33 @@ where
     Outcome::Unstored {
         answer,
         reason: reason.to_owned(),
+    }
+}
+
+/// The fields a `private="..."` or `no-cache="..."` keeps out of a response's stored copy, as
+/// the origin sent them (none that are never stored anyway).
+fn withheld_fields(verdict: &Verdict, headers: &HeaderMap) -> Option<HeaderMap> {
+    let Decision::Store { strip, .. } = &verdict.decision else {
+        return None;
+    };
+    let mut withheld = HeaderMap::new();
+    for name in strip {
+        let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) else {
+            continue;
+        };
+        if UNSTORED_HEADERS.contains(&name) || withheld.contains_key(&name) {
+            continue;
+        }
+        for value in headers.get_all(&name) {
+            withheld.append(name.clone(), value.clone());
+        }
+    }
+    (!withheld.is_empty()).then_some(withheld)
+}
+
+/// Gives the client whose request loaded a response the fields withheld from its stored copy.
+fn add_withheld(headers: &mut HeaderMap, withheld: &HeaderMap) {
+    for (name, value) in withheld {
+        headers.append(name, value.clone());
     }
 }

@@ -1,0 +1,779 @@
+//! Black-box tests of `SwrLayer` composed with what real axum apps stack around it: tower-http
+//! middlewares on either side of the layer (compression, timeouts, tracing, CORS, response
+//! headers, body limits, request ids), tower's `Buffer`, `ConcurrencyLimit`, `LoadShed`,
+//! `RateLimit` and `Timeout` (with axum's `HandleErrorLayer`), axum's routing features (`State`,
+//! rejecting extractors, `nest`, `fallback`, `middleware::from_fn`, `route_layer`, connect info),
+//! and what the layer makes observable (`Age`, `Cache-Status`, `Stats`, `metrics`, `tracing`).
+//!
+//! Written from README.md, CHANGELOG.md and the public API's documentation only.
+
+mod common;
+
+use axum::body::Body as AxumBody;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{ConnectInfo, Json, Path, Query, State};
+use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{advance, Instant};
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_swr::{CacheStatus, SwrLayer};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of this file
+// ---------------------------------------------------------------------------------------------
+
+/// A counter handlers bump, shared with the test.
+#[derive(Clone, Default)]
+struct Hits(Arc<AtomicUsize>);
+
+impl Hits {
+    fn bump(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A text long enough for `CompressionLayer`'s default predicate (over 32 bytes).
+fn long_text(n: usize) -> String {
+    format!("call {n}: ") + &"compressible text, ".repeat(100)
+}
+
+/// A handler answering `long_text(call)` with `Cache-Control: max-age=60`.
+fn long_handler(
+    hits: &Hits,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<AxumBody>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let hits = hits.clone();
+    move || {
+        let n = hits.bump();
+        Box::pin(async move {
+            ([(header::CACHE_CONTROL, "max-age=60")], long_text(n)).into_response()
+        })
+    }
+}
+
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+fn get_h(uri: &str, headers: &[(&str, &str)]) -> Request<AxumBody> {
+    app_req(Method::GET, uri, headers)
+}
+
+async fn bytes_of(response: Response<AxumBody>) -> Bytes {
+    body(response).await.expect("a body without errors")
+}
+
+fn status_is(response: &Response<AxumBody>, status: CacheStatus) -> bool {
+    cache_info(response).map(|i| i.status) == Some(status)
+}
+
+// ---------------------------------------------------------------------------------------------
+// CompressionLayer
+// ---------------------------------------------------------------------------------------------
+
+/// Compression in front of the cache: the cache stores the identity body once and every client
+/// gets the encoding it accepted, from that one entry.
+#[tokio::test(start_paused = true)]
+async fn compression_outside_one_entry_serves_each_client_its_encoding() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/page", get(long_handler(&hits)))
+        .layer(SwrLayer::new())
+        .layer(tower_http::compression::CompressionLayer::new());
+
+    let gz = app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await;
+    assert_eq!(header_of(&gz, "content-encoding").as_deref(), Some("gzip"));
+    assert!(is_gzip(&bytes_of(gz).await));
+
+    let plain = app_send(&app, get_h("/page", &[])).await;
+    assert_eq!(header_of(&plain, "content-encoding"), None);
+    assert!(statuses(&plain).contains("hit"), "{}", statuses(&plain));
+    assert_eq!(bytes_of(plain).await, long_text(1).as_bytes());
+
+    let br = app_send(&app, get_h("/page", &[("accept-encoding", "br")])).await;
+    assert_eq!(header_of(&br, "content-encoding"), None);
+    assert_eq!(bytes_of(br).await, long_text(1).as_bytes());
+    assert_eq!(hits.get(), 1, "one origin call for all encodings");
+}
+
+/// Compression behind the cache: the stored response is gzip and says `Vary: accept-encoding`,
+/// so a client that did not accept gzip never gets it (a variant of its own), and the gzip
+/// variant is served from memory to the next gzip client.
+#[tokio::test(start_paused = true)]
+async fn compression_inside_gzip_never_reaches_a_client_that_did_not_accept_it() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(long_handler(&hits)).layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new());
+
+    let gz = app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await;
+    assert_eq!(header_of(&gz, "content-encoding").as_deref(), Some("gzip"));
+    assert!(header_of(&gz, "vary")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .contains("accept-encoding"));
+    assert!(is_gzip(&bytes_of(gz).await));
+
+    for accept in [None, Some("identity"), Some("br"), Some("gzip;q=0"), Some("deflate")] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("accept-encoding", a)).into_iter().collect();
+        let response = app_send(&app, get_h("/page", &headers)).await;
+        assert_eq!(
+            header_of(&response, "content-encoding"),
+            None,
+            "Accept-Encoding {accept:?} got an encoded body ({})",
+            statuses(&response)
+        );
+        let bytes = bytes_of(response).await;
+        assert!(!is_gzip(&bytes), "Accept-Encoding {accept:?} got gzip bytes");
+        assert!(bytes.starts_with(b"call "), "Accept-Encoding {accept:?}");
+    }
+
+    let again = app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await;
+    assert!(statuses(&again).contains("hit"), "{}", statuses(&again));
+    assert_eq!(header_of(&again, "content-encoding").as_deref(), Some("gzip"));
+    assert!(
+        header_of(&again, "vary").is_some(),
+        "the stored Vary reaches clients on hits"
+    );
+    assert!(is_gzip(&bytes_of(again).await));
+}
+
+/// The same variant asked twice with an identical `Accept-Encoding` is one origin call: the
+/// `Vary` index works on the value the client sent.
+#[tokio::test(start_paused = true)]
+async fn compression_inside_same_accept_encoding_is_one_origin_call() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(long_handler(&hits)).layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new());
+    for _ in 0..3 {
+        let r = app_send(&app, get_h("/page", &[("accept-encoding", "gzip, deflate, br")])).await;
+        assert_eq!(header_of(&r, "content-encoding").as_deref(), Some("gzip"));
+        bytes_of(r).await;
+    }
+    for _ in 0..2 {
+        let r = app_send(&app, get_h("/page", &[])).await;
+        assert_eq!(header_of(&r, "content-encoding"), None);
+        bytes_of(r).await;
+    }
+    assert_eq!(hits.get(), 2, "one call per Accept-Encoding variant");
+}
+
+/// Over a real socket: compression inside the cache, a gzip client then a plain one; the plain
+/// one reads identity bytes off the wire.
+#[tokio::test]
+async fn compression_inside_over_the_wire_plain_client_reads_identity() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(long_handler(&hits)).layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new());
+    let addr = serve(app).await;
+    let host = addr.to_string();
+    let gz = exchange(addr, &raw_get("/page", &host, "Accept-Encoding: gzip\r\n"), false)
+        .await
+        .expect("a response");
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert!(is_gzip(&gz.body));
+    let plain = exchange(addr, &raw_get("/page", &host, ""), false)
+        .await
+        .expect("a response");
+    assert_eq!(plain.header("content-encoding"), None, "{:?}", plain.headers);
+    assert!(plain.body.starts_with(b"call "), "identity body on the wire");
+    let gz2 = exchange(addr, &raw_get("/page", &host, "Accept-Encoding: gzip\r\n"), false)
+        .await
+        .expect("a response");
+    assert!(gz2.cache_status().contains("hit"), "{}", gz2.cache_status());
+    assert!(is_gzip(&gz2.body));
+    assert_eq!(hits.get(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// tower-http TimeoutLayer
+// ---------------------------------------------------------------------------------------------
+
+fn slow_handler(
+    hits: &Hits,
+    fast_calls: usize,
+    cache_control: &'static str,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<AxumBody>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let hits = hits.clone();
+    move || {
+        let n = hits.bump();
+        Box::pin(async move {
+            if n > fast_calls {
+                tokio::time::sleep(secs(5)).await;
+            }
+            ([(header::CACHE_CONTROL, cache_control)], format!("v{n}")).into_response()
+        })
+    }
+}
+
+/// A `TimeoutLayer` inside the cache answers `408`: about one client, never stored nor shared
+/// (README: `408`/`429` are never shared), so the next request asks the origin again.
+#[tokio::test(start_paused = true)]
+async fn timeout_inside_408_is_not_cached_nor_shared() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(slow_handler(&hits, 0, "max-age=60")).layer(
+                tower_http::timeout::TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    secs(1),
+                ),
+            ),
+        )
+        .layer(SwrLayer::new());
+    for round in 1..=3 {
+        let r = app_send(&app, app_get("/slow")).await;
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT, "round {round}");
+        assert!(!status_is(&r, CacheStatus::FailureHit), "round {round}: {}", statuses(&r));
+        assert!(!statuses(&r).contains("hit"), "round {round}: {}", statuses(&r));
+    }
+    assert_eq!(hits.get(), 3, "every request reached the handler");
+}
+
+/// A `408` from an inner `TimeoutLayer` is an origin failure (`failure_statuses` default): a
+/// stored response inside stale-if-error stands in, `fwd=stale; fwd-status=408`.
+#[tokio::test(start_paused = true)]
+async fn timeout_inside_408_lets_stale_if_error_stand_in() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(slow_handler(
+                &hits,
+                1,
+                "max-age=1, stale-while-revalidate=0, stale-if-error=60",
+            ))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                secs(1),
+            )),
+        )
+        .layer(layer.clone());
+    assert_eq!(app_text(app_send(&app, app_get("/slow")).await).await, "v1");
+    advance(secs(3)).await;
+    let r = app_send(&app, app_get("/slow")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let cs = statuses(&r);
+    assert!(cs.contains("fwd=stale") && cs.contains("fwd-status=408"), "{cs}");
+    assert_eq!(app_text(r).await, "v1");
+    assert_eq!(layer.stats().stale_if_error, 1);
+}
+
+/// A `408` answering a background refresh keeps the stored entry (CHANGELOG: "a `TimeoutLayer`
+/// ... inside the layer keeps the stored entry and backs off").
+#[tokio::test(start_paused = true)]
+async fn timeout_inside_408_refresh_keeps_the_entry() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(slow_handler(&hits, 1, SWR_10_60)).layer(
+                tower_http::timeout::TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    secs(1),
+                ),
+            ),
+        )
+        .layer(layer.clone());
+    assert_eq!(app_text(app_send(&app, app_get("/slow")).await).await, "v1");
+    advance(secs(12)).await;
+    let stale = app_send(&app, app_get("/slow")).await;
+    assert!(status_is(&stale, CacheStatus::Stale), "{}", statuses(&stale));
+    assert_eq!(app_text(stale).await, "v1");
+    for _ in 0..4 {
+        settle().await;
+        advance(secs(1)).await;
+    }
+    settle().await;
+    let stats = layer.stats();
+    assert_eq!(stats.refreshes_started, 1);
+    assert_eq!(stats.refreshes_failed, 1, "{stats:?}");
+    let after = app_send(&app, app_get("/slow")).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    assert_eq!(app_text(after).await, "v1", "the entry survived the 408");
+}
+
+/// A client-facing timeout in front of the layer shorter than the origin: documented, "cancels
+/// the leader's origin call each time: the entry never fills".
+#[tokio::test(start_paused = true)]
+async fn timeout_outside_shorter_than_origin_never_fills() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/slow", get(slow_handler(&hits, 0, "max-age=60")))
+        .layer(layer.clone())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            secs(1),
+        ));
+    for _ in 0..3 {
+        let r = app_send(&app, app_get("/slow")).await;
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        advance(secs(10)).await;
+        settle().await;
+    }
+    assert_eq!(hits.get(), 3, "the origin is asked each time");
+    assert_eq!(layer.stats().entries, 0);
+}
+
+/// A client-facing timeout longer than the origin: the miss fills and later answers come from
+/// memory at once, with the layer's headers passing through the timeout.
+#[tokio::test(start_paused = true)]
+async fn timeout_outside_longer_than_origin_caches() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/slow", get(slow_handler(&hits, 0, "max-age=60")))
+        .layer(SwrLayer::new())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            secs(30),
+        ));
+    let start = Instant::now();
+    assert_eq!(app_text(app_send(&app, app_get("/slow")).await).await, "v1");
+    assert_eq!(start.elapsed(), secs(5));
+    let start = Instant::now();
+    let r = app_send(&app, app_get("/slow")).await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(statuses(&r).contains("hit"));
+    assert_eq!(app_text(r).await, "v1");
+    assert_eq!(hits.get(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TraceLayer
+// ---------------------------------------------------------------------------------------------
+
+fn plain_handler(
+    hits: &Hits,
+    cache_control: &'static str,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<AxumBody>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let hits = hits.clone();
+    move || {
+        let n = hits.bump();
+        Box::pin(async move {
+            ([(header::CACHE_CONTROL, cache_control)], format!("v{n}")).into_response()
+        })
+    }
+}
+
+const FINISHED: &str = "finished processing request";
+
+/// `TraceLayer` inside the cache sees origin calls only: hits make no request span there.
+#[tokio::test(start_paused = true)]
+async fn trace_inside_sees_only_origin_calls() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/t",
+            get(plain_handler(&hits, "max-age=60"))
+                .layer(tower_http::trace::TraceLayer::new_for_http()),
+        )
+        .layer(SwrLayer::new());
+    for _ in 0..4 {
+        app_text(app_send(&app, app_get("/t")).await).await;
+    }
+    assert_eq!(hits.get(), 1);
+    assert_eq!(events.matching(tracing::Level::DEBUG, FINISHED).len(), 1);
+}
+
+/// `TraceLayer` in front of the cache logs every request, hits included, with the status the
+/// client got, and the layer's headers reach the client through it.
+#[tokio::test(start_paused = true)]
+async fn trace_outside_logs_every_request_and_keeps_cache_headers() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/t", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new())
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let first = app_send(&app, app_get("/t")).await;
+    assert!(statuses(&first).contains("fwd=uri-miss"), "{}", statuses(&first));
+    app_text(first).await;
+    advance(secs(3)).await;
+    for _ in 0..3 {
+        let r = app_send(&app, app_get("/t")).await;
+        assert!(statuses(&r).contains("hit"));
+        assert_eq!(age(&r), Some(3));
+        assert_eq!(app_text(r).await, "v1");
+    }
+    let finished = events.matching(tracing::Level::DEBUG, FINISHED);
+    assert_eq!(finished.len(), 4);
+    assert!(finished
+        .iter()
+        .all(|e| e.fields.get("status").map(String::as_str) == Some("200")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// CorsLayer
+// ---------------------------------------------------------------------------------------------
+
+fn cors() -> tower_http::cors::CorsLayer {
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list([
+            HeaderValue::from_static("https://a.example"),
+            HeaderValue::from_static("https://b.example"),
+        ]))
+        .allow_methods([Method::GET])
+}
+
+/// CORS behind the cache: its `Vary: origin, ...` keeps one variant per `Origin`, so a client
+/// of one origin never gets another origin's `Access-Control-Allow-Origin`.
+#[tokio::test(start_paused = true)]
+async fn cors_inside_answers_vary_by_origin() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/api", get(plain_handler(&hits, "max-age=60")).layer(cors()))
+        .layer(SwrLayer::new());
+    let acao = |r: &Response<AxumBody>| header_of(r, "access-control-allow-origin");
+
+    let a = app_send(&app, get_h("/api", &[("origin", "https://a.example")])).await;
+    assert_eq!(acao(&a).as_deref(), Some("https://a.example"));
+    let b = app_send(&app, get_h("/api", &[("origin", "https://b.example")])).await;
+    assert_eq!(acao(&b).as_deref(), Some("https://b.example"), "{}", statuses(&b));
+    let none = app_send(&app, get_h("/api", &[])).await;
+    assert_eq!(acao(&none), None, "{}", statuses(&none));
+    let evil = app_send(&app, get_h("/api", &[("origin", "https://evil.example")])).await;
+    assert_eq!(acao(&evil), None, "{}", statuses(&evil));
+    let a2 = app_send(&app, get_h("/api", &[("origin", "https://a.example")])).await;
+    assert_eq!(acao(&a2).as_deref(), Some("https://a.example"));
+    assert!(statuses(&a2).contains("hit"), "{}", statuses(&a2));
+    assert_eq!(hits.get(), 4, "one origin call per Origin variant");
+}
+
+/// A preflight `OPTIONS` through the cache is passed through (`fwd=method`) and never stored:
+/// two preflights for different origins each get their own answer.
+#[tokio::test(start_paused = true)]
+async fn cors_inside_preflight_is_never_cached() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/api", get(plain_handler(&hits, "max-age=60")).layer(cors()))
+        .layer(layer.clone());
+    for origin in ["https://a.example", "https://b.example", "https://a.example"] {
+        let r = app_send(
+            &app,
+            app_req(
+                Method::OPTIONS,
+                "/api",
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "GET"),
+                ],
+            ),
+        )
+        .await;
+        assert!(r.status().is_success(), "{}", r.status());
+        assert_eq!(
+            header_of(&r, "access-control-allow-origin").as_deref(),
+            Some(origin)
+        );
+        assert!(statuses(&r).contains("fwd=method"), "{}", statuses(&r));
+    }
+    assert_eq!(layer.stats().entries, 0);
+    assert_eq!(layer.stats().stores, 0);
+}
+
+/// CORS in front of the cache: one stored entry, CORS headers computed per request on hits.
+#[tokio::test(start_paused = true)]
+async fn cors_outside_adds_headers_per_request_to_hits() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/api", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new())
+        .layer(cors());
+    let a = app_send(&app, get_h("/api", &[("origin", "https://a.example")])).await;
+    assert_eq!(
+        header_of(&a, "access-control-allow-origin").as_deref(),
+        Some("https://a.example")
+    );
+    let b = app_send(&app, get_h("/api", &[("origin", "https://b.example")])).await;
+    assert!(statuses(&b).contains("hit"));
+    assert_eq!(
+        header_of(&b, "access-control-allow-origin").as_deref(),
+        Some("https://b.example")
+    );
+    // the preflight never reaches the cache
+    let pre = app_send(
+        &app,
+        app_req(
+            Method::OPTIONS,
+            "/api",
+            &[
+                ("origin", "https://b.example"),
+                ("access-control-request-method", "GET"),
+            ],
+        ),
+    )
+    .await;
+    assert!(statuses(&pre).is_empty(), "{}", statuses(&pre));
+    assert_eq!(hits.get(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SetResponseHeaderLayer, map_response
+// ---------------------------------------------------------------------------------------------
+
+/// A `Cache-Control` set by a layer behind the cache is what the cache reads.
+#[tokio::test(start_paused = true)]
+async fn set_header_inside_sets_the_lifetime() {
+    let hits = Hits::default();
+    let hits2 = hits.clone();
+    let app = Router::new()
+        .route(
+            "/h",
+            get(move || {
+                let n = hits2.bump();
+                async move { format!("v{n}") }
+            })
+            .layer(
+                tower_http::set_header::SetResponseHeaderLayer::overriding(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("max-age=5, stale-while-revalidate=30"),
+                ),
+            ),
+        )
+        .layer(SwrLayer::new());
+    app_text(app_send(&app, app_get("/h")).await).await;
+    advance(secs(3)).await;
+    let r = app_send(&app, app_get("/h")).await;
+    assert!(statuses(&r).contains("ttl=2"), "{}", statuses(&r));
+    app_text(r).await;
+    advance(secs(4)).await;
+    let r = app_send(&app, app_get("/h")).await;
+    assert!(status_is(&r, CacheStatus::Stale), "5 s, not the 60 s default: {}", statuses(&r));
+    assert!(statuses(&r).contains("ttl=-2"), "{}", statuses(&r));
+}
+
+/// A layer in front of the cache changes only what clients see: an outer
+/// `Cache-Control: no-store` does not stop the cache behind it, and an outer header is added
+/// to hits too.
+#[tokio::test(start_paused = true)]
+async fn set_header_outside_applies_to_hits_and_does_not_steer_the_cache() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/h", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new())
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            header::HeaderName::from_static("x-served-by"),
+            HeaderValue::from_static("edge-1"),
+        ));
+    for _ in 0..3 {
+        let r = app_send(&app, app_get("/h")).await;
+        assert_eq!(header_of(&r, "cache-control").as_deref(), Some("no-store"));
+        assert_eq!(header_of(&r, "x-served-by").as_deref(), Some("edge-1"));
+        app_text(r).await;
+    }
+    assert_eq!(hits.get(), 1);
+}
+
+/// `axum::middleware::map_response` behind the cache marking answers `no-store`: never stored.
+#[tokio::test(start_paused = true)]
+async fn map_response_inside_no_store_is_never_stored() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/m",
+            get(plain_handler(&hits, "max-age=60")).layer(middleware::map_response(
+                |mut r: Response<AxumBody>| async move {
+                    r.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    r
+                },
+            )),
+        )
+        .layer(layer.clone());
+    for n in 1..=3 {
+        assert_eq!(app_text(app_send(&app, app_get("/m")).await).await, format!("v{n}"));
+    }
+    assert_eq!(layer.stats().stores, 0);
+}
+
+/// `map_response` behind the cache adding a header: stored with the response, replayed on hits;
+/// in front: run per request.
+#[tokio::test(start_paused = true)]
+async fn map_response_inside_is_stored_outside_runs_per_request() {
+    let mapped = Hits::default();
+    let (inner, outer) = (mapped.clone(), Hits::default());
+    let outer2 = outer.clone();
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/m",
+            get(plain_handler(&hits, "max-age=60")).layer(middleware::map_response(
+                move |mut r: Response<AxumBody>| {
+                    let n = inner.bump();
+                    async move {
+                        r.headers_mut()
+                            .insert("x-inner", HeaderValue::from_str(&n.to_string()).unwrap());
+                        r
+                    }
+                },
+            )),
+        )
+        .layer(SwrLayer::new())
+        .layer(middleware::map_response(move |mut r: Response<AxumBody>| {
+            let n = outer2.bump();
+            async move {
+                r.headers_mut()
+                    .insert("x-outer", HeaderValue::from_str(&n.to_string()).unwrap());
+                r
+            }
+        }));
+    for n in 1..=3 {
+        let r = app_send(&app, app_get("/m")).await;
+        assert_eq!(header_of(&r, "x-inner").as_deref(), Some("1"));
+        assert_eq!(header_of(&r, "x-outer"), Some(n.to_string()));
+    }
+    assert_eq!((mapped.get(), outer.get(), hits.get()), (1, 3, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// RequestBodyLimitLayer
+// ---------------------------------------------------------------------------------------------
+
+fn get_with_body(uri: &str, body: &'static str) -> Request<AxumBody> {
+    Request::builder()
+        .uri(uri)
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(AxumBody::from(body))
+        .expect("valid request")
+}
+
+/// A `413` of a body limit behind the cache is not a cacheable answer: a body-less `GET` of
+/// the same URI is answered by the handler. A `GET` is keyed without its body (README), so a
+/// later over-limit `GET` is answered from the stored entry.
+#[tokio::test(start_paused = true)]
+async fn body_limit_inside_413_is_not_stored() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/b",
+            get(plain_handler(&hits, "max-age=60"))
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(8)),
+        )
+        .layer(layer.clone());
+    let big = "0123456789abcdefghijklmnopqrstuvwxyz";
+    let r = app_send(&app, get_with_body("/b", big)).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let r = app_send(&app, get_with_body("/b", big)).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let ok = app_send(&app, app_get("/b")).await;
+    assert_eq!(ok.status(), StatusCode::OK, "{}", statuses(&ok));
+    assert_eq!(app_text(ok).await, "v1");
+    let after = app_send(&app, get_with_body("/b", big)).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    assert!(statuses(&after).contains("hit"));
+    assert_eq!(layer.stats().stores, 1);
+}
+
+/// A body limit in front of the cache rejects before the cache is consulted.
+#[tokio::test(start_paused = true)]
+async fn body_limit_outside_rejects_even_when_cached() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/b", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(8));
+    assert_eq!(app_text(app_send(&app, app_get("/b")).await).await, "v1");
+    let r = app_send(&app, get_with_body("/b", "0123456789abcdef")).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(statuses(&r).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request ids
+// ---------------------------------------------------------------------------------------------
+
+fn x_request_id() -> header::HeaderName {
+    header::HeaderName::from_static("x-request-id")
+}
+
+/// Request ids set and propagated in front of the cache: every client gets its own id, hits
+/// included, and the per-request header is not part of the key (still one origin call).
+#[tokio::test(start_paused = true)]
+async fn request_id_outside_each_response_has_its_own_id() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/r", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new())
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(x_request_id()))
+        .layer(tower_http::request_id::SetRequestIdLayer::new(
+            x_request_id(),
+            tower_http::request_id::MakeRequestUuid,
+        ));
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let r = app_send(&app, app_get("/r")).await;
+        ids.insert(header_of(&r, "x-request-id").expect("an id"));
+    }
+    let mine = app_send(&app, get_h("/r", &[("x-request-id", "client-chosen")])).await;
+    assert_eq!(header_of(&mine, "x-request-id").as_deref(), Some("client-chosen"));
+    assert!(statuses(&mine).contains("hit"));
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(hits.get(), 1);
+}
+
+/// Propagation behind the cache: the id is a header of the stored response, so a hit replays
+/// the storing request's id, as any HTTP cache replays stored headers (nothing in the docs says
+/// the layer strips per-request headers): put `PropagateRequestIdLayer` in front of the cache.
+#[tokio::test(start_paused = true)]
+async fn request_id_inside_is_stored_with_the_response() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/r", get(plain_handler(&hits, "max-age=60")))
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(x_request_id()))
+        .layer(SwrLayer::new());
+    let first = app_send(&app, get_h("/r", &[("x-request-id", "one")])).await;
+    assert_eq!(header_of(&first, "x-request-id").as_deref(), Some("one"));
+    let second = app_send(&app, get_h("/r", &[("x-request-id", "two")])).await;
+    assert!(statuses(&second).contains("hit"));
+    assert_eq!(header_of(&second, "x-request-id").as_deref(), Some("one"));
+    assert_eq!(hits.get(), 1);
+}

@@ -777,3 +777,336 @@ async fn request_id_inside_is_stored_with_the_response() {
     assert_eq!(header_of(&second, "x-request-id").as_deref(), Some("one"));
     assert_eq!(hits.get(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// tower's Buffer, ConcurrencyLimit, LoadShed, RateLimit, Timeout (and axum's HandleErrorLayer)
+// ---------------------------------------------------------------------------------------------
+
+/// An origin of test requests that waits for `gate` on every call whose path is `/held`.
+fn holding_origin(gate: &Gate) -> (impl OriginService, Calls) {
+    let gate = gate.clone();
+    origin(move |n, request: http::Request<ReqBody>| {
+        let gate = gate.clone();
+        async move {
+            if request.uri().path() == "/held" {
+                gate.wait().await;
+            }
+            Ok(reply_cc(format!("v{n} {}", request.uri().path()), "max-age=60"))
+        }
+    })
+}
+
+/// `LoadShed` over `ConcurrencyLimit(1)` behind the cache: the shed request gets tower's own
+/// `Overloaded` error as the service's error (README: "the origin's own response or error,
+/// unchanged"), not a response made up or stored.
+#[tokio::test(start_paused = true)]
+async fn load_shed_inside_error_is_the_services_own() {
+    let gate = Gate::new();
+    let (origin, calls) = holding_origin(&gate);
+    let service = SwrLayer::new().remember_failures(Duration::ZERO).layer(
+        ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(1)
+            .service(origin),
+    );
+    let held = tokio::spawn(service.clone().oneshot(common::get("/held")));
+    settle().await;
+    assert_eq!(calls.get(), 1);
+    let shed = service.clone().oneshot(common::get("/other")).await;
+    let error = shed.expect_err("shed while the one slot is held");
+    assert!(
+        error.is::<tower::load_shed::error::Overloaded>(),
+        "the inner service's own error: {error}"
+    );
+    gate.open();
+    let held = held.await.unwrap().unwrap();
+    assert_eq!(body_text(held).await.unwrap(), "v1 /held");
+    // capacity is back: the shed key is asked again, and answered by the origin
+    let after = service.clone().oneshot(common::get("/other")).await.unwrap();
+    assert_eq!(info(&after).status, CacheStatus::Miss);
+    assert_eq!(body_text(after).await.unwrap(), "v2 /other");
+}
+
+/// With the default `remember_failures` (1 s), a shed request's error is remembered as a `502`
+/// marked `detail=origin-error` for that second (documented), then the origin is asked again.
+#[tokio::test(start_paused = true)]
+async fn load_shed_inside_error_is_remembered_one_second_then_asked_again() {
+    let gate = Gate::new();
+    let (origin, _calls) = holding_origin(&gate);
+    let layer = SwrLayer::new();
+    let service = layer.layer(
+        ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(1)
+            .service(origin),
+    );
+    let held = tokio::spawn(service.clone().oneshot(common::get("/held")));
+    settle().await;
+    assert!(service.clone().oneshot(common::get("/other")).await.is_err());
+    gate.open();
+    held.await.unwrap().unwrap();
+    let remembered = service.clone().oneshot(common::get("/other")).await.unwrap();
+    assert_eq!(remembered.status(), StatusCode::BAD_GATEWAY);
+    let cs = cache_status(&remembered);
+    assert!(cs.contains("detail=failure") || cs.contains("origin-error"), "{cs}");
+    assert_eq!(info(&remembered).status, CacheStatus::FailureHit);
+    advance(Duration::from_millis(1100)).await;
+    let fresh = service.clone().oneshot(common::get("/other")).await.unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK, "{}", cache_status(&fresh));
+    assert_eq!(layer.stats().failure_hits, 1);
+}
+
+/// Readiness: a hit never waits for a saturated origin (README), here a `ConcurrencyLimit(1)`
+/// whose one slot is held by another key's miss.
+#[tokio::test(start_paused = true)]
+async fn concurrency_limit_inside_hits_do_not_wait_for_a_slot() {
+    let gate = Gate::new();
+    let (origin, calls) = holding_origin(&gate);
+    let service = SwrLayer::new().layer(ServiceBuilder::new().concurrency_limit(1).service(origin));
+    assert_eq!(
+        body_text(service.clone().oneshot(common::get("/ready")).await.unwrap())
+            .await
+            .unwrap(),
+        "v1 /ready"
+    );
+    let held = tokio::spawn(service.clone().oneshot(common::get("/held")));
+    settle().await;
+    assert_eq!(calls.get(), 2);
+    let waiting = tokio::spawn(service.clone().oneshot(common::get("/queued")));
+    settle().await;
+    assert_eq!(calls.get(), 2, "the third key waits for the slot");
+    for _ in 0..5 {
+        let hit = tokio::time::timeout(secs(1), service.clone().oneshot(common::get("/ready")))
+            .await
+            .expect("a hit answers while the slot is held")
+            .unwrap();
+        assert_eq!(info(&hit).status, CacheStatus::Fresh);
+    }
+    gate.open();
+    held.await.unwrap().unwrap();
+    let queued = waiting.await.unwrap().unwrap();
+    assert_eq!(body_text(queued).await.unwrap(), "v3 /queued");
+}
+
+/// `Buffer` + `RateLimit` behind the cache (the pair tower users put together, `RateLimit`
+/// being not `Clone`): hits answer at once while the origin's rate is spent; a miss waits for
+/// the next period, and nothing is an error.
+#[tokio::test(start_paused = true)]
+async fn buffered_rate_limit_inside_hits_answer_while_the_rate_is_spent() {
+    let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
+        Ok(reply_cc(format!("v{n} {}", request.uri().path()), "max-age=600"))
+    });
+    let limited = ServiceBuilder::new()
+        .buffer(8)
+        .rate_limit(1, secs(10))
+        .service(origin);
+    let service = SwrLayer::new().layer(limited);
+    let (first, _) = timed(service.clone(), common::get("/a")).await.unwrap();
+    assert_eq!(body_text(first).await.unwrap(), "v1 /a");
+    let start = Instant::now();
+    let pending = tokio::spawn(service.clone().oneshot(common::get("/b")));
+    for _ in 0..5 {
+        let (hit, took) = timed(service.clone(), common::get("/a")).await.unwrap();
+        assert_eq!(took, Duration::ZERO);
+        assert_eq!(info(&hit).status, CacheStatus::Fresh);
+    }
+    settle().await;
+    assert_eq!(calls.get(), 1, "/b waits for the rate");
+    let b = pending.await.unwrap().expect("rate limiting is waiting, not an error");
+    assert!(start.elapsed() >= secs(9), "{:?}", start.elapsed());
+    assert_eq!(body_text(b).await.unwrap(), "v2 /b");
+}
+
+/// tower's `Timeout` behind the cache is "the origin cannot be reached" (README): with a
+/// stored response inside stale-if-error it stands in, `fwd=stale`, and a `WARN` is logged.
+#[tokio::test(start_paused = true)]
+async fn tower_timeout_inside_lets_stale_if_error_stand_in() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let (origin, calls) = origin(|n, _| async move {
+        if n > 1 {
+            tokio::time::sleep(secs(5)).await;
+        }
+        Ok(reply_cc(
+            format!("v{n}"),
+            "max-age=1, stale-while-revalidate=0, stale-if-error=60",
+        ))
+    });
+    let layer = SwrLayer::new();
+    let service = layer.layer(ServiceBuilder::new().timeout(secs(1)).service(origin));
+    assert_eq!(fetch_text(&service, common::get("/t")).await.unwrap(), "v1");
+    advance(secs(3)).await;
+    let (answer, took) = timed(service.clone(), common::get("/t")).await.unwrap();
+    assert_eq!(took, secs(1), "cut by the timeout");
+    assert_eq!(info(&answer).status, CacheStatus::StaleIfError);
+    assert!(cache_status(&answer).contains("fwd=stale"), "{}", cache_status(&answer));
+    assert_eq!(body_text(answer).await.unwrap(), "v1");
+    assert_eq!(calls.get(), 2);
+    let stats = layer.stats();
+    assert_eq!((stats.stale_if_error, stats.loads_failed), (1, 1), "{stats:?}");
+    assert!(
+        !events.at(tracing::Level::WARN).is_empty(),
+        "a WARN when a stale entry is served because the origin failed"
+    );
+}
+
+/// tower's `Timeout` behind the cache with nothing stored: the caller gets tower's own
+/// `Elapsed` error.
+#[tokio::test(start_paused = true)]
+async fn tower_timeout_inside_error_reaches_the_caller_unchanged() {
+    let (origin, _calls) = origin(|n, _| async move {
+        tokio::time::sleep(secs(5)).await;
+        Ok(reply(format!("v{n}")))
+    });
+    let service = SwrLayer::new().layer(ServiceBuilder::new().timeout(secs(1)).service(origin));
+    let error = service.oneshot(common::get("/t")).await.expect_err("timed out");
+    assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
+}
+
+/// The axum way: `HandleErrorLayer` + `LoadShed` + `ConcurrencyLimit` on a route, behind the
+/// cache, turning overload into `429 Too Many Requests`: a 429 is "about one client: never
+/// shared" (README), so once capacity is back the next request is answered by the handler.
+#[tokio::test(start_paused = true)]
+async fn handle_error_load_shed_429_is_never_shared() {
+    let gate = Gate::new();
+    let hits = Hits::default();
+    let (g, h) = (gate.clone(), hits.clone());
+    let handler = move |Path(id): Path<String>| {
+        let (g, n) = (g.clone(), h.bump());
+        async move {
+            if id == "held" {
+                g.wait().await;
+            }
+            ([(header::CACHE_CONTROL, "max-age=60")], format!("v{n} {id}"))
+        }
+    };
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(handler).layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                        (StatusCode::TOO_MANY_REQUESTS, "busy")
+                    }))
+                    .load_shed()
+                    .concurrency_limit(1),
+            ),
+        )
+        .layer(layer.clone())
+        // a `Router<()>` called directly builds its handlers' layers per request (one
+        // semaphore each) until its state is given: freeze it as `axum::serve` does
+        .with_state(());
+    let held = tokio::spawn({
+        let app = app.clone();
+        async move { app_send(&app, app_get("/items/held")).await }
+    });
+    settle().await;
+    let shed = app_send(&app, app_get("/items/x")).await;
+    assert_eq!(shed.status(), StatusCode::TOO_MANY_REQUESTS);
+    gate.open();
+    app_text(held.await.unwrap()).await;
+    let after = app_send(&app, app_get("/items/x")).await;
+    assert_eq!(after.status(), StatusCode::OK, "{}", statuses(&after));
+    assert_eq!(app_text(after).await, "v2 x");
+    assert_eq!(layer.stats().failure_hits, 0);
+}
+
+/// The same with overload as `503`: a 5xx with nothing usable is the key's answer for
+/// `remember_failures` (1 s, documented), then the handler is asked again; it is never stored.
+#[tokio::test(start_paused = true)]
+async fn handle_error_load_shed_503_is_remembered_briefly_not_stored() {
+    let gate = Gate::new();
+    let hits = Hits::default();
+    let (g, h) = (gate.clone(), hits.clone());
+    let handler = move |Path(id): Path<String>| {
+        let (g, n) = (g.clone(), h.bump());
+        async move {
+            if id == "held" {
+                g.wait().await;
+            }
+            ([(header::CACHE_CONTROL, "max-age=60")], format!("v{n} {id}"))
+        }
+    };
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(handler).layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+                    }))
+                    .load_shed()
+                    .concurrency_limit(1),
+            ),
+        )
+        .layer(layer.clone())
+        // a `Router<()>` called directly builds its handlers' layers per request (one
+        // semaphore each) until its state is given: freeze it as `axum::serve` does
+        .with_state(());
+    let held = tokio::spawn({
+        let app = app.clone();
+        async move { app_send(&app, app_get("/items/held")).await }
+    });
+    settle().await;
+    let shed = app_send(&app, app_get("/items/x")).await;
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    gate.open();
+    app_text(held.await.unwrap()).await;
+    let remembered = app_send(&app, app_get("/items/x")).await;
+    assert_eq!(remembered.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(statuses(&remembered).contains("detail=failure"), "{}", statuses(&remembered));
+    assert_eq!(app_text(remembered).await, "overloaded");
+    advance(Duration::from_millis(1100)).await;
+    let after = app_send(&app, app_get("/items/x")).await;
+    assert_eq!(after.status(), StatusCode::OK, "{}", statuses(&after));
+    assert_eq!(app_text(after).await, "v2 x");
+    assert_eq!(hits.get(), 2);
+}
+
+/// Limiters in front of the cache (with `HandleErrorLayer` as axum needs): a rejected request
+/// never reaches the cache, and the cache's entry is intact for the next one.
+#[tokio::test(start_paused = true)]
+async fn handle_error_load_shed_outside_rejections_never_touch_the_cache() {
+    let gate = Gate::new();
+    let hits = Hits::default();
+    let (g, h) = (gate.clone(), hits.clone());
+    let handler = move |Path(id): Path<String>| {
+        let (g, n) = (g.clone(), h.bump());
+        async move {
+            if id == "held" {
+                g.wait().await;
+            }
+            ([(header::CACHE_CONTROL, "max-age=60")], format!("v{n} {id}"))
+        }
+    };
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/items/{id}", get(handler))
+        .layer(layer.clone())
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }))
+                .load_shed()
+                .concurrency_limit(1),
+        )
+        .with_state(());
+    assert_eq!(app_text(app_send(&app, app_get("/items/x")).await).await, "v1 x");
+    let held = tokio::spawn({
+        let app = app.clone();
+        async move { app_send(&app, app_get("/items/held")).await }
+    });
+    settle().await;
+    let shed = app_send(&app, app_get("/items/x")).await;
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(statuses(&shed).is_empty());
+    gate.open();
+    app_text(held.await.unwrap()).await;
+    let hit = app_send(&app, app_get("/items/x")).await;
+    assert!(statuses(&hit).contains("hit"), "{}", statuses(&hit));
+    assert_eq!(app_text(hit).await, "v1 x");
+    assert_eq!(layer.stats().failure_hits, 0);
+}

@@ -1110,3 +1110,461 @@ async fn handle_error_load_shed_outside_rejections_never_touch_the_cache() {
     assert_eq!(app_text(hit).await, "v1 x");
     assert_eq!(layer.stats().failure_hits, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// axum: State, rejecting extractors, nest, fallback, from_fn, route_layer, connect info
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct AppState {
+    renders: Hits,
+}
+
+/// A handler with `State` behind the cache (`with_state`): hits never run it.
+#[tokio::test(start_paused = true)]
+async fn state_handler_runs_once_for_many_requests() {
+    let state = AppState::default();
+    let app = Router::new()
+        .route(
+            "/s",
+            get(|State(state): State<AppState>| async move {
+                format!("render {}", state.renders.bump())
+            }),
+        )
+        .layer(SwrLayer::new())
+        .with_state(state.clone());
+    for _ in 0..5 {
+        assert_eq!(app_text(app_send(&app, app_get("/s")).await).await, "render 1");
+    }
+    assert_eq!(state.renders.get(), 1);
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    n: u32,
+}
+
+/// A `Query` rejection (`400`) is not stored: a `400` is not heuristically cacheable, and
+/// nothing in the docs says the layer stores client errors; the same bad URL reaches axum
+/// again, and the good one is cached.
+#[tokio::test(start_paused = true)]
+async fn query_rejection_400_is_not_cached() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/q",
+            get(move |Query(page): Query<Page>| {
+                let n = h.bump();
+                async move { format!("page {} call {n}", page.n) }
+            }),
+        )
+        .layer(layer.clone());
+    for _ in 0..2 {
+        let r = app_send(&app, app_get("/q?n=abc")).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(!statuses(&r).contains("hit"), "{}", statuses(&r));
+    }
+    assert_eq!(layer.stats().stores, 0);
+    assert_eq!(app_text(app_send(&app, app_get("/q?n=2")).await).await, "page 2 call 1");
+    assert_eq!(app_text(app_send(&app, app_get("/q?n=2")).await).await, "page 2 call 1");
+    let still_bad = app_send(&app, app_get("/q?n=abc")).await;
+    assert_eq!(still_bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(layer.stats().stores, 1);
+}
+
+/// A `Path` rejection (`400`) is not stored, and does not shadow the good route's entries.
+#[tokio::test(start_paused = true)]
+async fn path_rejection_400_is_not_cached() {
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/items/{id}", get(|Path(id): Path<u32>| async move { format!("item {id}") }))
+        .layer(layer.clone());
+    for _ in 0..2 {
+        let r = app_send(&app, app_get("/items/abc")).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(!statuses(&r).contains("hit"));
+    }
+    assert_eq!(app_text(app_send(&app, app_get("/items/7")).await).await, "item 7");
+    assert_eq!(layer.stats().stores, 1);
+}
+
+fn get_json(uri: &str, json: &'static str) -> Request<AxumBody> {
+    Request::builder()
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(AxumBody::from(json))
+        .expect("valid request")
+}
+
+/// A `Json` rejection on a `GET` (`422`, or `415` without a content type) is not stored, so a
+/// later valid `GET` reaches the handler; once that `200` is stored, a `GET` is answered from
+/// it whatever its body (README: "never a request's body ... an origin whose answer depends on
+/// it must say `no-store`").
+#[tokio::test(start_paused = true)]
+async fn json_rejection_is_not_cached_and_get_bodies_are_not_keyed() {
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/search", get(|Json(page): Json<Page>| async move { format!("n={}", page.n) }))
+        .layer(layer.clone());
+    let r = app_send(&app, get_json("/search", r#"{"n":"x"}"#)).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app_send(&app, common::axum_get("/search")).await;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", statuses(&r));
+    let ok = app_send(&app, get_json("/search", r#"{"n":3}"#)).await;
+    assert_eq!(ok.status(), StatusCode::OK, "{}", statuses(&ok));
+    assert_eq!(app_text(ok).await, "n=3");
+    let other = app_send(&app, get_json("/search", r#"{"n":"x"}"#)).await;
+    assert!(statuses(&other).contains("hit"), "{}", statuses(&other));
+    assert_eq!(app_text(other).await, "n=3");
+}
+
+/// Clones of one layer inside two `Router::nest` prefixes keep apart (keys use the path the
+/// client sent, CHANGELOG), and purges take the path users see.
+#[tokio::test(start_paused = true)]
+async fn nest_prefixes_keep_apart_and_purge_by_the_full_path() {
+    let layer = SwrLayer::new();
+    let handle = layer.handle();
+    let (ha, hb) = (Hits::default(), Hits::default());
+    let (a, b) = (ha.clone(), hb.clone());
+    let app = Router::new()
+        .nest(
+            "/a",
+            Router::new()
+                .route("/items", get(move || { let n = a.bump(); async move { format!("a{n}") } }))
+                .layer(layer.clone()),
+        )
+        .nest(
+            "/b",
+            Router::new()
+                .route("/items", get(move || { let n = b.bump(); async move { format!("b{n}") } }))
+                .layer(layer.clone()),
+        );
+    for _ in 0..2 {
+        assert_eq!(app_text(app_send(&app, app_get("/a/items")).await).await, "a1");
+        assert_eq!(app_text(app_send(&app, app_get("/b/items")).await).await, "b1");
+    }
+    assert_eq!(handle.purge("/items"), 0, "no entry under the stripped path");
+    assert_eq!(handle.purge("/a/items"), 1);
+    assert_eq!(app_text(app_send(&app, app_get("/a/items")).await).await, "a2");
+    assert_eq!(app_text(app_send(&app, app_get("/b/items")).await).await, "b1");
+}
+
+/// Inside `nest`, the key the layer reports is the full path the client sent.
+#[tokio::test(start_paused = true)]
+async fn nest_x_cache_key_names_the_full_path() {
+    let app = Router::new().nest(
+        "/api/v1",
+        Router::new()
+            .route("/items", get(|| async { "items" }))
+            .layer(SwrLayer::new().x_cache_key_header(true).x_cache_header(true)),
+    );
+    let r = app_send(&app, app_get("/api/v1/items?page=2")).await;
+    let key = header_of(&r, "x-cache-key").expect("X-Cache-Key");
+    assert!(key.contains("/api/v1/items"), "{key}");
+    assert!(key.contains("page=2"), "{key}");
+    assert_eq!(header_of(&r, "x-cache").as_deref(), Some("MISS"));
+    let r = app_send(&app, app_get("/api/v1/items?page=2")).await;
+    assert_eq!(header_of(&r, "x-cache").as_deref(), Some("HIT"));
+}
+
+/// A `fallback` under `Router::layer` is behind the cache too: an SPA fallback answers each
+/// path once, and each path keeps its own entry.
+#[tokio::test(start_paused = true)]
+async fn fallback_answers_are_cached_per_path() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let app = Router::new()
+        .route("/api", get(|| async { "api" }))
+        .fallback(move |uri: axum::http::Uri| {
+            let n = h.bump();
+            async move { format!("spa {} #{n}", uri.path()) }
+        })
+        .layer(SwrLayer::new());
+    for _ in 0..2 {
+        assert_eq!(app_text(app_send(&app, app_get("/x")).await).await, "spa /x #1");
+        assert_eq!(app_text(app_send(&app, app_get("/y")).await).await, "spa /y #2");
+    }
+    assert_eq!(hits.get(), 2);
+}
+
+/// `layer` covers the default fallback's `404` (heuristically cacheable, README: "as a 404"),
+/// `route_layer` only matched routes: an unknown path then has no `Cache-Status`.
+#[tokio::test(start_paused = true)]
+async fn route_layer_covers_routes_only_layer_covers_the_fallback() {
+    let layered = Router::new()
+        .route("/r", get(|| async { "r" }))
+        .layer(SwrLayer::new());
+    let first = app_send(&layered, app_get("/nope")).await;
+    assert_eq!(first.status(), StatusCode::NOT_FOUND);
+    assert!(statuses(&first).contains("stored"), "{}", statuses(&first));
+    let second = app_send(&layered, app_get("/nope")).await;
+    assert_eq!(second.status(), StatusCode::NOT_FOUND);
+    assert!(statuses(&second).contains("hit"), "{}", statuses(&second));
+
+    let route_layered = Router::new()
+        .route("/r", get(|| async { "r" }))
+        .route_layer(SwrLayer::new());
+    let unknown = app_send(&route_layered, app_get("/nope")).await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert!(statuses(&unknown).is_empty(), "{}", statuses(&unknown));
+    app_text(app_send(&route_layered, app_get("/r")).await).await;
+    let hit = app_send(&route_layered, app_get("/r")).await;
+    assert!(statuses(&hit).contains("hit"), "{}", statuses(&hit));
+}
+
+async fn require_token(request: axum::extract::Request, next: Next) -> Response<AxumBody> {
+    if request.headers().get("x-token").map(|v| v.as_bytes()) == Some(b"ok") {
+        next.run(request).await
+    } else {
+        StatusCode::UNAUTHORIZED.into_response()
+    }
+}
+
+/// Auth in `from_fn` in front of the cache: a request without the token is rejected even when
+/// the page is stored.
+#[tokio::test(start_paused = true)]
+async fn from_fn_auth_outside_rejects_before_the_cache() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/p", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new())
+        .layer(middleware::from_fn(require_token));
+    let ok = app_send(&app, get_h("/p", &[("x-token", "ok")])).await;
+    assert_eq!(app_text(ok).await, "v1");
+    let denied = app_send(&app, app_get("/p")).await;
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    assert!(statuses(&denied).is_empty());
+    let hit = app_send(&app, get_h("/p", &[("x-token", "ok")])).await;
+    assert!(statuses(&hit).contains("hit"));
+}
+
+async fn require_bearer(request: axum::extract::Request, next: Next) -> Response<AxumBody> {
+    let authorized = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == b"Bearer secret");
+    if authorized {
+        next.run(request).await
+    } else {
+        StatusCode::UNAUTHORIZED.into_response()
+    }
+}
+
+/// Auth in `from_fn` behind the cache, on `Authorization`: the authorized answer is never
+/// stored nor served to an anonymous request (README's never-shared rules), and the `401` is
+/// not stored either.
+#[tokio::test(start_paused = true)]
+async fn from_fn_auth_inside_authorized_answer_never_reaches_anonymous() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/me",
+            get(plain_handler(&hits, "max-age=60")).layer(middleware::from_fn(require_bearer)),
+        )
+        .layer(layer.clone());
+    for _ in 0..2 {
+        let mine = app_send(&app, get_h("/me", &[("authorization", "Bearer secret")])).await;
+        assert_eq!(mine.status(), StatusCode::OK);
+        app_text(mine).await;
+        let anon = app_send(&app, app_get("/me")).await;
+        assert_eq!(anon.status(), StatusCode::UNAUTHORIZED, "{}", statuses(&anon));
+        let wrong = app_send(&app, get_h("/me", &[("authorization", "Bearer guess")])).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{}", statuses(&wrong));
+    }
+    assert_eq!(hits.get(), 2, "each authorized request rendered");
+    assert_eq!(layer.stats().stores, 0);
+}
+
+/// The same with an API key header named in `credential_headers`: treated like
+/// `Authorization`.
+#[tokio::test(start_paused = true)]
+async fn from_fn_auth_inside_credential_header_is_never_shared() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new().credential_headers(["x-token"]);
+    let app = Router::new()
+        .route(
+            "/me",
+            get(plain_handler(&hits, "max-age=60")).layer(middleware::from_fn(require_token)),
+        )
+        .layer(layer.clone());
+    let mine = app_send(&app, get_h("/me", &[("x-token", "ok")])).await;
+    assert_eq!(mine.status(), StatusCode::OK);
+    let anon = app_send(&app, app_get("/me")).await;
+    assert_eq!(anon.status(), StatusCode::UNAUTHORIZED, "{}", statuses(&anon));
+    let wrong = app_send(&app, get_h("/me", &[("x-token", "nope")])).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{}", statuses(&wrong));
+    assert_eq!(layer.stats().stores, 0);
+}
+
+/// README: a handler that trusts `X-Forwarded-Host` lets any client choose the host of a page
+/// stored for everyone: "strip that header in front of the layer". A `from_fn` doing so in
+/// front keeps a poisoned header out of the stored page.
+#[tokio::test(start_paused = true)]
+async fn from_fn_outside_stripping_x_forwarded_host_prevents_poisoning() {
+    async fn strip(mut request: axum::extract::Request, next: Next) -> Response<AxumBody> {
+        request.headers_mut().remove("x-forwarded-host");
+        next.run(request).await
+    }
+    let render = |headers: axum::http::HeaderMap| async move {
+        let host = headers
+            .get("x-forwarded-host")
+            .or_else(|| headers.get(header::HOST))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        format!("<a href=\"https://{host}/next\">")
+    };
+    let app = Router::new()
+        .route("/home", get(render))
+        .layer(SwrLayer::new())
+        .layer(middleware::from_fn(strip));
+    let attack = app_send(
+        &app,
+        get_h("/home", &[("host", "shop.example"), ("x-forwarded-host", "evil.example")]),
+    )
+    .await;
+    assert!(!app_text(attack).await.contains("evil"));
+    let victim = app_send(&app, get_h("/home", &[("host", "shop.example")])).await;
+    assert!(statuses(&victim).contains("hit"));
+    assert_eq!(app_text(victim).await, "<a href=\"https://shop.example/next\">");
+}
+
+/// A `from_fn` behind the cache runs only on origin calls; one in front runs on every request.
+#[tokio::test(start_paused = true)]
+async fn from_fn_inside_runs_on_origin_calls_outside_on_every_request() {
+    let (inner, outer) = (Hits::default(), Hits::default());
+    let (i, o) = (inner.clone(), outer.clone());
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/p", get(plain_handler(&hits, SWR_10_60)))
+        .layer(middleware::from_fn(move |r: axum::extract::Request, next: Next| {
+            i.bump();
+            async move { next.run(r).await }
+        }))
+        .layer(SwrLayer::new())
+        .layer(middleware::from_fn(move |r: axum::extract::Request, next: Next| {
+            o.bump();
+            async move { next.run(r).await }
+        }))
+        .with_state(());
+    for _ in 0..3 {
+        app_text(app_send(&app, app_get("/p")).await).await;
+    }
+    assert_eq!((inner.get(), outer.get()), (1, 3));
+    advance(secs(11)).await;
+    app_text(app_send(&app, app_get("/p")).await).await;
+    settle().await;
+    assert_eq!((inner.get(), outer.get()), (2, 4), "the refresh ran the inner middleware");
+}
+
+/// Over a real socket with `into_make_service_with_connect_info`: `ConnectInfo` is a request
+/// extension the key function sees (`key_fn` gets the request's `Parts`), so an answer that
+/// depends on the client's address can be keyed by it. Keep-alive reuses the connection (one
+/// entry); a new client (another port) gets its own.
+#[tokio::test]
+async fn connect_info_is_visible_to_key_fn_over_a_real_socket() {
+    let layer = SwrLayer::new().key_fn(|parts| {
+        let info = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+        Some(info.0.to_string())
+    });
+    let app = Router::new()
+        .route(
+            "/whoami",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        )
+        .layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let url = format!("http://{addr}/whoami");
+    let fetch = |client: hyper_util::client::legacy::Client<_, Full<Bytes>>| {
+        let url = url.clone();
+        async move {
+            let response = client
+                .request(
+                    Request::builder()
+                        .uri(url)
+                        .body(Full::<Bytes>::default())
+                        .unwrap(),
+                )
+                .await
+                .expect("a response");
+            let cs = statuses(&response);
+            let text = String::from_utf8(
+                response.into_body().collect().await.unwrap().to_bytes().to_vec(),
+            )
+            .unwrap();
+            (text, cs)
+        }
+    };
+    let new_client = || {
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<Bytes>>()
+    };
+    let one = new_client();
+    let (first, cs1) = fetch(one.clone()).await;
+    let (again, cs2) = fetch(one.clone()).await;
+    assert!(cs1.contains("fwd=uri-miss"), "{cs1}");
+    assert_eq!(again, first, "same connection, same peer");
+    assert!(cs2.contains("hit"), "{cs2}");
+    let (other, cs3) = fetch(new_client()).await;
+    assert_ne!(other, first, "another connection is another peer: {cs3}");
+    assert!(cs3.contains("fwd=uri-miss"), "{cs3}");
+    assert_eq!(layer.stats().entries, 2);
+}
+
+/// A successful `POST` on an axum method router invalidates the `GET` entry of its URI
+/// (README: invalidation, RFC 9111 §4.4); a failed one does not.
+#[tokio::test(start_paused = true)]
+async fn method_router_post_invalidates_the_get_entry() {
+    let hits = Hits::default();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = fail.clone();
+    let app = Router::new()
+        .route(
+            "/doc",
+            get(plain_handler(&hits, "max-age=600")).post(move || {
+                let failing = f.load(Ordering::SeqCst);
+                async move {
+                    if failing {
+                        StatusCode::CONFLICT
+                    } else {
+                        StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        )
+        .layer(SwrLayer::new());
+    assert_eq!(app_text(app_send(&app, app_get("/doc")).await).await, "v1");
+    let failed = app_send(&app, app_req(Method::POST, "/doc", &[])).await;
+    assert_eq!(failed.status(), StatusCode::CONFLICT);
+    assert!(statuses(&failed).contains("fwd=method"), "{}", statuses(&failed));
+    assert_eq!(app_text(app_send(&app, app_get("/doc")).await).await, "v1");
+    fail.store(false, Ordering::SeqCst);
+    let done = app_send(&app, app_req(Method::POST, "/doc", &[])).await;
+    assert_eq!(done.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app_text(app_send(&app, app_get("/doc")).await).await, "v2");
+}
+
+/// `HEAD` on an axum route is answered from the stored `GET` entry (README).
+#[tokio::test(start_paused = true)]
+async fn head_is_answered_from_the_get_entry() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/h", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new());
+    app_text(app_send(&app, app_get("/h")).await).await;
+    let head = app_send(&app, app_req(Method::HEAD, "/h", &[])).await;
+    assert!(statuses(&head).contains("hit"), "{}", statuses(&head));
+    assert!(app_text(head).await.is_empty());
+    assert_eq!(hits.get(), 1);
+}

@@ -1568,3 +1568,658 @@ async fn head_is_answered_from_the_get_entry() {
     assert!(app_text(head).await.is_empty());
     assert_eq!(hits.get(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Observability: Age, Cache-Status, X-Cache, X-Query-Time-ms, Stats, metrics, tracing
+// ---------------------------------------------------------------------------------------------
+
+fn counting_origin(
+    cache_control: &'static str,
+) -> (impl OriginService, Calls) {
+    origin(move |n, _| async move { Ok(reply_cc(format!("v{n}"), cache_control)) })
+}
+
+/// Miss, hit, stale and refreshed answers each say what they are: `Cache-Status` (RFC 9211),
+/// `Age`, `CacheInfo`, and the counters.
+#[tokio::test(start_paused = true)]
+async fn age_and_cache_status_through_miss_hit_stale_refresh() {
+    let (origin, calls) = counting_origin("max-age=60");
+    let layer = SwrLayer::new();
+    let service = layer.layer(origin);
+
+    let miss = service.clone().oneshot(common::get("/o")).await.unwrap();
+    let cs = cache_status(&miss);
+    assert!(cs.starts_with("tower-swr;"), "{cs}");
+    assert!(cs.contains("fwd=uri-miss") && cs.contains("stored"), "{cs}");
+    assert_eq!(info(&miss).status, CacheStatus::Miss);
+    assert!(info(&miss).stored);
+    body_text(miss).await.unwrap();
+
+    advance(secs(7)).await;
+    let hit = service.clone().oneshot(common::get("/o")).await.unwrap();
+    assert_eq!(cache_status(&hit), "tower-swr; hit; ttl=53");
+    assert_eq!(age(&hit), Some(7));
+    assert_eq!(info(&hit).status, CacheStatus::Fresh);
+    assert_eq!(info(&hit).age, Some(secs(7)));
+    assert!(!info(&hit).refreshing);
+    body_text(hit).await.unwrap();
+
+    advance(secs(58)).await; // 65 s: 5 s into the default 120 s stale-while-revalidate window
+    let stale = service.clone().oneshot(common::get("/o")).await.unwrap();
+    let cs = cache_status(&stale);
+    assert!(cs.contains("hit") && cs.contains("ttl=-5"), "{cs}");
+    assert_eq!(age(&stale), Some(65));
+    assert_eq!(info(&stale).status, CacheStatus::Stale);
+    assert!(info(&stale).refreshing);
+    assert_eq!(body_text(stale).await.unwrap(), "v1");
+
+    settle().await;
+    assert_eq!(calls.get(), 2);
+    let refreshed = service.clone().oneshot(common::get("/o")).await.unwrap();
+    assert_eq!(info(&refreshed).status, CacheStatus::Fresh);
+    assert!(age(&refreshed).unwrap_or(0) <= 1, "{:?}", age(&refreshed));
+    assert_eq!(body_text(refreshed).await.unwrap(), "v2");
+
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.misses, stats.fresh_hits, stats.stale_hits, stats.stores),
+        (1, 2, 1, 2),
+        "{stats:?}"
+    );
+    assert_eq!((stats.refreshes_started, stats.refreshes_succeeded), (1, 1));
+    assert_eq!(requests(&stats), 4);
+}
+
+/// Coalesced waits are marked `collapsed` and counted; the leader is the one miss.
+#[tokio::test(start_paused = true)]
+async fn collapsed_waits_are_marked_and_counted() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, calls) = origin(move |n, _| {
+        let g = g.clone();
+        async move {
+            g.wait().await;
+            Ok(reply_cc(format!("v{n}"), "max-age=60"))
+        }
+    });
+    let layer = SwrLayer::new();
+    let service = layer.layer(origin);
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        waiting.push(tokio::spawn(service.clone().oneshot(common::get("/c"))));
+        settle().await;
+    }
+    gate.open();
+    let mut collapsed = 0;
+    for task in waiting {
+        let r = task.await.unwrap().unwrap();
+        if info(&r).status == CacheStatus::Collapsed {
+            collapsed += 1;
+            assert!(cache_status(&r).contains("collapsed"), "{}", cache_status(&r));
+        }
+        assert_eq!(body_text(r).await.unwrap(), "v1");
+    }
+    assert_eq!(collapsed, 3);
+    assert_eq!(calls.get(), 1);
+    let stats = layer.stats();
+    assert_eq!((stats.misses, stats.collapsed), (1, 3));
+}
+
+/// An origin `503` with a stored response inside stale-if-error: `fwd=stale; fwd-status=503`,
+/// counted, and a `WARN` naming the key and the age (README).
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_is_marked_counted_and_logged() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let (origin, _calls) = then_503("max-age=1, stale-while-revalidate=0, stale-if-error=60");
+    let layer = SwrLayer::new();
+    let service = layer.layer(origin);
+    fetch_text(&service, common::get("/e")).await.unwrap();
+    advance(secs(5)).await;
+    let r = service.clone().oneshot(common::get("/e")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cs = cache_status(&r);
+    assert!(cs.contains("fwd=stale") && cs.contains("fwd-status=503"), "{cs}");
+    assert_eq!(info(&r).status, CacheStatus::StaleIfError);
+    assert_eq!(age(&r), Some(5));
+    assert_eq!(body_text(r).await.unwrap(), "v1");
+    let stats = layer.stats();
+    assert_eq!((stats.stale_if_error, stats.loads_failed), (1, 1), "{stats:?}");
+    let warns = events.at(tracing::Level::WARN);
+    assert!(
+        warns.iter().any(|w| w.fields.keys().any(|k| k.contains("key"))
+            && w.fields.keys().any(|k| k.contains("age"))),
+        "a WARN with the key and the age: {:?}",
+        warns.iter().map(|w| (&w.message, &w.fields)).collect::<Vec<_>>()
+    );
+}
+
+/// An origin `503` with nothing usable: the origin's own answer unchanged, then for
+/// `remember_failures` (1 s) `hit; detail=failure` without calling the origin.
+#[tokio::test(start_paused = true)]
+async fn origin_error_with_nothing_usable_then_failure_hit() {
+    let (origin, calls) = origin(|n, _| async move {
+        Ok(respond(503, format!("down {n}"), &[("retry-after", "1")]))
+    });
+    let layer = SwrLayer::new();
+    let service = layer.layer(origin);
+    let first = service.clone().oneshot(common::get("/f")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header_value(&first, "retry-after").as_deref(), Some("1"));
+    assert_eq!(body_text(first).await.unwrap(), "down 1");
+    let again = service.clone().oneshot(common::get("/f")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let cs = cache_status(&again);
+    assert!(cs.contains("hit") && cs.contains("detail=failure"), "{cs}");
+    assert_eq!(body_text(again).await.unwrap(), "down 1");
+    assert_eq!(calls.get(), 1);
+    advance(Duration::from_millis(1500)).await;
+    let later = service.clone().oneshot(common::get("/f")).await.unwrap();
+    assert_eq!(body_text(later).await.unwrap(), "down 2");
+    let stats = layer.stats();
+    assert_eq!((stats.loads_failed, stats.failure_hits, stats.stores), (2, 1, 0), "{stats:?}");
+}
+
+/// `X-Cache` through an axum app: `MISS`, `HIT`, `STALE`, and `BYPASS` for a `POST`.
+#[tokio::test(start_paused = true)]
+async fn x_cache_header_through_axum() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/x",
+            get(plain_handler(&hits, SWR_10_60)).post(|| async { "posted" }),
+        )
+        .layer(SwrLayer::new().x_cache_header(true));
+    let x = |r: &Response<AxumBody>| header_of(r, "x-cache");
+    assert_eq!(x(&app_send(&app, app_get("/x")).await).as_deref(), Some("MISS"));
+    assert_eq!(x(&app_send(&app, app_get("/x")).await).as_deref(), Some("HIT"));
+    advance(secs(11)).await;
+    assert_eq!(x(&app_send(&app, app_get("/x")).await).as_deref(), Some("STALE"));
+    let post = app_send(&app, app_req(Method::POST, "/x", &[])).await;
+    assert_eq!(x(&post).as_deref(), Some("BYPASS"));
+}
+
+/// `X-Query-Time-ms`: `0` from memory, the origin's time for a miss (on the paused clock).
+#[tokio::test(start_paused = true)]
+async fn query_time_header_zero_for_hits_origin_time_for_misses() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/slow", get(slow_handler(&hits, 0, "max-age=60")))
+        .layer(SwrLayer::new().query_time_header(true));
+    let miss = app_send(&app, app_get("/slow")).await;
+    let ms: u64 = header_of(&miss, "x-query-time-ms").unwrap().parse().unwrap();
+    assert!((5000..5100).contains(&ms), "{ms}");
+    let hit = app_send(&app, app_get("/slow")).await;
+    assert_eq!(header_of(&hit, "x-query-time-ms").as_deref(), Some("0"));
+}
+
+/// A `/stats` route next to the cached ones (as `examples/axum.rs` has) answers the counters as
+/// JSON (`Stats` is `Serialize`), not itself cached when it is outside the layer.
+#[tokio::test(start_paused = true)]
+async fn stats_endpoint_beside_the_cached_routes() {
+    let layer = SwrLayer::new();
+    let handle = layer.handle();
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/p", get(plain_handler(&hits, "max-age=60")))
+        .route_layer(layer)
+        .route("/stats", get(move || {
+            let handle = handle.clone();
+            async move { Json(handle.stats()) }
+        }));
+    for _ in 0..3 {
+        app_text(app_send(&app, app_get("/p")).await).await;
+    }
+    let stats = app_text(app_send(&app, app_get("/stats")).await).await;
+    assert!(stats.contains("\"fresh_hits\":2"), "{stats}");
+    assert!(stats.contains("\"misses\":1"), "{stats}");
+    app_text(app_send(&app, app_get("/p")).await).await;
+    let stats = app_text(app_send(&app, app_get("/stats")).await).await;
+    assert!(stats.contains("\"fresh_hits\":3"), "not a cached /stats: {stats}");
+}
+
+/// The global `tracing` subscriber sees a `debug` event per request with the key and the
+/// status (README), and a `WARN` when a refresh fails.
+#[tokio::test(start_paused = true)]
+async fn tracing_debug_per_request_and_warn_on_failed_refresh() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let down = Switch::default();
+    let (origin, _calls) = switchable(SWR_10_60, down.clone());
+    let service = SwrLayer::new().layer(origin);
+    for _ in 0..3 {
+        fetch_text(&service, common::get("/traced?q=1")).await.unwrap();
+    }
+    let per_request: Vec<_> = events
+        .at(tracing::Level::DEBUG)
+        .into_iter()
+        .filter(|e| {
+            e.fields.values().any(|v| v.contains("/traced"))
+                && e.fields.keys().any(|k| k.contains("status"))
+        })
+        .collect();
+    assert!(
+        per_request.len() >= 3,
+        "a debug event per request with key and status: {:?}",
+        events
+            .at(tracing::Level::DEBUG)
+            .iter()
+            .map(|e| (&e.message, &e.fields))
+            .collect::<Vec<_>>()
+    );
+    assert!(events.at(tracing::Level::WARN).is_empty());
+    down.0.store(true, Ordering::SeqCst);
+    advance(secs(11)).await;
+    assert_eq!(fetch_text(&service, common::get("/traced?q=1")).await.unwrap(), "v1");
+    settle().await;
+    let warns = events.at(tracing::Level::WARN);
+    assert!(!warns.is_empty(), "a WARN when a refresh fails");
+}
+
+/// `stale_alert_age`: a `WARN` when what is served stale is older than the alert age.
+#[tokio::test(start_paused = true)]
+async fn tracing_warn_on_stale_alert_age() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let gate = Gate::new();
+    let (origin, _calls) = gated_after_first(&gate, SWR_10_60);
+    let service = SwrLayer::new().stale_alert_age(secs(30)).layer(origin);
+    fetch_text(&service, common::get("/old")).await.unwrap();
+    advance(secs(20)).await;
+    fetch_text(&service, common::get("/old")).await.unwrap();
+    assert!(events.at(tracing::Level::WARN).is_empty(), "20 s old: under the alert age");
+    advance(secs(20)).await;
+    fetch_text(&service, common::get("/old")).await.unwrap();
+    assert!(!events.at(tracing::Level::WARN).is_empty(), "40 s old: past the alert age");
+    gate.open();
+}
+
+// --- metrics -----------------------------------------------------------------------------------
+
+static SNAPSHOTTER: std::sync::OnceLock<metrics_util::debugging::Snapshotter> =
+    std::sync::OnceLock::new();
+
+fn recorder() -> &'static metrics_util::debugging::Snapshotter {
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("the only recorder of this binary");
+        snapshotter
+    })
+}
+
+/// Values of this cache's metrics, by name and the other label (`status`, `outcome`, `result`).
+fn metric_values(
+    cache: &str,
+) -> std::collections::BTreeMap<(String, String), metrics_util::debugging::DebugValue> {
+    let mut out = std::collections::BTreeMap::new();
+    for (key, _, _, value) in recorder().snapshot().into_vec() {
+        let key = key.key();
+        let labels: Vec<(String, String)> = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        if !labels.iter().any(|(k, v)| k == "cache" && v == cache) {
+            continue;
+        }
+        let other = labels
+            .iter()
+            .filter(|(k, _)| k != "cache")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        out.insert((key.name().to_owned(), other), value);
+    }
+    out
+}
+
+/// The `metrics` facade gets the documented names and labels for hits, stale answers,
+/// refreshes, misses, coalesced waits, stale-if-error, failure hits and failed loads, under the
+/// cache's name. (One test reads the recorder: a snapshot resets its counters.)
+#[tokio::test(start_paused = true)]
+async fn metrics_names_and_labels_as_documented() {
+    use metrics_util::debugging::DebugValue;
+    recorder();
+    let name = "compose-metrics";
+    let layer = SwrLayer::new().cache_name(name);
+    let down = Switch::default();
+    let (origin, _) = switchable(
+        "max-age=10, stale-while-revalidate=60, stale-if-error=600",
+        down.clone(),
+    );
+    let service = layer.layer(origin);
+
+    fetch_text(&service, common::get("/m")).await.unwrap(); // miss, stored
+    fetch_text(&service, common::get("/m")).await.unwrap(); // hit
+    advance(secs(11)).await;
+    fetch_text(&service, common::get("/m")).await.unwrap(); // stale + refresh
+    settle().await;
+    // coalesced: another service of the same layer (one cache), on an origin held open
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (slow, _) = origin_gated(g);
+    let slow_service = layer.clone().layer(slow);
+    let a = tokio::spawn(slow_service.clone().oneshot(common::get("/held")));
+    settle().await;
+    let b = tokio::spawn(slow_service.clone().oneshot(common::get("/held")));
+    settle().await;
+    gate.open();
+    body_text(a.await.unwrap().unwrap()).await.unwrap();
+    body_text(b.await.unwrap().unwrap()).await.unwrap();
+    // stale-if-error and a failed load
+    down.0.store(true, Ordering::SeqCst);
+    advance(secs(100)).await;
+    let sie = service.clone().oneshot(common::get("/m")).await.unwrap();
+    assert_eq!(info(&sie).status, CacheStatus::StaleIfError, "{}", cache_status(&sie));
+    // a failed load with nothing usable, then its failure remembered
+    service.clone().oneshot(common::get("/nothing")).await.unwrap();
+    let remembered = service.clone().oneshot(common::get("/nothing")).await.unwrap();
+    assert_eq!(info(&remembered).status, CacheStatus::FailureHit);
+    // a bypass
+    service
+        .clone()
+        .oneshot(common::req("POST", "/elsewhere", &[]))
+        .await
+        .unwrap();
+    settle().await;
+
+    let values = metric_values(name);
+    let counter = |metric: &str, label: &str| match values.get(&(metric.to_owned(), label.to_owned())) {
+        Some(DebugValue::Counter(n)) => *n,
+        other => panic!("{metric}{{{label}}}: {other:?}; all: {values:?}"),
+    };
+    assert_eq!(counter("swr_requests_total", "status=hit"), 1);
+    assert_eq!(counter("swr_requests_total", "status=stale"), 1);
+    assert_eq!(counter("swr_requests_total", "status=miss"), 3, "/m, /held, /nothing");
+    assert_eq!(counter("swr_requests_total", "status=collapsed"), 1);
+    assert_eq!(counter("swr_requests_total", "status=stale_if_error"), 1);
+    assert_eq!(counter("swr_requests_total", "status=failure_hit"), 1);
+    assert_eq!(counter("swr_requests_total", "status=bypass"), 1);
+    assert_eq!(counter("swr_refreshes_total", "outcome=started"), 1);
+    assert_eq!(counter("swr_refreshes_total", "outcome=succeeded"), 1);
+    assert_eq!(counter("swr_stores_total", "result=stored"), 3, "/m twice, /held");
+    assert_eq!(counter("swr_loads_total", "outcome=failed"), 2, "/m's and /nothing's");
+    for gauge in ["swr_entries", "swr_bytes", "swr_refreshes_running"] {
+        assert!(
+            matches!(values.get(&(gauge.to_owned(), String::new())), Some(DebugValue::Gauge(_))),
+            "gauge {gauge}: {values:?}"
+        );
+    }
+    let stats = layer.stats();
+    assert_eq!((stats.fresh_hits, stats.stale_hits, stats.collapsed), (1, 1, 1), "{stats:?}");
+}
+
+fn origin_gated(gate: Gate) -> (impl OriginService, Calls) {
+    origin(move |n, _| {
+        let gate = gate.clone();
+        async move {
+            gate.wait().await;
+            Ok(reply_cc(format!("held {n}"), "max-age=60"))
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Background refreshes through what the app stacks around the layer
+// ---------------------------------------------------------------------------------------------
+
+/// Waits (paused clock) for the background refresh to end.
+async fn let_refresh_run() {
+    for _ in 0..4 {
+        settle().await;
+    }
+}
+
+/// A refresh of the gzip variant behind `CompressionLayer` asks as the stored variant's
+/// request did: afterwards the gzip client still gets gzip, the plain client identity.
+#[tokio::test(start_paused = true)]
+async fn refresh_behind_compression_keeps_each_variant_its_encoding() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let n = h.bump();
+                async move { ([(header::CACHE_CONTROL, SWR_10_60)], long_text(n)) }
+            })
+            .layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(layer.clone());
+    let gz = |app: Router| async move {
+        app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await
+    };
+    let plain = |app: Router| async move { app_send(&app, get_h("/page", &[])).await };
+    bytes_of(gz(app.clone()).await).await;
+    bytes_of(plain(app.clone()).await).await;
+    advance(secs(11)).await;
+    let stale = gz(app.clone()).await;
+    assert!(status_is(&stale, CacheStatus::Stale));
+    bytes_of(stale).await;
+    let_refresh_run().await;
+    assert_eq!(layer.stats().refreshes_succeeded, 1, "{:?}", layer.stats());
+    let after = gz(app.clone()).await;
+    assert!(status_is(&after, CacheStatus::Fresh), "{}", statuses(&after));
+    assert_eq!(header_of(&after, "content-encoding").as_deref(), Some("gzip"));
+    assert!(is_gzip(&bytes_of(after).await));
+    let p = plain(app.clone()).await;
+    assert_eq!(header_of(&p, "content-encoding"), None, "{}", statuses(&p));
+    assert!(bytes_of(p).await.starts_with(b"call "));
+}
+
+/// A refresh behind `CorsLayer` keeps each `Origin` variant's `Access-Control-Allow-Origin`.
+#[tokio::test(start_paused = true)]
+async fn refresh_behind_cors_keeps_each_origin_variant() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/api", get(plain_handler(&hits, SWR_10_60)).layer(cors()))
+        .layer(layer.clone());
+    let from = |o: &'static str| get_h("/api", &[("origin", o)]);
+    app_text(app_send(&app, from("https://a.example")).await).await;
+    app_text(app_send(&app, from("https://b.example")).await).await;
+    advance(secs(11)).await;
+    app_text(app_send(&app, from("https://a.example")).await).await;
+    let_refresh_run().await;
+    assert_eq!(layer.stats().refreshes_succeeded, 1);
+    let a = app_send(&app, from("https://a.example")).await;
+    assert!(status_is(&a, CacheStatus::Fresh), "{}", statuses(&a));
+    assert_eq!(
+        header_of(&a, "access-control-allow-origin").as_deref(),
+        Some("https://a.example")
+    );
+    let b = app_send(&app, from("https://b.example")).await;
+    assert_eq!(
+        header_of(&b, "access-control-allow-origin").as_deref(),
+        Some("https://b.example")
+    );
+}
+
+/// A refresh of an entry stored inside `Router::nest` reaches the nested route (the inner
+/// service sees the stripped path, as the first request's did) and replaces the entry.
+#[tokio::test(start_paused = true)]
+async fn refresh_inside_nest_reaches_the_nested_route() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new().nest(
+        "/api",
+        Router::new()
+            .route("/items", get(plain_handler(&hits, SWR_10_60)))
+            .layer(layer.clone()),
+    );
+    assert_eq!(app_text(app_send(&app, app_get("/api/items")).await).await, "v1");
+    advance(secs(11)).await;
+    assert_eq!(app_text(app_send(&app, app_get("/api/items")).await).await, "v1");
+    let_refresh_run().await;
+    let stats = layer.stats();
+    assert_eq!((stats.refreshes_succeeded, stats.refreshes_failed), (1, 0), "{stats:?}");
+    let r = app_send(&app, app_get("/api/items")).await;
+    assert!(status_is(&r, CacheStatus::Fresh), "{}", statuses(&r));
+    assert_eq!(app_text(r).await, "v2");
+}
+
+/// An `Extension` added in front of the cache (the usual `.layer(Extension(pool))` last) is
+/// what handlers extract: a background refresh must reach the handler with it, as the request
+/// that stored the entry did. The docs say a refresh runs "on a clone of the inner service"
+/// for the key; an axum user expects it to be the stored request again, extensions included.
+#[tokio::test(start_paused = true)]
+async fn refresh_keeps_request_extensions_added_in_front() {
+    #[derive(Clone)]
+    struct Db(&'static str);
+    let hits = Hits::default();
+    let h = hits.clone();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/db",
+            get(move |axum::Extension(db): axum::Extension<Db>| {
+                let n = h.bump();
+                async move { ([(header::CACHE_CONTROL, SWR_10_60)], format!("{} v{n}", db.0)) }
+            }),
+        )
+        .layer(layer.clone())
+        .layer(axum::Extension(Db("pg")));
+    assert_eq!(app_text(app_send(&app, app_get("/db")).await).await, "pg v1");
+    advance(secs(11)).await;
+    assert_eq!(app_text(app_send(&app, app_get("/db")).await).await, "pg v1");
+    let_refresh_run().await;
+    let stats = layer.stats();
+    assert_eq!((stats.refreshes_succeeded, stats.refreshes_failed), (1, 0), "{stats:?}");
+    assert_eq!(app_text(app_send(&app, app_get("/db")).await).await, "pg v2");
+}
+
+/// The same for `ConnectInfo` (served with `into_make_service_with_connect_info`): a handler
+/// extracting it must not fail when a background refresh calls it.
+#[tokio::test]
+async fn refresh_keeps_connect_info_over_a_real_socket() {
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                (
+                    [(header::CACHE_CONTROL, "max-age=1, stale-while-revalidate=60")],
+                    format!("peer {}", peer.ip()),
+                )
+            }),
+        )
+        .layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let host = addr.to_string();
+    let first = exchange(addr, &raw_get("/peer", &host, ""), false).await.unwrap();
+    assert_eq!(first.status, 200);
+    // real time: wait until the entry is stale, then let one request start the refresh
+    let deadline = Deadline::after(secs(10), "the entry to go stale");
+    loop {
+        let r = exchange(addr, &raw_get("/peer", &host, ""), false).await.unwrap();
+        if r.cache_status().contains("ttl=-") {
+            break;
+        }
+        deadline.tick().await;
+    }
+    let deadline = Deadline::after(secs(10), "the refresh to end");
+    while layer.stats().refreshes_running > 0 || layer.stats().refreshes_started == 0 {
+        deadline.tick().await;
+    }
+    let stats = layer.stats();
+    assert_eq!((stats.refreshes_succeeded, stats.refreshes_failed), (1, 0), "{stats:?}");
+}
+
+/// A refresh through `TraceLayer` behind the cache shows up in its logs (one more
+/// "finished processing request"), and through a `ConcurrencyLimit` + `Buffer` it succeeds.
+#[tokio::test(start_paused = true)]
+async fn refresh_through_trace_and_buffered_concurrency_limit() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/r",
+            get(plain_handler(&hits, SWR_10_60)).layer(
+                ServiceBuilder::new()
+                    .layer(tower_http::trace::TraceLayer::new_for_http())
+                    .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }))
+                    .buffer(4)
+                    .concurrency_limit(1),
+            ),
+        )
+        .layer(layer.clone())
+        .with_state(());
+    app_text(app_send(&app, app_get("/r")).await).await;
+    advance(secs(11)).await;
+    app_text(app_send(&app, app_get("/r")).await).await;
+    let_refresh_run().await;
+    assert_eq!(layer.stats().refreshes_succeeded, 1, "{:?}", layer.stats());
+    assert_eq!(events.matching(tracing::Level::DEBUG, FINISHED).len(), 2);
+    assert_eq!(app_text(app_send(&app, app_get("/r")).await).await, "v2");
+}
+
+/// Waiters of a leader answered `408` by an inner `TimeoutLayer` do not take its `408`
+/// (about one client: never shared): each asks the handler itself.
+#[tokio::test(start_paused = true)]
+async fn timeout_inside_408_is_not_handed_to_waiters() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(slow_handler(&hits, 0, "max-age=60")).layer(
+                tower_http::timeout::TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    secs(1),
+                ),
+            ),
+        )
+        .layer(SwrLayer::new())
+        .with_state(());
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move { app_send(&app, app_get("/slow")).await }));
+    }
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(!status_is(&r, CacheStatus::Collapsed), "{}", statuses(&r));
+        assert!(!status_is(&r, CacheStatus::FailureHit), "{}", statuses(&r));
+    }
+    assert_eq!(hits.get(), 3);
+}
+
+/// A `Range` request from a client that did not accept gzip, with only the gzip variant stored
+/// behind `CompressionLayer`: never a slice of the gzip bytes.
+#[tokio::test(start_paused = true)]
+async fn compression_inside_range_for_identity_client_is_not_gzip() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(long_handler(&hits)).layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new());
+    bytes_of(app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await).await;
+    let r = app_send(&app, get_h("/page", &[("range", "bytes=0-3")])).await;
+    assert_eq!(header_of(&r, "content-encoding"), None, "{}", statuses(&r));
+    let bytes = bytes_of(r).await;
+    assert!(!is_gzip(&bytes), "{bytes:?}");
+    assert!(bytes.starts_with(b"call"), "{bytes:?}");
+    let gz_range = app_send(
+        &app,
+        get_h("/page", &[("accept-encoding", "gzip"), ("range", "bytes=0-1")]),
+    )
+    .await;
+    assert_eq!(gz_range.status(), StatusCode::PARTIAL_CONTENT, "{}", statuses(&gz_range));
+    assert_eq!(header_of(&gz_range, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(&bytes_of(gz_range).await[..], &[0x1f, 0x8b]);
+}

@@ -2223,3 +2223,287 @@ async fn compression_inside_range_for_identity_client_is_not_gzip() {
     assert_eq!(header_of(&gz_range, "content-encoding").as_deref(), Some("gzip"));
     assert_eq!(&bytes_of(gz_range).await[..], &[0x1f, 0x8b]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Coalescing across variants and per-client answers
+// ---------------------------------------------------------------------------------------------
+
+/// A handler held open until `gate` opens, answering `long_text(call)` with `SWR_10_60`
+/// unless `cache_control` says otherwise.
+fn held_long_handler(
+    hits: &Hits,
+    gate: &Gate,
+    cache_control: &'static str,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<AxumBody>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let (hits, gate) = (hits.clone(), gate.clone());
+    move || {
+        let (n, gate) = (hits.bump(), gate.clone());
+        Box::pin(async move {
+            gate.wait().await;
+            ([(header::CACHE_CONTROL, cache_control)], long_text(n)).into_response()
+        })
+    }
+}
+
+/// While a gzip client's miss is in flight behind `CompressionLayer`, a client that did not
+/// accept gzip arrives for the same URL: the response turns out to `Vary: accept-encoding`,
+/// so the waiter must not be handed the leader's gzip body.
+#[tokio::test(start_paused = true)]
+async fn coalesced_waiter_of_another_accept_encoding_never_gets_gzip() {
+    let (hits, gate) = (Hits::default(), Gate::new());
+    let app = Router::new()
+        .route(
+            "/page",
+            get(held_long_handler(&hits, &gate, "max-age=60"))
+                .layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new())
+        .with_state(());
+    let send = |headers: &'static [(&'static str, &'static str)]| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let r = app_send(&app, get_h("/page", headers)).await;
+            let enc = header_of(&r, "content-encoding");
+            let cs = statuses(&r);
+            (enc, bytes_of(r).await, cs)
+        })
+    };
+    let leader = send(&[("accept-encoding", "gzip")]);
+    settle().await;
+    let plain = send(&[]);
+    let br = send(&[("accept-encoding", "br")]);
+    settle().await;
+    gate.open();
+    let (enc, bytes, _) = leader.await.unwrap();
+    assert_eq!(enc.as_deref(), Some("gzip"));
+    assert!(is_gzip(&bytes));
+    for (what, task) in [("no Accept-Encoding", plain), ("br only", br)] {
+        let (enc, bytes, cs) = task.await.unwrap();
+        assert_eq!(enc, None, "{what}: {cs}");
+        assert!(!is_gzip(&bytes), "{what}: gzip bytes ({cs})");
+        assert!(bytes.starts_with(b"call "), "{what}");
+    }
+}
+
+/// The same with `CorsLayer`: a waiter from another `Origin` gets its own
+/// `Access-Control-Allow-Origin`, not the leader's.
+#[tokio::test(start_paused = true)]
+async fn coalesced_waiter_of_another_origin_gets_its_own_cors_answer() {
+    let (hits, gate) = (Hits::default(), Gate::new());
+    let app = Router::new()
+        .route(
+            "/api",
+            get(held_long_handler(&hits, &gate, "max-age=60")).layer(cors()),
+        )
+        .layer(SwrLayer::new())
+        .with_state(());
+    let send = |origin: &'static str| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let r = app_send(&app, get_h("/api", &[("origin", origin)])).await;
+            (header_of(&r, "access-control-allow-origin"), statuses(&r))
+        })
+    };
+    let a = send("https://a.example");
+    settle().await;
+    let b = send("https://b.example");
+    let evil = send("https://evil.example");
+    settle().await;
+    gate.open();
+    assert_eq!(a.await.unwrap().0.as_deref(), Some("https://a.example"));
+    let (acao, cs) = b.await.unwrap();
+    assert_eq!(acao.as_deref(), Some("https://b.example"), "{cs}");
+    let (acao, cs) = evil.await.unwrap();
+    assert_eq!(acao, None, "{cs}");
+}
+
+/// A session middleware behind the cache that sets a cookie on every answer: never stored
+/// (README: `Set-Cookie`), and the requests that waited for one origin call never get the
+/// leader's cookie.
+#[tokio::test(start_paused = true)]
+async fn set_cookie_from_session_middleware_is_never_stored_nor_shared() {
+    let (hits, gate) = (Hits::default(), Gate::new());
+    let sessions = Hits::default();
+    let s = sessions.clone();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/home",
+            get(held_long_handler(&hits, &gate, "max-age=60")).layer(middleware::from_fn(
+                move |request: axum::extract::Request, next: Next| {
+                    let id = s.bump();
+                    async move {
+                        let mut response = next.run(request).await;
+                        response.headers_mut().append(
+                            header::SET_COOKIE,
+                            HeaderValue::from_str(&format!("session={id}")).unwrap(),
+                        );
+                        response
+                    }
+                },
+            )),
+        )
+        .layer(layer.clone())
+        .with_state(());
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = app_send(&app, app_get("/home")).await;
+            header_of(&r, "set-cookie")
+        }));
+        settle().await;
+    }
+    gate.open();
+    let mut cookies = std::collections::BTreeSet::new();
+    for task in tasks {
+        cookies.insert(task.await.unwrap().expect("a session cookie"));
+    }
+    assert_eq!(cookies.len(), 3, "each request its own session: {cookies:?}");
+    assert_eq!(layer.stats().stores, 0);
+    let later = app_send(&app, app_get("/home")).await;
+    assert!(header_of(&later, "set-cookie").is_some());
+    assert!(!cookies.contains(&header_of(&later, "set-cookie").unwrap()));
+}
+
+/// CORS and compression both behind the cache: two `Vary` lines (`origin, ...` and
+/// `accept-encoding`) are both honoured.
+#[tokio::test(start_paused = true)]
+async fn two_vary_lines_from_cors_and_compression_are_both_keyed() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/api",
+            get(long_handler(&hits)).layer(
+                ServiceBuilder::new()
+                    .layer(cors())
+                    .layer(tower_http::compression::CompressionLayer::new()),
+            ),
+        )
+        .layer(SwrLayer::new());
+    let send = |origin: &'static str, gzip: bool| {
+        let app = app.clone();
+        async move {
+            let mut headers = vec![("origin", origin)];
+            if gzip {
+                headers.push(("accept-encoding", "gzip"));
+            }
+            let r = app_send(&app, get_h("/api", &headers)).await;
+            let vary = r
+                .headers()
+                .get_all(header::VARY)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                header_of(&r, "access-control-allow-origin"),
+                header_of(&r, "content-encoding"),
+                vary,
+                statuses(&r),
+            )
+        }
+    };
+    let (acao, enc, vary, _) = send("https://a.example", true).await;
+    assert_eq!((acao.as_deref(), enc.as_deref()), (Some("https://a.example"), Some("gzip")));
+    let vary = vary.to_ascii_lowercase();
+    assert!(vary.contains("origin") && vary.contains("accept-encoding"), "{vary}");
+    let (acao, enc, _, cs) = send("https://a.example", false).await;
+    assert_eq!((acao.as_deref(), enc), (Some("https://a.example"), None), "{cs}");
+    let (acao, enc, _, cs) = send("https://b.example", true).await;
+    assert_eq!((acao.as_deref(), enc.as_deref()), (Some("https://b.example"), Some("gzip")), "{cs}");
+    let (_, _, _, cs) = send("https://a.example", true).await;
+    assert!(cs.contains("hit"), "{cs}");
+    assert_eq!(hits.get(), 3);
+}
+
+/// A `HEAD` from a client that did not accept gzip, with only the gzip variant stored behind
+/// `CompressionLayer`, does not say `Content-Encoding: gzip`.
+#[tokio::test(start_paused = true)]
+async fn compression_inside_head_for_identity_client_is_not_gzip() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(long_handler(&hits)).layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new());
+    bytes_of(app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await).await;
+    let head = app_send(&app, app_req(Method::HEAD, "/page", &[])).await;
+    assert_eq!(header_of(&head, "content-encoding"), None, "{}", statuses(&head));
+    let head_gz = app_send(&app, app_req(Method::HEAD, "/page", &[("accept-encoding", "gzip")])).await;
+    assert!(statuses(&head_gz).contains("hit"), "{}", statuses(&head_gz));
+    assert_eq!(header_of(&head_gz, "content-encoding").as_deref(), Some("gzip"));
+}
+
+/// A `Vary: *` set by a layer behind the cache: never stored (README).
+#[tokio::test(start_paused = true)]
+async fn set_header_inside_vary_star_is_never_stored() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/v",
+            get(plain_handler(&hits, "max-age=60")).layer(
+                tower_http::set_header::SetResponseHeaderLayer::appending(
+                    header::VARY,
+                    HeaderValue::from_static("*"),
+                ),
+            ),
+        )
+        .layer(layer.clone());
+    for n in 1..=2 {
+        assert_eq!(app_text(app_send(&app, app_get("/v")).await).await, format!("v{n}"));
+    }
+    assert_eq!(layer.stats().stores, 0);
+}
+
+/// A request carrying `Cookie` (a browser with any cookie) is answered from and stored in the
+/// cache only with `public` or `s-maxage` answers (README, like Varnish).
+#[tokio::test(start_paused = true)]
+async fn cookie_requests_through_axum_follow_the_documented_rule() {
+    let (private_ish, public) = (Hits::default(), Hits::default());
+    let app = Router::new()
+        .route("/plain", get(plain_handler(&private_ish, "max-age=60")))
+        .route("/public", get(plain_handler(&public, "public, max-age=60")))
+        .layer(SwrLayer::new());
+    app_text(app_send(&app, app_get("/plain")).await).await;
+    let with_cookie = app_send(&app, get_h("/plain", &[("cookie", "theme=dark")])).await;
+    assert!(!statuses(&with_cookie).contains("hit"), "{}", statuses(&with_cookie));
+    assert_eq!(app_text(with_cookie).await, "v2");
+    app_text(app_send(&app, get_h("/public", &[("cookie", "a=1")])).await).await;
+    let hit = app_send(&app, get_h("/public", &[("cookie", "a=2")])).await;
+    assert!(statuses(&hit).contains("hit"), "{}", statuses(&hit));
+    assert_eq!(public.get(), 1);
+}
+
+/// A `Cache-Status` from a cache behind this one (an upstream's member) comes first; ours is
+/// appended after it (RFC 9211), on misses and hits.
+#[tokio::test(start_paused = true)]
+async fn cache_status_is_appended_after_an_upstream_member() {
+    let app = Router::new()
+        .route(
+            "/u",
+            get(|| async {
+                (
+                    [
+                        (header::CACHE_CONTROL, "max-age=60"),
+                        (header::HeaderName::from_static("cache-status"), "origin-cdn; hit"),
+                    ],
+                    "u",
+                )
+            }),
+        )
+        .layer(SwrLayer::new().cache_name("edge"));
+    for expect in ["fwd=uri-miss", "hit"] {
+        let r = app_send(&app, app_get("/u")).await;
+        let lines = cache_status_lines(&r);
+        assert_eq!(lines.first().map(String::as_str), Some("origin-cdn; hit"), "{lines:?}");
+        let ours = lines.last().unwrap();
+        assert!(ours.starts_with("edge;") && ours.contains(expect), "{lines:?}");
+    }
+}

@@ -61,9 +61,9 @@ fn long_handler(
     let hits = hits.clone();
     move || {
         let n = hits.bump();
-        Box::pin(async move {
-            ([(header::CACHE_CONTROL, "max-age=60")], long_text(n)).into_response()
-        })
+        Box::pin(
+            async move { ([(header::CACHE_CONTROL, "max-age=60")], long_text(n)).into_response() },
+        )
     }
 }
 
@@ -133,8 +133,15 @@ async fn compression_inside_gzip_never_reaches_a_client_that_did_not_accept_it()
         .contains("accept-encoding"));
     assert!(is_gzip(&bytes_of(gz).await));
 
-    for accept in [None, Some("identity"), Some("br"), Some("gzip;q=0"), Some("deflate")] {
-        let headers: Vec<(&str, &str)> = accept.map(|a| ("accept-encoding", a)).into_iter().collect();
+    for accept in [
+        None,
+        Some("identity"),
+        Some("br"),
+        Some("gzip;q=0"),
+        Some("deflate"),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            accept.map(|a| ("accept-encoding", a)).into_iter().collect();
         let response = app_send(&app, get_h("/page", &headers)).await;
         assert_eq!(
             header_of(&response, "content-encoding"),
@@ -143,13 +150,19 @@ async fn compression_inside_gzip_never_reaches_a_client_that_did_not_accept_it()
             statuses(&response)
         );
         let bytes = bytes_of(response).await;
-        assert!(!is_gzip(&bytes), "Accept-Encoding {accept:?} got gzip bytes");
+        assert!(
+            !is_gzip(&bytes),
+            "Accept-Encoding {accept:?} got gzip bytes"
+        );
         assert!(bytes.starts_with(b"call "), "Accept-Encoding {accept:?}");
     }
 
     let again = app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await;
     assert!(statuses(&again).contains("hit"), "{}", statuses(&again));
-    assert_eq!(header_of(&again, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(
+        header_of(&again, "content-encoding").as_deref(),
+        Some("gzip")
+    );
     assert!(
         header_of(&again, "vary").is_some(),
         "the stored Vary reaches clients on hits"
@@ -169,7 +182,11 @@ async fn compression_inside_same_accept_encoding_is_one_origin_call() {
         )
         .layer(SwrLayer::new());
     for _ in 0..3 {
-        let r = app_send(&app, get_h("/page", &[("accept-encoding", "gzip, deflate, br")])).await;
+        let r = app_send(
+            &app,
+            get_h("/page", &[("accept-encoding", "gzip, deflate, br")]),
+        )
+        .await;
         assert_eq!(header_of(&r, "content-encoding").as_deref(), Some("gzip"));
         bytes_of(r).await;
     }
@@ -194,19 +211,35 @@ async fn compression_inside_over_the_wire_plain_client_reads_identity() {
         .layer(SwrLayer::new());
     let addr = serve(app).await;
     let host = addr.to_string();
-    let gz = exchange(addr, &raw_get("/page", &host, "Accept-Encoding: gzip\r\n"), false)
-        .await
-        .expect("a response");
+    let gz = exchange(
+        addr,
+        &raw_get("/page", &host, "Accept-Encoding: gzip\r\n"),
+        false,
+    )
+    .await
+    .expect("a response");
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert!(is_gzip(&gz.body));
     let plain = exchange(addr, &raw_get("/page", &host, ""), false)
         .await
         .expect("a response");
-    assert_eq!(plain.header("content-encoding"), None, "{:?}", plain.headers);
-    assert!(plain.body.starts_with(b"call "), "identity body on the wire");
-    let gz2 = exchange(addr, &raw_get("/page", &host, "Accept-Encoding: gzip\r\n"), false)
-        .await
-        .expect("a response");
+    assert_eq!(
+        plain.header("content-encoding"),
+        None,
+        "{:?}",
+        plain.headers
+    );
+    assert!(
+        plain.body.starts_with(b"call "),
+        "identity body on the wire"
+    );
+    let gz2 = exchange(
+        addr,
+        &raw_get("/page", &host, "Accept-Encoding: gzip\r\n"),
+        false,
+    )
+    .await
+    .expect("a response");
     assert!(gz2.cache_status().contains("hit"), "{}", gz2.cache_status());
     assert!(is_gzip(&gz2.body));
     assert_eq!(hits.get(), 2);
@@ -256,8 +289,16 @@ async fn timeout_inside_408_is_not_cached_nor_shared() {
     for round in 1..=3 {
         let r = app_send(&app, app_get("/slow")).await;
         assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT, "round {round}");
-        assert!(!status_is(&r, CacheStatus::FailureHit), "round {round}: {}", statuses(&r));
-        assert!(!statuses(&r).contains("hit"), "round {round}: {}", statuses(&r));
+        assert!(
+            !status_is(&r, CacheStatus::FailureHit),
+            "round {round}: {}",
+            statuses(&r)
+        );
+        assert!(
+            !statuses(&r).contains("hit"),
+            "round {round}: {}",
+            statuses(&r)
+        );
     }
     assert_eq!(hits.get(), 3, "every request reached the handler");
 }
@@ -287,7 +328,10 @@ async fn timeout_inside_408_lets_stale_if_error_stand_in() {
     let r = app_send(&app, app_get("/slow")).await;
     assert_eq!(r.status(), StatusCode::OK);
     let cs = statuses(&r);
-    assert!(cs.contains("fwd=stale") && cs.contains("fwd-status=408"), "{cs}");
+    assert!(
+        cs.contains("fwd=stale") && cs.contains("fwd-status=408"),
+        "{cs}"
+    );
     assert_eq!(app_text(r).await, "v1");
     assert_eq!(layer.stats().stale_if_error, 1);
 }
@@ -312,7 +356,11 @@ async fn timeout_inside_408_refresh_keeps_the_entry() {
     assert_eq!(app_text(app_send(&app, app_get("/slow")).await).await, "v1");
     advance(secs(12)).await;
     let stale = app_send(&app, app_get("/slow")).await;
-    assert!(status_is(&stale, CacheStatus::Stale), "{}", statuses(&stale));
+    assert!(
+        status_is(&stale, CacheStatus::Stale),
+        "{}",
+        statuses(&stale)
+    );
     assert_eq!(app_text(stale).await, "v1");
     for _ in 0..4 {
         settle().await;
@@ -428,7 +476,11 @@ async fn trace_outside_logs_every_request_and_keeps_cache_headers() {
         .layer(SwrLayer::new())
         .layer(tower_http::trace::TraceLayer::new_for_http());
     let first = app_send(&app, app_get("/t")).await;
-    assert!(statuses(&first).contains("fwd=uri-miss"), "{}", statuses(&first));
+    assert!(
+        statuses(&first).contains("fwd=uri-miss"),
+        "{}",
+        statuses(&first)
+    );
     app_text(first).await;
     advance(secs(3)).await;
     for _ in 0..3 {
@@ -463,14 +515,22 @@ fn cors() -> tower_http::cors::CorsLayer {
 async fn cors_inside_answers_vary_by_origin() {
     let hits = Hits::default();
     let app = Router::new()
-        .route("/api", get(plain_handler(&hits, "max-age=60")).layer(cors()))
+        .route(
+            "/api",
+            get(plain_handler(&hits, "max-age=60")).layer(cors()),
+        )
         .layer(SwrLayer::new());
     let acao = |r: &Response<AxumBody>| header_of(r, "access-control-allow-origin");
 
     let a = app_send(&app, get_h("/api", &[("origin", "https://a.example")])).await;
     assert_eq!(acao(&a).as_deref(), Some("https://a.example"));
     let b = app_send(&app, get_h("/api", &[("origin", "https://b.example")])).await;
-    assert_eq!(acao(&b).as_deref(), Some("https://b.example"), "{}", statuses(&b));
+    assert_eq!(
+        acao(&b).as_deref(),
+        Some("https://b.example"),
+        "{}",
+        statuses(&b)
+    );
     let none = app_send(&app, get_h("/api", &[])).await;
     assert_eq!(acao(&none), None, "{}", statuses(&none));
     let evil = app_send(&app, get_h("/api", &[("origin", "https://evil.example")])).await;
@@ -488,18 +548,22 @@ async fn cors_inside_preflight_is_never_cached() {
     let hits = Hits::default();
     let layer = SwrLayer::new();
     let app = Router::new()
-        .route("/api", get(plain_handler(&hits, "max-age=60")).layer(cors()))
+        .route(
+            "/api",
+            get(plain_handler(&hits, "max-age=60")).layer(cors()),
+        )
         .layer(layer.clone());
-    for origin in ["https://a.example", "https://b.example", "https://a.example"] {
+    for origin in [
+        "https://a.example",
+        "https://b.example",
+        "https://a.example",
+    ] {
         let r = app_send(
             &app,
             app_req(
                 Method::OPTIONS,
                 "/api",
-                &[
-                    ("origin", origin),
-                    ("access-control-request-method", "GET"),
-                ],
+                &[("origin", origin), ("access-control-request-method", "GET")],
             ),
         )
         .await;
@@ -512,6 +576,7 @@ async fn cors_inside_preflight_is_never_cached() {
     }
     assert_eq!(layer.stats().entries, 0);
     assert_eq!(layer.stats().stores, 0);
+    assert_eq!(layer.stats().bypasses, 3);
 }
 
 /// CORS in front of the cache: one stored entry, CORS headers computed per request on hits.
@@ -566,12 +631,10 @@ async fn set_header_inside_sets_the_lifetime() {
                 let n = hits2.bump();
                 async move { format!("v{n}") }
             })
-            .layer(
-                tower_http::set_header::SetResponseHeaderLayer::overriding(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("max-age=5, stale-while-revalidate=30"),
-                ),
-            ),
+            .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=5, stale-while-revalidate=30"),
+            )),
         )
         .layer(SwrLayer::new());
     app_text(app_send(&app, app_get("/h")).await).await;
@@ -581,7 +644,11 @@ async fn set_header_inside_sets_the_lifetime() {
     app_text(r).await;
     advance(secs(4)).await;
     let r = app_send(&app, app_get("/h")).await;
-    assert!(status_is(&r, CacheStatus::Stale), "5 s, not the 60 s default: {}", statuses(&r));
+    assert!(
+        status_is(&r, CacheStatus::Stale),
+        "5 s, not the 60 s default: {}",
+        statuses(&r)
+    );
     assert!(statuses(&r).contains("ttl=-2"), "{}", statuses(&r));
 }
 
@@ -598,10 +665,12 @@ async fn set_header_outside_applies_to_hits_and_does_not_steer_the_cache() {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
-        .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
-            header::HeaderName::from_static("x-served-by"),
-            HeaderValue::from_static("edge-1"),
-        ));
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                header::HeaderName::from_static("x-served-by"),
+                HeaderValue::from_static("edge-1"),
+            ),
+        );
     for _ in 0..3 {
         let r = app_send(&app, app_get("/h")).await;
         assert_eq!(header_of(&r, "cache-control").as_deref(), Some("no-store"));
@@ -629,7 +698,10 @@ async fn map_response_inside_no_store_is_never_stored() {
         )
         .layer(layer.clone());
     for n in 1..=3 {
-        assert_eq!(app_text(app_send(&app, app_get("/m")).await).await, format!("v{n}"));
+        assert_eq!(
+            app_text(app_send(&app, app_get("/m")).await).await,
+            format!("v{n}")
+        );
     }
     assert_eq!(layer.stats().stores, 0);
 }
@@ -657,14 +729,16 @@ async fn map_response_inside_is_stored_outside_runs_per_request() {
             )),
         )
         .layer(SwrLayer::new())
-        .layer(middleware::map_response(move |mut r: Response<AxumBody>| {
-            let n = outer2.bump();
-            async move {
-                r.headers_mut()
-                    .insert("x-outer", HeaderValue::from_str(&n.to_string()).unwrap());
-                r
-            }
-        }));
+        .layer(middleware::map_response(
+            move |mut r: Response<AxumBody>| {
+                let n = outer2.bump();
+                async move {
+                    r.headers_mut()
+                        .insert("x-outer", HeaderValue::from_str(&n.to_string()).unwrap());
+                    r
+                }
+            },
+        ));
     for n in 1..=3 {
         let r = app_send(&app, app_get("/m")).await;
         assert_eq!(header_of(&r, "x-inner").as_deref(), Some("1"));
@@ -743,7 +817,9 @@ async fn request_id_outside_each_response_has_its_own_id() {
     let app = Router::new()
         .route("/r", get(plain_handler(&hits, "max-age=60")))
         .layer(SwrLayer::new())
-        .layer(tower_http::request_id::PropagateRequestIdLayer::new(x_request_id()))
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(
+            x_request_id(),
+        ))
         .layer(tower_http::request_id::SetRequestIdLayer::new(
             x_request_id(),
             tower_http::request_id::MakeRequestUuid,
@@ -754,7 +830,10 @@ async fn request_id_outside_each_response_has_its_own_id() {
         ids.insert(header_of(&r, "x-request-id").expect("an id"));
     }
     let mine = app_send(&app, get_h("/r", &[("x-request-id", "client-chosen")])).await;
-    assert_eq!(header_of(&mine, "x-request-id").as_deref(), Some("client-chosen"));
+    assert_eq!(
+        header_of(&mine, "x-request-id").as_deref(),
+        Some("client-chosen")
+    );
     assert!(statuses(&mine).contains("hit"));
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert_eq!(hits.get(), 1);
@@ -768,7 +847,9 @@ async fn request_id_inside_is_stored_with_the_response() {
     let hits = Hits::default();
     let app = Router::new()
         .route("/r", get(plain_handler(&hits, "max-age=60")))
-        .layer(tower_http::request_id::PropagateRequestIdLayer::new(x_request_id()))
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(
+            x_request_id(),
+        ))
         .layer(SwrLayer::new());
     let first = app_send(&app, get_h("/r", &[("x-request-id", "one")])).await;
     assert_eq!(header_of(&first, "x-request-id").as_deref(), Some("one"));
@@ -791,7 +872,10 @@ fn holding_origin(gate: &Gate) -> (impl OriginService, Calls) {
             if request.uri().path() == "/held" {
                 gate.wait().await;
             }
-            Ok(reply_cc(format!("v{n} {}", request.uri().path()), "max-age=60"))
+            Ok(reply_cc(
+                format!("v{n} {}", request.uri().path()),
+                "max-age=60",
+            ))
         }
     })
 }
@@ -822,7 +906,11 @@ async fn load_shed_inside_error_is_the_services_own() {
     let held = held.await.unwrap().unwrap();
     assert_eq!(body_text(held).await.unwrap(), "v1 /held");
     // capacity is back: the shed key is asked again, and answered by the origin
-    let after = service.clone().oneshot(common::get("/other")).await.unwrap();
+    let after = service
+        .clone()
+        .oneshot(common::get("/other"))
+        .await
+        .unwrap();
     assert_eq!(info(&after).status, CacheStatus::Miss);
     assert_eq!(body_text(after).await.unwrap(), "v2 /other");
 }
@@ -842,16 +930,31 @@ async fn load_shed_inside_error_is_remembered_one_second_then_asked_again() {
     );
     let held = tokio::spawn(service.clone().oneshot(common::get("/held")));
     settle().await;
-    assert!(service.clone().oneshot(common::get("/other")).await.is_err());
+    assert!(service
+        .clone()
+        .oneshot(common::get("/other"))
+        .await
+        .is_err());
     gate.open();
     held.await.unwrap().unwrap();
-    let remembered = service.clone().oneshot(common::get("/other")).await.unwrap();
+    let remembered = service
+        .clone()
+        .oneshot(common::get("/other"))
+        .await
+        .unwrap();
     assert_eq!(remembered.status(), StatusCode::BAD_GATEWAY);
     let cs = cache_status(&remembered);
-    assert!(cs.contains("detail=failure") || cs.contains("origin-error"), "{cs}");
+    assert!(
+        cs.contains("detail=failure") || cs.contains("origin-error"),
+        "{cs}"
+    );
     assert_eq!(info(&remembered).status, CacheStatus::FailureHit);
     advance(Duration::from_millis(1100)).await;
-    let fresh = service.clone().oneshot(common::get("/other")).await.unwrap();
+    let fresh = service
+        .clone()
+        .oneshot(common::get("/other"))
+        .await
+        .unwrap();
     assert_eq!(fresh.status(), StatusCode::OK, "{}", cache_status(&fresh));
     assert_eq!(layer.stats().failure_hits, 1);
 }
@@ -864,9 +967,15 @@ async fn concurrency_limit_inside_hits_do_not_wait_for_a_slot() {
     let (origin, calls) = holding_origin(&gate);
     let service = SwrLayer::new().layer(ServiceBuilder::new().concurrency_limit(1).service(origin));
     assert_eq!(
-        body_text(service.clone().oneshot(common::get("/ready")).await.unwrap())
-            .await
-            .unwrap(),
+        body_text(
+            service
+                .clone()
+                .oneshot(common::get("/ready"))
+                .await
+                .unwrap()
+        )
+        .await
+        .unwrap(),
         "v1 /ready"
     );
     let held = tokio::spawn(service.clone().oneshot(common::get("/held")));
@@ -894,7 +1003,10 @@ async fn concurrency_limit_inside_hits_do_not_wait_for_a_slot() {
 #[tokio::test(start_paused = true)]
 async fn buffered_rate_limit_inside_hits_answer_while_the_rate_is_spent() {
     let (origin, calls) = origin(|n, request: http::Request<ReqBody>| async move {
-        Ok(reply_cc(format!("v{n} {}", request.uri().path()), "max-age=600"))
+        Ok(reply_cc(
+            format!("v{n} {}", request.uri().path()),
+            "max-age=600",
+        ))
     });
     let limited = ServiceBuilder::new()
         .buffer(8)
@@ -912,7 +1024,10 @@ async fn buffered_rate_limit_inside_hits_answer_while_the_rate_is_spent() {
     }
     settle().await;
     assert_eq!(calls.get(), 1, "/b waits for the rate");
-    let b = pending.await.unwrap().expect("rate limiting is waiting, not an error");
+    let b = pending
+        .await
+        .unwrap()
+        .expect("rate limiting is waiting, not an error");
     assert!(start.elapsed() >= secs(9), "{:?}", start.elapsed());
     assert_eq!(body_text(b).await.unwrap(), "v2 /b");
 }
@@ -939,11 +1054,19 @@ async fn tower_timeout_inside_lets_stale_if_error_stand_in() {
     let (answer, took) = timed(service.clone(), common::get("/t")).await.unwrap();
     assert_eq!(took, secs(1), "cut by the timeout");
     assert_eq!(info(&answer).status, CacheStatus::StaleIfError);
-    assert!(cache_status(&answer).contains("fwd=stale"), "{}", cache_status(&answer));
+    assert!(
+        cache_status(&answer).contains("fwd=stale"),
+        "{}",
+        cache_status(&answer)
+    );
     assert_eq!(body_text(answer).await.unwrap(), "v1");
     assert_eq!(calls.get(), 2);
     let stats = layer.stats();
-    assert_eq!((stats.stale_if_error, stats.loads_failed), (1, 1), "{stats:?}");
+    assert_eq!(
+        (stats.stale_if_error, stats.loads_failed),
+        (1, 1),
+        "{stats:?}"
+    );
     assert!(
         !events.at(tracing::Level::WARN).is_empty(),
         "a WARN when a stale entry is served because the origin failed"
@@ -959,7 +1082,10 @@ async fn tower_timeout_inside_error_reaches_the_caller_unchanged() {
         Ok(reply(format!("v{n}")))
     });
     let service = SwrLayer::new().layer(ServiceBuilder::new().timeout(secs(1)).service(origin));
-    let error = service.oneshot(common::get("/t")).await.expect_err("timed out");
+    let error = service
+        .oneshot(common::get("/t"))
+        .await
+        .expect_err("timed out");
     assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
 }
 
@@ -977,7 +1103,10 @@ async fn handle_error_load_shed_429_is_never_shared() {
             if id == "held" {
                 g.wait().await;
             }
-            ([(header::CACHE_CONTROL, "max-age=60")], format!("v{n} {id}"))
+            (
+                [(header::CACHE_CONTROL, "max-age=60")],
+                format!("v{n} {id}"),
+            )
         }
     };
     let layer = SwrLayer::new();
@@ -1025,7 +1154,10 @@ async fn handle_error_load_shed_503_is_remembered_briefly_not_stored() {
             if id == "held" {
                 g.wait().await;
             }
-            ([(header::CACHE_CONTROL, "max-age=60")], format!("v{n} {id}"))
+            (
+                [(header::CACHE_CONTROL, "max-age=60")],
+                format!("v{n} {id}"),
+            )
         }
     };
     let layer = SwrLayer::new();
@@ -1056,7 +1188,11 @@ async fn handle_error_load_shed_503_is_remembered_briefly_not_stored() {
     app_text(held.await.unwrap()).await;
     let remembered = app_send(&app, app_get("/items/x")).await;
     assert_eq!(remembered.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(statuses(&remembered).contains("detail=failure"), "{}", statuses(&remembered));
+    assert!(
+        statuses(&remembered).contains("detail=failure"),
+        "{}",
+        statuses(&remembered)
+    );
     assert_eq!(app_text(remembered).await, "overloaded");
     advance(Duration::from_millis(1100)).await;
     let after = app_send(&app, app_get("/items/x")).await;
@@ -1078,7 +1214,10 @@ async fn handle_error_load_shed_outside_rejections_never_touch_the_cache() {
             if id == "held" {
                 g.wait().await;
             }
-            ([(header::CACHE_CONTROL, "max-age=60")], format!("v{n} {id}"))
+            (
+                [(header::CACHE_CONTROL, "max-age=60")],
+                format!("v{n} {id}"),
+            )
         }
     };
     let layer = SwrLayer::new();
@@ -1094,7 +1233,10 @@ async fn handle_error_load_shed_outside_rejections_never_touch_the_cache() {
                 .concurrency_limit(1),
         )
         .with_state(());
-    assert_eq!(app_text(app_send(&app, app_get("/items/x")).await).await, "v1 x");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/items/x")).await).await,
+        "v1 x"
+    );
     let held = tokio::spawn({
         let app = app.clone();
         async move { app_send(&app, app_get("/items/held")).await }
@@ -1134,7 +1276,10 @@ async fn state_handler_runs_once_for_many_requests() {
         .layer(SwrLayer::new())
         .with_state(state.clone());
     for _ in 0..5 {
-        assert_eq!(app_text(app_send(&app, app_get("/s")).await).await, "render 1");
+        assert_eq!(
+            app_text(app_send(&app, app_get("/s")).await).await,
+            "render 1"
+        );
     }
     assert_eq!(state.renders.get(), 1);
 }
@@ -1167,8 +1312,14 @@ async fn query_rejection_400_is_not_cached() {
         assert!(!statuses(&r).contains("hit"), "{}", statuses(&r));
     }
     assert_eq!(layer.stats().stores, 0);
-    assert_eq!(app_text(app_send(&app, app_get("/q?n=2")).await).await, "page 2 call 1");
-    assert_eq!(app_text(app_send(&app, app_get("/q?n=2")).await).await, "page 2 call 1");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/q?n=2")).await).await,
+        "page 2 call 1"
+    );
+    assert_eq!(
+        app_text(app_send(&app, app_get("/q?n=2")).await).await,
+        "page 2 call 1"
+    );
     let still_bad = app_send(&app, app_get("/q?n=abc")).await;
     assert_eq!(still_bad.status(), StatusCode::BAD_REQUEST);
     assert_eq!(layer.stats().stores, 1);
@@ -1179,14 +1330,20 @@ async fn query_rejection_400_is_not_cached() {
 async fn path_rejection_400_is_not_cached() {
     let layer = SwrLayer::new();
     let app = Router::new()
-        .route("/items/{id}", get(|Path(id): Path<u32>| async move { format!("item {id}") }))
+        .route(
+            "/items/{id}",
+            get(|Path(id): Path<u32>| async move { format!("item {id}") }),
+        )
         .layer(layer.clone());
     for _ in 0..2 {
         let r = app_send(&app, app_get("/items/abc")).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(!statuses(&r).contains("hit"));
     }
-    assert_eq!(app_text(app_send(&app, app_get("/items/7")).await).await, "item 7");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/items/7")).await).await,
+        "item 7"
+    );
     assert_eq!(layer.stats().stores, 1);
 }
 
@@ -1206,12 +1363,20 @@ fn get_json(uri: &str, json: &'static str) -> Request<AxumBody> {
 async fn json_rejection_is_not_cached_and_get_bodies_are_not_keyed() {
     let layer = SwrLayer::new();
     let app = Router::new()
-        .route("/search", get(|Json(page): Json<Page>| async move { format!("n={}", page.n) }))
+        .route(
+            "/search",
+            get(|Json(page): Json<Page>| async move { format!("n={}", page.n) }),
+        )
         .layer(layer.clone());
     let r = app_send(&app, get_json("/search", r#"{"n":"x"}"#)).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let r = app_send(&app, common::axum_get("/search")).await;
-    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", statuses(&r));
+    assert_eq!(
+        r.status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "{}",
+        statuses(&r)
+    );
     let ok = app_send(&app, get_json("/search", r#"{"n":3}"#)).await;
     assert_eq!(ok.status(), StatusCode::OK, "{}", statuses(&ok));
     assert_eq!(app_text(ok).await, "n=3");
@@ -1232,23 +1397,51 @@ async fn nest_prefixes_keep_apart_and_purge_by_the_full_path() {
         .nest(
             "/a",
             Router::new()
-                .route("/items", get(move || { let n = a.bump(); async move { format!("a{n}") } }))
+                .route(
+                    "/items",
+                    get(move || {
+                        let n = a.bump();
+                        async move { format!("a{n}") }
+                    }),
+                )
                 .layer(layer.clone()),
         )
         .nest(
             "/b",
             Router::new()
-                .route("/items", get(move || { let n = b.bump(); async move { format!("b{n}") } }))
+                .route(
+                    "/items",
+                    get(move || {
+                        let n = b.bump();
+                        async move { format!("b{n}") }
+                    }),
+                )
                 .layer(layer.clone()),
         );
     for _ in 0..2 {
-        assert_eq!(app_text(app_send(&app, app_get("/a/items")).await).await, "a1");
-        assert_eq!(app_text(app_send(&app, app_get("/b/items")).await).await, "b1");
+        assert_eq!(
+            app_text(app_send(&app, app_get("/a/items")).await).await,
+            "a1"
+        );
+        assert_eq!(
+            app_text(app_send(&app, app_get("/b/items")).await).await,
+            "b1"
+        );
     }
-    assert_eq!(handle.purge("/items"), 0, "no entry under the stripped path");
+    assert_eq!(
+        handle.purge("/items"),
+        0,
+        "no entry under the stripped path"
+    );
     assert_eq!(handle.purge("/a/items"), 1);
-    assert_eq!(app_text(app_send(&app, app_get("/a/items")).await).await, "a2");
-    assert_eq!(app_text(app_send(&app, app_get("/b/items")).await).await, "b1");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/a/items")).await).await,
+        "a2"
+    );
+    assert_eq!(
+        app_text(app_send(&app, app_get("/b/items")).await).await,
+        "b1"
+    );
 }
 
 /// Inside `nest`, the key the layer reports is the full path the client sent.
@@ -1258,7 +1451,11 @@ async fn nest_x_cache_key_names_the_full_path() {
         "/api/v1",
         Router::new()
             .route("/items", get(|| async { "items" }))
-            .layer(SwrLayer::new().x_cache_key_header(true).x_cache_header(true)),
+            .layer(
+                SwrLayer::new()
+                    .x_cache_key_header(true)
+                    .x_cache_header(true),
+            ),
     );
     let r = app_send(&app, app_get("/api/v1/items?page=2")).await;
     let key = header_of(&r, "x-cache-key").expect("X-Cache-Key");
@@ -1283,8 +1480,14 @@ async fn fallback_answers_are_cached_per_path() {
         })
         .layer(SwrLayer::new());
     for _ in 0..2 {
-        assert_eq!(app_text(app_send(&app, app_get("/x")).await).await, "spa /x #1");
-        assert_eq!(app_text(app_send(&app, app_get("/y")).await).await, "spa /y #2");
+        assert_eq!(
+            app_text(app_send(&app, app_get("/x")).await).await,
+            "spa /x #1"
+        );
+        assert_eq!(
+            app_text(app_send(&app, app_get("/y")).await).await,
+            "spa /y #2"
+        );
     }
     assert_eq!(hits.get(), 2);
 }
@@ -1370,9 +1573,19 @@ async fn from_fn_auth_inside_authorized_answer_never_reaches_anonymous() {
         assert_eq!(mine.status(), StatusCode::OK);
         app_text(mine).await;
         let anon = app_send(&app, app_get("/me")).await;
-        assert_eq!(anon.status(), StatusCode::UNAUTHORIZED, "{}", statuses(&anon));
+        assert_eq!(
+            anon.status(),
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            statuses(&anon)
+        );
         let wrong = app_send(&app, get_h("/me", &[("authorization", "Bearer guess")])).await;
-        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{}", statuses(&wrong));
+        assert_eq!(
+            wrong.status(),
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            statuses(&wrong)
+        );
     }
     assert_eq!(hits.get(), 2, "each authorized request rendered");
     assert_eq!(layer.stats().stores, 0);
@@ -1393,9 +1606,19 @@ async fn from_fn_auth_inside_credential_header_is_never_shared() {
     let mine = app_send(&app, get_h("/me", &[("x-token", "ok")])).await;
     assert_eq!(mine.status(), StatusCode::OK);
     let anon = app_send(&app, app_get("/me")).await;
-    assert_eq!(anon.status(), StatusCode::UNAUTHORIZED, "{}", statuses(&anon));
+    assert_eq!(
+        anon.status(),
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        statuses(&anon)
+    );
     let wrong = app_send(&app, get_h("/me", &[("x-token", "nope")])).await;
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{}", statuses(&wrong));
+    assert_eq!(
+        wrong.status(),
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        statuses(&wrong)
+    );
     assert_eq!(layer.stats().stores, 0);
 }
 
@@ -1423,13 +1646,22 @@ async fn from_fn_outside_stripping_x_forwarded_host_prevents_poisoning() {
         .layer(middleware::from_fn(strip));
     let attack = app_send(
         &app,
-        get_h("/home", &[("host", "shop.example"), ("x-forwarded-host", "evil.example")]),
+        get_h(
+            "/home",
+            &[
+                ("host", "shop.example"),
+                ("x-forwarded-host", "evil.example"),
+            ],
+        ),
     )
     .await;
     assert!(!app_text(attack).await.contains("evil"));
     let victim = app_send(&app, get_h("/home", &[("host", "shop.example")])).await;
     assert!(statuses(&victim).contains("hit"));
-    assert_eq!(app_text(victim).await, "<a href=\"https://shop.example/next\">");
+    assert_eq!(
+        app_text(victim).await,
+        "<a href=\"https://shop.example/next\">"
+    );
 }
 
 /// A `from_fn` behind the cache runs only on origin calls; one in front runs on every request.
@@ -1440,15 +1672,19 @@ async fn from_fn_inside_runs_on_origin_calls_outside_on_every_request() {
     let hits = Hits::default();
     let app = Router::new()
         .route("/p", get(plain_handler(&hits, SWR_10_60)))
-        .layer(middleware::from_fn(move |r: axum::extract::Request, next: Next| {
-            i.bump();
-            async move { next.run(r).await }
-        }))
+        .layer(middleware::from_fn(
+            move |r: axum::extract::Request, next: Next| {
+                i.bump();
+                async move { next.run(r).await }
+            },
+        ))
         .layer(SwrLayer::new())
-        .layer(middleware::from_fn(move |r: axum::extract::Request, next: Next| {
-            o.bump();
-            async move { next.run(r).await }
-        }))
+        .layer(middleware::from_fn(
+            move |r: axum::extract::Request, next: Next| {
+                o.bump();
+                async move { next.run(r).await }
+            },
+        ))
         .with_state(());
     for _ in 0..3 {
         app_text(app_send(&app, app_get("/p")).await).await;
@@ -1457,7 +1693,11 @@ async fn from_fn_inside_runs_on_origin_calls_outside_on_every_request() {
     advance(secs(11)).await;
     app_text(app_send(&app, app_get("/p")).await).await;
     settle().await;
-    assert_eq!((inner.get(), outer.get()), (2, 4), "the refresh ran the inner middleware");
+    assert_eq!(
+        (inner.get(), outer.get()),
+        (2, 4),
+        "the refresh ran the inner middleware"
+    );
 }
 
 /// Over a real socket with `into_make_service_with_connect_info`: `ConnectInfo` is a request
@@ -1500,7 +1740,13 @@ async fn connect_info_is_visible_to_key_fn_over_a_real_socket() {
                 .expect("a response");
             let cs = statuses(&response);
             let text = String::from_utf8(
-                response.into_body().collect().await.unwrap().to_bytes().to_vec(),
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
             )
             .unwrap();
             (text, cs)
@@ -1547,7 +1793,11 @@ async fn method_router_post_invalidates_the_get_entry() {
     assert_eq!(app_text(app_send(&app, app_get("/doc")).await).await, "v1");
     let failed = app_send(&app, app_req(Method::POST, "/doc", &[])).await;
     assert_eq!(failed.status(), StatusCode::CONFLICT);
-    assert!(statuses(&failed).contains("fwd=method"), "{}", statuses(&failed));
+    assert!(
+        statuses(&failed).contains("fwd=method"),
+        "{}",
+        statuses(&failed)
+    );
     assert_eq!(app_text(app_send(&app, app_get("/doc")).await).await, "v1");
     fail.store(false, Ordering::SeqCst);
     let done = app_send(&app, app_req(Method::POST, "/doc", &[])).await;
@@ -1573,9 +1823,7 @@ async fn head_is_answered_from_the_get_entry() {
 // Observability: Age, Cache-Status, X-Cache, X-Query-Time-ms, Stats, metrics, tracing
 // ---------------------------------------------------------------------------------------------
 
-fn counting_origin(
-    cache_control: &'static str,
-) -> (impl OriginService, Calls) {
+fn counting_origin(cache_control: &'static str) -> (impl OriginService, Calls) {
     origin(move |n, _| async move { Ok(reply_cc(format!("v{n}"), cache_control)) })
 }
 
@@ -1622,7 +1870,12 @@ async fn age_and_cache_status_through_miss_hit_stale_refresh() {
 
     let stats = layer.stats();
     assert_eq!(
-        (stats.misses, stats.fresh_hits, stats.stale_hits, stats.stores),
+        (
+            stats.misses,
+            stats.fresh_hits,
+            stats.stale_hits,
+            stats.stores
+        ),
         (1, 2, 1, 2),
         "{stats:?}"
     );
@@ -1655,7 +1908,11 @@ async fn collapsed_waits_are_marked_and_counted() {
         let r = task.await.unwrap().unwrap();
         if info(&r).status == CacheStatus::Collapsed {
             collapsed += 1;
-            assert!(cache_status(&r).contains("collapsed"), "{}", cache_status(&r));
+            assert!(
+                cache_status(&r).contains("collapsed"),
+                "{}",
+                cache_status(&r)
+            );
         }
         assert_eq!(body_text(r).await.unwrap(), "v1");
     }
@@ -1679,18 +1936,30 @@ async fn stale_if_error_is_marked_counted_and_logged() {
     let r = service.clone().oneshot(common::get("/e")).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let cs = cache_status(&r);
-    assert!(cs.contains("fwd=stale") && cs.contains("fwd-status=503"), "{cs}");
+    assert!(
+        cs.contains("fwd=stale") && cs.contains("fwd-status=503"),
+        "{cs}"
+    );
     assert_eq!(info(&r).status, CacheStatus::StaleIfError);
     assert_eq!(age(&r), Some(5));
     assert_eq!(body_text(r).await.unwrap(), "v1");
     let stats = layer.stats();
-    assert_eq!((stats.stale_if_error, stats.loads_failed), (1, 1), "{stats:?}");
+    assert_eq!(
+        (stats.stale_if_error, stats.loads_failed),
+        (1, 1),
+        "{stats:?}"
+    );
     let warns = events.at(tracing::Level::WARN);
     assert!(
-        warns.iter().any(|w| w.fields.keys().any(|k| k.contains("key"))
-            && w.fields.keys().any(|k| k.contains("age"))),
+        warns
+            .iter()
+            .any(|w| w.fields.keys().any(|k| k.contains("key"))
+                && w.fields.keys().any(|k| k.contains("age"))),
         "a WARN with the key and the age: {:?}",
-        warns.iter().map(|w| (&w.message, &w.fields)).collect::<Vec<_>>()
+        warns
+            .iter()
+            .map(|w| (&w.message, &w.fields))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -1698,9 +1967,10 @@ async fn stale_if_error_is_marked_counted_and_logged() {
 /// `remember_failures` (1 s) `hit; detail=failure` without calling the origin.
 #[tokio::test(start_paused = true)]
 async fn origin_error_with_nothing_usable_then_failure_hit() {
-    let (origin, calls) = origin(|n, _| async move {
-        Ok(respond(503, format!("down {n}"), &[("retry-after", "1")]))
-    });
+    let (origin, calls) =
+        origin(
+            |n, _| async move { Ok(respond(503, format!("down {n}"), &[("retry-after", "1")])) },
+        );
     let layer = SwrLayer::new();
     let service = layer.layer(origin);
     let first = service.clone().oneshot(common::get("/f")).await.unwrap();
@@ -1717,7 +1987,11 @@ async fn origin_error_with_nothing_usable_then_failure_hit() {
     let later = service.clone().oneshot(common::get("/f")).await.unwrap();
     assert_eq!(body_text(later).await.unwrap(), "down 2");
     let stats = layer.stats();
-    assert_eq!((stats.loads_failed, stats.failure_hits, stats.stores), (2, 1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.loads_failed, stats.failure_hits, stats.stores),
+        (2, 1, 0),
+        "{stats:?}"
+    );
 }
 
 /// `X-Cache` through an axum app: `MISS`, `HIT`, `STALE`, and `BYPASS` for a `POST`.
@@ -1731,10 +2005,19 @@ async fn x_cache_header_through_axum() {
         )
         .layer(SwrLayer::new().x_cache_header(true));
     let x = |r: &Response<AxumBody>| header_of(r, "x-cache");
-    assert_eq!(x(&app_send(&app, app_get("/x")).await).as_deref(), Some("MISS"));
-    assert_eq!(x(&app_send(&app, app_get("/x")).await).as_deref(), Some("HIT"));
+    assert_eq!(
+        x(&app_send(&app, app_get("/x")).await).as_deref(),
+        Some("MISS")
+    );
+    assert_eq!(
+        x(&app_send(&app, app_get("/x")).await).as_deref(),
+        Some("HIT")
+    );
     advance(secs(11)).await;
-    assert_eq!(x(&app_send(&app, app_get("/x")).await).as_deref(), Some("STALE"));
+    assert_eq!(
+        x(&app_send(&app, app_get("/x")).await).as_deref(),
+        Some("STALE")
+    );
     let post = app_send(&app, app_req(Method::POST, "/x", &[])).await;
     assert_eq!(x(&post).as_deref(), Some("BYPASS"));
 }
@@ -1747,7 +2030,10 @@ async fn query_time_header_zero_for_hits_origin_time_for_misses() {
         .route("/slow", get(slow_handler(&hits, 0, "max-age=60")))
         .layer(SwrLayer::new().query_time_header(true));
     let miss = app_send(&app, app_get("/slow")).await;
-    let ms: u64 = header_of(&miss, "x-query-time-ms").unwrap().parse().unwrap();
+    let ms: u64 = header_of(&miss, "x-query-time-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((5000..5100).contains(&ms), "{ms}");
     let hit = app_send(&app, app_get("/slow")).await;
     assert_eq!(header_of(&hit, "x-query-time-ms").as_deref(), Some("0"));
@@ -1763,10 +2049,13 @@ async fn stats_endpoint_beside_the_cached_routes() {
     let app = Router::new()
         .route("/p", get(plain_handler(&hits, "max-age=60")))
         .route_layer(layer)
-        .route("/stats", get(move || {
-            let handle = handle.clone();
-            async move { Json(handle.stats()) }
-        }));
+        .route(
+            "/stats",
+            get(move || {
+                let handle = handle.clone();
+                async move { Json(handle.stats()) }
+            }),
+        );
     for _ in 0..3 {
         app_text(app_send(&app, app_get("/p")).await).await;
     }
@@ -1775,7 +2064,10 @@ async fn stats_endpoint_beside_the_cached_routes() {
     assert!(stats.contains("\"misses\":1"), "{stats}");
     app_text(app_send(&app, app_get("/p")).await).await;
     let stats = app_text(app_send(&app, app_get("/stats")).await).await;
-    assert!(stats.contains("\"fresh_hits\":3"), "not a cached /stats: {stats}");
+    assert!(
+        stats.contains("\"fresh_hits\":3"),
+        "not a cached /stats: {stats}"
+    );
 }
 
 /// The global `tracing` subscriber sees a `debug` event per request with the key and the
@@ -1788,7 +2080,9 @@ async fn tracing_debug_per_request_and_warn_on_failed_refresh() {
     let (origin, _calls) = switchable(SWR_10_60, down.clone());
     let service = SwrLayer::new().layer(origin);
     for _ in 0..3 {
-        fetch_text(&service, common::get("/traced?q=1")).await.unwrap();
+        fetch_text(&service, common::get("/traced?q=1"))
+            .await
+            .unwrap();
     }
     let per_request: Vec<_> = events
         .at(tracing::Level::DEBUG)
@@ -1810,7 +2104,12 @@ async fn tracing_debug_per_request_and_warn_on_failed_refresh() {
     assert!(events.at(tracing::Level::WARN).is_empty());
     down.0.store(true, Ordering::SeqCst);
     advance(secs(11)).await;
-    assert_eq!(fetch_text(&service, common::get("/traced?q=1")).await.unwrap(), "v1");
+    assert_eq!(
+        fetch_text(&service, common::get("/traced?q=1"))
+            .await
+            .unwrap(),
+        "v1"
+    );
     settle().await;
     let warns = events.at(tracing::Level::WARN);
     assert!(!warns.is_empty(), "a WARN when a refresh fails");
@@ -1827,10 +2126,16 @@ async fn tracing_warn_on_stale_alert_age() {
     fetch_text(&service, common::get("/old")).await.unwrap();
     advance(secs(20)).await;
     fetch_text(&service, common::get("/old")).await.unwrap();
-    assert!(events.at(tracing::Level::WARN).is_empty(), "20 s old: under the alert age");
+    assert!(
+        events.at(tracing::Level::WARN).is_empty(),
+        "20 s old: under the alert age"
+    );
     advance(secs(20)).await;
     fetch_text(&service, common::get("/old")).await.unwrap();
-    assert!(!events.at(tracing::Level::WARN).is_empty(), "40 s old: past the alert age");
+    assert!(
+        !events.at(tracing::Level::WARN).is_empty(),
+        "40 s old: past the alert age"
+    );
     gate.open();
 }
 
@@ -1843,7 +2148,9 @@ fn recorder() -> &'static metrics_util::debugging::Snapshotter {
     SNAPSHOTTER.get_or_init(|| {
         let recorder = metrics_util::debugging::DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        recorder.install().expect("the only recorder of this binary");
+        recorder
+            .install()
+            .expect("the only recorder of this binary");
         snapshotter
     })
 }
@@ -1910,10 +2217,23 @@ async fn metrics_names_and_labels_as_documented() {
     down.0.store(true, Ordering::SeqCst);
     advance(secs(100)).await;
     let sie = service.clone().oneshot(common::get("/m")).await.unwrap();
-    assert_eq!(info(&sie).status, CacheStatus::StaleIfError, "{}", cache_status(&sie));
+    assert_eq!(
+        info(&sie).status,
+        CacheStatus::StaleIfError,
+        "{}",
+        cache_status(&sie)
+    );
     // a failed load with nothing usable, then its failure remembered
-    service.clone().oneshot(common::get("/nothing")).await.unwrap();
-    let remembered = service.clone().oneshot(common::get("/nothing")).await.unwrap();
+    service
+        .clone()
+        .oneshot(common::get("/nothing"))
+        .await
+        .unwrap();
+    let remembered = service
+        .clone()
+        .oneshot(common::get("/nothing"))
+        .await
+        .unwrap();
     assert_eq!(info(&remembered).status, CacheStatus::FailureHit);
     // a bypass
     service
@@ -1924,29 +2244,56 @@ async fn metrics_names_and_labels_as_documented() {
     settle().await;
 
     let values = metric_values(name);
-    let counter = |metric: &str, label: &str| match values.get(&(metric.to_owned(), label.to_owned())) {
-        Some(DebugValue::Counter(n)) => *n,
-        other => panic!("{metric}{{{label}}}: {other:?}; all: {values:?}"),
-    };
+    let counter =
+        |metric: &str, label: &str| match values.get(&(metric.to_owned(), label.to_owned())) {
+            Some(DebugValue::Counter(n)) => *n,
+            other => panic!("{metric}{{{label}}}: {other:?}; all: {values:?}"),
+        };
     assert_eq!(counter("swr_requests_total", "status=hit"), 1);
     assert_eq!(counter("swr_requests_total", "status=stale"), 1);
-    assert_eq!(counter("swr_requests_total", "status=miss"), 3, "/m, /held, /nothing");
+    assert_eq!(
+        counter("swr_requests_total", "status=miss"),
+        3,
+        "/m, /held, /nothing"
+    );
     assert_eq!(counter("swr_requests_total", "status=collapsed"), 1);
     assert_eq!(counter("swr_requests_total", "status=stale_if_error"), 1);
     assert_eq!(counter("swr_requests_total", "status=failure_hit"), 1);
     assert_eq!(counter("swr_requests_total", "status=bypass"), 1);
     assert_eq!(counter("swr_refreshes_total", "outcome=started"), 1);
     assert_eq!(counter("swr_refreshes_total", "outcome=succeeded"), 1);
-    assert_eq!(counter("swr_stores_total", "result=stored"), 3, "/m twice, /held");
-    assert_eq!(counter("swr_loads_total", "outcome=failed"), 2, "/m's and /nothing's");
+    assert_eq!(
+        counter("swr_stores_total", "result=stored"),
+        3,
+        "/m twice, /held"
+    );
+    assert_eq!(
+        counter("swr_loads_total", "outcome=failed"),
+        2,
+        "/m's and /nothing's"
+    );
     for gauge in ["swr_entries", "swr_bytes", "swr_refreshes_running"] {
         assert!(
-            matches!(values.get(&(gauge.to_owned(), String::new())), Some(DebugValue::Gauge(_))),
+            matches!(
+                values.get(&(gauge.to_owned(), String::new())),
+                Some(DebugValue::Gauge(_))
+            ),
             "gauge {gauge}: {values:?}"
         );
     }
     let stats = layer.stats();
-    assert_eq!((stats.fresh_hits, stats.stale_hits, stats.collapsed), (1, 1, 1), "{stats:?}");
+    assert_eq!(
+        (stats.fresh_hits, stats.stale_hits, stats.collapsed),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    let gauge = |metric: &str| match values.get(&(metric.to_owned(), String::new())) {
+        Some(DebugValue::Gauge(v)) => v.into_inner(),
+        other => panic!("{metric}: {other:?}"),
+    };
+    assert_eq!(gauge("swr_entries"), stats.entries as f64, "{stats:?}");
+    assert_eq!(gauge("swr_refreshes_running"), 0.0);
+    assert!(gauge("swr_bytes") > 0.0);
 }
 
 fn origin_gated(gate: Gate) -> (impl OriginService, Calls) {
@@ -2000,8 +2347,15 @@ async fn refresh_behind_compression_keeps_each_variant_its_encoding() {
     let_refresh_run().await;
     assert_eq!(layer.stats().refreshes_succeeded, 1, "{:?}", layer.stats());
     let after = gz(app.clone()).await;
-    assert!(status_is(&after, CacheStatus::Fresh), "{}", statuses(&after));
-    assert_eq!(header_of(&after, "content-encoding").as_deref(), Some("gzip"));
+    assert!(
+        status_is(&after, CacheStatus::Fresh),
+        "{}",
+        statuses(&after)
+    );
+    assert_eq!(
+        header_of(&after, "content-encoding").as_deref(),
+        Some("gzip")
+    );
     assert!(is_gzip(&bytes_of(after).await));
     let p = plain(app.clone()).await;
     assert_eq!(header_of(&p, "content-encoding"), None, "{}", statuses(&p));
@@ -2048,12 +2402,22 @@ async fn refresh_inside_nest_reaches_the_nested_route() {
             .route("/items", get(plain_handler(&hits, SWR_10_60)))
             .layer(layer.clone()),
     );
-    assert_eq!(app_text(app_send(&app, app_get("/api/items")).await).await, "v1");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/api/items")).await).await,
+        "v1"
+    );
     advance(secs(11)).await;
-    assert_eq!(app_text(app_send(&app, app_get("/api/items")).await).await, "v1");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/api/items")).await).await,
+        "v1"
+    );
     let_refresh_run().await;
     let stats = layer.stats();
-    assert_eq!((stats.refreshes_succeeded, stats.refreshes_failed), (1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.refreshes_succeeded, stats.refreshes_failed),
+        (1, 0),
+        "{stats:?}"
+    );
     let r = app_send(&app, app_get("/api/items")).await;
     assert!(status_is(&r, CacheStatus::Fresh), "{}", statuses(&r));
     assert_eq!(app_text(r).await, "v2");
@@ -2075,18 +2439,36 @@ async fn refresh_keeps_request_extensions_added_in_front() {
             "/db",
             get(move |axum::Extension(db): axum::Extension<Db>| {
                 let n = h.bump();
-                async move { ([(header::CACHE_CONTROL, SWR_10_60)], format!("{} v{n}", db.0)) }
+                async move {
+                    (
+                        [(header::CACHE_CONTROL, SWR_10_60)],
+                        format!("{} v{n}", db.0),
+                    )
+                }
             }),
         )
         .layer(layer.clone())
         .layer(axum::Extension(Db("pg")));
-    assert_eq!(app_text(app_send(&app, app_get("/db")).await).await, "pg v1");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/db")).await).await,
+        "pg v1"
+    );
     advance(secs(11)).await;
-    assert_eq!(app_text(app_send(&app, app_get("/db")).await).await, "pg v1");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/db")).await).await,
+        "pg v1"
+    );
     let_refresh_run().await;
     let stats = layer.stats();
-    assert_eq!((stats.refreshes_succeeded, stats.refreshes_failed), (1, 0), "{stats:?}");
-    assert_eq!(app_text(app_send(&app, app_get("/db")).await).await, "pg v2");
+    assert_eq!(
+        (stats.refreshes_succeeded, stats.refreshes_failed),
+        (1, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        app_text(app_send(&app, app_get("/db")).await).await,
+        "pg v2"
+    );
 }
 
 /// The same for `ConnectInfo` (served with `into_make_service_with_connect_info`): a handler
@@ -2099,7 +2481,10 @@ async fn refresh_keeps_connect_info_over_a_real_socket() {
             "/peer",
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
                 (
-                    [(header::CACHE_CONTROL, "max-age=1, stale-while-revalidate=60")],
+                    [(
+                        header::CACHE_CONTROL,
+                        "max-age=1, stale-while-revalidate=60",
+                    )],
                     format!("peer {}", peer.ip()),
                 )
             }),
@@ -2115,12 +2500,16 @@ async fn refresh_keeps_connect_info_over_a_real_socket() {
         .await
     });
     let host = addr.to_string();
-    let first = exchange(addr, &raw_get("/peer", &host, ""), false).await.unwrap();
+    let first = exchange(addr, &raw_get("/peer", &host, ""), false)
+        .await
+        .unwrap();
     assert_eq!(first.status, 200);
     // real time: wait until the entry is stale, then let one request start the refresh
     let deadline = Deadline::after(secs(10), "the entry to go stale");
     loop {
-        let r = exchange(addr, &raw_get("/peer", &host, ""), false).await.unwrap();
+        let r = exchange(addr, &raw_get("/peer", &host, ""), false)
+            .await
+            .unwrap();
         if r.cache_status().contains("ttl=-") {
             break;
         }
@@ -2131,7 +2520,11 @@ async fn refresh_keeps_connect_info_over_a_real_socket() {
         deadline.tick().await;
     }
     let stats = layer.stats();
-    assert_eq!((stats.refreshes_succeeded, stats.refreshes_failed), (1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.refreshes_succeeded, stats.refreshes_failed),
+        (1, 0),
+        "{stats:?}"
+    );
 }
 
 /// A refresh through `TraceLayer` behind the cache shows up in its logs (one more
@@ -2186,7 +2579,9 @@ async fn timeout_inside_408_is_not_handed_to_waiters() {
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let app = app.clone();
-        tasks.push(tokio::spawn(async move { app_send(&app, app_get("/slow")).await }));
+        tasks.push(tokio::spawn(async move {
+            app_send(&app, app_get("/slow")).await
+        }));
     }
     for task in tasks {
         let r = task.await.unwrap();
@@ -2216,11 +2611,22 @@ async fn compression_inside_range_for_identity_client_is_not_gzip() {
     assert!(bytes.starts_with(b"call"), "{bytes:?}");
     let gz_range = app_send(
         &app,
-        get_h("/page", &[("accept-encoding", "gzip"), ("range", "bytes=0-1")]),
+        get_h(
+            "/page",
+            &[("accept-encoding", "gzip"), ("range", "bytes=0-1")],
+        ),
     )
     .await;
-    assert_eq!(gz_range.status(), StatusCode::PARTIAL_CONTENT, "{}", statuses(&gz_range));
-    assert_eq!(header_of(&gz_range, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(
+        gz_range.status(),
+        StatusCode::PARTIAL_CONTENT,
+        "{}",
+        statuses(&gz_range)
+    );
+    assert_eq!(
+        header_of(&gz_range, "content-encoding").as_deref(),
+        Some("gzip")
+    );
     assert_eq!(&bytes_of(gz_range).await[..], &[0x1f, 0x8b]);
 }
 
@@ -2363,7 +2769,11 @@ async fn set_cookie_from_session_middleware_is_never_stored_nor_shared() {
     for task in tasks {
         cookies.insert(task.await.unwrap().expect("a session cookie"));
     }
-    assert_eq!(cookies.len(), 3, "each request its own session: {cookies:?}");
+    assert_eq!(
+        cookies.len(),
+        3,
+        "each request its own session: {cookies:?}"
+    );
     assert_eq!(layer.stats().stores, 0);
     let later = app_send(&app, app_get("/home")).await;
     assert!(header_of(&later, "set-cookie").is_some());
@@ -2409,13 +2819,27 @@ async fn two_vary_lines_from_cors_and_compression_are_both_keyed() {
         }
     };
     let (acao, enc, vary, _) = send("https://a.example", true).await;
-    assert_eq!((acao.as_deref(), enc.as_deref()), (Some("https://a.example"), Some("gzip")));
+    assert_eq!(
+        (acao.as_deref(), enc.as_deref()),
+        (Some("https://a.example"), Some("gzip"))
+    );
     let vary = vary.to_ascii_lowercase();
-    assert!(vary.contains("origin") && vary.contains("accept-encoding"), "{vary}");
+    assert!(
+        vary.contains("origin") && vary.contains("accept-encoding"),
+        "{vary}"
+    );
     let (acao, enc, _, cs) = send("https://a.example", false).await;
-    assert_eq!((acao.as_deref(), enc), (Some("https://a.example"), None), "{cs}");
+    assert_eq!(
+        (acao.as_deref(), enc),
+        (Some("https://a.example"), None),
+        "{cs}"
+    );
     let (acao, enc, _, cs) = send("https://b.example", true).await;
-    assert_eq!((acao.as_deref(), enc.as_deref()), (Some("https://b.example"), Some("gzip")), "{cs}");
+    assert_eq!(
+        (acao.as_deref(), enc.as_deref()),
+        (Some("https://b.example"), Some("gzip")),
+        "{cs}"
+    );
     let (_, _, _, cs) = send("https://a.example", true).await;
     assert!(cs.contains("hit"), "{cs}");
     assert_eq!(hits.get(), 3);
@@ -2434,10 +2858,22 @@ async fn compression_inside_head_for_identity_client_is_not_gzip() {
         .layer(SwrLayer::new());
     bytes_of(app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await).await;
     let head = app_send(&app, app_req(Method::HEAD, "/page", &[])).await;
-    assert_eq!(header_of(&head, "content-encoding"), None, "{}", statuses(&head));
-    let head_gz = app_send(&app, app_req(Method::HEAD, "/page", &[("accept-encoding", "gzip")])).await;
+    assert_eq!(
+        header_of(&head, "content-encoding"),
+        None,
+        "{}",
+        statuses(&head)
+    );
+    let head_gz = app_send(
+        &app,
+        app_req(Method::HEAD, "/page", &[("accept-encoding", "gzip")]),
+    )
+    .await;
     assert!(statuses(&head_gz).contains("hit"), "{}", statuses(&head_gz));
-    assert_eq!(header_of(&head_gz, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(
+        header_of(&head_gz, "content-encoding").as_deref(),
+        Some("gzip")
+    );
 }
 
 /// A `Vary: *` set by a layer behind the cache: never stored (README).
@@ -2457,7 +2893,10 @@ async fn set_header_inside_vary_star_is_never_stored() {
         )
         .layer(layer.clone());
     for n in 1..=2 {
-        assert_eq!(app_text(app_send(&app, app_get("/v")).await).await, format!("v{n}"));
+        assert_eq!(
+            app_text(app_send(&app, app_get("/v")).await).await,
+            format!("v{n}")
+        );
     }
     assert_eq!(layer.stats().stores, 0);
 }
@@ -2473,7 +2912,11 @@ async fn cookie_requests_through_axum_follow_the_documented_rule() {
         .layer(SwrLayer::new());
     app_text(app_send(&app, app_get("/plain")).await).await;
     let with_cookie = app_send(&app, get_h("/plain", &[("cookie", "theme=dark")])).await;
-    assert!(!statuses(&with_cookie).contains("hit"), "{}", statuses(&with_cookie));
+    assert!(
+        !statuses(&with_cookie).contains("hit"),
+        "{}",
+        statuses(&with_cookie)
+    );
     assert_eq!(app_text(with_cookie).await, "v2");
     app_text(app_send(&app, get_h("/public", &[("cookie", "a=1")])).await).await;
     let hit = app_send(&app, get_h("/public", &[("cookie", "a=2")])).await;
@@ -2492,7 +2935,10 @@ async fn cache_status_is_appended_after_an_upstream_member() {
                 (
                     [
                         (header::CACHE_CONTROL, "max-age=60"),
-                        (header::HeaderName::from_static("cache-status"), "origin-cdn; hit"),
+                        (
+                            header::HeaderName::from_static("cache-status"),
+                            "origin-cdn; hit",
+                        ),
                     ],
                     "u",
                 )
@@ -2502,8 +2948,209 @@ async fn cache_status_is_appended_after_an_upstream_member() {
     for expect in ["fwd=uri-miss", "hit"] {
         let r = app_send(&app, app_get("/u")).await;
         let lines = cache_status_lines(&r);
-        assert_eq!(lines.first().map(String::as_str), Some("origin-cdn; hit"), "{lines:?}");
+        assert_eq!(
+            lines.first().map(String::as_str),
+            Some("origin-cdn; hit"),
+            "{lines:?}"
+        );
         let ours = lines.last().unwrap();
-        assert!(ours.starts_with("edge;") && ours.contains(expect), "{lines:?}");
+        assert!(
+            ours.starts_with("edge;") && ours.contains(expect),
+            "{lines:?}"
+        );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refreshes and failures under the app's limits
+// ---------------------------------------------------------------------------------------------
+
+/// A client-facing timeout in front of the layer does not cut a background refresh (it is
+/// detached, README): stale answers come at once, and the slow refresh still stores.
+#[tokio::test(start_paused = true)]
+async fn refresh_is_not_cut_by_a_client_facing_timeout() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/slow", get(slow_handler(&hits, 1, SWR_10_60)))
+        .layer(layer.clone())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            secs(1),
+        ));
+    assert_eq!(app_text(app_send(&app, app_get("/slow")).await).await, "v1");
+    advance(secs(11)).await;
+    let stale = app_send(&app, app_get("/slow")).await;
+    assert_eq!(stale.status(), StatusCode::OK);
+    assert_eq!(app_text(stale).await, "v1");
+    for _ in 0..6 {
+        settle().await;
+        advance(secs(1)).await;
+    }
+    settle().await;
+    assert_eq!(layer.stats().refreshes_succeeded, 1, "{:?}", layer.stats());
+    assert_eq!(app_text(app_send(&app, app_get("/slow")).await).await, "v2");
+}
+
+/// A refresh shed by `LoadShed` (its error) keeps the stored entry and counts as failed.
+#[tokio::test(start_paused = true)]
+async fn refresh_shed_by_load_shed_keeps_the_entry() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, _calls) = origin(move |n, request: http::Request<ReqBody>| {
+        let g = g.clone();
+        async move {
+            if request.uri().path() == "/held" {
+                g.wait().await;
+            }
+            Ok(reply_cc(format!("v{n}"), SWR_10_60))
+        }
+    });
+    let layer = SwrLayer::new();
+    let service = layer.layer(
+        ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(1)
+            .service(origin),
+    );
+    assert_eq!(
+        fetch_text(&service, common::get("/page")).await.unwrap(),
+        "v1"
+    );
+    let held = tokio::spawn(service.clone().oneshot(common::get("/held")));
+    settle().await;
+    advance(secs(11)).await;
+    assert_eq!(
+        fetch_text(&service, common::get("/page")).await.unwrap(),
+        "v1"
+    );
+    settle().await;
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.refreshes_started, stats.refreshes_failed),
+        (1, 1),
+        "{stats:?}"
+    );
+    let again = service.clone().oneshot(common::get("/page")).await.unwrap();
+    assert_eq!(info(&again).status, CacheStatus::Stale, "the entry is kept");
+    assert_eq!(body_text(again).await.unwrap(), "v1");
+    gate.open();
+    held.await.unwrap().unwrap();
+}
+
+/// tower-http's `ResponseBodyTimeoutLayer` behind the cache cutting a stalled body: the client
+/// gets a body error (README: "an origin body error is a body error for every client of the
+/// fill ... and nothing is stored"), and the next request asks the origin again.
+#[tokio::test(start_paused = true)]
+async fn response_body_timeout_inside_is_a_body_error_and_nothing_is_stored() {
+    let (origin, calls, feeds) = fed_origin("max-age=60", None);
+    let layer = SwrLayer::new();
+    let service = layer.layer(
+        ServiceBuilder::new()
+            .layer(tower_http::timeout::ResponseBodyTimeoutLayer::new(secs(2)))
+            .service(origin),
+    );
+    let response = service
+        .clone()
+        .oneshot(common::get("/stall"))
+        .await
+        .unwrap();
+    feeds.send(1, "first chunk ").await;
+    let reading = tokio::spawn(body(response));
+    settle().await;
+    advance(secs(3)).await;
+    let result = reading.await.unwrap();
+    assert!(
+        result.is_err(),
+        "a stalled body ends in an error: {result:?}"
+    );
+    settle().await;
+    assert_eq!(layer.stats().entries, 0);
+    let next = service
+        .clone()
+        .oneshot(common::get("/stall"))
+        .await
+        .unwrap();
+    assert_eq!(calls.get(), 2, "{}", cache_status(&next));
+    feeds.send(2, "whole").await;
+    feeds.end(2);
+    assert_eq!(&body(next).await.unwrap()[..], b"whole");
+}
+
+/// A handler that panics during a background refresh: an `ERROR` log (README), counted in
+/// `refreshes_panicked`, the stored entry kept.
+#[tokio::test(start_paused = true)]
+async fn refresh_panicking_handler_logs_error_and_keeps_the_entry() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let hits = Hits::default();
+    let h = hits.clone();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/p",
+            get(move || {
+                let n = h.bump();
+                async move {
+                    if n > 1 {
+                        panic!("handler bug");
+                    }
+                    ([(header::CACHE_CONTROL, SWR_10_60)], format!("v{n}"))
+                }
+            }),
+        )
+        .layer(layer.clone());
+    assert_eq!(app_text(app_send(&app, app_get("/p")).await).await, "v1");
+    advance(secs(11)).await;
+    assert_eq!(app_text(app_send(&app, app_get("/p")).await).await, "v1");
+    let_refresh_run().await;
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.refreshes_panicked, stats.refreshes_failed),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert!(
+        !events.at(tracing::Level::ERROR).is_empty(),
+        "an ERROR when a refresh panics"
+    );
+    let after = app_send(&app, app_get("/p")).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    assert_eq!(app_text(after).await, "v1");
+}
+
+/// Compression in front of the cache over a real socket: a hit read by a gzip client is a
+/// well-framed gzip response (no stale `Content-Length` of the identity body).
+#[tokio::test]
+async fn compression_outside_over_the_wire_hit_is_well_framed() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/page", get(long_handler(&hits)))
+        .layer(SwrLayer::new())
+        .layer(tower_http::compression::CompressionLayer::new());
+    let addr = serve(app).await;
+    let host = addr.to_string();
+    for round in 0..2 {
+        let gz = exchange(
+            addr,
+            &raw_get("/page", &host, "Accept-Encoding: gzip\r\n"),
+            false,
+        )
+        .await
+        .expect("a whole response");
+        assert_eq!(gz.header("content-encoding"), Some("gzip"), "round {round}");
+        if let Some(len) = gz.header("content-length") {
+            assert_eq!(
+                len.parse::<usize>().unwrap(),
+                gz.body.len(),
+                "round {round}"
+            );
+        }
+        assert!(is_gzip(&gz.body));
+        let plain = exchange(addr, &raw_get("/page", &host, ""), false)
+            .await
+            .expect("a whole response");
+        assert_eq!(plain.body, long_text(1).as_bytes(), "round {round}");
+    }
+    assert_eq!(hits.get(), 1);
 }

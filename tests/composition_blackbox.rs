@@ -3154,3 +3154,206 @@ async fn compression_outside_over_the_wire_hit_is_well_framed() {
     }
     assert_eq!(hits.get(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// More of what axum handlers and middlewares answer
+// ---------------------------------------------------------------------------------------------
+
+/// Redirects from handlers or auth middlewares: `303` (`Redirect::to`) and `307`
+/// (`Redirect::temporary`) are not heuristically cacheable, so a login redirect is never
+/// stored for everyone; `308` (`Redirect::permanent`) is (README: defaults apply to
+/// heuristically cacheable statuses).
+#[tokio::test(start_paused = true)]
+async fn redirects_follow_heuristic_cacheability() {
+    use axum::response::Redirect;
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/see-other", get(|| async { Redirect::to("/login") }))
+        .route("/temporary", get(|| async { Redirect::temporary("/login") }))
+        .route("/permanent", get(|| async { Redirect::permanent("/new") }))
+        .layer(layer.clone());
+    for path in ["/see-other", "/temporary", "/see-other", "/temporary"] {
+        let r = app_send(&app, app_get(path)).await;
+        assert!(r.status().is_redirection());
+        assert!(!statuses(&r).contains("hit"), "{path}: {}", statuses(&r));
+    }
+    assert_eq!(layer.stats().stores, 0);
+    app_send(&app, app_get("/permanent")).await;
+    let r = app_send(&app, app_get("/permanent")).await;
+    assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+    assert!(statuses(&r).contains("hit"), "{}", statuses(&r));
+}
+
+/// An auth middleware behind the cache redirecting anonymous users to the login page with a
+/// `303`: the redirect never answers a logged-in request, nor is it stored.
+#[tokio::test(start_paused = true)]
+async fn auth_redirect_inside_is_not_served_to_others() {
+    async fn login_or_pass(request: axum::extract::Request, next: Next) -> Response<AxumBody> {
+        if request.headers().contains_key("x-token") {
+            next.run(request).await
+        } else {
+            axum::response::Redirect::to("/login").into_response()
+        }
+    }
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/dash",
+            get(plain_handler(&hits, "max-age=60")).layer(middleware::from_fn(login_or_pass)),
+        )
+        .layer(SwrLayer::new().credential_headers(["x-token"]));
+    let anon = app_send(&app, app_get("/dash")).await;
+    assert_eq!(anon.status(), StatusCode::SEE_OTHER);
+    let member = app_send(&app, get_h("/dash", &[("x-token", "t")])).await;
+    assert_eq!(member.status(), StatusCode::OK, "{}", statuses(&member));
+    let anon = app_send(&app, app_get("/dash")).await;
+    assert_eq!(anon.status(), StatusCode::SEE_OTHER, "{}", statuses(&anon));
+}
+
+/// A failed unsafe request (axum's `405` for a method the route lacks) invalidates nothing.
+#[tokio::test(start_paused = true)]
+async fn method_not_allowed_put_does_not_invalidate() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/doc", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new());
+    app_text(app_send(&app, app_get("/doc")).await).await;
+    let put = app_send(&app, app_req(Method::PUT, "/doc", &[])).await;
+    assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let r = app_send(&app, app_get("/doc")).await;
+    assert!(statuses(&r).contains("hit"), "{}", statuses(&r));
+    assert_eq!(hits.get(), 1);
+}
+
+/// A `text/event-stream` answer (what axum's `Sse` sends) is never stored (README) and streams
+/// through: every client gets its own stream.
+#[tokio::test(start_paused = true)]
+async fn event_stream_answers_are_never_stored() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/events",
+            get(move || {
+                let n = h.bump();
+                async move {
+                    (
+                        [
+                            (header::CONTENT_TYPE, "text/event-stream"),
+                            (header::CACHE_CONTROL, "max-age=60"),
+                        ],
+                        format!("data: {n}\n\n"),
+                    )
+                }
+            }),
+        )
+        .layer(layer.clone());
+    for n in 1..=2 {
+        let r = app_send(&app, app_get("/events")).await;
+        assert_eq!(app_text(r).await, format!("data: {n}\n\n"));
+    }
+    assert_eq!(layer.stats().stores, 0);
+}
+
+/// `HandleErrorLayer` turning tower's `Timeout` into `504` on a route (the axum idiom): a 5xx
+/// answer, so a stored response inside stale-if-error stands in (`fwd-status=504`).
+#[tokio::test(start_paused = true)]
+async fn handle_error_timeout_504_lets_stale_if_error_stand_in() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(slow_handler(
+                &hits,
+                1,
+                "max-age=1, stale-while-revalidate=0, stale-if-error=60",
+            ))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                        StatusCode::GATEWAY_TIMEOUT
+                    }))
+                    .timeout(secs(1)),
+            ),
+        )
+        .layer(SwrLayer::new())
+        .with_state(());
+    assert_eq!(app_text(app_send(&app, app_get("/slow")).await).await, "v1");
+    advance(secs(3)).await;
+    let r = app_send(&app, app_get("/slow")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let cs = statuses(&r);
+    assert!(cs.contains("fwd=stale") && cs.contains("fwd-status=504"), "{cs}");
+    assert_eq!(app_text(r).await, "v1");
+}
+
+/// A leader whose client gives up (its own `tokio::time::timeout`, or a disconnect) hands over
+/// to its waiters: they are answered (README: "another attempt starts").
+#[tokio::test(start_paused = true)]
+async fn leader_timing_out_hands_over_to_waiters() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, calls) = origin(move |n, _| {
+        let g = g.clone();
+        async move {
+            g.wait().await;
+            Ok(reply_cc(format!("v{n}"), "max-age=60"))
+        }
+    });
+    let service = SwrLayer::new().layer(origin);
+    let leader = tokio::spawn(tokio::time::timeout(
+        secs(1),
+        service.clone().oneshot(common::get("/k")),
+    ));
+    settle().await;
+    let waiter = tokio::spawn(service.clone().oneshot(common::get("/k")));
+    settle().await;
+    advance(secs(2)).await;
+    assert!(leader.await.unwrap().is_err(), "the leader's client gave up");
+    settle().await;
+    gate.open();
+    let answer = waiter.await.unwrap().unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let text = body_text(answer).await.unwrap();
+    assert!(text.starts_with('v'), "{text}");
+    assert!(calls.get() <= 2, "{}", calls.get());
+}
+
+/// Misses of one key behind `ConcurrencyLimit(1)` are coalesced: one origin call, one slot.
+#[tokio::test(start_paused = true)]
+async fn concurrency_limit_inside_coalesced_misses_take_one_slot() {
+    let gate = Gate::new();
+    let (origin, calls) = holding_origin(&gate);
+    let layer = SwrLayer::new();
+    let service = layer.layer(ServiceBuilder::new().concurrency_limit(1).service(origin));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(service.clone().oneshot(common::get("/held"))))
+        .collect();
+    settle().await;
+    gate.open();
+    for task in tasks {
+        assert_eq!(
+            body_text(task.await.unwrap().unwrap()).await.unwrap(),
+            "v1 /held"
+        );
+    }
+    assert_eq!(calls.get(), 1);
+    assert_eq!(layer.stats().collapsed, 9);
+}
+
+/// Without the `CacheInfo` extension (`cache_info_extension(false)`), `Cache-Status` and `Age`
+/// still say how an axum answer was made.
+#[tokio::test(start_paused = true)]
+async fn without_cache_info_extension_headers_still_tell() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/p", get(plain_handler(&hits, "max-age=60")))
+        .layer(SwrLayer::new().cache_info_extension(false));
+    app_text(app_send(&app, app_get("/p")).await).await;
+    advance(secs(4)).await;
+    let r = app_send(&app, app_get("/p")).await;
+    assert!(cache_info(&r).is_none());
+    assert_eq!(statuses(&r), "tower-swr; hit; ttl=56");
+    assert_eq!(age(&r), Some(4));
+}

@@ -3169,7 +3169,10 @@ async fn redirects_follow_heuristic_cacheability() {
     let layer = SwrLayer::new();
     let app = Router::new()
         .route("/see-other", get(|| async { Redirect::to("/login") }))
-        .route("/temporary", get(|| async { Redirect::temporary("/login") }))
+        .route(
+            "/temporary",
+            get(|| async { Redirect::temporary("/login") }),
+        )
         .route("/permanent", get(|| async { Redirect::permanent("/new") }))
         .layer(layer.clone());
     for path in ["/see-other", "/temporary", "/see-other", "/temporary"] {
@@ -3284,7 +3287,10 @@ async fn handle_error_timeout_504_lets_stale_if_error_stand_in() {
     let r = app_send(&app, app_get("/slow")).await;
     assert_eq!(r.status(), StatusCode::OK);
     let cs = statuses(&r);
-    assert!(cs.contains("fwd=stale") && cs.contains("fwd-status=504"), "{cs}");
+    assert!(
+        cs.contains("fwd=stale") && cs.contains("fwd-status=504"),
+        "{cs}"
+    );
     assert_eq!(app_text(r).await, "v1");
 }
 
@@ -3310,7 +3316,10 @@ async fn leader_timing_out_hands_over_to_waiters() {
     let waiter = tokio::spawn(service.clone().oneshot(common::get("/k")));
     settle().await;
     advance(secs(2)).await;
-    assert!(leader.await.unwrap().is_err(), "the leader's client gave up");
+    assert!(
+        leader.await.unwrap().is_err(),
+        "the leader's client gave up"
+    );
     settle().await;
     gate.open();
     let answer = waiter.await.unwrap().unwrap();
@@ -3411,7 +3420,11 @@ async fn purge_of_every_variant_next_miss_is_a_uri_miss() {
     bytes_of(gz).await;
     // the gzip variant is stored again: the plain request's miss is now a vary-miss
     let plain = app_send(&app, get_h("/page", &[])).await;
-    assert!(statuses(&plain).contains("fwd=vary-miss"), "{}", statuses(&plain));
+    assert!(
+        statuses(&plain).contains("fwd=vary-miss"),
+        "{}",
+        statuses(&plain)
+    );
 }
 
 /// `soft_purge` of a target with `Origin` variants behind `CorsLayer`: each variant is
@@ -3422,7 +3435,10 @@ async fn soft_purge_keeps_each_cors_variant_its_origin() {
     let layer = SwrLayer::new();
     let handle = layer.handle();
     let app = Router::new()
-        .route("/api", get(plain_handler(&hits, "max-age=600")).layer(cors()))
+        .route(
+            "/api",
+            get(plain_handler(&hits, "max-age=600")).layer(cors()),
+        )
         .layer(layer);
     let from = |o: &'static str| get_h("/api", &[("origin", o)]);
     app_text(app_send(&app, from("https://a.example")).await).await;
@@ -3430,8 +3446,15 @@ async fn soft_purge_keeps_each_cors_variant_its_origin() {
     assert_eq!(handle.soft_purge("/api"), 2);
     for origin in ["https://a.example", "https://b.example"] {
         let r = app_send(&app, from(origin)).await;
-        assert!(status_is(&r, CacheStatus::Stale), "{origin}: {}", statuses(&r));
-        assert_eq!(header_of(&r, "access-control-allow-origin").as_deref(), Some(origin));
+        assert!(
+            status_is(&r, CacheStatus::Stale),
+            "{origin}: {}",
+            statuses(&r)
+        );
+        assert_eq!(
+            header_of(&r, "access-control-allow-origin").as_deref(),
+            Some(origin)
+        );
     }
     let_refresh_run().await;
     assert_eq!(hits.get(), 4, "one refresh per variant");
@@ -3464,7 +3487,11 @@ async fn surrogate_key_from_an_inner_layer_tags_and_is_not_forwarded() {
     assert_eq!(header_of(&hit, "surrogate-key"), None);
     assert_eq!(handle.purge_tag(["home"]), 1);
     let after = app_send(&app, app_get("/product/42")).await;
-    assert!(statuses(&after).contains("fwd=uri-miss"), "{}", statuses(&after));
+    assert!(
+        statuses(&after).contains("fwd=uri-miss"),
+        "{}",
+        statuses(&after)
+    );
     assert_eq!(app_text(after).await, "v2");
 }
 
@@ -3477,17 +3504,33 @@ async fn post_with_location_invalidates_the_located_entry() {
         .route(
             "/items",
             axum::routing::post(|| async {
-                (StatusCode::CREATED, [(header::LOCATION, "/items/7")], "created")
+                (
+                    StatusCode::CREATED,
+                    [(header::LOCATION, "/items/7")],
+                    "created",
+                )
             }),
         )
         .route("/items/{id}", get(plain_handler(&hits, "max-age=600")))
         .layer(SwrLayer::new());
-    assert_eq!(app_text(app_send(&app, app_get("/items/7")).await).await, "v1");
-    assert_eq!(app_text(app_send(&app, app_get("/items/8")).await).await, "v2");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/items/7")).await).await,
+        "v1"
+    );
+    assert_eq!(
+        app_text(app_send(&app, app_get("/items/8")).await).await,
+        "v2"
+    );
     let created = app_send(&app, app_req(Method::POST, "/items", &[])).await;
     assert_eq!(created.status(), StatusCode::CREATED);
-    assert_eq!(app_text(app_send(&app, app_get("/items/7")).await).await, "v3");
-    assert_eq!(app_text(app_send(&app, app_get("/items/8")).await).await, "v2");
+    assert_eq!(
+        app_text(app_send(&app, app_get("/items/7")).await).await,
+        "v3"
+    );
+    assert_eq!(
+        app_text(app_send(&app, app_get("/items/8")).await).await,
+        "v2"
+    );
 }
 
 /// Graceful shutdown as `examples/axum.rs` wires it: `shutdown` waits for the running refresh
@@ -3516,13 +3559,197 @@ async fn shutdown_waits_for_refreshes_then_serves_stale_without_refreshing() {
     fetch_text(&service, common::get("/a")).await.unwrap();
     settle().await;
     assert_eq!(handle.stats().refreshes_running, 1);
-    assert!(!handle.shutdown(secs(1)).await, "the held refresh outlives 1 s");
+    assert!(
+        !handle.shutdown(secs(1)).await,
+        "the held refresh outlives 1 s"
+    );
     let b = service.clone().oneshot(common::get("/b")).await.unwrap();
     assert_eq!(info(&b).status, CacheStatus::Stale);
     assert_eq!(body_text(b).await.unwrap(), "v2");
     settle().await;
-    assert_eq!(handle.stats().refreshes_started, 1, "no refresh after shutdown");
+    assert_eq!(
+        handle.stats().refreshes_started,
+        1,
+        "no refresh after shutdown"
+    );
     gate.open();
     assert!(handle.shutdown(secs(5)).await);
     assert_eq!(calls.get(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// More observability
+// ---------------------------------------------------------------------------------------------
+
+/// `CacheInfo` of a just-stored miss carries its age and store time (docs: "for answers from
+/// the cache (including a just-stored miss)"); `loads_running` shows the miss in flight.
+#[tokio::test(start_paused = true)]
+async fn cache_info_of_a_stored_miss_and_loads_running() {
+    let gate = Gate::new();
+    let (origin, _calls) = holding_origin(&gate);
+    let layer = SwrLayer::new();
+    let service = layer.layer(origin);
+    let task = tokio::spawn(service.clone().oneshot(common::get("/held")));
+    settle().await;
+    assert_eq!(layer.stats().loads_running, 1);
+    gate.open();
+    let miss = task.await.unwrap().unwrap();
+    let info = info(&miss);
+    assert_eq!(info.status, CacheStatus::Miss);
+    assert!(info.stored);
+    assert_eq!(info.age, Some(Duration::ZERO), "{info:?}");
+    assert!(info.stored_at.is_some(), "{info:?}");
+    body_text(miss).await.unwrap();
+    settle().await;
+    assert_eq!(layer.stats().loads_running, 0);
+}
+
+/// Refreshes cut by `refresh_timeout` behind an axum route: counted as timed out (and failed),
+/// a `WARN` logged, `refreshes_running` back to zero, the entry kept.
+#[tokio::test(start_paused = true)]
+async fn refresh_timeout_is_counted_logged_and_keeps_the_entry() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let hits = Hits::default();
+    let layer = SwrLayer::new().refresh_timeout(secs(2));
+    let app = Router::new()
+        .route("/slow", get(slow_handler(&hits, 1, SWR_10_60)))
+        .layer(layer.clone());
+    app_text(app_send(&app, app_get("/slow")).await).await;
+    advance(secs(11)).await;
+    app_text(app_send(&app, app_get("/slow")).await).await;
+    settle().await;
+    assert_eq!(layer.stats().refreshes_running, 1);
+    for _ in 0..4 {
+        advance(secs(1)).await;
+        settle().await;
+    }
+    let stats = layer.stats();
+    assert_eq!(
+        (
+            stats.refreshes_timed_out,
+            stats.refreshes_failed,
+            stats.refreshes_running
+        ),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    assert!(!events.at(tracing::Level::WARN).is_empty());
+    assert_eq!(app_text(app_send(&app, app_get("/slow")).await).await, "v1");
+}
+
+/// The circuit breaker: after `threshold` failed refreshes in a row, refreshes pause
+/// (`refreshes_paused`), a `WARN` says so, and stale keeps being served.
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_opens_with_a_warning_and_serves_stale() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let down = Switch::default();
+    let (origin, _calls) = switchable(SWR_10_60, down.clone());
+    let layer = SwrLayer::new().circuit_breaker(2, secs(30));
+    let service = layer.layer(origin);
+    for key in ["/1", "/2", "/3"] {
+        fetch_text(&service, common::get(key)).await.unwrap();
+    }
+    down.0.store(true, Ordering::SeqCst);
+    advance(secs(11)).await;
+    for key in ["/1", "/2"] {
+        fetch_text(&service, common::get(key)).await.unwrap();
+        settle().await;
+    }
+    let stats = layer.stats();
+    assert_eq!(stats.refreshes_failed, 2, "{stats:?}");
+    assert!(stats.refreshes_paused, "{stats:?}");
+    assert!(!events.at(tracing::Level::WARN).is_empty());
+    let third = service.clone().oneshot(common::get("/3")).await.unwrap();
+    assert_eq!(info(&third).status, CacheStatus::Stale);
+    settle().await;
+    assert_eq!(
+        layer.stats().refreshes_started,
+        2,
+        "paused: no third refresh"
+    );
+}
+
+/// A panicking origin with requests waiting for its call: the waiters get a `502` marked
+/// `detail=origin-error` (README), and the key's failure is remembered briefly.
+#[tokio::test(start_paused = true)]
+async fn panicking_origin_waiters_get_502_origin_error() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, _calls) = origin(move |_n, _| {
+        let g = g.clone();
+        async move {
+            g.wait().await;
+            if true {
+                panic!("origin bug");
+            }
+            Ok(reply("never"))
+        }
+    });
+    let service = SwrLayer::new().layer(origin);
+    let leader = tokio::spawn(service.clone().oneshot(common::get("/p")));
+    settle().await;
+    let waiters: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(service.clone().oneshot(common::get("/p"))))
+        .collect();
+    settle().await;
+    gate.open();
+    let _ = leader.await; // the leader's own outcome: its panic or the same 502
+    for waiter in waiters {
+        let r = waiter.await.expect("a waiter does not panic").unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert!(
+            cache_status(&r).contains("detail=origin-error"),
+            "{}",
+            cache_status(&r)
+        );
+    }
+}
+
+/// Two layers stacked, an edge cache in front of the app's cache: the edge's member comes
+/// after the app cache's (RFC 9211), an edge hit never reaches the inner cache, and the inner
+/// cache's `Age` counts towards the edge's age (README: "`Age` and `Date` count towards
+/// age").
+#[tokio::test(start_paused = true)]
+async fn two_stacked_layers_append_members_and_count_age() {
+    let (origin, calls) = counting_origin("max-age=60");
+    let inner = SwrLayer::new();
+    let edge = SwrLayer::new().cache_name("edge");
+    let edge_handle = edge.handle();
+    let service = edge.layer(inner.layer(origin));
+    let miss = service.clone().oneshot(common::get("/s")).await.unwrap();
+    let lines = cache_status_lines(&miss);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("tower-swr;") && lines[1].starts_with("edge;"),
+        "{lines:?}"
+    );
+    body(miss).await.unwrap();
+    advance(secs(5)).await;
+    let hit = service.clone().oneshot(common::get("/s")).await.unwrap();
+    assert!(
+        cache_status(&hit).starts_with("edge; hit"),
+        "{}",
+        cache_status(&hit)
+    );
+    assert_eq!(age(&hit), Some(5));
+    body(hit).await.unwrap();
+    assert_eq!(inner.stats().fresh_hits, 0, "the edge answered alone");
+    advance(secs(15)).await; // 20 s
+    assert_eq!(edge_handle.purge("/s"), 1);
+    let refetched = service.clone().oneshot(common::get("/s")).await.unwrap();
+    assert_eq!(info(&refetched).status, CacheStatus::Miss, "an edge miss");
+    assert_eq!(inner.stats().fresh_hits, 1, "answered by the inner cache");
+    assert_eq!(
+        age(&refetched),
+        Some(20),
+        "the inner cache's age carries over"
+    );
+    body(refetched).await.unwrap();
+    advance(secs(10)).await; // 30 s since the origin answered
+    let hit = service.clone().oneshot(common::get("/s")).await.unwrap();
+    assert_eq!(age(&hit), Some(30));
+    assert_eq!(cache_status(&hit), "edge; hit; ttl=30");
+    assert_eq!(calls.get(), 1);
 }

@@ -3753,3 +3753,120 @@ async fn two_stacked_layers_append_members_and_count_age() {
     assert_eq!(cache_status(&hit), "edge; hit; ttl=30");
     assert_eq!(calls.get(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades, ranges and fills under what clients do
+// ---------------------------------------------------------------------------------------------
+
+/// A WebSocket-style handshake through the layer on a real socket: it reaches the handler
+/// with hyper's upgrade extension intact (README: "`Upgrade`: WebSocket handshakes reach the
+/// handler and get their `101`"), and the upgraded connection carries bytes both ways.
+#[tokio::test]
+async fn upgrade_handshake_reaches_the_handler_and_upgrades() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/ws",
+            get(|mut request: axum::extract::Request| async move {
+                let Some(on_upgrade) = request
+                    .extensions_mut()
+                    .remove::<hyper::upgrade::OnUpgrade>()
+                else {
+                    return (StatusCode::IM_A_TEAPOT, "no upgrade extension").into_response();
+                };
+                tokio::spawn(async move {
+                    let upgraded = on_upgrade.await.expect("upgraded");
+                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                    let mut buf = [0u8; 4];
+                    io.read_exact(&mut buf).await.unwrap();
+                    buf.reverse();
+                    io.write_all(&buf).await.unwrap();
+                    io.flush().await.unwrap();
+                });
+                Response::builder()
+                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                    .header(header::CONNECTION, "upgrade")
+                    .header(header::UPGRADE, "echo")
+                    .body(AxumBody::empty())
+                    .unwrap()
+            }),
+        )
+        .layer(layer.clone());
+    let addr = serve(app).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(WIRE_TIMEOUT, stream.read_exact(&mut byte))
+            .await
+            .expect("the handshake answer in time")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"abcd").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(WIRE_TIMEOUT, stream.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&echoed, b"dcba");
+    assert_eq!(layer.stats().stores, 0);
+}
+
+/// Compression in front of the cache and a `Range` request from a gzip client: the layer's
+/// `206` from the stored identity body is not compressed (ranges never are) and is the slice
+/// asked for.
+#[tokio::test(start_paused = true)]
+async fn compression_outside_range_hit_is_the_identity_slice() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/page", get(long_handler(&hits)))
+        .layer(SwrLayer::new())
+        .layer(tower_http::compression::CompressionLayer::new());
+    bytes_of(app_send(&app, get_h("/page", &[])).await).await;
+    let r = app_send(
+        &app,
+        get_h("/page", &[("accept-encoding", "gzip"), ("range", "bytes=0-5")]),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{}", statuses(&r));
+    assert_eq!(header_of(&r, "content-encoding"), None);
+    assert_eq!(&bytes_of(r).await[..], b"call 1");
+    assert_eq!(hits.get(), 1);
+}
+
+/// A client that gives up while reading a miss's body (a client-facing body timeout, a closed
+/// tab) stops nothing: the fill completes and is stored (README: "a whole fill is stored even
+/// when every client left").
+#[tokio::test(start_paused = true)]
+async fn client_leaving_mid_body_does_not_stop_the_fill() {
+    let (origin, calls, feeds) = fed_origin("max-age=60", None);
+    let layer = SwrLayer::new();
+    let service = layer.layer(origin);
+    let response = service.clone().oneshot(common::get("/fill")).await.unwrap();
+    feeds.send(1, "part one, ").await;
+    let mut body_stream = response.into_body();
+    let first = body_stream.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "part one, ");
+    drop(body_stream); // the client goes away
+    feeds.send(1, "part two").await;
+    feeds.end(1);
+    settle().await;
+    assert_eq!(layer.stats().entries, 1, "{:?}", layer.stats());
+    let hit = service.clone().oneshot(common::get("/fill")).await.unwrap();
+    assert_eq!(info(&hit).status, CacheStatus::Fresh);
+    assert_eq!(&body(hit).await.unwrap()[..], b"part one, part two");
+    assert_eq!(calls.get(), 1);
+}

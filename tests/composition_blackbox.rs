@@ -3838,7 +3838,10 @@ async fn compression_outside_range_hit_is_the_identity_slice() {
     bytes_of(app_send(&app, get_h("/page", &[])).await).await;
     let r = app_send(
         &app,
-        get_h("/page", &[("accept-encoding", "gzip"), ("range", "bytes=0-5")]),
+        get_h(
+            "/page",
+            &[("accept-encoding", "gzip"), ("range", "bytes=0-5")],
+        ),
     )
     .await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{}", statuses(&r));
@@ -3869,4 +3872,180 @@ async fn client_leaving_mid_body_does_not_stop_the_fill() {
     assert_eq!(info(&hit).status, CacheStatus::Fresh);
     assert_eq!(&body(hit).await.unwrap()[..], b"part one, part two");
     assert_eq!(calls.get(), 1);
+}
+
+/// Over a real socket, a `HEAD` answered from the stored `GET` is framed as the `GET` would
+/// be: a `Content-Length`, when sent, is the `GET` body's length, and no body bytes follow.
+#[tokio::test]
+async fn head_hit_over_the_wire_is_framed_like_the_get() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/h", get(plain_handler(&hits, "max-age=60")))
+        .route(
+            "/page",
+            get(long_handler(&hits)).layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new());
+    let addr = serve(app).await;
+    let host = addr.to_string();
+    for (path, extra) in [("/h", ""), ("/page", "Accept-Encoding: gzip\r\n")] {
+        let get = exchange(addr, &raw_get(path, &host, extra), false)
+            .await
+            .unwrap();
+        let raw_head = raw_get(path, &host, extra).replacen("GET", "HEAD", 1);
+        let head = exchange(addr, &raw_head, true).await.unwrap();
+        assert_eq!(head.status, 200, "{path}");
+        assert!(
+            head.cache_status().contains("hit"),
+            "{path}: {}",
+            head.cache_status()
+        );
+        if let Some(len) = head.header("content-length") {
+            assert_eq!(len.parse::<usize>().unwrap(), get.body.len(), "{path}");
+        }
+        assert_eq!(
+            head.header("content-encoding"),
+            get.header("content-encoding"),
+            "{path}"
+        );
+    }
+}
+
+/// Many concurrent clients on a multi-threaded runtime over real sockets, half accepting gzip,
+/// behind `CompressionLayer` inside the cache with a slow handler: every client gets the
+/// encoding it accepted, and the handler runs once per variant (or a few times: never once
+/// per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_mixed_encodings_over_real_sockets_never_cross() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let n = h.bump();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    ([(header::CACHE_CONTROL, "max-age=60")], long_text(n))
+                }
+            })
+            .layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new());
+    let addr = serve(app).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let gzip = i % 2 == 0;
+            let mut builder = Request::builder().uri(format!("http://{addr}/page"));
+            if gzip {
+                builder = builder.header(header::ACCEPT_ENCODING, "gzip");
+            }
+            let response = client
+                .request(builder.body(Full::default()).unwrap())
+                .await
+                .expect("a response");
+            let encoding = header_of(&response, "content-encoding");
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (gzip, encoding, bytes)
+        }));
+    }
+    for task in tasks {
+        let (gzip, encoding, bytes) = task.await.unwrap();
+        if gzip {
+            assert_eq!(encoding.as_deref(), Some("gzip"));
+            assert!(is_gzip(&bytes));
+        } else {
+            assert_eq!(encoding, None);
+            assert!(bytes.starts_with(b"call "), "identity for a plain client");
+        }
+    }
+    assert!(
+        hits.get() <= 4,
+        "coalesced per variant: {} calls",
+        hits.get()
+    );
+}
+
+/// Every kind of cached answer logs its `debug` event with the key and the status (README: "a
+/// `debug` event per request with key and status"): a miss, a hit, a stale answer.
+#[tokio::test(start_paused = true)]
+async fn tracing_debug_event_for_every_kind_of_answer() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let (origin, _calls) = counting_origin(SWR_10_60);
+    let service = SwrLayer::new().layer(origin);
+    let per_request = || debug_events_with_key_and_status(&events, "/every");
+    let mut seen = per_request();
+    for (what, wait) in [("miss", 0), ("hit", 0), ("stale", 11)] {
+        advance(secs(wait)).await;
+        body(
+            service
+                .clone()
+                .oneshot(common::get("/every"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let now = per_request();
+        assert!(now > seen, "a debug event for the {what}");
+        seen = now;
+    }
+}
+
+/// How many `debug` events name `path` in a field and carry a `status` field.
+fn debug_events_with_key_and_status(events: &Events, path: &str) -> usize {
+    events
+        .at(tracing::Level::DEBUG)
+        .into_iter()
+        .filter(|e| e.fields.values().any(|v| v.contains(path)) && e.fields.contains_key("status"))
+        .count()
+}
+
+/// The same promise for requests the layer passes through: a `POST`, a `GET` whose `key_fn`
+/// says `None`, an `Upgrade` handshake. README: "a `debug` event per request with key and
+/// status".
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: bypassed requests (POST, key_fn None, Upgrade) log no debug event with key and status, though README promises one per request"]
+async fn tracing_debug_event_for_bypassed_requests() {
+    let events = Events::default();
+    let _collecting = events.install();
+    let (origin, _calls) = counting_origin(SWR_10_60);
+    let service = SwrLayer::new()
+        .key_fn(|p| (p.uri.path() != "/bypass-nokey").then(String::new))
+        .layer(origin);
+    for (path, request) in [
+        ("/bypass-post", common::req("POST", "/bypass-post", &[])),
+        ("/bypass-nokey", common::get("/bypass-nokey")),
+        (
+            "/bypass-up",
+            common::req(
+                "GET",
+                "/bypass-up",
+                &[("upgrade", "websocket"), ("connection", "upgrade")],
+            ),
+        ),
+    ] {
+        let r = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            info(&r).status,
+            CacheStatus::Bypass,
+            "{path}: {}",
+            cache_status(&r)
+        );
+        body(r).await.unwrap();
+        assert!(
+            debug_events_with_key_and_status(&events, path) >= 1,
+            "{path}: {:?}",
+            events
+                .at(tracing::Level::DEBUG)
+                .iter()
+                .map(|e| (&e.message, &e.fields))
+                .collect::<Vec<_>>()
+        );
+    }
 }

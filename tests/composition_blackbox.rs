@@ -4049,3 +4049,90 @@ async fn tracing_debug_event_for_bypassed_requests() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Request directives and surrogate headers through axum
+// ---------------------------------------------------------------------------------------------
+
+/// A `HEAD` miss goes to axum as a `HEAD` (which runs the `GET` handler without sending the
+/// body) and is not stored (README, `convert_head(false)` by default): the next `GET` is a miss.
+#[tokio::test(start_paused = true)]
+async fn head_miss_is_not_stored_under_axum() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/h", get(plain_handler(&hits, "max-age=60")))
+        .layer(layer.clone());
+    let head = app_send(&app, app_req(Method::HEAD, "/h", &[])).await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert!(app_text(head).await.is_empty());
+    assert_eq!(layer.stats().stores, 0);
+    let get = app_send(&app, app_get("/h")).await;
+    assert!(statuses(&get).contains("fwd=uri-miss"), "{}", statuses(&get));
+    assert_eq!(app_text(get).await, "v2");
+}
+
+/// Request `Cache-Control` through axum: `no-cache` and `max-age=0` are ignored (README, as
+/// nginx and Varnish), `only-if-cached` is answered from the cache or `504` without calling
+/// the handler, `no-store` is not stored.
+#[tokio::test(start_paused = true)]
+async fn request_cache_control_through_axum() {
+    let hits = Hits::default();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route("/r", get(plain_handler(&hits, "max-age=60")))
+        .route("/ns", get(plain_handler(&hits, "max-age=60")))
+        .layer(layer.clone());
+    let cold = app_send(&app, get_h("/r", &[("cache-control", "only-if-cached")])).await;
+    assert_eq!(cold.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(statuses(&cold).contains("detail=only-if-cached"), "{}", statuses(&cold));
+    assert_eq!(hits.get(), 0);
+    app_text(app_send(&app, app_get("/r")).await).await;
+    for cc in ["no-cache", "max-age=0", "only-if-cached"] {
+        let r = app_send(&app, get_h("/r", &[("cache-control", cc)])).await;
+        assert!(statuses(&r).contains("hit"), "{cc}: {}", statuses(&r));
+        assert_eq!(app_text(r).await, "v1");
+    }
+    app_text(app_send(&app, get_h("/ns", &[("cache-control", "no-store")])).await).await;
+    let after = app_send(&app, app_get("/ns")).await;
+    assert!(!statuses(&after).contains("hit"), "{}", statuses(&after));
+    assert_eq!(hits.get(), 3);
+}
+
+/// `Surrogate-Control` set by a layer behind the cache: it overrides `Cache-Control` for this
+/// cache, is not passed on to clients, and the handler sees `Surrogate-Capability` (README).
+#[tokio::test(start_paused = true)]
+async fn surrogate_control_from_an_inner_layer() {
+    let capability = Arc::new(std::sync::Mutex::new(None::<String>));
+    let c = capability.clone();
+    let hits = Hits::default();
+    let h = hits.clone();
+    let app = Router::new()
+        .route(
+            "/edge",
+            get(move |headers: axum::http::HeaderMap| {
+                *c.lock().unwrap() = headers
+                    .get("surrogate-capability")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let n = h.bump();
+                async move { ([(header::CACHE_CONTROL, "no-cache")], format!("v{n}")) }
+            })
+            .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+                header::HeaderName::from_static("surrogate-control"),
+                HeaderValue::from_static("max-age=600"),
+            )),
+        )
+        .layer(SwrLayer::new());
+    let first = app_send(&app, app_get("/edge")).await;
+    assert_eq!(header_of(&first, "surrogate-control"), None);
+    assert_eq!(header_of(&first, "cache-control").as_deref(), Some("no-cache"));
+    app_text(first).await;
+    let capability = capability.lock().unwrap().clone().unwrap_or_default();
+    assert!(capability.contains("tower-swr"), "{capability:?}");
+    advance(secs(120)).await;
+    let hit = app_send(&app, app_get("/edge")).await;
+    assert!(statuses(&hit).contains("hit"), "{}", statuses(&hit));
+    assert_eq!(header_of(&hit, "surrogate-control"), None);
+    assert_eq!(app_text(hit).await, "v1");
+    assert_eq!(hits.get(), 1);
+}

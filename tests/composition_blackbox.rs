@@ -4217,3 +4217,79 @@ async fn policy_fn_inside_nest_sees_the_path_users_see() {
         "purges do use the client's path"
     );
 }
+
+/// `credential_headers` and an auth check behind the cache: a `public` answer to a request with
+/// the key is stored; its refresh, triggered by another client, sends the storing request's
+/// key (docs of `credential_headers`: "a refresh sends the storing request's value, not the
+/// triggering client's"), so the auth check passes and the refresh stores.
+#[tokio::test(start_paused = true)]
+async fn refresh_of_a_public_credentialed_answer_sends_the_storing_key() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let s = seen.clone();
+    let hits = Hits::default();
+    let h = hits.clone();
+    let layer = SwrLayer::new().credential_headers(["x-token"]);
+    let app = Router::new()
+        .route(
+            "/catalog",
+            get(move |headers: axum::http::HeaderMap| {
+                s.lock().unwrap().push(
+                    headers
+                        .get("x-token")
+                        .map(|v| v.to_str().unwrap().to_owned()),
+                );
+                let n = h.bump();
+                async move {
+                    (
+                        [(
+                            header::CACHE_CONTROL,
+                            "public, max-age=10, stale-while-revalidate=60",
+                        )],
+                        format!("v{n}"),
+                    )
+                }
+            })
+            .layer(middleware::from_fn(require_token)),
+        )
+        .layer(layer.clone());
+    let first = app_send(&app, get_h("/catalog", &[("x-token", "ok")])).await;
+    assert_eq!(app_text(first).await, "v1");
+    let hit = app_send(&app, get_h("/catalog", &[("x-token", "ok")])).await;
+    assert!(statuses(&hit).contains("hit"), "{}", statuses(&hit));
+    advance(secs(11)).await;
+    let stale = app_send(&app, get_h("/catalog", &[("x-token", "other")])).await;
+    assert!(status_is(&stale, CacheStatus::Stale), "{}", statuses(&stale));
+    let_refresh_run().await;
+    assert_eq!(layer.stats().refreshes_succeeded, 1, "{:?}", layer.stats());
+    assert_eq!(
+        seen.lock().unwrap().last().cloned().flatten().as_deref(),
+        Some("ok"),
+        "the refresh carried the storing request's key"
+    );
+}
+
+/// An absolute-form target whose authority differs from `Host`: the handler is sent `Host`
+/// rewritten to the authority (README, RFC 9112 §3.2.2), so what is rendered is what is keyed.
+#[tokio::test(start_paused = true)]
+async fn absolute_form_host_is_rewritten_for_the_handler() {
+    let app = Router::new()
+        .route(
+            "/whoami",
+            get(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get(header::HOST)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            }),
+        )
+        .layer(SwrLayer::new());
+    let r = app_send(
+        &app,
+        get_h("http://a.example/whoami", &[("host", "b.example")]),
+    )
+    .await;
+    assert_eq!(app_text(r).await, "a.example");
+    let other = app_send(&app, get_h("/whoami", &[("host", "b.example")])).await;
+    assert!(!statuses(&other).contains("hit"), "another host: {}", statuses(&other));
+    assert_eq!(app_text(other).await, "b.example");
+}

@@ -2188,7 +2188,7 @@ async fn metrics_names_and_labels_as_documented() {
     use metrics_util::debugging::DebugValue;
     recorder();
     let name = "compose-metrics";
-    let layer = SwrLayer::new().cache_name(name);
+    let layer = SwrLayer::new().cache_name(name).max_body_bytes(1024);
     let down = Switch::default();
     let (origin, _) = switchable(
         "max-age=10, stale-while-revalidate=60, stale-if-error=600",
@@ -2241,6 +2241,11 @@ async fn metrics_names_and_labels_as_documented() {
         .oneshot(common::req("POST", "/elsewhere", &[]))
         .await
         .unwrap();
+    // a body over max_body_bytes: streamed through, not stored
+    let (big, _) = common::origin(|_, _| async { Ok(reply_cc(vec![b'x'; 4096], "max-age=60")) });
+    let big_service = layer.clone().layer(big);
+    let big_answer = big_service.oneshot(common::get("/big")).await.unwrap();
+    assert_eq!(body(big_answer).await.unwrap().len(), 4096);
     settle().await;
 
     let values = metric_values(name);
@@ -2253,8 +2258,8 @@ async fn metrics_names_and_labels_as_documented() {
     assert_eq!(counter("swr_requests_total", "status=stale"), 1);
     assert_eq!(
         counter("swr_requests_total", "status=miss"),
-        3,
-        "/m, /held, /nothing"
+        4,
+        "/m, /held, /nothing, /big"
     );
     assert_eq!(counter("swr_requests_total", "status=collapsed"), 1);
     assert_eq!(counter("swr_requests_total", "status=stale_if_error"), 1);
@@ -4258,7 +4263,11 @@ async fn refresh_of_a_public_credentialed_answer_sends_the_storing_key() {
     assert!(statuses(&hit).contains("hit"), "{}", statuses(&hit));
     advance(secs(11)).await;
     let stale = app_send(&app, get_h("/catalog", &[("x-token", "other")])).await;
-    assert!(status_is(&stale, CacheStatus::Stale), "{}", statuses(&stale));
+    assert!(
+        status_is(&stale, CacheStatus::Stale),
+        "{}",
+        statuses(&stale)
+    );
     let_refresh_run().await;
     assert_eq!(layer.stats().refreshes_succeeded, 1, "{:?}", layer.stats());
     assert_eq!(
@@ -4290,6 +4299,42 @@ async fn absolute_form_host_is_rewritten_for_the_handler() {
     .await;
     assert_eq!(app_text(r).await, "a.example");
     let other = app_send(&app, get_h("/whoami", &[("host", "b.example")])).await;
-    assert!(!statuses(&other).contains("hit"), "another host: {}", statuses(&other));
+    assert!(
+        !statuses(&other).contains("hit"),
+        "another host: {}",
+        statuses(&other)
+    );
     assert_eq!(app_text(other).await, "b.example");
+}
+
+/// A body over `max_body_bytes` is "not stored" (docs of `max_body_bytes`): an operator reads
+/// `Stats::store_rejections` ("values not stored because they were heavier than the largest
+/// storable entry") and its mirror `swr_stores_total{result="too_large"}` to see responses too
+/// large to cache, and expects them to count it. The docs do not say whether the limit on
+/// bodies is "the largest storable entry"; this is the operator's expectation from the names.
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: a response over max_body_bytes is not stored yet counts in neither Stats::store_rejections nor swr_stores_total{result=too_large} (only a debug log says why)"]
+async fn body_over_max_body_bytes_counts_as_too_large() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let layer = SwrLayer::new().max_body_bytes(1024);
+    let app = Router::new()
+        .route(
+            "/big",
+            get(move || {
+                h.bump();
+                async { ([(header::CACHE_CONTROL, "max-age=60")], "x".repeat(4096)) }
+            }),
+        )
+        .layer(layer.clone());
+    for _ in 0..2 {
+        assert_eq!(
+            app_text(app_send(&app, app_get("/big")).await).await.len(),
+            4096
+        );
+    }
+    settle().await;
+    let stats = layer.stats();
+    assert_eq!((stats.stores, hits.get()), (0, 2), "not stored: {stats:?}");
+    assert_eq!(stats.store_rejections, 2, "{stats:?}");
 }

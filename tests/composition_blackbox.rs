@@ -3665,7 +3665,14 @@ async fn circuit_breaker_opens_with_a_warning_and_serves_stale() {
     let stats = layer.stats();
     assert_eq!(stats.refreshes_failed, 2, "{stats:?}");
     assert!(stats.refreshes_paused, "{stats:?}");
-    assert!(!events.at(tracing::Level::WARN).is_empty());
+    let warns = events.at(tracing::Level::WARN);
+    assert_eq!(warns.len(), 3, "two failed refreshes, then the breaker opening");
+    assert!(
+        warns
+            .iter()
+            .all(|w| w.fields.get("cache").map(String::as_str) == Some("tower-swr")),
+        "every warning carries the cache's name"
+    );
     let third = service.clone().oneshot(common::get("/3")).await.unwrap();
     assert_eq!(info(&third).status, CacheStatus::Stale);
     settle().await;

@@ -4374,3 +4374,115 @@ async fn body_over_max_body_bytes_counts_as_too_large() {
     assert_eq!((stats.stores, hits.get()), (0, 2), "not stored: {stats:?}");
     assert_eq!(stats.store_rejections, 2, "{stats:?}");
 }
+
+/// Each encoding variant behind `CompressionLayer` stands in for itself when the handler
+/// fails (stale-if-error): the gzip client gets the stored gzip body, the plain client identity.
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_per_encoding_variant() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let n = h.bump();
+                async move {
+                    if n > 2 {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+                    }
+                    (
+                        [(
+                            header::CACHE_CONTROL,
+                            "max-age=1, stale-while-revalidate=0, stale-if-error=60",
+                        )],
+                        long_text(n),
+                    )
+                        .into_response()
+                }
+            })
+            .layer(tower_http::compression::CompressionLayer::new()),
+        )
+        .layer(SwrLayer::new());
+    bytes_of(app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await).await;
+    bytes_of(app_send(&app, get_h("/page", &[])).await).await;
+    advance(secs(3)).await;
+    let gz = app_send(&app, get_h("/page", &[("accept-encoding", "gzip")])).await;
+    assert!(statuses(&gz).contains("fwd=stale"), "{}", statuses(&gz));
+    assert_eq!(header_of(&gz, "content-encoding").as_deref(), Some("gzip"));
+    assert!(is_gzip(&bytes_of(gz).await));
+    let plain = app_send(&app, get_h("/page", &[])).await;
+    assert!(
+        statuses(&plain).contains("fwd=stale"),
+        "{}",
+        statuses(&plain)
+    );
+    assert_eq!(header_of(&plain, "content-encoding"), None);
+    assert_eq!(bytes_of(plain).await, long_text(2).as_bytes());
+}
+
+/// `X-Query-Time-ms` of a coalesced request is the time it waited for the leader's call.
+#[tokio::test(start_paused = true)]
+async fn query_time_of_a_collapsed_request_is_its_wait() {
+    let hits = Hits::default();
+    let app = Router::new()
+        .route("/slow", get(slow_handler(&hits, 0, "max-age=60")))
+        .layer(SwrLayer::new().query_time_header(true))
+        .with_state(());
+    let leader = tokio::spawn({
+        let app = app.clone();
+        async move { app_send(&app, app_get("/slow")).await }
+    });
+    settle().await;
+    advance(secs(2)).await;
+    let waiter = tokio::spawn({
+        let app = app.clone();
+        async move { app_send(&app, app_get("/slow")).await }
+    });
+    let leader = leader.await.unwrap();
+    let waiter = waiter.await.unwrap();
+    assert!(
+        status_is(&waiter, CacheStatus::Collapsed),
+        "{}",
+        statuses(&waiter)
+    );
+    let ms = |r: &Response<AxumBody>| -> u64 {
+        header_of(r, "x-query-time-ms").unwrap().parse().unwrap()
+    };
+    assert!((5000..5100).contains(&ms(&leader)), "{}", ms(&leader));
+    assert!((2900..3100).contains(&ms(&waiter)), "{}", ms(&waiter));
+    assert_eq!(hits.get(), 1);
+}
+
+/// A client's `If-None-Match` through axum is answered `304` from the fresh entry (README),
+/// marked a hit, with the validator.
+#[tokio::test(start_paused = true)]
+async fn conditional_request_answered_304_from_the_entry() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let app = Router::new()
+        .route(
+            "/doc",
+            get(move || {
+                let n = h.bump();
+                async move {
+                    (
+                        [
+                            (header::CACHE_CONTROL, "max-age=60"),
+                            (header::ETAG, "\"d1\""),
+                        ],
+                        format!("v{n}"),
+                    )
+                }
+            }),
+        )
+        .layer(SwrLayer::new());
+    app_text(app_send(&app, app_get("/doc")).await).await;
+    let r = app_send(&app, get_h("/doc", &[("if-none-match", "\"d1\"")])).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert!(statuses(&r).contains("hit"), "{}", statuses(&r));
+    assert_eq!(header_of(&r, "etag").as_deref(), Some("\"d1\""));
+    assert!(app_text(r).await.is_empty());
+    let other = app_send(&app, get_h("/doc", &[("if-none-match", "\"zz\"")])).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(hits.get(), 1);
+}

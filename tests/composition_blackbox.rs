@@ -4486,3 +4486,89 @@ async fn conditional_request_answered_304_from_the_entry() {
     assert_eq!(other.status(), StatusCode::OK);
     assert_eq!(hits.get(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Coalescing and credentials
+// ---------------------------------------------------------------------------------------------
+
+/// A handler held open that answers `who: <Authorization or Cookie or anonymous>` with
+/// `max-age=60` (neither `public` nor `s-maxage`).
+fn held_whoami(
+    gate: &Gate,
+    hits: &Hits,
+) -> impl Fn(
+    axum::http::HeaderMap,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<AxumBody>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let (gate, hits) = (gate.clone(), hits.clone());
+    move |headers: axum::http::HeaderMap| {
+        let (gate, _n) = (gate.clone(), hits.bump());
+        Box::pin(async move {
+            gate.wait().await;
+            let who = headers
+                .get(header::AUTHORIZATION)
+                .or_else(|| headers.get(header::COOKIE))
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_else(|| "anonymous".to_owned());
+            (
+                [(header::CACHE_CONTROL, "max-age=60")],
+                format!("who: {who}"),
+            )
+                .into_response()
+        })
+    }
+}
+
+/// While an authorized request's miss is in flight, anonymous and other users' requests for
+/// the same URL arrive: none of them is handed the authorized answer (README: answers to
+/// requests with `Authorization` are never shared unless `public`, `s-maxage` or
+/// `must-revalidate`).
+#[tokio::test(start_paused = true)]
+async fn coalescing_never_hands_an_authorized_answer_to_others() {
+    let (gate, hits) = (Gate::new(), Hits::default());
+    let app = Router::new()
+        .route("/me", get(held_whoami(&gate, &hits)))
+        .layer(SwrLayer::new())
+        .with_state(());
+    let send = |headers: &'static [(&'static str, &'static str)]| {
+        let app = app.clone();
+        tokio::spawn(async move { app_text(app_send(&app, get_h("/me", headers)).await).await })
+    };
+    let alice = send(&[("authorization", "Bearer alice")]);
+    settle().await;
+    let anon = send(&[]);
+    let bob = send(&[("authorization", "Bearer bob")]);
+    settle().await;
+    gate.open();
+    assert_eq!(alice.await.unwrap(), "who: Bearer alice");
+    assert_eq!(anon.await.unwrap(), "who: anonymous");
+    assert_eq!(bob.await.unwrap(), "who: Bearer bob");
+}
+
+/// An anonymous miss in flight, and requests with `Cookie` arrive: the answer (not `public`)
+/// is not theirs (README: a request carrying `Cookie` is answered from the cache only with
+/// `public` or `s-maxage` answers), so each is answered by the handler with its cookie.
+#[tokio::test(start_paused = true)]
+async fn coalescing_never_hands_a_cookieless_answer_to_cookie_requests() {
+    let (gate, hits) = (Gate::new(), Hits::default());
+    let app = Router::new()
+        .route("/page", get(held_whoami(&gate, &hits)))
+        .layer(SwrLayer::new())
+        .with_state(());
+    let send = |headers: &'static [(&'static str, &'static str)]| {
+        let app = app.clone();
+        tokio::spawn(async move { app_text(app_send(&app, get_h("/page", headers)).await).await })
+    };
+    let anon = send(&[]);
+    settle().await;
+    let c1 = send(&[("cookie", "session=1")]);
+    let c2 = send(&[("cookie", "session=2")]);
+    settle().await;
+    gate.open();
+    assert_eq!(anon.await.unwrap(), "who: anonymous");
+    assert_eq!(c1.await.unwrap(), "who: session=1");
+    assert_eq!(c2.await.unwrap(), "who: session=2");
+}

@@ -1725,47 +1725,59 @@ async fn connect_info_is_visible_to_key_fn_over_a_real_socket() {
         )
         .await
     });
-    let url = format!("http://{addr}/whoami");
-    let fetch = |client: hyper_util::client::legacy::Client<_, Full<Bytes>>| {
-        let url = url.clone();
-        async move {
-            let response = client
-                .request(
-                    Request::builder()
-                        .uri(url)
-                        .body(Full::<Bytes>::default())
-                        .unwrap(),
-                )
-                .await
-                .expect("a response");
-            let cs = statuses(&response);
-            let text = String::from_utf8(
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .unwrap()
-                    .to_bytes()
-                    .to_vec(),
-            )
-            .unwrap();
-            (text, cs)
-        }
-    };
-    let new_client = || {
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<Full<Bytes>>()
-    };
-    let one = new_client();
-    let (first, cs1) = fetch(one.clone()).await;
-    let (again, cs2) = fetch(one.clone()).await;
-    assert!(cs1.contains("fwd=uri-miss"), "{cs1}");
-    assert_eq!(again, first, "same connection, same peer");
-    assert!(cs2.contains("hit"), "{cs2}");
-    let (other, cs3) = fetch(new_client()).await;
-    assert_ne!(other, first, "another connection is another peer: {cs3}");
-    assert!(cs3.contains("fwd=uri-miss"), "{cs3}");
+    // two requests on one kept-alive connection, then one on another connection
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let first = keep_alive_get(&mut conn, "/whoami", false).await;
+    let again = keep_alive_get(&mut conn, "/whoami", true).await;
+    assert!(
+        first.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        first.cache_status()
+    );
+    assert_eq!(again.body, first.body, "same connection, same peer");
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    let other = exchange(addr, &raw_get("/whoami", &addr.to_string(), ""), false)
+        .await
+        .unwrap();
+    assert_ne!(other.body, first.body, "another connection is another peer");
+    assert!(
+        other.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        other.cache_status()
+    );
     assert_eq!(layer.stats().entries, 2);
+}
+
+/// One `GET` on an open connection, read up to the end of its `Content-Length` body (the
+/// connection stays open unless `close`).
+async fn keep_alive_get(conn: &mut tokio::net::TcpStream, target: &str, close: bool) -> Wire {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connection = if close { "close" } else { "keep-alive" };
+    let raw = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: {connection}\r\n\r\n");
+    conn.write_all(raw.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Ok(wire) = parse_wire(&bytes, false) {
+            if wire.header("content-length").is_some() {
+                return wire;
+            }
+        }
+        let n = tokio::time::timeout(WIRE_TIMEOUT, conn.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the connection closed early: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        bytes.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// A successful `POST` on an axum method router invalidates the `GET` entry of its URI

@@ -4584,3 +4584,57 @@ async fn coalescing_never_hands_a_cookieless_answer_to_cookie_requests() {
     assert_eq!(c1.await.unwrap(), "who: session=1");
     assert_eq!(c2.await.unwrap(), "who: session=2");
 }
+
+/// axum's documented stack for a rate limit (`HandleErrorLayer`, `Buffer`, `RateLimit`) on a
+/// route behind the cache: while the rate is spent and another key's miss waits for it, hits
+/// answer at once; the waiting miss is answered once the period ends, not failed.
+#[tokio::test(start_paused = true)]
+async fn handle_error_buffer_rate_limit_inside_hits_never_wait() {
+    let hits = Hits::default();
+    let h = hits.clone();
+    let layer = SwrLayer::new();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(move |Path(id): Path<String>| {
+                let n = h.bump();
+                async move {
+                    (
+                        [(header::CACHE_CONTROL, "max-age=600")],
+                        format!("v{n} {id}"),
+                    )
+                }
+            })
+            .layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }))
+                    .buffer(16)
+                    .rate_limit(1, secs(10)),
+            ),
+        )
+        .layer(layer.clone())
+        .with_state(());
+    assert_eq!(
+        app_text(app_send(&app, app_get("/items/a")).await).await,
+        "v1 a"
+    );
+    let start = Instant::now();
+    let waiting = tokio::spawn({
+        let app = app.clone();
+        async move { app_send(&app, app_get("/items/b")).await }
+    });
+    settle().await;
+    for _ in 0..3 {
+        let before = Instant::now();
+        let hit = app_send(&app, app_get("/items/a")).await;
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        assert!(status_is(&hit, CacheStatus::Fresh), "{}", statuses(&hit));
+    }
+    let b = waiting.await.unwrap();
+    assert_eq!(b.status(), StatusCode::OK);
+    assert!(start.elapsed() >= secs(9), "{:?}", start.elapsed());
+    assert_eq!(app_text(b).await, "v2 b");
+    assert_eq!(layer.stats().failure_hits, 0);
+}

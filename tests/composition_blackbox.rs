@@ -2361,8 +2361,11 @@ async fn refresh_behind_compression_keeps_each_variant_its_encoding() {
     let stale = gz(app.clone()).await;
     assert!(status_is(&stale, CacheStatus::Stale));
     bytes_of(stale).await;
+    let stale_plain = plain(app.clone()).await;
+    assert!(status_is(&stale_plain, CacheStatus::Stale));
+    bytes_of(stale_plain).await;
     let_refresh_run().await;
-    assert_eq!(layer.stats().refreshes_succeeded, 1, "{:?}", layer.stats());
+    assert_eq!(layer.stats().refreshes_succeeded, 2, "{:?}", layer.stats());
     let after = gz(app.clone()).await;
     assert!(
         status_is(&after, CacheStatus::Fresh),
@@ -2376,7 +2379,10 @@ async fn refresh_behind_compression_keeps_each_variant_its_encoding() {
     assert!(is_gzip(&bytes_of(after).await));
     let p = plain(app.clone()).await;
     assert_eq!(header_of(&p, "content-encoding"), None, "{}", statuses(&p));
-    assert!(bytes_of(p).await.starts_with(b"call "));
+    assert!(status_is(&p, CacheStatus::Fresh), "{}", statuses(&p));
+    let p = bytes_of(p).await;
+    assert!(p.starts_with(b"call "), "identity after the refresh");
+    assert_eq!(hits.get(), 4, "two stores, two refreshes");
 }
 
 /// A refresh behind `CorsLayer` keeps each `Origin` variant's `Access-Control-Allow-Origin`.

@@ -4644,3 +4644,39 @@ async fn handle_error_buffer_rate_limit_inside_hits_never_wait() {
     assert_eq!(app_text(b).await, "v2 b");
     assert_eq!(layer.stats().failure_hits, 0);
 }
+
+/// The same for `key_fn`, whose `None` "skips the cache for the request": a layer told to skip
+/// `/api/admin/...`, inside `Router::nest("/api", ..)`, must not store an admin page. At the
+/// top level it does not; inside the nest the function sees `/admin/...` (docs silent on which
+/// path it gets; the axum user's expectation, as for `policy_fn`).
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: inside Router::nest, key_fn sees the stripped path, so a key_fn skipping /api/admin/... lets admin pages be stored and shared"]
+async fn key_fn_inside_nest_sees_the_path_users_see() {
+    let skip_admin =
+        || SwrLayer::new().key_fn(|p| (!p.uri.path().starts_with("/api/admin/")).then(String::new));
+    let top = Router::new()
+        .route("/api/admin/users", get(counting_text(&Hits::default())))
+        .layer(skip_admin());
+    for _ in 0..2 {
+        let r = app_send(&top, app_get("/api/admin/users")).await;
+        assert!(
+            statuses(&r).contains("fwd=bypass"),
+            "top level: {}",
+            statuses(&r)
+        );
+    }
+    let nested = Router::new().nest(
+        "/api",
+        Router::new()
+            .route("/admin/users", get(counting_text(&Hits::default())))
+            .layer(skip_admin()),
+    );
+    for _ in 0..2 {
+        let r = app_send(&nested, app_get("/api/admin/users")).await;
+        assert!(
+            statuses(&r).contains("fwd=bypass"),
+            "nested: {}",
+            statuses(&r)
+        );
+    }
+}

@@ -4252,7 +4252,6 @@ fn cinema_policy() -> SwrLayer {
 /// which path `policy_fn` (or `key_fn`) gets; this is the experienced-axum-user expectation
 /// (one path for keys, purges and policies).
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: inside Router::nest, policy_fn (and key_fn) see the stripped path (/cinema) while keys and purges use the client's (/api/cinema): README's policy example silently does nothing there"]
 async fn policy_fn_inside_nest_sees_the_path_users_see() {
     let layer = cinema_policy();
     let handle = layer.handle();
@@ -4367,7 +4366,6 @@ async fn absolute_form_host_is_rewritten_for_the_handler() {
 /// large to cache, and expects them to count it. The docs do not say whether the limit on
 /// bodies is "the largest storable entry"; this is the operator's expectation from the names.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a response over max_body_bytes is not stored yet counts in neither Stats::store_rejections nor swr_stores_total{result=too_large} (only a debug log says why)"]
 async fn body_over_max_body_bytes_counts_as_too_large() {
     let hits = Hits::default();
     let h = hits.clone();
@@ -4650,7 +4648,6 @@ async fn handle_error_buffer_rate_limit_inside_hits_never_wait() {
 /// top level it does not; inside the nest the function sees `/admin/...` (docs silent on which
 /// path it gets; the axum user's expectation, as for `policy_fn`).
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: inside Router::nest, key_fn sees the stripped path, so a key_fn skipping /api/admin/... lets admin pages be stored and shared"]
 async fn key_fn_inside_nest_sees_the_path_users_see() {
     let skip_admin =
         || SwrLayer::new().key_fn(|p| (!p.uri.path().starts_with("/api/admin/")).then(String::new));

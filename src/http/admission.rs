@@ -89,7 +89,9 @@ impl Shared {
         let Some(policy_fn) = &self.config.policy_fn else {
             return decision;
         };
-        match policy_fn(&template.parts(), parts) {
+        let mut request = template.parts();
+        super::key::show_client_uri(&mut request);
+        match policy_fn(&request, parts) {
             Some(freshness) => decision.with_route_freshness(freshness),
             None => decision,
         }

@@ -171,6 +171,22 @@ fn client_uri<B>(request: &Request<B>) -> &Uri {
     request.uri()
 }
 
+/// Puts the URI the client sent (see [`client_uri`]) into `parts` for a function of the
+/// user's (`key_fn`, `policy_fn`), which is written against the paths clients use; returns
+/// the URI it replaced, if any.
+pub(crate) fn show_client_uri(parts: &mut http::request::Parts) -> Option<Uri> {
+    #[cfg(feature = "axum")]
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        if original.0 != parts.uri {
+            let original = original.0.clone();
+            return Some(std::mem::replace(&mut parts.uri, original));
+        }
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = parts;
+    None
+}
+
 /// An authority without its userinfo: `host[:port]`, as a `Host` header names it.
 fn authority_host(authority: &Authority) -> &str {
     let text = authority.as_str();

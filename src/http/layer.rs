@@ -411,7 +411,8 @@ impl SwrLayer {
     }
 
     /// Adds to every request's key what `key_fn` returns (e.g. a user id), or skips the cache
-    /// for the request when it returns `None`.
+    /// for the request when it returns `None`. Inside axum's `Router::nest` (feature `axum`)
+    /// the parts carry the URI the client sent (`/api/admin/x`, not `/admin/x`), as keys do.
     pub fn key_fn(
         mut self,
         key_fn: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
@@ -739,7 +740,8 @@ impl SwrLayer {
     /// Per-route freshness decided by a function of the request and the response. Return
     /// `Some(freshness)` to store the response with it (the never-shared rules — `no-store`,
     /// `private`, `Set-Cookie`, `Authorization` — still apply), or `None` to use the layer's
-    /// usual rules.
+    /// usual rules. Inside axum's `Router::nest` (feature `axum`) the request carries the URI
+    /// the client sent, as keys do.
     ///
     /// ```
     /// use std::time::Duration;

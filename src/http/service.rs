@@ -196,8 +196,12 @@ impl<S> SwrService<S> {
         let (extra, skip) = match &config.key_fn {
             None => (None, false),
             Some(key_fn) => {
-                let (parts, body) = request.into_parts();
+                let (mut parts, body) = request.into_parts();
+                let nested = super::key::show_client_uri(&mut parts);
                 let extra = key_fn(&parts);
+                if let Some(uri) = nested {
+                    parts.uri = uri;
+                }
                 let skip = extra.is_none();
                 request = Request::from_parts(parts, body);
                 (extra, skip)

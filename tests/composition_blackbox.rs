@@ -2053,6 +2053,7 @@ async fn query_time_header_zero_for_hits_origin_time_for_misses() {
 
 /// A `/stats` route next to the cached ones (as `examples/axum.rs` has) answers the counters as
 /// JSON (`Stats` is `Serialize`), not itself cached when it is outside the layer.
+#[cfg(feature = "serde")]
 #[tokio::test(start_paused = true)]
 async fn stats_endpoint_beside_the_cached_routes() {
     let layer = SwrLayer::new();

@@ -282,7 +282,7 @@ impl Shared {
         } else {
             (Member::FailureCollapsed { error }, CacheStatus::Collapsed)
         };
-        tracing::debug!(key = %key, remembered, "answered with another origin call's failure");
+        tracing::debug!(key = %key, status = "failure", remembered, "answered with another origin call's failure");
         (self.config.headers).write(response.headers_mut(), member, status, None, Some(key));
         (self.config.headers).attach(response.extensions_mut(), || CacheInfo::uncached(status));
         Some(response)

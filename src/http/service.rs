@@ -210,6 +210,7 @@ impl<S> SwrService<S> {
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
             shared.engine.count_bypass();
+            tracing::debug!(key = %format_args!("{method} {}", request.uri()), status = "bypass", "passed through: not a GET or HEAD");
             // CONNECT (and HTTP/2's extended CONNECT for WebSockets) opens a tunnel; it
             // changes no resource, so it invalidates nothing.
             let safe =
@@ -258,6 +259,12 @@ impl<S> SwrService<S> {
         // never a stored page or another request's flight.
         let Some(host) = key_host(&request, host).filter(|_| !skip && !upgrade) else {
             shared.engine.count_bypass();
+            tracing::debug!(
+                key = %format_args!("{} {}", request.method(), request.uri()),
+                status = "bypass",
+                why = if skip { "key_fn" } else if upgrade { "upgrade" } else { "host" },
+                "passed through"
+            );
             return ResponseFuture::bypass(
                 self.inner.clone().oneshot(request),
                 config.headers.value(Member::Bypass),

@@ -84,7 +84,8 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn failed(&self, pass: Pass, why: &dyn std::fmt::Display) {
+    /// Counts a failure; `true` when it opened the breaker (or failed its probe).
+    pub(crate) fn failed(&self, pass: Pass, why: &dyn std::fmt::Display) -> bool {
         let mut state = self.lock();
         state.failures = state.failures.saturating_add(1);
         let reopen = pass == Pass::Probe;
@@ -98,7 +99,14 @@ impl Breaker {
             }
             state.open_until = Some(Instant::now() + self.cooldown);
             state.probing = false;
+            return true;
         }
+        false
+    }
+
+    /// The probe's caller went away before it had an answer: the next call probes instead.
+    pub(crate) fn abandon(&self) {
+        self.lock().probing = false;
     }
 
     pub(crate) fn state(&self) -> BreakerState {

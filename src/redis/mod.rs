@@ -70,7 +70,7 @@ pub use self::breaker::BreakerState;
 pub use self::codec::TierCodec;
 pub use self::stats::RedisStats;
 
-use self::breaker::Breaker;
+use self::breaker::{Breaker, Pass};
 use self::bus::Message;
 use self::stats::Counters;
 use crate::engine::{Claim, Lifetime, Remote, SharedTier, TierFuture};
@@ -294,7 +294,11 @@ impl<K, V, C> std::fmt::Debug for RedisTier<K, V, C> {
 struct Inner<K, V, C> {
     config: RedisConfig,
     codec: C,
-    connection: tokio::sync::OnceCell<Connection>,
+    /// The connection calls share, made on first use and again after the breaker opens (a
+    /// connection gone silent, with no reset, would otherwise be probed forever).
+    connection: std::sync::Mutex<Option<Connection>>,
+    /// One connection attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
     breaker: Breaker,
     counters: Counters,
     /// Tells this instance's bus messages from the others'.
@@ -359,7 +363,8 @@ where
                 breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown),
                 config,
                 codec,
-                connection: tokio::sync::OnceCell::new(),
+                connection: std::sync::Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
                 counters: Counters::default(),
                 instance: fastrand::u64(..),
                 known: RwLock::new(Known::default()),
@@ -512,6 +517,34 @@ where
         }
     }
 
+    fn current_connection(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shared connection, made if there is none.
+    async fn connection(&self) -> RedisResult<Connection> {
+        if let Some(connection) = self.current_connection().clone() {
+            return Ok(connection);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(connection) = self.current_connection().clone() {
+            return Ok(connection);
+        }
+        let connection = self.connect().await?;
+        *self.current_connection() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// A failure that opened the breaker (or failed its probe): the next call, the probe,
+    /// connects afresh. Calls under way keep their clone of the old connection.
+    fn failed(&self, pass: Pass, why: &dyn std::fmt::Display) {
+        if self.breaker.failed(pass, why) {
+            self.current_connection().take();
+        }
+    }
+
     /// Runs one Redis call through the breaker, bounded by the timeout. `None`: no answer
     /// (skipped, failed, timed out; counted and, on a change of state, logged).
     async fn call<T, F, Fut>(&self, call: F) -> Option<T>
@@ -524,10 +557,14 @@ where
             return None;
         };
         let attempt = async {
-            let connection = self.connection.get_or_try_init(|| self.connect()).await?;
-            call(connection.clone()).await
+            let connection = self.connection().await?;
+            call(connection).await
         };
-        match tokio::time::timeout(self.config.timeout, attempt).await {
+        // A probe whose caller stops waiting must not leave the breaker probing for good.
+        let mut probe = ProbeGuard((pass == Pass::Probe).then_some(&self.breaker));
+        let outcome = tokio::time::timeout(self.config.timeout, attempt).await;
+        probe.0 = None;
+        match outcome {
             Ok(Ok(value)) => {
                 self.breaker.succeeded(pass);
                 Some(value)
@@ -535,7 +572,7 @@ where
             Ok(Err(error)) if error.is_timeout() => {
                 // A timeout of redis-rs's own (connecting): counted as the tier's timeouts.
                 self.counters.timeouts.inc("swr_redis_timeouts_total");
-                self.breaker.failed(pass, &error);
+                self.failed(pass, &error);
                 None
             }
             Ok(Err(error)) => {
@@ -546,7 +583,7 @@ where
                     || error.is_connection_refusal()
                     || error.is_timeout();
                 if transport {
-                    self.breaker.failed(pass, &error);
+                    self.failed(pass, &error);
                 } else {
                     self.breaker.succeeded(pass);
                     tracing::debug!(%error, "redis tier: Redis refused a call");
@@ -555,7 +592,7 @@ where
             }
             Err(_) => {
                 self.counters.timeouts.inc("swr_redis_timeouts_total");
-                self.breaker.failed(pass, &"no answer within the timeout");
+                self.failed(pass, &"no answer within the timeout");
                 None
             }
         }
@@ -597,9 +634,7 @@ where
                 }
             })
             .await?;
-        let oldest = unix_ms(SystemTime::now()).saturating_sub(
-            u64::try_from(self.config.max_lifetime.as_millis()).unwrap_or(u64::MAX),
-        );
+        let oldest = self.oldest_marker();
         let mut expired = Vec::new();
         let mut kept = Vec::new();
         for (scope, stamp) in markers {
@@ -1043,7 +1078,15 @@ where
         }
     }
 
+    /// The oldest a scope marker may be and still matter (no value is older), in Unix ms.
+    fn oldest_marker(&self) -> u64 {
+        unix_ms(SystemTime::now()).saturating_sub(millis(self.config.max_lifetime))
+    }
+
     async fn invalidate_scope(&self, scope: &[u8], soft: bool) {
+        // Only markers that still matter count towards the bound.
+        let oldest = self.oldest_marker();
+        self.write_known().markers.retain(|m| m.at >= oldest);
         if self.read_known().markers.len() >= MAX_SCOPES {
             tracing::warn!(
                 max = MAX_SCOPES,
@@ -1090,7 +1133,9 @@ where
     }
 
     fn remember(&self, marker: Marker) {
+        let oldest = self.oldest_marker();
         let mut known = self.write_known();
+        known.markers.retain(|m| m.at >= oldest);
         match known.markers.iter_mut().find(|m| m.scope == marker.scope) {
             Some(existing) if existing.at <= marker.at => *existing = marker,
             Some(_) => {}
@@ -1142,6 +1187,17 @@ where
                 self.adopt_generation(generation);
                 remote.clear();
             }
+        }
+    }
+}
+
+/// Ends a half-open probe whose call was dropped before it reported (see [`Breaker::abandon`]).
+struct ProbeGuard<'a>(Option<&'a Breaker>);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0 {
+            breaker.abandon();
         }
     }
 }
@@ -1214,7 +1270,7 @@ where
         connected_before = true;
         inner.bus_up.store(true, Ordering::Release);
         drop(inner);
-        let mut messages = pubsub.into_on_message();
+        let (mut sink, mut messages) = pubsub.split();
         loop {
             let next = std::future::poll_fn(|cx| poll_next(&mut messages, cx));
             let message = tokio::select! {
@@ -1226,7 +1282,13 @@ where
                     if !alive {
                         return;
                     }
-                    continue;
+                    // A quiet second: the subscription is asked whether it still stands (a
+                    // connection gone silent, with no reset, would never end the stream).
+                    let ping = tokio::time::timeout(Duration::from_secs(1), sink.ping::<::redis::Value>());
+                    if matches!(ping.await, Ok(Ok(_))) {
+                        continue;
+                    }
+                    None
                 }
             };
             let Some(message) = message else {

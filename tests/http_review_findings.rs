@@ -280,6 +280,31 @@ async fn surrogate_control_max_age_keeps_the_stale_while_revalidate_window() {
     assert_eq!(calls.get(), 2, "one background refresh");
 }
 
+/// Fastly's own example (its `Surrogate-Control` reference): `Cache-Control: max-age=0` with
+/// `Surrogate-Control: max-age=86400, stale-while-revalidate=60`. The layer reads only
+/// `max-age` and `no-store` from `Surrogate-Control`, so the edge's stale window is dropped
+/// and the first request past `max-age` waits for the origin.
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: Surrogate-Control: stale-while-revalidate is ignored (Fastly's documented form; RFC 5861 §3 semantics)"]
+async fn surrogate_control_stale_while_revalidate_is_read() {
+    let (o, calls) = origin(|n, _request: Request<ReqBody>| async move {
+        Ok::<_, BoxError>(with_header(
+            reply_cc(format!("call {n}"), "max-age=0"),
+            http::HeaderName::from_static("surrogate-control"),
+            "max-age=60, stale-while-revalidate=600",
+        ))
+    });
+    let service = SwrLayer::shared_cache().layer(o);
+    service.clone().oneshot(get("/page")).await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let stale = service.clone().oneshot(get("/page")).await.unwrap();
+    let status = info(&stale).status;
+    assert_eq!(text(stale).await, "call 1", "{status:?}");
+    assert_eq!(status, CacheStatus::Stale);
+    settle().await;
+    assert_eq!(calls.get(), 2, "one background refresh");
+}
+
 // --- Ranges and conditionals ------------------------------------------------------------------
 
 /// RFC 9110 §14.1.2: "When a selected representation has zero length, the only satisfiable

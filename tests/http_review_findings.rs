@@ -43,7 +43,6 @@ fn surrogate_origin() -> (impl OriginService, Calls) {
 /// when the response says `must-revalidate`, `public` or `s-maxage`. `Surrogate-Control:
 /// max-age` is none of these, yet the layer maps it onto `s-maxage` and shares the answer.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: Surrogate-Control: max-age makes an answer to an Authorization request shared (RFC 9111 §3.5)"]
 async fn surrogate_control_max_age_does_not_share_an_answer_to_authorization() {
     let (o, calls) = surrogate_origin();
     let service = SwrLayer::shared_cache().layer(o);
@@ -66,7 +65,6 @@ async fn surrogate_control_max_age_does_not_share_an_answer_to_authorization() {
 /// The same for `Cookie` (README: a request carrying `Cookie` is stored only with responses
 /// that say `public` or `s-maxage`).
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: Surrogate-Control: max-age makes an answer to a Cookie request shared (README's Cookie rule; RFC 9111 §3.5 by analogy)"]
 async fn surrogate_control_max_age_does_not_share_an_answer_to_cookie() {
     let (o, calls) = surrogate_origin();
     let service = SwrLayer::new().layer(o);
@@ -257,7 +255,6 @@ async fn a_304_with_surrogate_control_keeps_its_lifetime() {
 /// max-age` says none of these (Edge Architecture 1.0), yet, mapped onto `s-maxage`, it takes
 /// `proxy-revalidate`'s meaning with it and the response's own stale window is ignored.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: Surrogate-Control: max-age cancels Cache-Control's stale-while-revalidate (RFC 5861 §3, RFC 9111 §4.2.4)"]
 async fn surrogate_control_max_age_keeps_the_stale_while_revalidate_window() {
     let (o, calls) = origin(|n, _request: Request<ReqBody>| async move {
         Ok::<_, BoxError>(with_header(
@@ -285,7 +282,6 @@ async fn surrogate_control_max_age_keeps_the_stale_while_revalidate_window() {
 /// `max-age` and `no-store` from `Surrogate-Control`, so the edge's stale window is dropped
 /// and the first request past `max-age` waits for the origin.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: Surrogate-Control: stale-while-revalidate is ignored (Fastly's documented form; RFC 5861 §3 semantics)"]
 async fn surrogate_control_stale_while_revalidate_is_read() {
     let (o, calls) = origin(|n, _request: Request<ReqBody>| async move {
         Ok::<_, BoxError>(with_header(

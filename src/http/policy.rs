@@ -440,6 +440,9 @@ impl SfParser<'_> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SurrogateControl {
     pub(crate) max_age: Option<Seconds>,
+    /// Fastly's and Akamai's stale windows, read as `Cache-Control`'s (RFC 5861).
+    pub(crate) stale_while_revalidate: Option<Seconds>,
+    pub(crate) stale_if_error: Option<Seconds>,
     pub(crate) no_store: bool,
 }
 
@@ -473,9 +476,20 @@ impl SurrogateControl {
                 };
                 if name.eq_ignore_ascii_case("no-store") && value.is_none() {
                     slot.no_store = true;
-                } else if name.eq_ignore_ascii_case("max-age") && slot.max_age.is_none() {
-                    if let Seconds::Valid(secs) = Seconds::parse(value) {
-                        slot.max_age = Some(Seconds::Valid(secs));
+                } else {
+                    let field = if name.eq_ignore_ascii_case("max-age") {
+                        &mut slot.max_age
+                    } else if name.eq_ignore_ascii_case("stale-while-revalidate") {
+                        &mut slot.stale_while_revalidate
+                    } else if name.eq_ignore_ascii_case("stale-if-error") {
+                        &mut slot.stale_if_error
+                    } else {
+                        continue;
+                    };
+                    if field.is_none() {
+                        if let Seconds::Valid(secs) = Seconds::parse(value) {
+                            *field = Some(Seconds::Valid(secs));
+                        }
                     }
                 }
             }
@@ -797,8 +811,18 @@ impl Policy {
             if let Some(max_age) = surrogate.max_age {
                 cc.no_store = false;
                 cc.no_cache = false;
-                cc.s_maxage = Some(max_age);
+                // The lifetime is Surrogate-Control's; who may be answered is still
+                // Cache-Control's (an `s-maxage` there keeps its meaning, RFC 9111 §3.5, and
+                // its ban on serving stale), never made looser by it.
+                cc.max_age = Some(max_age);
+                cc.s_maxage = cc.s_maxage.map(|_| max_age);
                 cc.must_understand = false;
+            }
+            if let Some(window) = surrogate.stale_while_revalidate {
+                cc.stale_while_revalidate = Some(window);
+            }
+            if let Some(window) = surrogate.stale_if_error {
+                cc.stale_if_error = Some(window);
             }
         }
         if cc.must_understand {

@@ -14,43 +14,109 @@ pub(crate) struct Invalidation {
     pub(crate) target: Box<str>,
 }
 
-/// The path and query of `location` if it names the same origin as `host`.
+/// The path and query of `location` if it names the same origin as `host`: a fragment is
+/// dropped, a relative reference resolved against `base` and its dot segments removed (RFC
+/// 3986 §5.2), a scheme's default port taken as no port (RFC 9110 §4.2.3).
 pub(crate) fn same_origin_target(location: &str, host: &str, base: &str) -> Option<String> {
     let location = location.trim();
-    if location.starts_with('/') && !location.starts_with("//") {
-        return Some(location.to_owned());
-    }
-    if let Some(rest) = location.strip_prefix("//") {
+    let location = location.split('#').next().unwrap_or_default();
+    let target = if location.starts_with('/') && !location.starts_with("//") {
+        location.to_owned()
+    } else if let Some(rest) = location.strip_prefix("//") {
         // A network-path reference: `//host/path`.
         let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-        return authority.eq_ignore_ascii_case(host).then(|| match path {
-            "" => "/".to_owned(),
-            p if p.starts_with('?') => format!("/{p}"),
-            p => p.to_owned(),
-        });
-    }
-    // Only a reference with a scheme is absolute: `sibling` or `a.html` parse as a URI
-    // authority too, but are relative paths (RFC 3986 §4.2).
-    let scheme_end = location.find(':');
-    if scheme_end.is_some_and(|end| !location[..end].contains(['/', '?', '#'])) {
+        if !same_authority(authority, None, host) {
+            return None;
+        }
+        rooted(path)
+    } else if (location.find(':'))
+        // Only a reference with a scheme is absolute: `sibling` or `a.html` parse as a URI
+        // authority too, but are relative paths (RFC 3986 §4.2).
+        .is_some_and(|end| !location[..end].contains(['/', '?', '#']))
+    {
         let uri = location.parse::<Uri>().ok()?;
         let authority = uri.authority()?;
-        return (authority.as_str().eq_ignore_ascii_case(host)).then(|| {
-            match uri.path_and_query().map_or("", |pq| pq.as_str()) {
-                "" => "/".to_owned(),
-                // `http://host?q` has an empty path: the target is `/?q`.
-                query if query.starts_with('?') => format!("/{query}"),
-                target => target.to_owned(),
-            }
-        });
-    }
-    if location.is_empty() {
+        if !same_authority(authority.as_str(), uri.scheme_str(), host) {
+            return None;
+        }
+        rooted(uri.path_and_query().map_or("", |pq| pq.as_str()))
+    } else if location.is_empty() {
         return None;
+    } else {
+        // A relative reference, resolved against the request's target (RFC 3986 §5.2.2).
+        let (path, _) = base.split_once('?').unwrap_or((base, ""));
+        if location.starts_with('?') {
+            format!("{path}{location}")
+        } else {
+            let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+            format!("{dir}{location}")
+        }
+    };
+    Some(without_dot_segments(&target))
+}
+
+/// `path` (with its query, if any) as a target: an empty path is `/`.
+fn rooted(path: &str) -> String {
+    match path {
+        "" => "/".to_owned(),
+        // `http://host?q` has an empty path: the target is `/?q`.
+        query if query.starts_with('?') => format!("/{query}"),
+        target => target.to_owned(),
     }
-    // A relative reference: resolve against the request's path (RFC 3986 §5.2, simply).
-    let path = base.split('?').next().unwrap_or("/");
-    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-    Some(format!("{dir}{location}"))
+}
+
+/// Whether `authority` (of a reference with `scheme`, if it has one) is `host`, their case and
+/// a scheme's default port aside.
+fn same_authority(authority: &str, scheme: Option<&str>, host: &str) -> bool {
+    let default_port = |text: &str, scheme: Option<&str>| -> String {
+        let lower = text.to_ascii_lowercase();
+        let stripped = match scheme {
+            Some(s) if s.eq_ignore_ascii_case("http") => lower.strip_suffix(":80"),
+            Some(s) if s.eq_ignore_ascii_case("https") => lower.strip_suffix(":443"),
+            _ => None,
+        };
+        stripped.map_or(lower.clone(), str::to_owned)
+    };
+    let ours = default_port(host, scheme.or(Some("http")));
+    let ours_tls = default_port(host, Some("https"));
+    let theirs = default_port(authority, scheme);
+    theirs == ours
+        || (scheme.is_none() && theirs == ours_tls)
+        || theirs == host.to_ascii_lowercase()
+}
+
+/// RFC 3986 §5.2.4 on the path of `target` (its query kept as it is).
+fn without_dot_segments(target: &str) -> String {
+    let (path, query) = match target.find('?') {
+        Some(at) => target.split_at(at),
+        None => (target, ""),
+    };
+    if !path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return target.to_owned();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    format!("/{}{query}", out.join("/"))
 }
 
 impl Shared {

@@ -97,6 +97,28 @@ fn http_date(value: &HeaderValue) -> Option<SystemTime> {
     httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()
 }
 
+/// The members of an entity-tag list, split at the commas between them, not inside a quoted
+/// tag (an entity tag may hold a comma, RFC 9110 §8.8.3).
+fn entity_tags(list: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut start = 0;
+    let mut cuts = Vec::new();
+    for (at, byte) in list.bytes().enumerate() {
+        match byte {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                cuts.push((start, at));
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    cuts.push((start, list.len()));
+    cuts.into_iter()
+        .map(move |(from, to)| list[from..to].trim())
+        .filter(|tag| !tag.is_empty())
+}
+
 /// Weak comparison of entity tags (RFC 9110 §8.8.3.2).
 fn weak_eq(a: &str, b: &str) -> bool {
     a.trim().trim_start_matches("W/") == b.trim().trim_start_matches("W/")
@@ -107,15 +129,17 @@ fn weak_eq(a: &str, b: &str) -> bool {
 pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let mut inm = request.get_all(header::IF_NONE_MATCH).iter().peekable();
     if inm.peek().is_some() {
-        let Some(etag) = stored.get(header::ETAG).and_then(|e| e.to_str().ok()) else {
-            return false;
-        };
-        return inm
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|candidate| candidate.trim() == "*" || weak_eq(candidate, etag));
+        let etag = stored.get(header::ETAG).and_then(|e| e.to_str().ok());
+        // `*` matches any current representation, one without an ETag too (§13.1.2).
+        return (inm.filter_map(|v| v.to_str().ok()))
+            .flat_map(entity_tags)
+            .any(|candidate| {
+                candidate == "*" || etag.is_some_and(|etag| weak_eq(candidate, etag))
+            });
     }
-    let Some(since) = request.get(header::IF_MODIFIED_SINCE).and_then(http_date) else {
+    // A field with more than one member is invalid and ignored (§13.1.3).
+    let mut ims = request.get_all(header::IF_MODIFIED_SINCE).iter();
+    let (Some(since), None) = (ims.next().and_then(http_date), ims.next()) else {
         return false;
     };
     let modified = stored
@@ -205,8 +229,12 @@ pub(crate) fn byte_range(request: &HeaderMap, stored: &HeaderMap, len: usize) ->
             (first, last.map_or(len, |last| last.min(len - 1) + 1))
         }
         (None, Some(suffix)) => {
-            if suffix == 0 || len == 0 {
+            if suffix == 0 {
                 return ByteRange::Unsatisfiable;
+            }
+            if len == 0 {
+                // The one satisfiable range of an empty body (§14.1.2): answered whole.
+                return ByteRange::Whole;
             }
             (len.saturating_sub(suffix), len)
         }

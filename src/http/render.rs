@@ -25,6 +25,12 @@ pub(crate) struct Ask<'a> {
     pub(crate) conditionals: Option<&'a HeaderMap>,
 }
 
+/// Whether a response of `status` may have content, and so a `Content-Length` (RFC 9110 §8.6:
+/// none on a 1xx or a 204).
+fn has_content(status: http::StatusCode) -> bool {
+    !(status.is_informational() || status == http::StatusCode::NO_CONTENT)
+}
+
 /// The answer to a `HEAD` that was sent to the origin as a `GET`: the headers (with the length
 /// of the body a `GET` gets), no body.
 pub(crate) fn without_body_if<B>(head: bool, response: Response<SwrBody<B>>) -> Response<SwrBody<B>>
@@ -36,7 +42,8 @@ where
         return response;
     }
     let mut response = response;
-    if response.headers().contains_key(header::CONTENT_LENGTH) {
+    // A 204 (and a 1xx) has no content and no `Content-Length` (RFC 9110 §8.6).
+    if response.headers().contains_key(header::CONTENT_LENGTH) || !has_content(response.status()) {
         return response.map(|_| SwrBody::empty());
     }
     match response.body().size_hint().exact() {
@@ -112,7 +119,10 @@ impl Shared {
             if !ask.head && !whole {
                 *response.body_mut() = SwrBody::cached(cached.body.clone());
             }
-            if ask.head && !response.headers().contains_key(header::CONTENT_LENGTH) {
+            if ask.head
+                && !response.headers().contains_key(header::CONTENT_LENGTH)
+                && has_content(cached.status)
+            {
                 // A HEAD gets the length a GET would (RFC 9110 §9.3.2), not that of its own
                 // empty body, which a server would otherwise write.
                 response

@@ -135,13 +135,20 @@ impl Shared {
                 }
             }
         }
+        // Keys hold the host as sent; a host is case-insensitive (RFC 9110 §4.2.3), and
+        // clients send it in lowercase: an unsafe request naming it otherwise reaches that too.
+        let lowercase = (target.host.bytes().any(|b| b.is_ascii_uppercase()))
+            .then(|| target.host.to_ascii_lowercase());
+        let hosts = std::iter::once(&*target.host).chain(lowercase.as_deref());
         if self.config.key_fn.is_none() {
             // Every key of a URI is its plain key plus indexed variants: remove exactly those.
-            for t in targets {
-                let key = KeyRef::from_parts(&Method::GET, &target.host, &t, None)
-                    .in_namespace(self.namespace);
-                if self.remove_all_variants(key) {
-                    tracing::debug!(target = %t, "invalidated by an unsafe request");
+            for host in hosts {
+                for t in &targets {
+                    let key = KeyRef::from_parts(&Method::GET, host, t, None)
+                        .in_namespace(self.namespace);
+                    if self.remove_all_variants(key) {
+                        tracing::debug!(target = %t, "invalidated by an unsafe request");
+                    }
                 }
             }
             return;
@@ -150,7 +157,7 @@ impl Shared {
         // RFC 9111 §4.4 invalidates the URI, so every one of them goes.
         let matches = |key: &CacheKey| {
             key.namespace() == self.namespace
-                && key.host() == &*target.host
+                && key.host().eq_ignore_ascii_case(&target.host)
                 && targets.iter().any(|t| t == key.target())
         };
         self.engine.remove_if(matches);

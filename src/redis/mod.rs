@@ -57,7 +57,7 @@ mod stats;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -299,6 +299,9 @@ struct Inner<K, V, C> {
     connection: std::sync::Mutex<Option<Connection>>,
     /// One connection attempt at a time.
     connecting: tokio::sync::Mutex<()>,
+    /// When the generation was last checked with Redis, in ms since `started`.
+    synced_at: AtomicU64,
+    started: std::time::Instant,
     breaker: Breaker,
     counters: Counters,
     /// Tells this instance's bus messages from the others'.
@@ -365,6 +368,8 @@ where
                 codec,
                 connection: std::sync::Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                synced_at: AtomicU64::new(0),
+                started: std::time::Instant::now(),
                 counters: Counters::default(),
                 instance: fastrand::u64(..),
                 known: RwLock::new(Known::default()),
@@ -603,8 +608,21 @@ where
     async fn generation(&self) -> Option<u64> {
         if !self.loaded.load(Ordering::Acquire) {
             self.reload().await?;
+        } else if self.sync_due() {
+            self.sync_generation().await;
         }
         Some(self.read_known().generation)
+    }
+
+    /// Whether this caller is the one to check the generation with Redis again: once a second
+    /// (instances that saw a `FLUSHALL` at different times agree again within it).
+    fn sync_due(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.synced_at.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
+            && (self.synced_at)
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn read_known(&self) -> std::sync::RwLockReadGuard<'_, Known> {
@@ -622,15 +640,15 @@ where
     /// Reads the generation and the scope markers from Redis, dropping markers older than any
     /// value can be.
     async fn reload(&self) -> Option<()> {
-        let (generation, markers) = self
+        let generation = self.sync_generation().await?;
+        let markers: Vec<ScopeField> = self
             .call(|mut connection| {
-                let (generation, scopes) = (self.meta_name("gen"), self.meta_name("scopes"));
+                let scopes = self.meta_name("scopes");
                 async move {
-                    let mut pipe = ::redis::pipe();
-                    pipe.get(&generation).hgetall(&scopes);
-                    let (generation, scopes): (Option<u64>, Vec<ScopeField>) =
-                        pipe.query_async(&mut connection).await?;
-                    Ok((generation.unwrap_or(0), scopes))
+                    ::redis::cmd("HGETALL")
+                        .arg(&scopes)
+                        .query_async(&mut connection)
+                        .await
                 }
             })
             .await?;
@@ -649,14 +667,31 @@ where
         }
         let unseen: Vec<(Vec<u8>, bool)> = {
             let mut known = self.write_known();
-            known.generation = generation;
+            if known.generation != generation {
+                // A clear heard since the read would have raised it: markers of another
+                // generation are not this one's.
+                if known.generation > generation {
+                    return Some(());
+                }
+                known.generation = generation;
+                known.markers.clear();
+            }
             let unseen = (kept.iter())
                 .filter(|marker| {
                     !(known.markers.iter()).any(|m| m.scope == marker.scope && m.at >= marker.at)
                 })
                 .map(|marker| (marker.scope.clone(), marker.soft))
                 .collect();
-            known.markers = kept;
+            // Merged, not replaced: a purge heard on the bus while the read was on its way is
+            // newer than what it returned.
+            for marker in kept {
+                match known.markers.iter_mut().find(|m| m.scope == marker.scope) {
+                    Some(existing) if existing.at >= marker.at => {}
+                    Some(existing) => *existing = marker,
+                    None => known.markers.push(marker),
+                }
+            }
+            known.markers.retain(|m| m.at >= oldest);
             unseen
         };
         // Invalidations this instance did not hear of on the bus (it was away, or new): those
@@ -1068,6 +1103,32 @@ where
         if sent {
             self.sent(&Pending::Clear);
         }
+    }
+
+    /// The generation as Redis holds it, written back first where Redis holds less than this
+    /// instance knows (see [`scripts::GENERATION`]); a higher one is adopted. Run at every
+    /// reload and every second by the bus, so instances that saw a `FLUSHALL` at different
+    /// times agree again.
+    async fn sync_generation(&self) -> Option<u64> {
+        let known = self.read_known().generation;
+        let generation: u64 = self
+            .call(|mut connection| {
+                let name = self.meta_name("gen");
+                async move {
+                    scripts::GENERATION
+                        .key(name)
+                        .arg(known)
+                        .invoke_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
+        if generation > known {
+            self.adopt_generation(generation);
+            // The new generation's scope markers are read at the next use.
+            self.loaded.store(false, Ordering::Release);
+        }
+        Some(generation)
     }
 
     fn adopt_generation(&self, generation: u64) {

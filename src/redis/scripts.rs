@@ -162,3 +162,20 @@ return now
 ",
     )
 });
+
+/// `KEYS[1]` the generation; `ARGV[1]` the highest generation this instance knows. The
+/// generation never goes down: where Redis holds less (a `FLUSHALL`, an eviction took it), it
+/// is written back. Returns the higher of the two.
+pub(crate) static GENERATION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local stored = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local known = tonumber(ARGV[1]) or 0
+if known > stored then
+  redis.call('SET', KEYS[1], known)
+  return known
+end
+return stored
+",
+    )
+});

@@ -2,9 +2,8 @@
 //! through the public API only, against a `redis-server` of its own on a free loopback port
 //! (where `redis-server` is not installed, each test prints why and passes without running).
 //!
-//! A test whose bug is real fails today and is marked `#[ignore = "FINDING: ..."]`, so the
-//! suite stays green; `cargo test --all-features --test redis_review_findings -- --ignored`
-//! runs them. Conditions are polled with a deadline; sleeps only order events.
+//! Every one of the seven findings failed before its fix and runs as an ordinary test now.
+//! Conditions are polled with a deadline; sleeps only order events.
 #![cfg(feature = "redis")]
 
 mod common;
@@ -466,7 +465,6 @@ async fn scope_purges_that_expired_do_not_count_towards_the_clear() -> TestResul
 /// soft-purged copy in Redis: the refresh is counted as fenced and every instance keeps
 /// reading the stale copy (and refreshing it) until real time passes the fast clock's stamp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING: a write holding the current lock is refused because another instance's clock stamped the old value later (`w`): refreshes after a soft purge never land"]
 async fn a_refresh_under_the_lock_replaces_a_value_stamped_by_a_clock_that_runs_ahead() -> TestResult
 {
     let Some(redis) = RedisServer::start("clock skew and w") else {

@@ -58,7 +58,9 @@ return {0, tonumber(redis.call('HGET', KEYS[1], 'f') or '0')}
 /// hint (`y` on the base, for a variant; `''`: none), `ARGV[6]` for a write without a fence,
 /// how long ago (ms, with a margin) its load began. Returns 1 when written, 0 when fenced off
 /// (the claim is stale: the lock passed on or the key was purged; without a fence: the key was
-/// purged since the load began, by Redis's clock), 2 when a newer value is there. A variant's
+/// purged since the load began, by Redis's clock), 2 when a newer value is there (by the
+/// writers' stored-at; not checked for the first write of the current grant, whose value
+/// comes after whatever is there however the writers' clocks differ). A variant's
 /// write stamps `e` on its base: the family holds a value written then (see [`CONTAINS`]).
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -67,7 +69,11 @@ if ARGV[2] ~= '' and (redis.call('HGET', KEYS[2], 'f') or '0') ~= ARGV[2] then
   return 0
 end
 local w = redis.call('HGET', KEYS[1], 'w')
-if w and tonumber(w) > tonumber(ARGV[3]) and redis.call('HEXISTS', KEYS[1], 'v') == 1 then
+-- The first write of the current grant replaces what is there whatever its writer's clock
+-- said (that value is from before the grant); any other keeps a newer value.
+local first_of_grant = ARGV[2] ~= '' and redis.call('HGET', KEYS[2], 'g') ~= ARGV[2]
+if w and not first_of_grant and tonumber(w) > tonumber(ARGV[3])
+    and redis.call('HEXISTS', KEYS[1], 'v') == 1 then
   return 2
 end
 local t = redis.call('TIME')

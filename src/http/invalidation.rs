@@ -66,23 +66,16 @@ fn rooted(path: &str) -> String {
 }
 
 /// Whether `authority` (of a reference with `scheme`, if it has one) is `host`, their case and
-/// a scheme's default port aside.
+/// the scheme's default port aside (`example.com:80` is `example.com` for `http`).
 fn same_authority(authority: &str, scheme: Option<&str>, host: &str) -> bool {
-    let default_port = |text: &str, scheme: Option<&str>| -> String {
-        let lower = text.to_ascii_lowercase();
-        let stripped = match scheme {
-            Some(s) if s.eq_ignore_ascii_case("http") => lower.strip_suffix(":80"),
-            Some(s) if s.eq_ignore_ascii_case("https") => lower.strip_suffix(":443"),
-            _ => None,
-        };
-        stripped.map_or(lower.clone(), str::to_owned)
+    let default_port = match scheme {
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => ":443",
+        _ => ":80",
     };
-    let ours = default_port(host, scheme.or(Some("http")));
-    let ours_tls = default_port(host, Some("https"));
-    let theirs = default_port(authority, scheme);
-    theirs == ours
-        || (scheme.is_none() && theirs == ours_tls)
-        || theirs == host.to_ascii_lowercase()
+    fn bare<'a>(text: &'a str, port: &str) -> &'a str {
+        text.strip_suffix(port).unwrap_or(text)
+    }
+    bare(authority, default_port).eq_ignore_ascii_case(bare(host, default_port))
 }
 
 /// RFC 3986 §5.2.4 on the path of `target` (its query kept as it is).

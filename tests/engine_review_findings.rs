@@ -297,3 +297,21 @@ async fn concurrent_misses_of_a_too_heavy_value_make_one_load() {
         "4 concurrent callers of one key: one loader call expected"
     );
 }
+
+/// Worse, `mark_stale` of an entry past every deadline (not yet swept from the store: `get`
+/// already answers `None`) brings it back to life, stale for a whole new window.
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: mark_stale brings a dead entry (past every deadline) back as stale"]
+async fn mark_stale_does_not_bring_a_dead_entry_back() {
+    let cache: Cache = SwrCache::builder().build();
+    let freshness = Freshness::new(secs(10)).with_stale_while_revalidate(secs(10));
+    cache.insert(key("a"), 1, freshness);
+    advance(secs(25)).await;
+    assert!(cache.get("a").is_none(), "past every deadline");
+    cache.mark_stale("a");
+    let got = cache.get("a");
+    assert!(
+        got.is_none(),
+        "a value dead for 5 s is served again after a soft purge: {got:?}"
+    );
+}

@@ -163,7 +163,6 @@ async fn a_fenced_refresh_is_not_counted_as_succeeded() {
 /// panic is passed on to is counted nowhere (not collapsed, not a miss), so the request
 /// counters no longer add up to the calls made ("every request counts once").
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a waiter that takes a panicking leader's panic is not counted in any request counter"]
 async fn a_waiter_of_a_panicking_load_is_counted_once() {
     let cache: Cache = SwrCache::builder().build();
     let mut tasks = Vec::new();
@@ -207,7 +206,6 @@ async fn a_waiter_of_a_panicking_load_is_counted_once() {
 /// answer always says `false`: with early refresh (XFetch) on, a fresh hit starts a refresh
 /// and the next fresh hit, while that refresh runs, still reports none (`get` reports it).
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a Fresh Lookup always says refreshing: false, even while an early refresh runs"]
 async fn a_fresh_answer_reports_the_early_refresh_that_runs() {
     // A huge beta: every fresh hit wants the early refresh (misses with odds of about 1e-7).
     let cache: Cache = SwrCache::builder().early_refresh(1e12).build();
@@ -351,7 +349,6 @@ impl tower_swr::engine::SharedTier<String, u64> for SlowEmptyTier {
 /// same: the panic goes on up in the caller that ran it and in every caller that waited".
 /// (Waiters can join here because the leader first awaits the shared tier's read.)
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a loader that panics when called (not when polled) is called again by every waiter"]
 async fn a_loader_panicking_when_called_is_called_once() {
     let cache: Cache = SwrCache::builder()
         .shared_tier(Arc::new(SlowEmptyTier))
@@ -386,7 +383,6 @@ async fn a_loader_panicking_when_called_is_called_once() {
 /// The same loader, one caller, no tier: its panic is not counted in `loads_failed` ("an
 /// error, a failure status, a panic"), as a panic inside the loader's future is.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a loader that panics when called is not counted in loads_failed"]
 async fn a_loader_panicking_when_called_counts_as_a_failed_load() {
     let cache: Cache = SwrCache::builder().build();
     let task = {
@@ -407,7 +403,6 @@ async fn a_loader_panicking_when_called_counts_as_a_failed_load() {
 /// of the stale value answering ("the panic goes on up ... unless a stale-if-error value answers
 /// them"), as it does for a panic inside the loader's future.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a loader that panics when called is not answered by the stale-if-error value"]
 async fn a_loader_panicking_when_called_falls_back_on_stale_if_error() {
     let cache: Cache = SwrCache::builder().build();
     cache.insert(

@@ -498,9 +498,12 @@ where
                                     return answer;
                                 }
                                 if let Some(failure) = &failure {
-                                    if let Some(answer) =
-                                        caller.answer_failure(&key, failure, false)
-                                    {
+                                    // Counted too when the answer is the leader's panic,
+                                    // resumed here.
+                                    let counted = CollapsedOnUnwind(&self.inner.counters.collapsed);
+                                    let answer = caller.answer_failure(&key, failure, false);
+                                    std::mem::forget(counted);
+                                    if let Some(answer) = answer {
                                         self.inner.counters.collapsed.inc();
                                         return answer;
                                     }
@@ -837,5 +840,16 @@ where
         // The caller warns as it renders (it knows what the failure was); this says why.
         tracing::debug!(key = ?key, reason, "a stale value stands in for a failed load");
         Some(caller.answer(key, entry, Answered::StaleIfError { failure }))
+    }
+}
+
+/// Counts a waiter as collapsed when it unwinds with the panic of the load it waited for.
+struct CollapsedOnUnwind<'a>(&'a super::stats::Counter);
+
+impl Drop for CollapsedOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.inc();
+        }
     }
 }

@@ -843,10 +843,13 @@ where
                 entry,
                 refresh_early,
             } => {
-                if refresh_early {
-                    self.refresh(&key, &entry, now, || deferred(key.clone(), load));
-                }
-                Ok(lookup_of(&entry, Status::Fresh, false, now))
+                // An early refresh (XFetch) started now, or one under way since.
+                let refreshing = if refresh_early {
+                    self.refresh(&key, &entry, now, || deferred(key.clone(), load))
+                } else {
+                    entry.is_refreshing()
+                };
+                Ok(lookup_of(&entry, Status::Fresh, refreshing, now))
             }
             Found::Stale(entry) => {
                 let refreshing = self.refresh(&key, &entry, now, || deferred(key.clone(), load));
@@ -1381,7 +1384,7 @@ where
     E: fmt::Display + Send + Sync + 'static,
 {
     type Answer = Result<Lookup<V>, Arc<E>>;
-    type Load = OutcomeOf<K, Fut>;
+    type Load = OutcomeOf<K, CalledWhenPolled<F, Fut>>;
 
     fn answer_stale(
         &mut self,
@@ -1443,7 +1446,38 @@ where
         _leading: bool,
     ) -> Self::Load {
         let load = self.load.take().expect("a caller loads at most once");
-        outcome_of(key.clone(), load())
+        // Called when first polled, inside the engine's panic catching: a loader that panics
+        // when called (not only its future) is one failed load, answered as any other.
+        outcome_of(key.clone(), CalledWhenPolled::Call { call: Some(load) })
+    }
+}
+
+pin_project! {
+    /// A loader's future, made by calling the loader when first polled.
+    #[project = CalledWhenPolledProj]
+    pub(crate) enum CalledWhenPolled<F, Fut> {
+        Call { call: Option<F> },
+        Run { #[pin] future: Fut },
+    }
+}
+
+impl<F, Fut> Future for CalledWhenPolled<F, Fut>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    type Output = Fut::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                CalledWhenPolledProj::Call { call } => {
+                    let call = call.take().expect("called once");
+                    self.set(Self::Run { future: call() });
+                }
+                CalledWhenPolledProj::Run { future } => return future.poll(cx),
+            }
+        }
     }
 }
 

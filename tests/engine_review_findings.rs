@@ -61,7 +61,6 @@ fn slow(
 /// from now: the value is served stale past the deadline it was stored with, and a soft purge
 /// repeated now and then keeps a value alive for ever.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: mark_stale on an already-stale entry extends its stale-while-revalidate window"]
 async fn mark_stale_does_not_extend_the_stale_window_of_a_stale_entry() {
     let cache: Cache = SwrCache::builder().build();
     // Fresh for 10 s, then servable stale until 20 s; nothing after that.
@@ -83,7 +82,6 @@ async fn mark_stale_does_not_extend_the_stale_window_of_a_stale_entry() {
 /// stale-if-error deadline, so a failing loader is answered with a value older than the window
 /// it was stored with.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: mark_stale on an expired entry extends its stale-if-error window"]
 async fn mark_stale_does_not_extend_the_stale_if_error_window() {
     let cache: Cache = SwrCache::builder().build();
     let freshness = Freshness::new(secs(10)).with_stale_if_error(secs(10));
@@ -299,7 +297,6 @@ async fn concurrent_misses_of_a_too_heavy_value_make_one_load() {
 /// Worse, `mark_stale` of an entry past every deadline (not yet swept from the store: `get`
 /// already answers `None`) brings it back to life, stale for a whole new window.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: mark_stale brings a dead entry (past every deadline) back as stale"]
 async fn mark_stale_does_not_bring_a_dead_entry_back() {
     let cache: Cache = SwrCache::builder().build();
     let freshness = Freshness::new(secs(10)).with_stale_while_revalidate(secs(10));

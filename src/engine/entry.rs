@@ -253,7 +253,8 @@ impl<V> Entry<V> {
     }
 
     /// A copy of this entry whose fresh lifetime is over (a soft purge); its stale windows are
-    /// kept, counted from now.
+    /// kept, counted from now, but never past where they ended (a soft purge does not extend
+    /// a stale entry's life, nor bring back one past every window).
     pub(crate) fn expired_copy(&self, now: Stamp) -> Self
     where
         V: Clone,
@@ -265,10 +266,10 @@ impl<V> Entry<V> {
             value: self.value.clone(),
             stored_at: self.stored_at,
             initial_age: self.initial_age,
-            fresh_until: now,
-            stale_until: deadline(now, swr),
-            error_until: deadline(now, sie),
-            retain_until: deadline(now, retain),
+            fresh_until: now.min(self.fresh_until),
+            stale_until: deadline(now, swr).min(self.stale_until),
+            error_until: deadline(now, sie).min(self.error_until),
+            retain_until: deadline(now, retain).min(self.retain_until),
             load_time: self.load_time,
             weight: self.weight,
             refreshing: AtomicBool::new(false),

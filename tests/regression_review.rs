@@ -4,7 +4,6 @@ mod common;
 
 use common::*;
 use http::{header, HeaderValue, Method, StatusCode};
-use std::time::Duration;
 use tower::{Layer, ServiceExt};
 use tower_swr::{CacheStatus, SwrLayer};
 
@@ -47,7 +46,11 @@ async fn a_slow_fill_led_by_a_range_request_is_not_abandoned() {
         .await
         .expect("the leader hung")
         .unwrap();
-    assert_eq!(calls.get(), 1, "the origin was asked again for the same body");
+    assert_eq!(
+        calls.get(),
+        1,
+        "the origin was asked again for the same body"
+    );
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(bytes, "head");
     assert_eq!(layer.stats().stores, 1);
@@ -73,8 +76,6 @@ async fn a_lowercase_post_invalidates_a_page_stored_under_a_capitalised_host() {
     assert_eq!(info(&again).status, CacheStatus::Miss);
 }
 
-#[allow(dead_code)]
-fn _unused(_: Duration) {}
 
 #[cfg(feature = "redis")]
 mod redis_findings {
@@ -193,4 +194,69 @@ mod redis_findings {
         );
         Ok(())
     }
+}
+
+/// A body that counts how often it is polled.
+struct Counted(FedBody, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        this.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::pin::Pin::new(&mut this.0).poll_frame(cx)
+    }
+}
+
+/// `lock_timeout(ZERO)` (waiters never wait: a legitimate setting) makes the stalled-fill
+/// timer of 740e43d expire at once, every time: while a client reads a fill whose origin is
+/// quiet, the fill's task wakes about once a millisecond and polls the origin's body each
+/// time, for as long as the origin is quiet (a busy loop per slow response).
+#[tokio::test]
+#[ignore = "FINDING: with lock_timeout(0) a streaming fill re-polls its quiet origin body ~1000 times a second"]
+async fn a_quiet_origin_body_is_not_polled_in_a_loop_with_a_zero_lock_timeout() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let polls = Arc::new(AtomicUsize::new(0));
+    let feed: Arc<Mutex<Option<Feed>>> = Arc::default();
+    let (o, _calls) = origin({
+        let (polls, feed) = (Arc::clone(&polls), Arc::clone(&feed));
+        move |_, _| {
+            let (polls, feed) = (Arc::clone(&polls), Arc::clone(&feed));
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                *feed.lock().unwrap() = Some(tx);
+                Ok(with_header(
+                    http::Response::new(Counted(FedBody(rx), polls)),
+                    header::CACHE_CONTROL,
+                    "max-age=60",
+                ))
+            }
+        }
+    });
+    let service = SwrLayer::new()
+        .lock_timeout(std::time::Duration::ZERO)
+        .layer(o);
+    let response = service.oneshot(get("/slow")).await.unwrap();
+    let reader = tokio::spawn(body(response));
+    let tx = feed.lock().unwrap().clone().unwrap();
+    tx.send(Ok("first ".into())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let before = polls.load(Ordering::SeqCst);
+    // The origin is quiet for 300 ms, then ends.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let during = polls.load(Ordering::SeqCst) - before;
+    tx.send(Ok("last".into())).await.unwrap();
+    drop(tx);
+    feed.lock().unwrap().take();
+    assert_eq!(reader.await.unwrap().unwrap(), "first last");
+    assert!(
+        during < 20,
+        "the quiet body was polled {during} times in 300 ms"
+    );
 }

@@ -360,3 +360,29 @@ async fn the_bypass_debug_event_does_not_log_userinfo() {
     assert!(text.contains("passed through"), "{text}");
     assert!(!text.contains("secret"), "{text}");
 }
+
+/// bea40ec reads `Surrogate-Control`'s `stale-while-revalidate`, but keeps a `Cache-Control:
+/// s-maxage` ban on serving stale: the common CDN pair `Cache-Control: public, s-maxage=60`
+/// (for other shared caches) with `Surrogate-Control: max-age=60, stale-while-revalidate=600`
+/// (for this one) drops the window this cache was given, and the first request past a minute
+/// waits for the origin.
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: Surrogate-Control's stale-while-revalidate is dropped when Cache-Control has s-maxage"]
+async fn surrogate_stale_while_revalidate_holds_beside_a_cache_control_s_maxage() {
+    let (o, calls) = origin(|n, _| async move {
+        Ok(with_header(
+            reply_cc(format!("call {n}"), "public, s-maxage=60"),
+            http::HeaderName::from_static("surrogate-control"),
+            "max-age=60, stale-while-revalidate=600",
+        ))
+    });
+    let service = SwrLayer::shared_cache().layer(o);
+    service.clone().oneshot(get("/page")).await.unwrap();
+    tokio::time::advance(secs(61)).await;
+    let stale = service.clone().oneshot(get("/page")).await.unwrap();
+    let status = info(&stale).status;
+    assert_eq!(body(stale).await.unwrap(), "call 1", "{status:?}");
+    assert_eq!(status, CacheStatus::Stale);
+    settle().await;
+    assert_eq!(calls.get(), 2, "one background refresh");
+}

@@ -386,3 +386,21 @@ async fn surrogate_stale_while_revalidate_holds_beside_a_cache_control_s_maxage(
     settle().await;
     assert_eq!(calls.get(), 2, "one background refresh");
 }
+
+/// 96f4583 takes a scheme's default port as no port in a `Location`, and 89add28 the host's
+/// case, but the unsafe request's own `Host: example.com:80` (the origin `http://example.com`,
+/// RFC 9110 §4.2.3) still misses the page stored under `Host: example.com`.
+#[tokio::test(start_paused = true)]
+#[ignore = "FINDING: a POST with Host example.com:80 misses the page stored under example.com"]
+async fn a_post_naming_the_default_port_invalidates_the_page() {
+    let (o, _) = origin(|n, _| async move { Ok(reply_cc(format!("v{n}"), "max-age=600")) });
+    let service = SwrLayer::new().layer(o);
+    let page = || get_with("/items/5", header::HOST, "example.com");
+    service.clone().oneshot(page()).await.unwrap();
+    let mut post = request(Method::POST, "/items/5");
+    post.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("example.com:80"));
+    service.clone().oneshot(post).await.unwrap();
+    let again = service.clone().oneshot(page()).await.unwrap();
+    assert_eq!(info(&again).status, CacheStatus::Miss);
+}

@@ -12,7 +12,6 @@ use tower_swr::{CacheStatus, SwrLayer};
 /// is given up by the stalled-fill timer: the origin is asked a second time and nothing is
 /// stored, although a client was waiting for that very body.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a range/conditional leader does not count as a reader, so a slow origin's fill is abandoned and re-asked"]
 async fn a_slow_fill_led_by_a_range_request_is_not_abandoned() {
     let (origin, calls, feeds) = fed_origin("max-age=60", None);
     let layer = SwrLayer::new().lock_timeout(secs(5));
@@ -215,7 +214,6 @@ mod redis_findings {
     /// instance that knew generation 1 gets 1 from its clear, adopts nothing (1 is not above
     /// 1) and goes on reading its own copies: the clear removed nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "FINDING: a clear after a FLUSHALL INCRs the lost generation and is a no-op for this instance"]
     async fn a_clear_soon_after_a_flushall_removes_what_was_written() -> TestResult {
         let Some(redis) = RedisServer::start("clear after FLUSHALL") else {
             return Ok(());
@@ -259,7 +257,6 @@ impl http_body::Body for Counted {
 /// quiet, the fill's task wakes about once a millisecond and polls the origin's body each
 /// time, for as long as the origin is quiet (a busy loop per slow response).
 #[tokio::test]
-#[ignore = "FINDING: with lock_timeout(0) a streaming fill re-polls its quiet origin body ~1000 times a second"]
 async fn a_quiet_origin_body_is_not_polled_in_a_loop_with_a_zero_lock_timeout() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -327,7 +324,6 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 /// as it came: an absolute-form target's userinfo (`http://alice:secret@host/...`, a proxy
 /// request) reaches the logs, where every other event writes the key, which drops it.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: the bypass debug event logs the URI's userinfo (a password)"]
 async fn the_bypass_debug_event_does_not_log_userinfo() {
     let logs = LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()

@@ -1016,10 +1016,12 @@ impl FillFrom<'_> {
         publisher.publish(streaming);
         let mut body = std::pin::pin!(body);
         let mut over = false;
-        // An origin body that sends nothing for the lock timeout while no client reads the
-        // fill is given up: new readers are refused such a fill (see `answer_streaming`), so
-        // nobody would ever read it, and it would hold its task, body and flight forever.
-        let stall = shared.engine.lock_timeout();
+        // An origin body that sends nothing for 30 s (or the lock timeout, if longer) while no
+        // client reads the fill is given up: new readers are refused such a fill (see
+        // `answer_streaming`), and it would hold its task, body and flight forever. Long
+        // enough for a client waiting on the landing (a range, a conditional, a `HEAD`) and a
+        // pausing origin; never zero (the timer would spin).
+        let stall = shared.engine.lock_timeout().max(STALLED_FILL);
         let mut stalled = std::pin::pin!(tokio::time::sleep(stall));
         loop {
             std::future::poll_fn(|cx| writer.0.poll_room(cx)).await;
@@ -1082,6 +1084,10 @@ impl FillFrom<'_> {
         }
     }
 }
+
+/// The shortest an origin body may send nothing, with no client reading its fill, before the
+/// fill is given up.
+const STALLED_FILL: Duration = Duration::from_secs(30);
 
 /// A fill that is not stored. Its leading client has its answer already, unless it asked
 /// for a conditional or a range: that goes to the origin as the client sent it.

@@ -210,7 +210,7 @@ impl<S> SwrService<S> {
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
             shared.engine.count_bypass();
-            tracing::debug!(key = %format_args!("{method} {}", request.uri()), status = "bypass", "passed through: not a GET or HEAD");
+            tracing::debug!(key = %format_args!("{method} {}", logged_target(&request)), status = "bypass", "passed through: not a GET or HEAD");
             // CONNECT (and HTTP/2's extended CONNECT for WebSockets) opens a tunnel; it
             // changes no resource, so it invalidates nothing.
             let safe =
@@ -260,7 +260,7 @@ impl<S> SwrService<S> {
         let Some(host) = key_host(&request, host).filter(|_| !skip && !upgrade) else {
             shared.engine.count_bypass();
             tracing::debug!(
-                key = %format_args!("{} {}", request.method(), request.uri()),
+                key = %format_args!("{} {}", request.method(), logged_target(&request)),
                 status = "bypass",
                 why = if skip { "key_fn" } else if upgrade { "upgrade" } else { "host" },
                 "passed through"
@@ -458,4 +458,13 @@ fn serves_as_found<B>(
     cached.serves(request.headers(), facts)
         && (cached.tags.as_deref()).is_none_or(|tags| shared.tags_allow(tags, &soft_purged))
         && !soft_purged.get()
+}
+
+/// A request's target for a log event: the path and query only (the authority is in the key of
+/// other events; a URI's userinfo may hold a password).
+fn logged_target<B>(request: &Request<B>) -> &str {
+    request
+        .uri()
+        .path_and_query()
+        .map_or("/", |target| target.as_str())
 }

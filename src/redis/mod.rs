@@ -1085,12 +1085,15 @@ where
     async fn clear(&self) {
         self.keep_pending(Pending::Clear);
         let (generation, scopes) = (self.meta_name("gen"), self.meta_name("scopes"));
+        let known = self.read_known().generation;
         let next: Option<u64> = self
             .call(|mut connection| async move {
-                let mut pipe = ::redis::pipe();
-                pipe.atomic().incr(&generation, 1).del(&scopes).ignore();
-                let (next,): (u64,) = pipe.query_async(&mut connection).await?;
-                Ok(next)
+                scripts::CLEAR
+                    .key(generation)
+                    .key(scopes)
+                    .arg(known)
+                    .invoke_async(&mut connection)
+                    .await
             })
             .await;
         let sent = match next {

@@ -185,3 +185,19 @@ return stored
 ",
     )
 });
+
+/// `KEYS[1]` the generation, `KEYS[2]` the scopes hash; `ARGV[1]` the highest generation this
+/// instance knows. A clear: the generation becomes one more than the higher of Redis's and
+/// this instance's (Redis may have lost it), and the scopes go. Returns the new generation.
+pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local stored = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local known = tonumber(ARGV[1]) or 0
+local next = math.max(stored, known) + 1
+redis.call('SET', KEYS[1], next)
+redis.call('DEL', KEYS[2])
+return next
+",
+    )
+});

@@ -180,7 +180,6 @@ mod redis_findings {
     /// five seconds ago, when it began), yet the holder's write replaces it: the older value
     /// wins, which the stored-at check refused before.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "FINDING: the lock holder's first write replaces a newer value written after its grant"]
     async fn a_slow_load_under_the_lock_does_not_replace_a_newer_value() -> TestResult {
         let Some(redis) = RedisServer::start("first write of a grant") else {
             return Ok(());

@@ -4,7 +4,8 @@
 //! Per cache key: the *base* hash (the key without its `Vary` variant) holds the write fence
 //! `f` (bumped by every lock grant and every purge), the purge time `p` and the soft-purge time
 //! `q` (Redis server milliseconds), `g` (the fence of the last grant whose value is written),
-//! `e` (when a variant was last written), and, for a response without `Vary`, the value itself; each
+//! `e` (when a variant was last written), `a` (when the lock was last granted, server ms), and,
+//! for a response without `Vary`, the value itself; each
 //! variant's hash holds `v` (the encoded value), `s` (when it was written, server ms) and `w`
 //! (the writer's wall-clock stored-at, ms, so an older load never replaces a newer one).
 
@@ -43,6 +44,10 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('HSETNX', KEYS[1], 'f', ARGV[4])
   local f = redis.call('HINCRBY', KEYS[1], 'f', 1)
+  -- When this grant was made (server ms): a value written before it is older than the
+  -- holder's, whatever its writer's clock said (see PUT).
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'a', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
   end
@@ -69,9 +74,14 @@ if ARGV[2] ~= '' and (redis.call('HGET', KEYS[2], 'f') or '0') ~= ARGV[2] then
   return 0
 end
 local w = redis.call('HGET', KEYS[1], 'w')
--- The first write of the current grant replaces what is there whatever its writer's clock
--- said (that value is from before the grant); any other keeps a newer value.
-local first_of_grant = ARGV[2] ~= '' and redis.call('HGET', KEYS[2], 'g') ~= ARGV[2]
+-- The first write of the current grant replaces a value written before the grant whatever its
+-- writer's clock said; a value written since (without the lock) is kept if newer.
+local first_of_grant = false
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], 'g') ~= ARGV[2] then
+  local granted = tonumber(redis.call('HGET', KEYS[2], 'a') or '0') or 0
+  local written = tonumber(redis.call('HGET', KEYS[1], 's') or '0') or 0
+  first_of_grant = written < granted
+end
 if w and not first_of_grant and tonumber(w) > tonumber(ARGV[3])
     and redis.call('HEXISTS', KEYS[1], 'v') == 1 then
   return 2

@@ -362,7 +362,6 @@ async fn the_bypass_debug_event_does_not_log_userinfo() {
 /// (for this one) drops the window this cache was given, and the first request past a minute
 /// waits for the origin.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: Surrogate-Control's stale-while-revalidate is dropped when Cache-Control has s-maxage"]
 async fn surrogate_stale_while_revalidate_holds_beside_a_cache_control_s_maxage() {
     let (o, calls) = origin(|n, _| async move {
         Ok(with_header(

@@ -818,12 +818,6 @@ impl Policy {
                 cc.s_maxage = cc.s_maxage.map(|_| max_age);
                 cc.must_understand = false;
             }
-            if let Some(window) = surrogate.stale_while_revalidate {
-                cc.stale_while_revalidate = Some(window);
-            }
-            if let Some(window) = surrogate.stale_if_error {
-                cc.stale_if_error = Some(window);
-            }
         }
         if cc.must_understand {
             // §5.2.2.3: store only statuses we understand, and then ignore `no-store`.
@@ -885,18 +879,30 @@ impl Policy {
                 cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
             // RFC 9111 §4.2.4: must-revalidate, proxy-revalidate, s-maxage and no-cache forbid
             // serving stale, even where the response also names a stale window.
-            let window = |directive: Option<Seconds>, default: Duration| match directive {
-                _ if stale_forbidden && self.respect_origin => Duration::ZERO,
-                Some(seconds) if self.respect_origin => seconds.duration(),
-                _ if arrives_stale && self.respect_origin => Duration::ZERO,
-                _ => default,
+            // A window Surrogate-Control gives this cache is its own instruction: it holds
+            // beside a `Cache-Control` ban meant for every shared cache (`s-maxage`, ...).
+            let window = |directive: Option<Seconds>, ours: Option<Seconds>, default: Duration| {
+                match directive {
+                    _ if ours.is_some() && self.respect_origin => {
+                        ours.map_or(default, Seconds::duration)
+                    }
+                    _ if stale_forbidden && self.respect_origin => Duration::ZERO,
+                    Some(seconds) if self.respect_origin => seconds.duration(),
+                    _ if arrives_stale && self.respect_origin => Duration::ZERO,
+                    _ => default,
+                }
             };
             let freshness = Freshness::new(ttl)
                 .with_stale_while_revalidate(window(
                     cc.stale_while_revalidate,
+                    surrogate.and_then(|s| s.stale_while_revalidate),
                     self.default_stale_while_revalidate,
                 ))
-                .with_stale_if_error(window(cc.stale_if_error, self.default_stale_if_error));
+                .with_stale_if_error(window(
+                    cc.stale_if_error,
+                    surrogate.and_then(|s| s.stale_if_error),
+                    self.default_stale_if_error,
+                ));
             // Already past every window (and past the time kept to revalidate it): it could
             // never answer a request, so storing it would only report `stored` falsely.
             let last_use = freshness.ttl.saturating_add(

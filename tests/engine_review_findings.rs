@@ -130,7 +130,6 @@ async fn a_background_refresh_is_not_a_foreground_load() {
 /// yet is counted in `refreshes_succeeded` ("background refreshes that stored (or confirmed) a
 /// new value"), so `refreshes_succeeded` overstates what refreshes stored.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a refresh fenced by an invalidation stores nothing but counts as succeeded"]
 async fn a_fenced_refresh_is_not_counted_as_succeeded() {
     let cache: Cache = SwrCache::builder().build();
     let calls = Calls::default();

@@ -308,24 +308,31 @@ where
                 let mut held = TierClaim::ask(tier, &flight_key).await;
                 if !held.is_held_elsewhere() {
                     if let Some(fresher) = cache.fresh_in_tier(&flight_key, Some(than)).await {
-                        cache.store_fenced(flight_key, &fresher, Some(&flight), 0, Share::No);
+                        let stored =
+                            cache.store_fenced(flight_key, &fresher, Some(&flight), 0, Share::No);
                         flight.land(Landing::Stored(fresher));
-                        return Ok(());
+                        return Ok(stored);
                     }
                 } else {
                     // Another cache refreshes it: take its value rather than ask the source too.
                     match cache.wait_in_tier(&flight_key, Some(than)).await {
                         TierWait::Found(fresher) => {
-                            cache.store_fenced(flight_key, &fresher, Some(&flight), 0, Share::No);
+                            let stored = cache.store_fenced(
+                                flight_key,
+                                &fresher,
+                                Some(&flight),
+                                0,
+                                Share::No,
+                            );
                             flight.land(Landing::Stored(fresher));
-                            return Ok(());
+                            return Ok(stored);
                         }
                         // Its holder let go without a value: this cache refreshes.
                         TierWait::Claimed(taken) => held = taken,
                         // Its holder went quiet: a later stale hit asks again (its lease ends).
                         TierWait::GaveUp => {
                             flight.land(Landing::NotStored);
-                            return Ok(());
+                            return Ok(false);
                         }
                     }
                 }
@@ -337,14 +344,15 @@ where
         true
     }
 
-    /// Stores (or not) what a refresh produced and tells the flight; `Err` is a failure.
+    /// Stores (or not) what a refresh produced and tells the flight; `Err` is a failure,
+    /// `Ok(false)` a value an invalidation kept out (neither a success nor a failure).
     fn land_refresh<A>(
         &self,
         flight_key: K,
         flight: FlightLeader<K, V>,
         outcome: Outcome<K, V, A>,
         claim: Option<TierClaim<K, V>>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         match outcome {
             Outcome::Store { key, loaded, .. } => {
                 let (entry, fits) = self.entry_for(&key, loaded);
@@ -353,9 +361,9 @@ where
                     // Keep the stale value rather than lose it to one we cannot hold.
                     return Err("value heavier than the largest entry".to_owned());
                 }
-                self.store_fenced(key, &entry, Some(&flight), 0, Share::Yes(claim));
+                let stored = self.store_fenced(key, &entry, Some(&flight), 0, Share::Yes(claim));
                 flight.land(Landing::Stored(entry));
-                Ok(())
+                Ok(stored)
             }
             Outcome::Pass { drop_stored, .. } => {
                 flight.land(Landing::NotStored);
@@ -364,7 +372,7 @@ where
                     self.remove_equivalent(&flight_key);
                     tracing::debug!(key = ?flight_key, "refreshed value is not cacheable; entry removed");
                 }
-                Ok(())
+                Ok(true)
             }
             Outcome::Unstored { reason, .. } => {
                 flight.land(Landing::NotStored);

@@ -1234,7 +1234,7 @@ where
     fn spawn_refresh<Fut>(&self, key: &K, guard: RefreshGuard<K>, refresh: Fut)
     where
         K: fmt::Debug,
-        Fut: Future<Output = Result<(), RefreshFailure>> + Send + 'static,
+        Fut: Future<Output = Result<bool, RefreshFailure>> + Send + 'static,
     {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(cache = %self.inner.name, key = ?key, "no tokio runtime: stale entry not refreshed");
@@ -1254,9 +1254,14 @@ where
                 limit => tokio::time::timeout(limit, run).await.map_err(|_| ()),
             };
             let failed = match outcome {
-                Ok(Ok(Ok(()))) => {
+                Ok(Ok(Ok(true))) => {
                     counters.refreshes_succeeded.inc();
                     tracing::debug!(key = ?key, "background refresh stored a new value");
+                    false
+                }
+                // An invalidation since it began kept its value out: neither.
+                Ok(Ok(Ok(false))) => {
+                    tracing::debug!(key = ?key, "background refresh fenced off by an invalidation");
                     false
                 }
                 Ok(Ok(Err(reason))) => {

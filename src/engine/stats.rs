@@ -181,7 +181,8 @@ pub struct Stats {
     pub store_rejections: u64,
     /// Background refreshes started.
     pub refreshes_started: u64,
-    /// Background refreshes that stored (or confirmed) a new value.
+    /// Background refreshes that stored (or confirmed) a new value. One whose value an
+    /// invalidation since it began kept out counts here and in `refreshes_failed` neither.
     pub refreshes_succeeded: u64,
     /// Background refreshes that failed for any reason (error, 5xx, timeout, panic).
     pub refreshes_failed: u64,

@@ -105,7 +105,6 @@ async fn mark_stale_does_not_extend_the_stale_if_error_window() {
 /// running now", yet a background refresh leads the key's flight and is counted there too:
 /// one refresh shows as one refresh running AND one foreground load running.
 #[tokio::test(start_paused = true)]
-#[ignore = "FINDING: a background refresh is counted in loads_running (foreground loads) too"]
 async fn a_background_refresh_is_not_a_foreground_load() {
     let cache: Cache = SwrCache::builder().build();
     let calls = Calls::default();

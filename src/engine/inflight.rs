@@ -336,6 +336,8 @@ struct Flight<V> {
     running: usize,
     /// When the youngest attempt started.
     youngest: Instant,
+    /// A background refresh's flight (not a foreground load).
+    background: bool,
 }
 
 /// The outcome of joining a flight.
@@ -431,6 +433,7 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
                 tx: tx.clone(),
                 running: 1,
                 youngest: now,
+                background: false,
             },
         );
         drop(book);
@@ -446,8 +449,16 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
     }
 
     /// Number of loads under way.
+    #[cfg_attr(not(shuttle), allow(dead_code))]
     pub(crate) fn len(&self) -> usize {
         lock(&self.book).flights.len()
+    }
+
+    /// Number of foreground loads under way (not background refreshes).
+    pub(crate) fn foreground_len(&self) -> usize {
+        (lock(&self.book).flights.values())
+            .filter(|flight| !flight.background)
+            .count()
     }
 
     /// The fence a load outside any flight stores under ([`Flights::store_if_unfenced`]).
@@ -594,6 +605,19 @@ pub(crate) struct FlightLeader<K: Hash + Eq + Clone, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> FlightLeader<K, V> {
+    /// Marks this flight as a background refresh's (see [`Flights::len`]).
+    pub(crate) fn in_background(&self) {
+        let Some(key) = &self.key else { return };
+        let mut book = lock(&self.flights.book);
+        if let Some(flight) = book
+            .flights
+            .get_mut(key)
+            .filter(|f| f.tx.same_channel(&self.tx))
+        {
+            flight.background = true;
+        }
+    }
+
     /// A handle the load may use to offer its waiters its answer while producing it.
     pub(crate) fn publisher(&self) -> Option<Publisher<K, V>> {
         Some(Publisher {

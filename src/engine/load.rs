@@ -283,7 +283,10 @@ where
             Err(running) => return running,
         };
         let flight = match self.join(key) {
-            Join::Leader(flight) => flight,
+            Join::Leader(flight) => {
+                flight.in_background();
+                flight
+            }
             // A foreground load is under way (it will store the new value), or one failed a
             // moment ago (the source is not asked again so soon).
             Join::Waiter(_) | Join::Backup(..) | Join::Failed(_) => {

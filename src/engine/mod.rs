@@ -751,7 +751,7 @@ where
         stats.bytes = self.inner.store.weight();
         stats.capacity_bytes = self.inner.store.capacity();
         stats.refreshes_running = self.inner.refreshes.running() as u64;
-        stats.loads_running = self.inner.flights.len() as u64;
+        stats.loads_running = self.inner.flights.foreground_len() as u64;
         stats.refreshes_paused = self.inner.refreshes.paused(Instant::now());
         self.inner
             .counters

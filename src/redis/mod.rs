@@ -640,18 +640,25 @@ where
     /// Reads the generation and the scope markers from Redis, dropping markers older than any
     /// value can be.
     async fn reload(&self) -> Option<()> {
-        let generation = self.sync_generation().await?;
-        let markers: Vec<ScopeField> = self
+        let (stored, markers) = self
             .call(|mut connection| {
-                let scopes = self.meta_name("scopes");
+                let (generation, scopes) = (self.meta_name("gen"), self.meta_name("scopes"));
                 async move {
-                    ::redis::cmd("HGETALL")
-                        .arg(&scopes)
-                        .query_async(&mut connection)
-                        .await
+                    let mut pipe = ::redis::pipe();
+                    pipe.get(&generation).hgetall(&scopes);
+                    let (generation, scopes): (Option<u64>, Vec<ScopeField>) =
+                        pipe.query_async(&mut connection).await?;
+                    Ok((generation.unwrap_or(0), scopes))
                 }
             })
             .await?;
+        // Redis lost the generation this instance knows (a `FLUSHALL`): written back (one
+        // more round trip, only then).
+        let generation = if stored < self.read_known().generation {
+            self.sync_generation().await?
+        } else {
+            stored
+        };
         let oldest = self.oldest_marker();
         let mut expired = Vec::new();
         let mut kept = Vec::new();
@@ -926,9 +933,13 @@ where
     /// `read_age`: for a miss, how long ago it sent its read of the key (see
     /// [`SharedTier::claim_after_read`]).
     async fn claim(&self, key: &K, again: bool, read_age: Option<Duration>) -> Claim {
+        let asked = std::time::Instant::now();
         let Some(generation) = self.generation().await else {
             return Claim::Open;
         };
+        // The read was sent longer ago by what the generation took (a check with Redis once
+        // a second): counted, or a write between the read and this claim could be missed.
+        let read_age = read_age.map(|age| age + asked.elapsed());
         let names = self.names(key, generation);
         let token = fastrand::u64(1..);
         let lease = millis(self.config.lock_lease);

@@ -10,102 +10,16 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::redis_server::RedisServer;
+use common::redis_server::{flushall, loaded_now, Codec, RedisServer, Tier};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tower::Layer;
-use tower_swr::engine::{Lifetime, SharedTier, SwrCache};
-use tower_swr::redis::{BreakerState, RedisConfig, RedisTier, TierCodec};
+use tower_swr::engine::{SharedTier, SwrCache};
+use tower_swr::redis::{BreakerState, RedisConfig, RedisTier};
 use tower_swr::{CacheStatus, SwrLayer};
-
-/// Keys are strings, values numbers; a scope is a key prefix.
-struct Codec;
-
-fn nanos(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn at_nanos(n: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(n)
-}
-
-impl TierCodec<String, u64> for Codec {
-    fn key_bytes(&self, key: &String) -> Vec<u8> {
-        key.as_bytes().to_vec()
-    }
-
-    fn decode_key(&self, bytes: &[u8]) -> Option<String> {
-        String::from_utf8(bytes.to_vec()).ok()
-    }
-
-    fn encode(&self, _key: &String, value: &u64, lifetime: &Lifetime) -> Option<Vec<u8>> {
-        let fields = [
-            nanos(lifetime.stored_at),
-            u64::try_from(lifetime.initial_age.as_nanos()).ok()?,
-            nanos(lifetime.fresh_until),
-            nanos(lifetime.stale_until),
-            nanos(lifetime.error_until),
-            nanos(lifetime.retain_until),
-            u64::try_from(lifetime.load_time.as_nanos()).ok()?,
-            *value,
-        ];
-        Some(fields.iter().flat_map(|f| f.to_be_bytes()).collect())
-    }
-
-    fn decode(&self, _key: &String, bytes: &[u8]) -> Option<(u64, Lifetime)> {
-        if bytes.len() != 64 {
-            return None;
-        }
-        let fields: Vec<u64> = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
-            .collect();
-        let [stored, age, fresh, stale, error, retain, load, value] = fields[..] else {
-            return None;
-        };
-        let lifetime = Lifetime {
-            stored_at: at_nanos(stored),
-            initial_age: Duration::from_nanos(age),
-            fresh_until: at_nanos(fresh),
-            stale_until: at_nanos(stale),
-            error_until: at_nanos(error),
-            retain_until: at_nanos(retain),
-            load_time: Duration::from_nanos(load),
-        };
-        Some((value, lifetime))
-    }
-
-    fn scope_matches(&self, scope: &[u8], key: &String) -> bool {
-        key.as_bytes().starts_with(scope)
-    }
-}
-
-type Tier = RedisTier<String, u64, Codec>;
-
-/// A value stored just now, fresh for a minute.
-fn loaded_now() -> Lifetime {
-    let now = SystemTime::now();
-    Lifetime {
-        stored_at: now,
-        initial_age: Duration::ZERO,
-        fresh_until: now + Duration::from_secs(60),
-        stale_until: now + Duration::from_secs(60),
-        error_until: now + Duration::from_secs(60),
-        retain_until: now + Duration::from_secs(60),
-        load_time: Duration::ZERO,
-    }
-}
-
-fn flushall(redis: &RedisServer) {
-    let mut connection = redis.client().get_connection().expect("connect");
-    let () = redis::cmd("FLUSHALL")
-        .query(&mut connection)
-        .expect("FLUSHALL");
-}
 
 /// Polls `condition` every 10 ms until it holds (true) or `within` passes (false).
 async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool

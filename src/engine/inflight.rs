@@ -65,11 +65,16 @@ struct RefreshState {
     running: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    /// The running refresh's claim: a fence gives the key out again, and the fenced refresh's
+    /// guard, holding an older claim, then leaves the key's state alone.
+    claim: u64,
 }
 
 #[derive(Debug)]
 struct RefreshBook<K> {
     keys: HashMap<K, RefreshState>,
+    /// The last claim handed out.
+    claims: u64,
     consecutive_failures: u32,
     paused_until: Option<Instant>,
     closed: bool,
@@ -92,6 +97,7 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
             name: name.into(),
             book: Mutex::new(RefreshBook {
                 keys: HashMap::default(),
+                claims: 0,
                 consecutive_failures: 0,
                 paused_until: None,
                 closed: false,
@@ -110,18 +116,22 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
         if book.closed || book.paused_until.is_some_and(|until| now < until) {
             return Err(running);
         }
+        book.claims = book.claims.wrapping_add(1);
+        let claim = book.claims;
         match book.keys.get_mut(key) {
             Some(state) => {
                 if state.running || state.retry_at.is_some_and(|at| now < at) {
                     return Err(state.running);
                 }
                 state.running = true;
+                state.claim = claim;
             }
             None => {
                 book.keys.insert(
                     key.clone(),
                     RefreshState {
                         running: true,
+                        claim,
                         ..RefreshState::default()
                     },
                 );
@@ -130,7 +140,32 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
         Ok(RefreshGuard {
             refreshes: Arc::clone(self),
             key: Some(key.clone()),
+            claim,
         })
+    }
+
+    /// Gives the refreshes of keys matching `fenced` out again: an invalidation fenced them
+    /// (they store nothing), so the next stale hit starts one that may (a soft purge asks for
+    /// exactly that). The fenced ones run on; their end no longer touches the key.
+    pub(crate) fn fence_where(&self, fenced: impl Fn(&K) -> bool) {
+        let mut book = lock(&self.book);
+        for (key, state) in book.keys.iter_mut() {
+            if state.running && fenced(key) {
+                state.running = false;
+            }
+        }
+    }
+
+    /// Fences the refresh of one key (see [`fence_where`](Self::fence_where)).
+    pub(crate) fn fence<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut book = lock(&self.book);
+        if let Some(state) = book.keys.get_mut(key) {
+            state.running = false;
+        }
     }
 
     /// Whether [`claim`](Self::claim) would grant the refresh of `key` now.
@@ -177,8 +212,16 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
         lock(&self.book).closed = true;
     }
 
-    fn release(&self, key: &K, failed: bool) {
+    fn release(&self, key: &K, claim: u64, failed: bool) {
         let mut book = lock(&self.book);
+        if book
+            .keys
+            .get(key)
+            .is_none_or(|s| !s.running || s.claim != claim)
+        {
+            // Fenced (the key was given out again, or has since ended): its verdict is moot.
+            return;
+        }
         if !failed {
             book.keys.remove(key);
             book.consecutive_failures = 0;
@@ -216,6 +259,7 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
 pub(crate) struct RefreshGuard<K: Hash + Eq + Clone> {
     refreshes: Arc<Refreshes<K>>,
     key: Option<K>,
+    claim: u64,
 }
 
 impl<K: Hash + Eq + Clone> RefreshGuard<K> {
@@ -223,7 +267,9 @@ impl<K: Hash + Eq + Clone> RefreshGuard<K> {
     pub(crate) fn cancel(mut self) {
         if let Some(key) = self.key.take() {
             let mut book = lock(&self.refreshes.book);
-            if let Some(state) = book.keys.get_mut(&key) {
+            let claim = self.claim;
+            if let Some(state) = (book.keys.get_mut(&key)).filter(|s| s.running && s.claim == claim)
+            {
                 state.running = false;
                 if state.failures == 0 {
                     book.keys.remove(&key);
@@ -235,7 +281,7 @@ impl<K: Hash + Eq + Clone> RefreshGuard<K> {
     /// Releases the key, recording whether the refresh failed (which starts a backoff).
     pub(crate) fn finish(mut self, failed: bool) {
         if let Some(key) = self.key.take() {
-            self.refreshes.release(&key, failed);
+            self.refreshes.release(&key, self.claim, failed);
         }
     }
 }
@@ -244,7 +290,7 @@ impl<K: Hash + Eq + Clone> Drop for RefreshGuard<K> {
     fn drop(&mut self) {
         // Reached without `finish` only when the task died (panic, runtime shutdown): a failure.
         if let Some(key) = self.key.take() {
-            self.refreshes.release(&key, true);
+            self.refreshes.release(&key, self.claim, true);
         }
     }
 }
@@ -265,7 +311,8 @@ pub(crate) enum Landing<V> {
     /// Still running, with an answer waiters may take as it is produced (they may also wait
     /// for the landing that follows).
     Streaming(Partial),
-    /// Loaded: waiters answer from this entry (stored, unless an invalidation fenced the load).
+    /// Loaded: waiters answer from this entry (stored, unless an invalidation fenced the load
+    /// or the value was too heavy to keep).
     Stored(Arc<Entry<V>>),
     /// Loaded, but nothing was stored: each waiter loads itself.
     NotStored,
@@ -500,6 +547,7 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
     fn end_attempt(&self, key: &K, tx: &watch::Sender<Landing<V>>, landing: Option<Landing<V>>) {
         let mut book = lock(&self.book);
         let mut ended = false;
+        let mut landing = landing;
         if !book.failures.is_empty() {
             let now = Instant::now();
             if book.sweep_at.is_none_or(|at| now >= at) {
@@ -511,6 +559,11 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
         // fenced one is gone.
         if let Some(flight) = book.flights.get_mut(key).filter(|f| f.tx.same_channel(tx)) {
             flight.running -= 1;
+            if flight.running > 0 && matches!(landing, Some(Landing::Failed { .. })) {
+                // Another attempt still runs and may yet store: its waiters wait for it (the
+                // failed attempt's own caller has its failure), and the failure is not kept.
+                landing = Some(Landing::Pending);
+            }
             // A stored answer ends the flight (later requests find the entry); so does the end
             // of its last attempt.
             if flight.running == 0 || matches!(landing, Some(Landing::Stored(_))) {
@@ -541,7 +594,7 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
             }
         }
         drop(book);
-        if let Some(landing) = landing {
+        if let Some(landing) = landing.filter(|l| !matches!(l, Landing::Pending)) {
             // A flight out of the book gets no new waiters (they subscribe under its lock):
             // with none left, the landing has no reader.
             if !ended || tx.receiver_count() > 0 {

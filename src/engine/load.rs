@@ -360,7 +360,8 @@ where
             Outcome::Store { key, loaded, .. } => {
                 let (entry, fits) = self.entry_for(&key, loaded);
                 if !fits {
-                    flight.land(Landing::NotStored);
+                    // The misses waiting for it take it (see `load_leading`).
+                    flight.land(Landing::Stored(entry));
                     // Keep the stale value rather than lose it to one we cannot hold.
                     return Err("value heavier than the largest entry".to_owned());
                 }
@@ -740,10 +741,10 @@ where
                 if fits {
                     let share = Share::Yes(claim);
                     self.store_fenced(store_key, &entry, leader.as_ref(), epoch, share);
-                    land(&mut leader, Landing::Stored(Arc::clone(&entry)));
-                } else {
-                    land(&mut leader, Landing::NotStored);
                 }
+                // Too heavy to keep, the value still answers the callers that waited for it, as
+                // a fenced one does: one load per key, not one per waiter.
+                land(&mut leader, Landing::Stored(Arc::clone(&entry)));
                 let how = Answered::Loaded {
                     stored: fits,
                     revalidated,

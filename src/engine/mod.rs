@@ -534,7 +534,7 @@ where
         if !fits {
             return false;
         }
-        self.inner.flights.fence(&key);
+        self.fence_loads(&key);
         self.fence_tier();
         self.insert_entry(key, &entry);
         true
@@ -554,7 +554,7 @@ where
         if entry.phase(Stamp::now()) == Phase::Dead {
             return false;
         }
-        self.inner.flights.fence(&key);
+        self.fence_loads(&key);
         self.fence_tier();
         self.insert_entry(key, &Arc::new(entry));
         true
@@ -593,7 +593,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.flights.fence(key);
+        self.fence_loads(key);
         self.fence_tier();
         self.inner.store.remove(key).map(|(key, _)| key)
     }
@@ -625,7 +625,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.flights.fence(key);
+        self.fence_loads(key);
         self.fence_tier();
         let entry = self.inner.store.peek(key)?;
         let now = Stamp::now();
@@ -642,7 +642,7 @@ where
     /// Marks every entry whose key matches `predicate` stale (see [`mark_stale`](Self::mark_stale)).
     /// Returns how many.
     pub fn mark_stale_where(&self, predicate: impl Fn(&K) -> bool) -> usize {
-        self.inner.flights.fence_where(&predicate);
+        self.fence_loads_where(&predicate);
         self.fence_tier();
         let keys: Vec<K> = self
             .inner
@@ -659,7 +659,7 @@ where
     /// Removes every entry whose key matches `predicate`.
     /// Returns how many.
     pub fn remove_if(&self, predicate: impl Fn(&K) -> bool) -> usize {
-        self.inner.flights.fence_where(&predicate);
+        self.fence_loads_where(&predicate);
         self.fence_tier();
         let removed = std::sync::atomic::AtomicUsize::new(0);
         self.inner.store.retain(|key, _| {
@@ -673,7 +673,7 @@ where
     /// Removes every entry, here and (with a tier that can, see [`SharedTier::clear`]) in the
     /// shared tier.
     pub fn clear(&self) {
-        self.inner.flights.fence_where(|_| true);
+        self.fence_loads_where(|_| true);
         self.fence_tier();
         self.inner.store.clear();
         self.in_tier(|tier| async move {
@@ -897,7 +897,7 @@ where
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
-        self.inner.flights.fence_where(|k| key.equivalent(k));
+        self.fence_loads_where(|k| key.equivalent(k));
         self.fence_tier();
         self.inner.store.remove(key).is_some()
     }
@@ -986,6 +986,23 @@ where
             },
             &runtime,
         );
+    }
+
+    /// Fences the loads of `key` under way, its background refresh too: they store nothing,
+    /// and the next caller (or stale hit) starts its own rather than wait for theirs.
+    fn fence_loads<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.flights.fence(key);
+        self.inner.refreshes.fence(key);
+    }
+
+    /// Fences the loads of every key matching `fenced` (see [`fence_loads`](Self::fence_loads)).
+    fn fence_loads_where(&self, fenced: impl Fn(&K) -> bool) {
+        self.inner.flights.fence_where(&fenced);
+        self.inner.refreshes.fence_where(fenced);
     }
 
     /// Notes an invalidation: no tier copy stored before now is taken from now on.

@@ -414,7 +414,7 @@ async fn if_modified_since_with_two_members_is_ignored() {
 
 /// RFC 9110 §4.2.3 / RFC 3986 §6.2.2.1: the host is case-insensitive, so `Host: EXAMPLE.com`
 /// names the resource `Host: example.com` does; RFC 9111 §4.4: a successful `POST` to it
-/// invalidates it. The key holds the host as sent, so the `POST` misses the stored entry.
+/// invalidates it (before the fix the key held the host as sent, and the `POST` missed).
 #[tokio::test(start_paused = true)]
 async fn an_unsafe_request_with_the_host_in_another_case_invalidates() {
     let (o, _) = location_origin("/elsewhere");

@@ -370,3 +370,96 @@ async fn purge_prefix_takes_the_nest_prefix() {
         "a's x v1"
     );
 }
+
+/// A page naming the `Host` it was rendered for (or the URI's authority), fresh for 10 min.
+fn host_page() -> (impl OriginService, Calls) {
+    origin(|_, request: Request<ReqBody>| async move {
+        let host = (request.headers().get(header::HOST))
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        Ok(reply_cc(format!("for {host}"), "max-age=600"))
+    })
+}
+
+/// RFC 9110 §4.2.3: hosts compare case-insensitively, so `Host: EXAMPLE.com` and
+/// `Host: example.com` name one resource and share one entry, whichever comes first.
+#[tokio::test(start_paused = true)]
+async fn a_host_in_capitals_shares_the_entry_of_the_lowercase_host() {
+    for (first, second) in [
+        ("EXAMPLE.com", "example.com"),
+        ("example.com", "Example.COM"),
+    ] {
+        let (o, calls) = host_page();
+        let service = SwrLayer::new().layer(o);
+        let stored = service
+            .clone()
+            .oneshot(get_with("/p", header::HOST, first))
+            .await
+            .unwrap();
+        assert_eq!(info(&stored).status, CacheStatus::Miss);
+        let again = service
+            .clone()
+            .oneshot(get_with("/p", header::HOST, second))
+            .await
+            .unwrap();
+        assert_eq!(
+            info(&again).status,
+            CacheStatus::Fresh,
+            "{first} then {second}"
+        );
+        assert_eq!(calls.get(), 1);
+    }
+}
+
+/// RFC 9110 §4.2.3: `https://example.com:443` is the origin `https://example.com`. With the
+/// scheme in the target (HTTP/2, absolute form) the default port names no other entry, and
+/// the HTTP/1 request with `Host: example.com` shares it too.
+#[tokio::test(start_paused = true)]
+async fn an_authority_with_its_schemes_default_port_shares_the_entry_without_it() {
+    let (o, calls) = host_page();
+    let service = SwrLayer::new().layer(o);
+    let first = service
+        .clone()
+        .oneshot(get("https://example.com:443/p"))
+        .await
+        .unwrap();
+    assert_eq!(info(&first).status, CacheStatus::Miss);
+    for again in [
+        get("https://example.com/p"),
+        get("http://EXAMPLE.com:80/p"),
+        get_with("/p", header::HOST, "example.com"),
+    ] {
+        let uri = again.uri().clone();
+        let answer = service.clone().oneshot(again).await.unwrap();
+        assert_eq!(info(&answer).status, CacheStatus::Fresh, "{uri}");
+    }
+    assert_eq!(calls.get(), 1);
+    // Another port is another origin.
+    let other = service
+        .clone()
+        .oneshot(get("https://example.com:8443/p"))
+        .await
+        .unwrap();
+    assert_eq!(info(&other).status, CacheStatus::Miss);
+}
+
+/// Without the scheme, a `Host` header's port is keyed as sent: `example.com:443` over plain
+/// HTTP is another origin, and an application echoing the port into its page must not have
+/// that page served to `example.com`'s users (the "unkeyed port" of web cache poisoning).
+#[tokio::test(start_paused = true)]
+async fn a_host_headers_port_is_keyed_as_sent() {
+    let (o, calls) = host_page();
+    let service = SwrLayer::new().layer(o);
+    for host in ["example.com:443", "example.com:80", "example.com"] {
+        let answer = service
+            .clone()
+            .oneshot(get_with("/p", header::HOST, host))
+            .await
+            .unwrap();
+        assert_eq!(info(&answer).status, CacheStatus::Miss, "{host}");
+        assert_eq!(body(answer).await.unwrap(), format!("for {host}"));
+    }
+    assert_eq!(calls.get(), 3);
+}

@@ -71,7 +71,8 @@ impl SwrHandle {
         let shared = if self.shared.engine.has_shared_tier() {
             let request = http::Request::get(target).body(()).ok();
             let key = request.as_ref().map(|request| {
-                KeyRef::with_host(request, host, None, self.shared.namespace).to_owned()
+                let host = super::key::normal_host(host, None);
+                KeyRef::with_host(request, &host, None, self.shared.namespace).to_owned()
             });
             match key {
                 Some(key) => self.shared.engine.in_shared_tier(&key).await,

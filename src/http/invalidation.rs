@@ -1,10 +1,11 @@
 //! Invalidation after a successful unsafe request (RFC 9111 §4.4).
 
 use http::header::{self, HeaderMap};
+use http::uri::Scheme;
 use http::{Method, Uri};
 
 use super::config::Shared;
-use super::key::{CacheKey, KeyRef};
+use super::key::{without_default_port, CacheKey, KeyRef};
 use super::stored::CachedResponse;
 
 /// Where an unsafe request was sent, to invalidate it once it succeeds.
@@ -78,6 +79,16 @@ fn same_authority(authority: &str, scheme: Option<&str>, host: &str) -> bool {
     bare(authority, default_port).eq_ignore_ascii_case(bare(host, default_port))
 }
 
+/// `host` without a port of 80 or 443, the default ports of the schemes a key leaves out.
+fn without_either_default_port(host: &str) -> &str {
+    let http = without_default_port(host, &Scheme::HTTP);
+    if http.len() < host.len() {
+        http
+    } else {
+        without_default_port(host, &Scheme::HTTPS)
+    }
+}
+
 /// RFC 3986 §5.2.4 on the path of `target` (its query kept as it is).
 fn without_dot_segments(target: &str) -> String {
     let (path, query) = match target.find('?') {
@@ -128,14 +139,14 @@ impl Shared {
                 }
             }
         }
-        // Keys hold the host as sent; a host is case-insensitive (RFC 9110 §4.2.3), and
-        // clients send it in lowercase: an unsafe request naming it otherwise reaches that too.
-        let lowercase = (target.host.bytes().any(|b| b.is_ascii_uppercase()))
-            .then(|| target.host.to_ascii_lowercase());
-        let hosts = std::iter::once(&*target.host).chain(lowercase.as_deref());
+        // Keys hold a host in lowercase, and a `Host` header's port as sent (see `key_host`):
+        // `example.com`, `example.com:80` and `example.com:443` may each be the origin this
+        // request changed. All three go (invalidating more than needed is safe).
+        let bare = without_either_default_port(&target.host);
+        let hosts = [bare.to_owned(), format!("{bare}:80"), format!("{bare}:443")];
         if self.config.key_fn.is_none() {
             // Every key of a URI is its plain key plus indexed variants: remove exactly those.
-            for host in hosts {
+            for host in &hosts {
                 for t in &targets {
                     let key = KeyRef::from_parts(&Method::GET, host, t, None)
                         .in_namespace(self.namespace);
@@ -150,7 +161,7 @@ impl Shared {
         // RFC 9111 §4.4 invalidates the URI, so every one of them goes.
         let matches = |key: &CacheKey| {
             key.namespace() == self.namespace
-                && key.host().eq_ignore_ascii_case(&target.host)
+                && without_either_default_port(key.host()) == bare
                 && targets.iter().any(|t| t == key.target())
         };
         self.engine.remove_if(matches);

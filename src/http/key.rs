@@ -1,12 +1,13 @@
 //! Cache keys: method + host + path + query (+ what a key function adds), and the request
 //! header values a stored response `Vary`s on.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use http::{Method, Request, Uri};
 use quick_cache::Equivalent;
 
@@ -39,7 +40,8 @@ impl CacheKey {
         &self.method
     }
 
-    /// The host, or `""` when the request named none.
+    /// The host, or `""` when the request named none: in lowercase and without the scheme's
+    /// default port (`Example.COM:80` is `example.com`), as RFC 9110 §4.2.3 compares origins.
     pub fn host(&self) -> &str {
         &self.host_and_target[..self.host_len as usize]
     }
@@ -148,6 +150,17 @@ impl fmt::Display for CacheKey {
 /// The host part of a request's key: the URI's authority (HTTP/2, absolute form), else the
 /// `Host` header, else `""`. `None` when that header is not text: such a host cannot be keyed
 /// apart from others (or from no `Host`), so its requests bypass the cache.
+///
+/// The host is keyed as RFC 9110 §4.2.3 compares origins: case-insensitively (keys hold it in
+/// lowercase), and, when the target names its scheme (HTTP/2, absolute form), with the
+/// scheme's default port as no port (`https://Example.COM:443` is keyed `example.com`). A
+/// `Host` header's port is kept as sent: without the scheme, `:443` may name another origin
+/// (`http://example.com:443`), and a cache that drops a port the application echoes into its
+/// pages can be poisoned through it (the "unkeyed port" of web cache poisoning).
+///
+/// This is the host as sent: [`keyed_host`] says how keys spell it when that differs. A hit
+/// looks the host as sent up first (clients send it as keys hold it, so a hit pays nothing for
+/// the spelling); only a miss asks [`keyed_host`] and looks again.
 pub(crate) fn key_host<'a, B>(
     request: &'a Request<B>,
     host_header: Option<&'a HeaderValue>,
@@ -156,6 +169,47 @@ pub(crate) fn key_host<'a, B>(
         (Some(authority), _) => Some(authority_host(authority)),
         (None, Some(value)) => value.to_str().ok(),
         (None, None) => Some(""),
+    }
+}
+
+/// How keys spell `host` (a request's [`key_host`]), when not as sent.
+pub(crate) fn keyed_host<'a, B>(request: &Request<B>, host: &'a str) -> Option<Cow<'a, str>> {
+    let keyed = normal_host(host, request.uri().scheme());
+    (keyed.len() != host.len() || matches!(keyed, Cow::Owned(_))).then_some(keyed)
+}
+
+/// `host` (`name[:port]`) as keys hold it (see [`key_host`]); borrowed unless it has capitals.
+pub(crate) fn normal_host<'a>(host: &'a str, scheme: Option<&Scheme>) -> Cow<'a, str> {
+    let host = match scheme {
+        Some(scheme) => without_default_port(host, scheme),
+        None => host,
+    };
+    if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// `host` without `scheme`'s default port (or an empty one, RFC 3986 §3.2.3), if it names it.
+pub(crate) fn without_default_port<'a>(host: &'a str, scheme: &Scheme) -> &'a str {
+    let Some(at) = host.bytes().rposition(|byte| byte == b':') else {
+        return host;
+    };
+    // `[::1]:443`: a port follows the bracket of an IPv6 literal, or a name without colons.
+    if !host[..at].ends_with(']') && host[..at].contains(':') {
+        return host;
+    }
+    let port = &host[at + 1..];
+    let default = match scheme.as_str() {
+        "http" => port == "80",
+        "https" => port == "443",
+        _ => false,
+    };
+    if default || port.is_empty() {
+        &host[..at]
+    } else {
+        host
     }
 }
 
@@ -675,5 +729,30 @@ mod tests {
         assert_ne!(key(first).to_bytes(), key(second).to_bytes());
         // Another store numbers its own layers from the start.
         assert_eq!(StoreNamespaces::default().claim("key-test-same"), first);
+    }
+
+    #[test]
+    fn hosts_are_keyed_in_lowercase_without_the_default_port_of_a_named_scheme() {
+        let https = Some(&Scheme::HTTPS);
+        let http = Some(&Scheme::HTTP);
+        let cases = [
+            ("Example.COM", None, "example.com"),
+            ("example.com", None, "example.com"),
+            // Without the scheme a port is kept: it may name another origin.
+            ("example.com:80", None, "example.com:80"),
+            ("example.com:443", None, "example.com:443"),
+            ("EXAMPLE.com:443", https, "example.com"),
+            ("example.com:80", http, "example.com"),
+            ("example.com:", http, "example.com"),
+            ("example.com:443", http, "example.com:443"),
+            ("example.com:8080", https, "example.com:8080"),
+            ("[::1]:443", https, "[::1]"),
+            ("[::1]", https, "[::1]"),
+            ("", None, ""),
+        ];
+        for (host, scheme, keyed) in cases {
+            assert_eq!(normal_host(host, scheme), keyed, "{host} ({scheme:?})");
+        }
+        assert!(matches!(normal_host("example.com", None), Cow::Borrowed(_)));
     }
 }

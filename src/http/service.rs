@@ -17,7 +17,7 @@ use super::config::Shared;
 use super::fill::BoxError;
 use super::future::ResponseFuture;
 use super::invalidation::Invalidation;
-use super::key::{align_host, key_host, request_variant, KeyRef};
+use super::key::{align_host, key_host, keyed_host, normal_host, request_variant, KeyRef};
 use super::origin::{miss, refresh, stale_answer};
 use super::policy::{CacheControl, Policy, RequestFacts};
 use super::render::{mark_bypass, Ask};
@@ -219,7 +219,8 @@ impl<S> SwrService<S> {
             let invalidation = key_host(&request, request.headers().get(header::HOST))
                 .filter(|_| config.invalidate_on_unsafe && !safe)
                 .map(|host| {
-                    let key = KeyRef::with_host(&request, host, extra.as_deref(), 0);
+                    let host = normal_host(host, request.uri().scheme());
+                    let key = KeyRef::with_host(&request, &host, extra.as_deref(), 0);
                     (
                         Arc::clone(shared),
                         Invalidation {
@@ -284,6 +285,16 @@ impl<S> SwrService<S> {
                 && (cached.tags.as_deref()).is_none_or(|tags| shared.tags_allow(tags, &soft_purged))
         };
         let mut found = shared.engine.find(&key, now, serves);
+        // Keys hold the host in one spelling (see `key_host`), which clients almost always
+        // send: only a miss spells it out and looks again.
+        let keyed;
+        if let Found::Miss { expired: None } = found {
+            if let Some(spelled) = keyed_host(&request, host) {
+                keyed = spelled;
+                key = KeyRef::with_host(&request, &keyed, extra.as_deref(), shared.namespace);
+                found = shared.engine.find(&key, now, serves);
+            }
+        }
         let variant;
         let mut vary_miss = false;
         if let Found::Miss { expired: None } = found {

@@ -149,11 +149,14 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
     /// exactly that). The fenced ones run on; their end no longer touches the key.
     pub(crate) fn fence_where(&self, fenced: impl Fn(&K) -> bool) {
         let mut book = lock(&self.book);
-        for (key, state) in book.keys.iter_mut() {
+        book.keys.retain(|key, state| {
             if state.running && fenced(key) {
                 state.running = false;
+                // Nothing left to remember of a key without failures.
+                return state.failures > 0;
             }
-        }
+            true
+        });
     }
 
     /// Fences the refresh of one key (see [`fence_where`](Self::fence_where)).
@@ -165,6 +168,9 @@ impl<K: Hash + Eq + Clone> Refreshes<K> {
         let mut book = lock(&self.book);
         if let Some(state) = book.keys.get_mut(key) {
             state.running = false;
+            if state.failures == 0 {
+                book.keys.remove(key);
+            }
         }
     }
 
@@ -747,3 +753,63 @@ impl<K: Hash + Eq + Clone, V> std::fmt::Debug for FlightLeader<K, V> {
 
 #[cfg(all(test, shuttle))]
 mod model;
+
+#[cfg(all(test, not(shuttle)))]
+mod tests {
+    use super::*;
+
+    fn refreshes() -> Arc<Refreshes<&'static str>> {
+        let backoff = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        Arc::new(Refreshes::new(backoff, None, "test"))
+    }
+
+    #[test]
+    fn a_fenced_refresh_gives_its_key_out_again_and_its_end_touches_nothing() {
+        let refreshes = refreshes();
+        let now = Instant::now();
+        let fenced = refreshes.claim(&"a", now).expect("the first claim");
+        assert_eq!(
+            refreshes.claim(&"a", now).err(),
+            Some(true),
+            "one at a time"
+        );
+        refreshes.fence(&"a");
+        let next = refreshes
+            .claim(&"a", now)
+            .expect("given out again after a fence");
+        // The fenced refresh failing neither backs the key off nor releases the new claim.
+        fenced.finish(true);
+        assert!(refreshes.is_running(&"a"));
+        assert_eq!(refreshes.claim(&"a", now).err(), Some(true));
+        next.finish(false);
+        assert_eq!(refreshes.running(), 0);
+        assert!(
+            refreshes.may_start(&"a", now),
+            "no backoff from the fenced failure"
+        );
+        assert!(lock(&refreshes.book).keys.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn fencing_many_keys_keeps_only_their_failures() {
+        let refreshes = refreshes();
+        let now = Instant::now();
+        refreshes.claim(&"failing", now).unwrap().finish(true);
+        // Past its backoff (at most a minute).
+        let now = now + Duration::from_secs(120);
+        let _a = refreshes.claim(&"failing", now).unwrap();
+        let _b = refreshes.claim(&"b", now).unwrap();
+        refreshes.fence_where(|_| true);
+        assert_eq!(refreshes.running(), 0);
+        let book = lock(&refreshes.book);
+        assert_eq!(
+            book.keys.len(),
+            1,
+            "only the key with a failure to back off from"
+        );
+        assert_eq!(book.keys.get("failing").map(|s| s.failures), Some(1));
+    }
+}

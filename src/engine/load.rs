@@ -850,7 +850,7 @@ where
         self.inner.counters.stale_if_error.inc();
         self.alert_if_old(key, entry, now);
         // The caller warns as it renders (it knows what the failure was); this says why.
-        tracing::debug!(key = ?key, reason, "a stale value stands in for a failed load");
+        tracing::debug!(key = ?key, status = "stale-if-error", reason, "a stale value stands in for a failed load");
         Some(caller.answer(key, entry, Answered::StaleIfError { failure }))
     }
 }

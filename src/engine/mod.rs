@@ -386,8 +386,8 @@ where
         };
         let cache = SwrCache { inner };
         match what {
-            tier::Applied::Remove(key) => cache.remove_here(key).is_some(),
-            tier::Applied::MarkStale(key) => cache.mark_stale_here(key).is_some(),
+            tier::Applied::Remove(key) => cache.remove_here(key, Heard::Remotely).is_some(),
+            tier::Applied::MarkStale(key) => cache.mark_stale_here(key, Heard::Remotely).is_some(),
         }
     }
 
@@ -397,15 +397,24 @@ where
         };
         let cache = SwrCache { inner };
         if soft {
-            cache.mark_stale_where(matches)
+            cache.mark_stale_matching(matches, Heard::Remotely)
         } else {
-            cache.remove_if(matches)
+            cache.remove_matching(matches, Heard::Remotely)
         }
     }
 
     fn alive(&self) -> bool {
         self.0.strong_count() > 0
     }
+}
+
+/// Where an invalidation comes from, for [`SwrCache::fence_tier`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// Made on this cache: its removal from the tier may still be under way.
+    Here,
+    /// Another cache's, applied from the tier: the tier heard it first.
+    Remotely,
 }
 
 struct Inner<K, V> {
@@ -429,6 +438,20 @@ struct Inner<K, V> {
     /// With a tier: when this cache last invalidated anything (nanoseconds since the Unix
     /// epoch). A tier copy stored before it is not taken: it would undo the invalidation.
     tier_fence: std::sync::atomic::AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone, V> Inner<K, V> {
+    /// Brings the `metrics` gauges (`swr_entries`, `swr_bytes`, `swr_refreshes_running`) up to
+    /// date: after every change to what they count, so a scrape never reads old figures.
+    #[inline]
+    fn publish_gauges(&self) {
+        #[cfg(feature = "metrics")]
+        self.counters.gauges.set(
+            self.store.len() as u64,
+            self.store.weight(),
+            self.refreshes.running() as u64,
+        );
+    }
 }
 
 /// An async stale-while-revalidate cache over `K → V`, bounded in bytes.
@@ -570,7 +593,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let removed = self.remove_here(key);
+        let removed = self.remove_here(key, Heard::Here);
         if let Some(key) = &removed {
             self.forget_in_tier(key);
         }
@@ -588,14 +611,16 @@ where
     }
 
     /// Removes `key` from this cache only (fencing its loads), not from the shared tier.
-    fn remove_here<Q>(&self, key: &Q) -> Option<K>
+    fn remove_here<Q>(&self, key: &Q, heard: Heard) -> Option<K>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         self.fence_loads(key);
-        self.fence_tier();
-        self.inner.store.remove(key).map(|(key, _)| key)
+        self.fence_tier_for(heard);
+        let removed = self.inner.store.remove(key).map(|(key, _)| key);
+        self.inner.publish_gauges();
+        removed
     }
 
     /// Marks `key` stale (a soft purge): the next lookup is answered from it while it refreshes,
@@ -608,7 +633,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let marked = self.mark_stale_here(key);
+        let marked = self.mark_stale_here(key, Heard::Here);
         if let Some(key) = &marked {
             let key = key.clone();
             self.in_tier(move |tier| async move {
@@ -620,13 +645,13 @@ where
 
     /// Marks `key` stale in this cache only (see [`mark_stale`](Self::mark_stale)); the key
     /// when it was held.
-    fn mark_stale_here<Q>(&self, key: &Q) -> Option<K>
+    fn mark_stale_here<Q>(&self, key: &Q, heard: Heard) -> Option<K>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         self.fence_loads(key);
-        self.fence_tier();
+        self.fence_tier_for(heard);
         let entry = self.inner.store.peek(key)?;
         let now = Stamp::now();
         let stale = Arc::new(entry.expired_copy(now));
@@ -636,14 +661,19 @@ where
             .store
             .remove_if(key, |current| Arc::ptr_eq(current, &entry))?;
         self.inner.store.insert(key.clone(), stale);
+        self.inner.publish_gauges();
         Some(key)
     }
 
     /// Marks every entry whose key matches `predicate` stale (see [`mark_stale`](Self::mark_stale)).
     /// Returns how many.
     pub fn mark_stale_where(&self, predicate: impl Fn(&K) -> bool) -> usize {
+        self.mark_stale_matching(predicate, Heard::Here)
+    }
+
+    fn mark_stale_matching(&self, predicate: impl Fn(&K) -> bool, heard: Heard) -> usize {
         self.fence_loads_where(&predicate);
-        self.fence_tier();
+        self.fence_tier_for(heard);
         let keys: Vec<K> = self
             .inner
             .store
@@ -652,21 +682,26 @@ where
             .map(|(key, _)| key)
             .collect();
         keys.iter()
-            .filter(|key| self.mark_stale_here(*key).is_some())
+            .filter(|key| self.mark_stale_here(*key, heard).is_some())
             .count()
     }
 
     /// Removes every entry whose key matches `predicate`.
     /// Returns how many.
     pub fn remove_if(&self, predicate: impl Fn(&K) -> bool) -> usize {
+        self.remove_matching(predicate, Heard::Here)
+    }
+
+    fn remove_matching(&self, predicate: impl Fn(&K) -> bool, heard: Heard) -> usize {
         self.fence_loads_where(&predicate);
-        self.fence_tier();
+        self.fence_tier_for(heard);
         let removed = std::sync::atomic::AtomicUsize::new(0);
         self.inner.store.retain(|key, _| {
             let remove = predicate(key);
             removed.fetch_add(usize::from(remove), std::sync::atomic::Ordering::Relaxed);
             !remove
         });
+        self.inner.publish_gauges();
         removed.into_inner()
     }
 
@@ -676,6 +711,7 @@ where
         self.fence_loads_where(|_| true);
         self.fence_tier();
         self.inner.store.clear();
+        self.inner.publish_gauges();
         self.in_tier(|tier| async move {
             tier.bounded(tier.tier.clear()).await;
         });
@@ -879,6 +915,7 @@ where
             self.inner
                 .store
                 .remove_if(key, |current| Arc::ptr_eq(current, &entry));
+            self.inner.publish_gauges();
             return None;
         }
         Some(entry)
@@ -889,7 +926,9 @@ where
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
-        self.inner.store.remove(key).is_some()
+        let removed = self.inner.store.remove(key).is_some();
+        self.inner.publish_gauges();
+        removed
     }
 
     /// Invalidates the entry of a borrowed key, fencing its loads (see [`SwrCache::remove`]).
@@ -899,7 +938,9 @@ where
     {
         self.fence_loads_where(|k| key.equivalent(k));
         self.fence_tier();
-        self.inner.store.remove(key).is_some()
+        let removed = self.inner.store.remove(key).is_some();
+        self.inner.publish_gauges();
+        removed
     }
 
     /// The entry a loaded value becomes, and whether it is light enough to store.
@@ -921,12 +962,7 @@ where
         self.inner.refreshes.reset(&key);
         self.inner.store.insert(key, Arc::clone(entry));
         self.inner.counters.stores.inc();
-        #[cfg(feature = "metrics")]
-        self.inner.counters.gauges.set(
-            self.inner.store.len() as u64,
-            self.inner.store.weight(),
-            self.inner.refreshes.running() as u64,
-        );
+        self.inner.publish_gauges();
     }
 
     /// Stores a loaded entry unless an invalidation fenced its load since it began: the load's
@@ -1003,6 +1039,23 @@ where
     fn fence_loads_where(&self, fenced: impl Fn(&K) -> bool) {
         self.inner.flights.fence_where(&fenced);
         self.inner.refreshes.fence_where(fenced);
+    }
+
+    /// [`fence_tier`](Self::fence_tier) for an invalidation made here, or heard from a tier
+    /// that does not fence invalidations itself. One a fencing tier heard first needs none:
+    /// the tier took its copy out (or fenced it) before telling, so what it holds now is newer,
+    /// and a fence at the time of hearing would refuse the value another cache reloaded after
+    /// the invalidation (one more origin call per instance that heard late).
+    fn fence_tier_for(&self, heard: Heard) {
+        let fenced_by_tier = heard == Heard::Remotely
+            && self
+                .inner
+                .tier
+                .as_ref()
+                .is_some_and(|tier| tier.tier.fences_invalidations());
+        if !fenced_by_tier {
+            self.fence_tier();
+        }
     }
 
     /// Notes an invalidation: no tier copy stored before now is taken from now on.
@@ -1261,6 +1314,7 @@ where
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
         inner.counters.refreshes_started.inc();
+        inner.publish_gauges();
         let tasks = inner.tasks.clone();
         tasks.spawn_on(async move {
             let counters = &inner.counters;
@@ -1301,6 +1355,7 @@ where
                 counters.refreshes_failed.inc();
             }
             guard.finish(failed);
+            inner.publish_gauges();
         }, &runtime);
     }
 }

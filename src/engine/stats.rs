@@ -172,7 +172,12 @@ pub struct Stats {
     pub misses: u64,
     /// Requests that waited for another request's origin call instead of making their own.
     pub collapsed: u64,
-    /// Requests that were not eligible for caching (HTTP layer: method, `Authorization`, ...).
+    /// Requests that were not eligible for caching, answered without storing anything (HTTP
+    /// layer: passed to the origin for a method other than `GET`/`HEAD`, an `Upgrade`, a
+    /// `key_fn` that answered `None`, a host that cannot be keyed, a request's `no-store` that
+    /// nothing stored answers; `504` for an `only-if-cached` that nothing stored answers). A
+    /// `GET` with `Authorization` or `Cookie` is eligible (a `public` answer to it may be
+    /// stored, RFC 9111 §3.5): it counts as a miss, or as a hit once such an answer is stored.
     pub bypasses: u64,
     /// Values stored.
     pub stores: u64,

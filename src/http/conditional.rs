@@ -1,7 +1,7 @@
 //! Validators: conditional requests to the origin, 304 merging (RFC 9111 §3.2, §4.3), and
 //! clients' own conditional and range requests answered from a stored response.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -174,8 +174,14 @@ pub(crate) enum ByteRange {
 }
 
 /// Reads a `Range` header against a stored body (RFC 9110 §14.1.2). `If-Range` that does not
-/// match the stored validator means the whole body.
-pub(crate) fn byte_range(request: &HeaderMap, stored: &HeaderMap, len: usize) -> ByteRange {
+/// match the stored validator means the whole body. `received`: when the cache got the stored
+/// response, its `Date` if it has none (what makes a `Last-Modified` strong, below).
+pub(crate) fn byte_range(
+    request: &HeaderMap,
+    stored: &HeaderMap,
+    len: usize,
+    received: impl FnOnce() -> SystemTime,
+) -> ByteRange {
     let Some(range) = request.get(header::RANGE).and_then(|r| r.to_str().ok()) else {
         return ByteRange::Whole;
     };
@@ -186,9 +192,18 @@ pub(crate) fn byte_range(request: &HeaderMap, stored: &HeaderMap, len: usize) ->
         };
         let etag = stored.get(header::ETAG).and_then(|e| e.to_str().ok());
         let strong_match = etag.is_some_and(|e| !e.starts_with("W/") && e == if_range.trim());
-        let date_match = stored
-            .get(header::LAST_MODIFIED)
-            .is_some_and(|lm| lm.as_bytes() == if_range.trim().as_bytes());
+        // A date matches only as a strong validator (RFC 9110 §13.1.5): compared by a cache,
+        // a `Last-Modified` at least 60 s before the entry's `Date` (§8.8.2.2); one closer may
+        // name two versions of one second.
+        let date_match = stored.get(header::LAST_MODIFIED).is_some_and(|lm| {
+            lm.as_bytes() == if_range.trim().as_bytes()
+                && http_date(lm).is_some_and(|modified| {
+                    let date = stored.get(header::DATE).and_then(http_date);
+                    let date = date.unwrap_or_else(received);
+                    date.duration_since(modified)
+                        .is_ok_and(|apart| apart >= Duration::from_secs(60))
+                })
+        });
         if !strong_match && !date_match {
             return ByteRange::Whole;
         }
@@ -301,7 +316,9 @@ mod tests {
     #[test]
     fn ranges() {
         let none = HeaderMap::new();
-        let r = |spec: &'static str| byte_range(&headers(&[("range", spec)]), &none, 10);
+        let r = |spec: &'static str| {
+            byte_range(&headers(&[("range", spec)]), &none, 10, SystemTime::now)
+        };
         assert_eq!(r("bytes=0-1"), ByteRange::Slice(0, 2));
         assert_eq!(r("bytes=1-"), ByteRange::Slice(1, 10));
         assert_eq!(r("bytes=-1"), ByteRange::Slice(9, 10));
@@ -314,7 +331,9 @@ mod tests {
     #[test]
     fn a_last_byte_position_past_u64_bounds_is_clamped_or_ignored() {
         let none = HeaderMap::new();
-        let r = |spec: &'static str| byte_range(&headers(&[("range", spec)]), &none, 10);
+        let r = |spec: &'static str| {
+            byte_range(&headers(&[("range", spec)]), &none, 10, SystemTime::now)
+        };
         assert_eq!(r("bytes=1-18446744073709551615"), ByteRange::Slice(1, 10));
         assert_eq!(r("bytes=0-18446744073709551615"), ByteRange::Slice(0, 10));
         assert_eq!(r("bytes=9-18446744073709551614"), ByteRange::Slice(9, 10));
@@ -327,6 +346,7 @@ mod tests {
             &headers(&[("range", "bytes=0-18446744073709551615")]),
             &none,
             0,
+            SystemTime::now,
         );
         assert_eq!(empty, ByteRange::Unsatisfiable);
     }
@@ -348,7 +368,7 @@ mod tests {
             );
             let mut request = HeaderMap::new();
             request.insert(header::RANGE, HeaderValue::try_from(spec).unwrap());
-            if let ByteRange::Slice(start, end) = byte_range(&request, &HeaderMap::new(), len) {
+            if let ByteRange::Slice(start, end) = byte_range(&request, &HeaderMap::new(), len, SystemTime::now) {
                 proptest::prop_assert!(start < end && end <= len);
             }
         }

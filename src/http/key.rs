@@ -148,8 +148,9 @@ impl fmt::Display for CacheKey {
 }
 
 /// The host part of a request's key: the URI's authority (HTTP/2, absolute form), else the
-/// `Host` header, else `""`. `None` when that header is not text: such a host cannot be keyed
-/// apart from others (or from no `Host`), so its requests bypass the cache.
+/// `Host` header, else `""`. `None` when that header is not text (such a host cannot be keyed
+/// apart from others, or from no `Host`) or the authority carries userinfo: those requests
+/// bypass the cache.
 ///
 /// The host is keyed as RFC 9110 §4.2.3 compares origins: case-insensitively (keys hold it in
 /// lowercase), and, when the target names its scheme (HTTP/2, absolute form), with the
@@ -166,7 +167,9 @@ pub(crate) fn key_host<'a, B>(
     host_header: Option<&'a HeaderValue>,
 ) -> Option<&'a str> {
     match (request.uri().authority(), host_header) {
-        (Some(authority), _) => Some(authority_host(authority)),
+        // Userinfo in a target is an error to be treated as one (RFC 9110 §4.2.4): a page
+        // rendered for `user:pw@host` is never keyed as `host`'s.
+        (Some(authority), _) => (!authority.as_str().contains('@')).then(|| authority.as_str()),
         (None, Some(value)) => value.to_str().ok(),
         (None, None) => Some(""),
     }

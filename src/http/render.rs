@@ -15,7 +15,7 @@ use super::policy::SURROGATE_CONTROL;
 use super::status::{CacheInfo, CacheStatus, Member, CACHE_STATUS, X_CACHE};
 use super::stored::{remove_present, CachedResponse};
 use super::tags::TAG_FIELDS;
-use crate::engine::{Entry, Stamp};
+use crate::engine::{Entry, Stamp, WallClock};
 
 /// What the client asked for beyond the resource: `HEAD`, a conditional, a range.
 #[derive(Clone, Copy, Debug, Default)]
@@ -105,7 +105,8 @@ impl Shared {
         *response.version_mut() = cached.version;
         let shaped = match ask.conditionals {
             Some(request) if cached.status == StatusCode::OK => {
-                self.shape(cached, request, ask.head, &mut response)
+                let received = || entry.lifetime(&WallClock::now()).stored_at;
+                self.shape(cached, request, ask.head, received, &mut response)
             }
             _ => false,
         };
@@ -157,6 +158,7 @@ impl Shared {
         cached: &CachedResponse,
         request: &HeaderMap,
         head: bool,
+        received: impl FnOnce() -> std::time::SystemTime,
         response: &mut Response<SwrBody<B>>,
     ) -> bool {
         if conditional::not_modified(request, &cached.headers) {
@@ -164,8 +166,13 @@ impl Shared {
             *response.headers_mut() = conditional::headers_for_304(&cached.headers);
             return true;
         }
+        if head {
+            // Range is defined for GET only: any other method's is ignored (RFC 9110 §14.2),
+            // so a HEAD gets the headers of the whole response.
+            return false;
+        }
         let len = cached.body.len();
-        match conditional::byte_range(request, &cached.headers, len) {
+        match conditional::byte_range(request, &cached.headers, len, received) {
             ByteRange::Whole => false,
             ByteRange::Slice(start, end) => {
                 *response.status_mut() = StatusCode::PARTIAL_CONTENT;

@@ -1572,12 +1572,29 @@ async fn insert_with_a_dead_lifetime_is_refused() {
 
 // ---------------------------------------------------------------- logging
 
+/// One test's log lines.
+///
+/// A scoped subscriber (`set_default`) races with callsite registration on other test threads
+/// (a callsite first hit where nobody listens may cache "never" and miss the event), so one
+/// global subscriber writes every line to the buffer of the thread it was emitted on. Each
+/// `#[tokio::test]` runs on its own current-thread runtime, so its tasks emit on its thread.
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<u8>>>);
 
-impl io::Write for Log {
+thread_local! {
+    static THREAD_LOG: std::cell::RefCell<Option<Log>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the current thread's log, if one is being captured.
+struct ThreadLog;
+
+impl io::Write for ThreadLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        THREAD_LOG.with(|log| {
+            if let Some(log) = log.borrow().as_ref() {
+                log.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -1594,15 +1611,28 @@ impl Log {
     }
 }
 
-fn capture() -> (Log, tracing::dispatcher::DefaultGuard) {
-    use tracing_subscriber::util::SubscriberInitExt;
+/// Stops capturing on this thread when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        THREAD_LOG.with(|log| log.borrow_mut().take());
+    }
+}
+
+fn capture() -> (Log, Capturing) {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| ThreadLog)
+            .init();
+    });
+    tracing::callsite::rebuild_interest_cache();
     let log = Log::default();
-    let writer = log.clone();
-    let guard = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .set_default();
-    (log, guard)
+    THREAD_LOG.with(|slot| *slot.borrow_mut() = Some(log.clone()));
+    (log, Capturing)
 }
 
 #[tokio::test(start_paused = true)]

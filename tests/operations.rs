@@ -31,27 +31,6 @@ fn slow_refreshes(refresh_takes: Option<Duration>, slow: Switch) -> (impl Origin
     })
 }
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn stats_count_every_kind_of_answer() -> TestResult {
     let gate = Gate::new();
@@ -545,13 +524,8 @@ async fn failed_origin_calls_are_counted_once_each() -> TestResult {
 /// → the explicit error.
 #[tokio::test(start_paused = true)]
 async fn four_step_configuration_warns_on_stale() -> TestResult {
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = Events::default();
+    let _collecting = logs.install();
 
     let cache: SwrCache<String, String> = SwrCache::new(1 << 20);
     let calls = Calls::default();
@@ -594,7 +568,7 @@ async fn four_step_configuration_warns_on_stale() -> TestResult {
     assert_eq!(fallback.value, "model-v2");
     assert!(fallback.is_stale());
     assert!(fallback.age >= secs(3 * 3600));
-    let logged = String::from_utf8(logs.0.lock().expect("lock").clone())?;
+    let logged = logs.text();
     assert!(
         logged.contains("WARN") && logged.contains("judges:ru"),
         "a WARNING naming the key: {logged:?}"

@@ -58,6 +58,23 @@ fn instances<S: OriginService>(
     (0..n).map(|_| instance(redis, origin, layer())).collect()
 }
 
+/// Waits until every instance's invalidation bus is subscribed: a bus that connects only
+/// after a failed first try has each instance re-check what it holds and drop the store of
+/// a load under way (it may have missed a purge), which would make "then it is shared" racy.
+async fn buses_up<S: OriginService>(fleet: &[Instance<S>]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fleet
+        .iter()
+        .all(|(_, handle)| handle.redis_stats().is_some_and(|stats| stats.bus_up))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the fleet's buses"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until `handle`'s instance has written `n` values to Redis (writes are detached).
 async fn written(handle: &SwrHandle, n: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -831,6 +848,7 @@ async fn three_holding<S: OriginService>(
     want: &str,
 ) -> Vec<Instance<S>> {
     let fleet = instances(redis, origin, 3, SwrLayer::new);
+    buses_up(&fleet).await;
     send(&fleet[0], get(uri)).await;
     written(&fleet[0].1, 1).await;
     for instance in &fleet {

@@ -213,39 +213,13 @@ async fn a_quiet_origin_body_is_not_polled_in_a_loop_with_a_zero_lock_timeout() 
     );
 }
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 /// 151c91a's per-request debug event for a passed-through request writes the request's URI
 /// as it came: an absolute-form target's userinfo (`http://alice:secret@host/...`, a proxy
 /// request) reaches the logs, where every other event writes the key, which drops it.
 #[tokio::test(start_paused = true)]
 async fn the_bypass_debug_event_does_not_log_userinfo() {
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = Events::default();
+    let _collecting = logs.install();
     let (o, _) = origin(|n, _| async move { Ok(reply_cc(format!("v{n}"), "max-age=60")) });
     let service = SwrLayer::new().layer(o);
     let get = service
@@ -266,7 +240,7 @@ async fn the_bypass_debug_event_does_not_log_userinfo() {
         .await
         .unwrap();
     assert_eq!(post.status(), StatusCode::OK);
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("passed through"), "{text}");
     assert!(!text.contains("secret"), "{text}");
 }

@@ -386,7 +386,10 @@ where
 
     /// The tier's counters.
     pub fn stats(&self) -> RedisStats {
-        self.inner.counters.snapshot(self.inner.breaker.state())
+        self.inner.counters.snapshot(
+            self.inner.breaker.state(),
+            self.inner.bus_up.load(Ordering::Acquire),
+        )
     }
 
     /// The configuration it was built with.
@@ -1281,6 +1284,11 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How long the bus's connection and its liveness pings may take. Generous: each gap costs
+/// every entry in memory a re-check and every load under way its store, so a loaded machine's
+/// slow answer must not count as a lost bus.
+const BUS_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The bus subscriber of one tier: (re)subscribes, applies messages, and after a gap has
 /// every in-memory entry re-check Redis. Ends when the tier or its cache is dropped.
 async fn run_bus<K, V, C>(tier: Weak<Inner<K, V, C>>)
@@ -1315,7 +1323,7 @@ where
             pubsub.subscribe(&channel).await?;
             Ok::<_, RedisError>(pubsub)
         };
-        let pubsub = tokio::time::timeout(Duration::from_secs(1), connect).await;
+        let pubsub = tokio::time::timeout(BUS_TIMEOUT, connect).await;
         let Ok(Ok(pubsub)) = pubsub else {
             node = node.wrapping_add(1);
             missed = true;
@@ -1359,7 +1367,7 @@ where
                     }
                     // A quiet second: the subscription is asked whether it still stands (a
                     // connection gone silent, with no reset, would never end the stream).
-                    let ping = tokio::time::timeout(Duration::from_secs(1), sink.ping::<::redis::Value>());
+                    let ping = tokio::time::timeout(BUS_TIMEOUT, sink.ping::<::redis::Value>());
                     if matches!(ping.await, Ok(Ok(_))) {
                         continue;
                     }

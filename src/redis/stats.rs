@@ -38,6 +38,10 @@ pub struct RedisStats {
     pub bus_received: u64,
     /// The breaker, now.
     pub breaker: BreakerState,
+    /// Whether the invalidation bus is subscribed now. False until its first connection (made
+    /// when the tier is first used on a tokio runtime) and while it reconnects; after each
+    /// gap, every entry in memory re-checks Redis once and loads under way are not stored.
+    pub bus_up: bool,
 }
 
 #[derive(Debug, Default)]
@@ -75,7 +79,7 @@ impl Counter {
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self, breaker: BreakerState) -> RedisStats {
+    pub(crate) fn snapshot(&self, breaker: BreakerState, bus_up: bool) -> RedisStats {
         RedisStats {
             hits: self.hits.get(),
             misses: self.misses.get(),
@@ -91,6 +95,7 @@ impl Counters {
             bus_sent: self.bus_sent.get(),
             bus_received: self.bus_received.get(),
             breaker,
+            bus_up,
         }
     }
 }

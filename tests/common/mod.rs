@@ -799,6 +799,19 @@ impl Events {
             .collect()
     }
 
+    /// Every event as a log line: `LEVEL message field=value ...`.
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        for event in self.0.lock().unwrap().iter() {
+            text.push_str(&format!("{} {}", event.level, event.message));
+            for (name, value) in &event.fields {
+                text.push_str(&format!(" {name}={value}"));
+            }
+            text.push('\n');
+        }
+        text
+    }
+
     pub fn at(&self, level: tracing::Level) -> Vec<Captured> {
         self.0
             .lock()
